@@ -1,0 +1,81 @@
+"""GiMP's patch aggregator (section 2.2): two pre-LayerNorm residual Nyström layers over a bag."""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from gimp_jax.models.nystrom import NystromAttention
+
+
+class NystromLayer(nnx.Module):
+  """x + NystromAttention(LayerNorm(x)), as TransMIL's TransLayer (no feed-forward block)."""
+
+  def __init__(self, dim: int, *, heads: int, num_landmarks: int, dropout: float,
+               dtype: jnp.dtype, rngs: nnx.Rngs):
+    self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.attn = NystromAttention(dim, heads=heads, dim_head=dim // heads,
+                                 num_landmarks=num_landmarks, dropout=dropout, dtype=dtype,
+                                 rngs=rngs)
+
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, return_attention=False):
+    """x: [B, N, dim]; mask: optional [B, N] bool (True = real token, padding trailing)."""
+    out = self.attn(self.norm(x), mask, return_landmark_attention=return_attention)
+    if return_attention:
+      out, factors = out
+      return x + out, factors
+    return x + out
+
+
+class PatchAggregator(nnx.Module):
+  """Linear(in -> dim) + ReLU, CLS token first, mask token, Nyström layers, final LayerNorm."""
+
+  def __init__(self, in_dim: int = 1024, dim: int = 512, *, depth: int = 2, heads: int = 8,
+               num_landmarks: int = 256, dropout: float = 0.1, dtype: jnp.dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.embed = nnx.Linear(in_dim, dim, dtype=dtype, rngs=rngs)
+    # CLS ~ N(0, 1) as TransMIL's randn; the mask token starts at zero (project default).
+    self.cls_token = nnx.Param(jax.random.normal(rngs.params(), (1, 1, dim)))
+    self.mask_token = nnx.Param(jnp.zeros((1, 1, dim)))
+    self.layers = nnx.List([
+        NystromLayer(dim, heads=heads, num_landmarks=num_landmarks, dropout=dropout, dtype=dtype,
+                     rngs=rngs) for _ in range(depth)])
+    self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+
+  def __call__(self, patches: jax.Array, mpm_mask: jax.Array | None = None,
+               patch_mask: jax.Array | None = None, return_attention: bool = False):
+    """Aggregates a bag.
+
+    Args:
+      patches: [B, N, in_dim] patch embeddings.
+      mpm_mask: optional [B, N] bool, True where the embedding is replaced by the mask token.
+      patch_mask: optional [B, N] bool key-padding mask, True for real patches (padding trailing).
+      return_attention: also return the last layer's CLS -> patch attention [B, H, N].
+
+    Returns:
+      cls: [B, dim] (float32) and tokens: [B, N, dim] (compute dtype), the patch tokens after the
+      final LayerNorm; with `return_attention`, also the attention.
+    """
+    h = jax.nn.relu(self.embed(patches.astype(self.dtype)))
+    if mpm_mask is not None:
+      h = jnp.where(mpm_mask[..., None], self.mask_token[...].astype(h.dtype), h)
+    b = h.shape[0]
+    cls = jnp.broadcast_to(self.cls_token[...].astype(h.dtype), (b, 1, h.shape[-1]))
+    h = jnp.concatenate([cls, h], axis=1)
+    mask = None
+    if patch_mask is not None:
+      mask = jnp.concatenate([jnp.ones((b, 1), bool), patch_mask], axis=1)
+    factors = None
+    for i, layer in enumerate(self.layers):
+      last = i == len(self.layers) - 1
+      if return_attention and last:
+        h, factors = layer(h, mask, return_attention=True)
+      else:
+        h = layer(h, mask)
+    h = self.norm(h)
+    cls_out, tokens = h[:, 0].astype(jnp.float32), h[:, 1:]
+    if return_attention:
+      left, attn3 = factors
+      cls_attn = (left[:, :, :1] @ attn3)[:, :, 0, 1:]
+      return cls_out, tokens, cls_attn
+    return cls_out, tokens

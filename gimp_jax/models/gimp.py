@@ -1,0 +1,73 @@
+"""The GiMP model: gene encoder + patch aggregator + reconstruction decoder + fine-tuning head."""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from gimp_jax.models.aggregator import PatchAggregator
+from gimp_jax.models.group_msa import GroupMSA
+
+
+class MLPHead(nnx.Module):
+  """Linear(in -> hidden) + ReLU + dropout + Linear(hidden -> classes)."""
+
+  def __init__(self, in_dim: int, hidden: int, num_classes: int, *, dropout: float,
+               rngs: nnx.Rngs):
+    self.fc1 = nnx.Linear(in_dim, hidden, rngs=rngs)
+    self.drop = nnx.Dropout(dropout, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [B, in_dim] -> logits [B, num_classes] (float32)."""
+    return self.fc2(self.drop(jax.nn.relu(self.fc1(x.astype(jnp.float32)))))
+
+
+class GeneClassifier(nnx.Module):
+  """GroupMSA + a linear head, for the supervised gene pre-training stage."""
+
+  def __init__(self, gene_encoder: nnx.Module, dim: int, num_classes: int, *, rngs: nnx.Rngs):
+    self.gene_encoder = gene_encoder
+    self.head = nnx.Linear(dim, num_classes, rngs=rngs)
+
+  def __call__(self, genes: jax.Array) -> jax.Array:
+    """genes: [B, G] -> logits [B, num_classes]."""
+    return self.head(self.gene_encoder(genes))
+
+
+class GiMP(nnx.Module):
+  """CLS_pat = [CLS_img; CLS_ge]; MPM decoder on the patch tokens; MLP head on CLS_pat.
+
+  `gene_encoder=None` gives the image-only model (GiMP w/o GroupMSA, Table 1), whose CLS_pat is
+  CLS_img alone.
+  """
+
+  def __init__(self, aggregator: PatchAggregator, gene_encoder: nnx.Module | None, *,
+               in_dim: int, dim: int, num_classes: int, head_hidden: int, head_dropout: float,
+               rngs: nnx.Rngs):
+    self.aggregator = aggregator
+    self.gene_encoder = gene_encoder
+    self.decoder = nnx.Linear(dim, in_dim, rngs=rngs)
+    pat_dim = dim * (2 if gene_encoder is not None else 1)
+    self.head = MLPHead(pat_dim, head_hidden, num_classes, dropout=head_dropout, rngs=rngs)
+
+  def encode(self, patches: jax.Array, genes: jax.Array | None, *,
+             mpm_mask: jax.Array | None = None, patch_mask: jax.Array | None = None):
+    """patches: [B, N, in_dim]; genes: [B, G] -> (cls_img [B, d], cls_ge [B, d] | None, tokens)."""
+    cls_img, tokens = self.aggregator(patches, mpm_mask=mpm_mask, patch_mask=patch_mask)
+    cls_ge = self.gene_encoder(genes) if self.gene_encoder is not None else None
+    return cls_img, cls_ge, tokens
+
+  def reconstruct(self, tokens: jax.Array) -> jax.Array:
+    """tokens: [B, N, d] -> reconstructed patch embeddings [B, N, in_dim] (float32)."""
+    return self.decoder(tokens).astype(jnp.float32)
+
+  def __call__(self, patches: jax.Array, genes: jax.Array | None,
+               patch_mask: jax.Array | None = None) -> jax.Array:
+    """Whole-bag classification: logits [B, num_classes]."""
+    cls_img, cls_ge, _ = self.encode(patches, genes, patch_mask=patch_mask)
+    return self.head(cls_pat(cls_img, cls_ge))
+
+
+def cls_pat(cls_img: jax.Array, cls_ge: jax.Array | None) -> jax.Array:
+  """[CLS_img; CLS_ge] ([B, 2d]), or CLS_img ([B, d]) without a gene encoder."""
+  return cls_img if cls_ge is None else jnp.concatenate([cls_img, cls_ge], axis=-1)

@@ -1,0 +1,80 @@
+"""GroupMSA gene encoder (GiMP section 2.1).
+
+The expression vector is zero-padded to N_f * ceil(G / N_f) genes and cut into N_f non-overlapping
+fragments, each projected to d by one shared linear layer, plus a learned fragment position
+embedding (project choice: the paper is silent, and without it a shared projection cannot tell
+fragments apart). Fragments are split into N_gr consecutive groups; each group gets its own learned
+group token; one transformer block runs inside every group ((N_f / N_gr + 1) tokens), then a second
+block runs over [CLS_ge; the N_gr group tokens]; CLS_ge after a LayerNorm is the output.
+"""
+
+import math
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+
+class TransformerBlock(nnx.Module):
+  """Pre-LN transformer block: x + MSA(LN(x)); x + MLP(LN(x)) (GELU, ratio 4, dropout)."""
+
+  def __init__(self, dim: int, *, heads: int, mlp_ratio: int = 4, dropout: float = 0.1,
+               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    self.norm1 = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(heads, dim, dropout_rate=dropout, dtype=dtype,
+                                       decode=False, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.fc1 = nnx.Linear(dim, mlp_ratio * dim, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(mlp_ratio * dim, dim, dtype=dtype, rngs=rngs)
+    self.drop = nnx.Dropout(dropout, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [B, T, dim] -> [B, T, dim]."""
+    x = x + self.drop(self.attn(self.norm1(x)))
+    return x + self.drop(self.fc2(self.drop(jax.nn.gelu(self.fc1(self.norm2(x))))))
+
+
+class GroupMSA(nnx.Module):
+  """Gene encoder: expression [B, G] -> CLS_ge [B, dim] (float32)."""
+
+  def __init__(self, num_genes: int = 60480, *, num_fragments: int = 240, num_groups: int = 8,
+               dim: int = 512, heads: int = 8, dropout: float = 0.1,
+               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    if num_fragments % num_groups:
+      raise ValueError(f"num_fragments={num_fragments} must be a multiple of num_groups={num_groups}")
+    self.num_genes = num_genes
+    self.num_fragments = num_fragments
+    self.num_groups = num_groups
+    self.fragment_size = math.ceil(num_genes / num_fragments)
+    self.pad = self.fragment_size * num_fragments - num_genes
+    if self.pad:
+      logging.info("GroupMSA: %d genes zero-padded by %d to %d fragments of %d genes.",
+                   num_genes, self.pad, num_fragments, self.fragment_size)
+    self.dtype = dtype
+    self.project = nnx.Linear(self.fragment_size, dim, dtype=dtype, rngs=rngs)
+    init = nnx.initializers.truncated_normal(0.02)
+    self.pos_embed = nnx.Param(init(rngs.params(), (1, num_fragments, dim)))
+    self.group_tokens = nnx.Param(init(rngs.params(), (num_groups, 1, dim)))
+    self.cls_token = nnx.Param(init(rngs.params(), (1, 1, dim)))
+    self.intra = TransformerBlock(dim, heads=heads, dropout=dropout, dtype=dtype, rngs=rngs)
+    self.inter = TransformerBlock(dim, heads=heads, dropout=dropout, dtype=dtype, rngs=rngs)
+    self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
+
+  def __call__(self, genes: jax.Array) -> jax.Array:
+    """genes: [B, G] normalised expression -> CLS_ge [B, dim]."""
+    b, g = genes.shape
+    if g != self.num_genes:
+      raise ValueError(f"GroupMSA built for {self.num_genes} genes, got {g}.")
+    x = jnp.pad(genes.astype(self.dtype), ((0, 0), (0, self.pad)))
+    x = x.reshape(b, self.num_fragments, self.fragment_size)
+    h = self.project(x) + self.pos_embed[...].astype(self.dtype)          # [B, N_f, d]
+    per_group = self.num_fragments // self.num_groups
+    h = h.reshape(b, self.num_groups, per_group, -1)                      # [B, N_gr, N_f/N_gr, d]
+    tokens = jnp.broadcast_to(self.group_tokens[...].astype(self.dtype),
+                              (b, self.num_groups, 1, h.shape[-1]))
+    h = jnp.concatenate([tokens, h], axis=2).reshape(b * self.num_groups, per_group + 1, -1)
+    group_out = self.intra(h)[:, 0].reshape(b, self.num_groups, -1)        # [B, N_gr, d]
+    cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype), (b, 1, h.shape[-1]))
+    out = self.inter(jnp.concatenate([cls, group_out], axis=1))
+    return self.norm(out[:, 0]).astype(jnp.float32)

@@ -1,0 +1,1 @@
+"""Raw whole-slide images -> CLAM-layout patch features (`python -m gimp_jax.preprocess`)."""

@@ -1,0 +1,159 @@
+"""ResNet50 trunk vs a PyTorch ResNet50 written here from torch.nn (torchvision's parameter names)."""
+
+import os
+
+from flax import nnx
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+from torch import nn
+
+from gimp_jax.errors import DataError
+from gimp_jax.preprocess import convert
+from gimp_jax.preprocess import resnet
+
+
+class TorchBottleneck(nn.Module):
+  """torchvision's v1.5 Bottleneck: the stride sits on the 3x3 conv."""
+
+  def __init__(self, cin, width, stride):
+    super().__init__()
+    cout = width * 4
+    self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(width)
+    self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(cout)
+    self.relu = nn.ReLU()
+    self.downsample = None
+    if stride != 1 or cin != cout:
+      self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                      nn.BatchNorm2d(cout))
+
+  def forward(self, x):
+    y = self.relu(self.bn1(self.conv1(x)))
+    y = self.relu(self.bn2(self.conv2(y)))
+    y = self.bn3(self.conv3(y))
+    return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class TorchResNet50(nn.Module):
+  """Full torchvision-style resnet50 (layer4 and fc included, so the state dict has every key)."""
+
+  def __init__(self):
+    super().__init__()
+    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+    self.bn1 = nn.BatchNorm2d(64)
+    self.relu = nn.ReLU()
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    cin = 64
+    for index, (blocks, width, stride) in enumerate(((3, 64, 1), (4, 128, 2), (6, 256, 2),
+                                                     (3, 512, 2)), start=1):
+      layers = []
+      for block in range(blocks):
+        layers.append(TorchBottleneck(cin, width, stride if block == 0 else 1))
+        cin = width * 4
+      setattr(self, f'layer{index}', nn.Sequential(*layers))
+    self.fc = nn.Linear(2048, 1000)
+
+  def trunk(self, x):
+    """Truncated after layer3, then adaptive average pooling: [B, 3, H, W] -> [B, 1024]."""
+    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    x = self.layer3(self.layer2(self.layer1(x)))
+    return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+def _random_torch_resnet(seed=0):
+  torch.manual_seed(seed)
+  model = TorchResNet50().eval()
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.3, 0.3)
+        module.running_mean.uniform_(-0.3, 0.3)
+        module.running_var.uniform_(0.5, 2.0)
+  return model
+
+
+def _torch_features(model, images_uint8):
+  x = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float() / 255.0
+  mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+  std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+  with torch.no_grad():
+    return model.trunk((x - mean) / std).numpy()
+
+
+@pytest.fixture(scope='module')
+def torch_model():
+  return _random_torch_resnet()
+
+
+@pytest.fixture(scope='module')
+def weights_pth(torch_model, tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('weights') / 'resnet50.pth')
+  torch.save(torch_model.state_dict(), path)
+  return path
+
+
+def test_matches_torch_resnet50_trunk(torch_model, weights_pth):
+  model = convert.resnet50_trunk_from_file(weights_pth)
+  features = resnet.make_feature_fn(model)
+  rng = np.random.default_rng(0)
+  small = rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+  large = rng.integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
+  for images in (small, large):
+    ours = np.asarray(features(images))
+    ref = _torch_features(torch_model, images)
+    assert ours.shape == (len(images), 1024) and ours.dtype == np.float32
+    assert np.abs(ref).max() > 0.1  # the comparison is not between two near-zero vectors.
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-3)
+
+
+def test_safetensors_gives_same_weights(torch_model, weights_pth, tmp_path):
+  path = str(tmp_path / 'resnet50.safetensors')
+  safetensors.numpy.save_file({k: v.numpy() for k, v in torch_model.state_dict().items()}, path)
+  a = nnx.to_flat_state(nnx.state(convert.resnet50_trunk_from_file(path)))
+  b = nnx.to_flat_state(nnx.state(convert.resnet50_trunk_from_file(weights_pth)))
+  assert len(a) == len(b) == 43 * 5  # 43 convs (kernel) and 43 BatchNorms (scale, bias, mean, var).
+  for (path_a, leaf_a), (path_b, leaf_b) in zip(a, b):
+    assert path_a == path_b
+    np.testing.assert_array_equal(np.asarray(leaf_a[...]), np.asarray(leaf_b[...]))
+  conv = convert.resnet50_trunk_from_file(path).layer2[0].downsample[0].kernel[...]
+  torch_conv = torch_model.state_dict()['layer2.0.downsample.0.weight'].numpy()
+  np.testing.assert_array_equal(np.asarray(conv), torch_conv.transpose(2, 3, 1, 0))
+
+
+def test_bfloat16_compute_is_close(torch_model):
+  state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+  model = convert.resnet50_trunk_from_state_dict(state, dtype=jnp.bfloat16)
+  assert model.conv1.kernel[...].dtype == jnp.float32  # parameters stay float32.
+  images = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+  ours = np.asarray(resnet.make_feature_fn(model)(images))
+  ref = _torch_features(torch_model, images)
+  assert ours.dtype == np.float32
+  assert np.abs(ours - ref).max() < 0.05 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda sd: sd.pop('layer3.5.bn3.running_var'), 'missing'),
+    (lambda sd: sd.__setitem__('layer1.0.conv9.weight', np.zeros(1, np.float32)), 'unknown'),
+    (lambda sd: sd.__setitem__('conv1.weight', np.zeros((64, 3, 3, 3), np.float32)), 'shape'),
+])
+def test_bad_state_dict_raises_data_error(torch_model, edit, message):
+  state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+  edit(state)
+  with pytest.raises(DataError, match=message):
+    convert.resnet50_trunk_from_state_dict(state, source='w.pth')
+
+
+def test_unreadable_weights_file_raises_data_error(tmp_path):
+  bad = tmp_path / 'w.pth'
+  bad.write_bytes(b'not a pickle')
+  with pytest.raises(DataError, match='w.pth'):
+    convert.load_state_dict(str(bad))
+  with pytest.raises(DataError, match='not found'):
+    convert.load_state_dict(os.path.join(tmp_path, 'absent.safetensors'))
