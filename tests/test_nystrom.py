@@ -36,7 +36,8 @@ def test_parity_batch_couples_pinv_scale_like_pytorch():
   x[1] *= 4.0  # different logit scales per example: a per-matrix pinv scale would differ
   with torch.no_grad():
     expected = ref(torch.from_numpy(x)).numpy()
-  np.testing.assert_allclose(np.asarray(ours(jnp.asarray(x))), expected, atol=1e-4, rtol=0)
+  got = jax.jit(lambda m, x: m(x))(ours, jnp.asarray(x))
+  np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4, rtol=0)
 
 
 def test_iterative_pinv_matches_numpy():
@@ -68,10 +69,11 @@ def test_padded_bag_equals_unpadded(n, pad):
   """Semantics of the key-padding mask: real rows as the unpadded computation, padded rows zero."""
   _, ours = _pair(landmarks=256)
   x = np.random.default_rng(n).standard_normal((1, n, 64)).astype(np.float32)
-  unpadded = np.asarray(ours(jnp.asarray(x)))
+  run = jax.jit(lambda m, x, mask=None: m(x, mask))
+  unpadded = np.asarray(run(ours, jnp.asarray(x)))
   xp = np.concatenate([x, 3.0 * np.ones((1, pad, 64), np.float32)], axis=1)
   mask = np.arange(n + pad)[None] < n
-  padded = np.asarray(ours(jnp.asarray(xp), jnp.asarray(mask)))
+  padded = np.asarray(run(ours, jnp.asarray(xp), jnp.asarray(mask)))
   np.testing.assert_allclose(padded[:, :n], unpadded, atol=1e-4, rtol=0)
   # Padded rows carry the output bias only (attention output zeroed before the projection).
   np.testing.assert_allclose(padded[:, n:], np.broadcast_to(ours.to_out.bias[...], (1, pad, 64)),
