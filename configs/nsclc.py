@@ -1,0 +1,84 @@
+"""GiMP on TCGA-NSCLC: the paper's settings (MICCAI 2023, sections 2 and 3.1).
+
+Values the paper leaves open are marked "choice" and discussed in the README.
+Run: python -m gimp_jax.main --config=configs/nsclc.py --workdir=runs/nsclc
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                                  # root PRNG seed; data order is a function of (seed, epoch)
+  c.method = "gimp"                           # model/objective family (see gimp_jax.methods)
+  c.stages = ("gene_pretrain", "pretrain", "finetune", "test")  # the paper's order
+  c.compute_dtype = "float32"                 # "bfloat16" on accelerators; params stay float32
+  c.init_from = ""                            # another run's workdir to start from (weights only)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "h5"                        # "h5" (CLAM files) or "tfds" (ArrayRecord shards)
+  c.data.features_dir = ""                    # folder of <slide_id>.h5 (CLAM layout)
+  c.data.expression = ""                      # Xena-style matrix file or folder of GDC per-sample files
+  c.data.labels = ""                          # CSV patient_id,slide_id,label[,split]
+  c.data.tfds_dir = ""                        # data_dir of the TFDS dataset when source == "tfds"
+  c.data.feature_dim = 1024                   # CLAM ResNet50-trunc features [paper 2.2]
+  c.data.num_genes = 60480                    # genes fed to the encoder [paper 3.1]; 0 = all in the table
+  c.data.log_transform = True                 # log2(x + 1) before standardisation (off for Xena log2 tables)
+  c.data.strip_gene_versions = True           # match ENSG00000000003.13 and ENSG00000000003
+  c.data.split_fractions = (0.6, 0.2, 0.2)    # 567/189/190 of 946 patients [paper 3.1]
+  c.data.num_folds = 0                        # > 0: k-fold cross-validation instead of one split
+  c.data.fold = 0
+  c.data.drop_incomplete = False              # drop (with a warning) patients missing a modality
+  c.data.bucket_sizes = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
+  c.data.prefetch = 2                         # batches prepared ahead by a background thread
+
+  c.model = ml_collections.ConfigDict()
+  c.model.dim = 512                           # hidden size d (choice; TransMIL's 512)
+  c.model.heads = 8                           # attention heads (choice)
+  c.model.depth = 2                           # Nyström layers in the aggregator [paper 2.2]
+  c.model.num_landmarks = 256                 # m = d / 2 (nystrom-attention default)
+  c.model.attn_dropout = 0.1                  # dropout after the Nyström output projection (TransMIL)
+  c.model.gene_encoder = "group_msa"          # "group_msa" | "snn" | "none"
+  c.model.num_fragments = 240                 # N_f: 240 x 252 = 60,480 genes (choice)
+  c.model.num_groups = 8                      # N_gr (choice)
+  c.model.gene_dropout = 0.1                  # dropout in the GroupMSA transformer blocks (choice)
+  c.model.head_hidden = 512                   # MLP head 2d -> 512 -> classes (choice)
+  c.model.head_dropout = 0.25                 # CLAM's default dropout (choice)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-4                # [paper 3.1]
+  c.optim.weight_decay = 1e-4                 # choice (paper: AdamW, value not given)
+  c.optim.warmup_epochs = 0.0                 # linear warm-up before the cosine decay (choice: none)
+  c.optim.end_lr_fraction = 0.0               # cosine decays to this fraction of the peak
+  c.optim.grad_clip = 1.0                     # global-norm clipping (choice; 0 = off)
+  c.optim.grad_accum_steps = 1                # optax.MultiSteps for large effective batches
+
+  c.gene_pretrain = ml_collections.ConfigDict()
+  c.gene_pretrain.epochs = 50                 # choice (paper: "fully supervised pre-trained")
+  c.gene_pretrain.batch_size = 16
+
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.epochs = 100                     # [paper 3.1]
+  c.pretrain.batch_size = 8                   # choice: B windows per step
+  c.pretrain.window = 6000                    # L [paper 2.3]
+  c.pretrain.mask_ratio = 0.5                 # [paper 2.3]
+  c.pretrain.margin = 0.8                     # delta in Eq. 4 [paper 2.3]
+  c.pretrain.mining = "batch_hard"            # choice: "batch_hard" | "batch_all"
+  c.pretrain.use_mpm = True                   # L_rec (Table 2 ablations switch these)
+  c.pretrain.use_triplet = True               # L_tri
+  c.pretrain.triplet_on = "pat"               # "pat" = [CLS_img; CLS_ge], "img" = CLS_img only
+  c.pretrain.frozen = r"^gene_encoder/"       # GroupMSA frozen [paper 2.3]
+  c.pretrain.checkpoint_every = 200           # steps between checkpoints (and at each epoch end)
+
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.epochs = 70                      # [paper 3.1], best validation epoch kept
+  c.finetune.batch_size = 1                   # whole bags
+  c.finetune.frozen = r"^gene_encoder/"       # choice: the supervised GroupMSA stays frozen
+  c.finetune.label_smoothing = 0.0
+  c.finetune.select_metric = "val_accuracy"   # [paper 3.1] evaluate on val every epoch, keep the best
+  c.finetune.checkpoint_every = 200
+
+  c.report = ml_collections.ConfigDict()
+  c.report.heatmaps = 3                       # test slides drawn with CLS -> patch attention
+  c.report.tsne = True                        # t-SNE of CLS_pat on the training set after pre-training
+  return c

@@ -1,0 +1,42 @@
+"""Builds the stage models from the config."""
+
+from flax import nnx
+import jax.numpy as jnp
+import ml_collections
+
+from gimp_jax.models.aggregator import PatchAggregator
+from gimp_jax.models.gimp import GeneClassifier, GiMP
+from gimp_jax.models.group_msa import GroupMSA
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  return jnp.dtype(config.compute_dtype)
+
+
+def build_gene_encoder(config: ml_collections.ConfigDict, num_genes: int, rngs: nnx.Rngs):
+  """The configured gene encoder, or None for image-only models."""
+  m = config.model
+  if m.gene_encoder == "none":
+    return None
+  if m.gene_encoder == "group_msa":
+    return GroupMSA(num_genes, num_fragments=m.num_fragments, num_groups=m.num_groups,
+                    dim=m.dim, heads=m.heads, dropout=m.gene_dropout,
+                    dtype=compute_dtype(config), rngs=rngs)
+  raise ValueError(f"Unknown model.gene_encoder {m.gene_encoder!r}.")
+
+
+def build_gene_classifier(config, num_genes: int, num_classes: int, seed: int) -> GeneClassifier:
+  rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+  return GeneClassifier(build_gene_encoder(config, num_genes, rngs), config.model.dim,
+                        num_classes, rngs=rngs)
+
+
+def build_gimp(config, num_genes: int, num_classes: int, seed: int) -> GiMP:
+  m = config.model
+  rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+  aggregator = PatchAggregator(config.data.feature_dim, m.dim, depth=m.depth, heads=m.heads,
+                               num_landmarks=m.num_landmarks, dropout=m.attn_dropout,
+                               dtype=compute_dtype(config), rngs=rngs)
+  return GiMP(aggregator, build_gene_encoder(config, num_genes, rngs),
+              in_dim=config.data.feature_dim, dim=m.dim, num_classes=num_classes,
+              head_hidden=m.head_hidden, head_dropout=m.head_dropout, rngs=rngs)

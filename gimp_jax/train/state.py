@@ -1,0 +1,63 @@
+"""The whole train state as one pytree."""
+
+import zlib
+
+from typing import Any
+
+import flax.struct
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import optax
+
+from gimp_jax.train.optim import path_str
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """params and optimizer state are the pytrees that change; the rest is static.
+
+  Attributes:
+    step: optimizer steps taken (int32 scalar).
+    params: nnx.State of the model's nnx.Param variables (float32).
+    opt_state: optax state (no moments for frozen leaves).
+    rest: the model's other variables (dropout RNG streams), reseeded every step; not saved.
+    graphdef: the model's structure (static).
+    tx: the optimizer (static).
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rest: Any
+  graphdef: Any = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  def model(self, key: jax.Array | None = None, *, train: bool) -> nnx.Module:
+    """The module with these parameters, dropout reseeded from `key`, in train or eval mode."""
+    rest = self.rest if key is None else reseed(self.rest, key)
+    model = nnx.merge(self.graphdef, self.params, rest)
+    model.train() if train else model.eval()
+    return model
+
+  def apply_gradients(self, grads) -> "TrainState":
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                        opt_state=opt_state)
+
+
+def reseed(rest, key: jax.Array):
+  """Pure reseeding of the RNG streams in `rest`: each stream's key becomes
+  fold_in(key, crc32(its path)) and its counter 0 (fresh variables, safe inside any trace)."""
+  def one(path, leaf):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      return jax.random.fold_in(key, zlib.crc32(path_str(path).encode()))
+    return jnp.zeros_like(leaf)
+  return jax.tree_util.tree_map_with_path(one, rest)
+
+
+def create_state(model: nnx.Module, tx: optax.GradientTransformation | None = None) -> TrainState:
+  """Splits `model` into (graphdef, params, rest); `tx` defaults to a no-op (evaluation only)."""
+  model.train()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = tx if tx is not None else optax.identity()
+  return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                    opt_state=tx.init(params), graphdef=graphdef, rest=rest, tx=tx)

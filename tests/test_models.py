@@ -1,0 +1,87 @@
+"""Module output shapes at the paper's sizes, GroupMSA on GDC gene counts, aggregator masks."""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import nsclc
+from gimp_jax.models import build
+from gimp_jax.models.aggregator import PatchAggregator
+from gimp_jax.models.group_msa import GroupMSA
+
+
+@pytest.mark.parametrize("genes,frag", [(60480, 252), (60483, 253)])
+def test_group_msa_paper_sizes(genes, frag):
+  enc = GroupMSA(genes, rngs=nnx.Rngs(0))
+  assert enc.fragment_size == frag
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, genes)), jnp.float32)
+  enc.eval()
+  out = jax.jit(lambda m, x: m(x))(enc, x)
+  assert out.shape == (2, 512) and out.dtype == jnp.float32
+  assert np.all(np.isfinite(np.asarray(out)))
+  # Output after the final LayerNorm (scale 1, bias 0 at init): zero mean, unit variance per row.
+  np.testing.assert_allclose(np.asarray(out).mean(-1), 0.0, atol=1e-4)
+
+
+def test_group_msa_rejects_wrong_gene_count():
+  enc = GroupMSA(100, num_fragments=8, num_groups=2, dim=16, heads=2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="100 genes"):
+    enc(jnp.zeros((1, 99)))
+
+
+def test_group_msa_depends_on_fragment_position():
+  """The fragment position embedding lets the encoder tell which genes are expressed."""
+  enc = GroupMSA(64, num_fragments=8, num_groups=2, dim=16, heads=2, rngs=nnx.Rngs(0))
+  enc.eval()
+  a = np.zeros((1, 64), np.float32)
+  a[0, :8] = 1.0
+  b = np.roll(a, 8, axis=1)  # same values in another fragment of the same group
+  assert not np.allclose(np.asarray(enc(jnp.asarray(a))), np.asarray(enc(jnp.asarray(b))))
+
+
+def test_gimp_paper_dims_shapes():
+  cfg = nsclc.get_config()
+  cfg.data.num_genes = 60480
+  model = build.build_gimp(cfg, 60480, 2, seed=0)
+  model.eval()
+  patches = jnp.ones((2, 300, 1024))
+  genes = jnp.ones((2, 60480))
+
+  @jax.jit
+  def run(m, p, g):
+    cls_img, cls_ge, tokens = m.encode(p, g, mpm_mask=jnp.zeros((2, 300), bool))
+    return cls_img, cls_ge, tokens, m.reconstruct(tokens), m(p, g)
+
+  cls_img, cls_ge, tokens, rec, logits = run(model, patches, genes)
+  assert cls_img.shape == (2, 512) and cls_ge.shape == (2, 512)
+  assert tokens.shape == (2, 300, 512) and rec.shape == (2, 300, 1024)
+  assert logits.shape == (2, 2)
+  assert model.head.fc1.kernel.shape == (1024, 512)
+
+
+def test_aggregator_padded_bag_gives_same_cls():
+  agg = PatchAggregator(16, 32, heads=4, num_landmarks=8, dropout=0.0, rngs=nnx.Rngs(1))
+  agg.eval()
+  x = np.random.default_rng(0).standard_normal((1, 37, 16)).astype(np.float32)
+  run = jax.jit(lambda m, x, mask=None: m(x, patch_mask=mask))
+  cls, tokens = run(agg, jnp.asarray(x))
+  xp = np.concatenate([x, np.full((1, 27, 16), 5.0, np.float32)], axis=1)
+  mask = jnp.asarray(np.arange(64)[None] < 37)
+  cls_p, tokens_p = run(agg, jnp.asarray(xp), mask)
+  np.testing.assert_allclose(np.asarray(cls_p), np.asarray(cls), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(tokens_p[:, :37]), np.asarray(tokens), atol=1e-4)
+
+
+def test_aggregator_mask_token_and_attention_map():
+  agg = PatchAggregator(16, 32, heads=4, num_landmarks=8, dropout=0.0, rngs=nnx.Rngs(1))
+  agg.eval()
+  agg.mask_token[...] = jnp.full((1, 1, 32), 3.0)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 20, 16)).astype(np.float32))
+  mpm = jnp.zeros((1, 20), bool).at[0, 5].set(True)
+  a, _ = agg(x, mpm_mask=mpm)
+  b, _ = agg(x.at[0, 5].set(100.0), mpm_mask=mpm)  # a masked patch's content is invisible
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  _, _, attn = agg(x, return_attention=True)
+  assert attn.shape == (1, 4, 20)
