@@ -1,0 +1,326 @@
+"""Lazy reader of CLAM feature files `<slide_id>.h5`.
+
+A CLAM feature file holds two datasets (CLAM `utils/file_utils.py::save_hdf5`, no attributes):
+`features` float32 [N, D] (D = 1024 for the truncated ResNet50, 512 for CONCH, ...) and `coords`
+int32 or int64 [N, 2], the level-0 (x, y) of each patch's top-left corner; row i of one matches row i
+of the other. Both are chunked (32, D) / (32, 2) with maxshape (None, ...).
+
+Nothing here loads a cohort: a file is opened only for the rows asked for, and closed again. A
+patient with several slides is the concatenation of their bags in slide order (`PatientBag`).
+Every problem raises `DataError` naming the file and the dataset.
+"""
+
+from collections.abc import Sequence
+import dataclasses
+import os
+
+import h5py
+import numpy as np
+
+from gimp_jax.errors import DataError
+
+FEATURES = 'features'
+COORDS = 'coords'
+# Rows scanned at a time by `check_bag` (4096 x 1024 float32 = 16 MiB).
+_SCAN_ROWS = 4096
+# Read a whole slab when it is at most this many times the rows wanted (plus a constant).
+_SLAB_FACTOR = 2
+# At most this many separate contiguous reads before falling back to h5py fancy indexing.
+_MAX_RUNS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class SlideInfo:
+  """What `inspect_slide` learnt from a feature file's header.
+
+  Attributes:
+    path: the `.h5` file.
+    num_patches: N, rows of `features` and `coords`.
+    feature_dim: D, width of `features`.
+  """
+  path: str
+  num_patches: int
+  feature_dim: int
+
+
+def slide_path(features_dir: str, slide_id: str) -> str:
+  """The feature file of a slide: `features_dir/<slide_id>.h5`."""
+  return os.path.join(features_dir, f'{slide_id}.h5')
+
+
+def _open(path: str) -> h5py.File:
+  """Opens an HDF5 file read-only, turning every failure into a DataError."""
+  if not os.path.isfile(path):
+    raise DataError(f'{path}: file not found')
+  try:
+    return h5py.File(path, 'r')
+  except Exception as e:  # h5py raises OSError for truncated or non-HDF5 files, others rarely.
+    raise DataError(f'{path}: not a readable HDF5 file ({e})') from e
+
+
+def _dataset(f: h5py.File, path: str, name: str) -> h5py.Dataset:
+  """The dataset `name` of an open file, or DataError."""
+  try:
+    ds = f[name]
+  except Exception as e:  # KeyError when missing; other errors when the header is corrupt.
+    raise DataError(f'{path}: {name}: dataset missing') from e
+  if not isinstance(ds, h5py.Dataset):
+    raise DataError(f'{path}: {name}: is a group, not a dataset')
+  return ds
+
+
+def _header_problems(f: h5py.File, path: str, feature_dim: int | None) -> list[str]:
+  """Problems visible from the dataset headers alone (no data read)."""
+  try:
+    return _header_problems_unsafe(f, path, feature_dim)
+  except Exception as e:  # a corrupt header can fail in h5py in many ways
+    return [f'{path}: cannot read dataset headers ({e})']
+
+
+def _header_problems_unsafe(f: h5py.File, path: str, feature_dim: int | None) -> list[str]:
+  """`_header_problems` without the guard against corrupt headers."""
+  problems = []
+  shapes = {}
+  for name in (FEATURES, COORDS):
+    try:
+      ds = _dataset(f, path, name)
+    except DataError as e:
+      problems.append(str(e))
+      continue
+    shapes[name] = ds.shape
+    if name == FEATURES:
+      if ds.ndim != 2:
+        problems.append(f'{path}: features: shape {ds.shape}, expected [N, D]')
+      elif feature_dim is not None and ds.shape[1] != feature_dim:
+        problems.append(f'{path}: features: width {ds.shape[1]}, expected {feature_dim} '
+                        '(config feature_dim)')
+      if ds.dtype.kind != 'f':
+        problems.append(f'{path}: features: dtype {ds.dtype}, expected float32')
+    else:
+      if ds.ndim != 2 or ds.shape[1] != 2:
+        problems.append(f'{path}: coords: shape {ds.shape}, expected [N, 2]')
+      if ds.dtype.kind not in 'iu':
+        problems.append(f'{path}: coords: dtype {ds.dtype}, expected int32 or int64')
+  if FEATURES in shapes and len(shapes[FEATURES]) >= 1 and shapes[FEATURES][0] == 0:
+    problems.append(f'{path}: features: zero patches')
+  if len(shapes) == 2 and all(len(s) >= 1 for s in shapes.values()):
+    if shapes[FEATURES][0] != shapes[COORDS][0]:
+      problems.append(f'{path}: coords: {shapes[COORDS][0]} rows but features has '
+                      f'{shapes[FEATURES][0]}')
+  return problems
+
+
+def inspect_slide(path: str, feature_dim: int | None = None) -> SlideInfo:
+  """Checks a feature file's headers (cheap: no data is read).
+
+  Args:
+    path: the `.h5` file.
+    feature_dim: the expected width D, or None to accept any.
+
+  Returns:
+    Its `SlideInfo`.
+
+  Raises:
+    DataError: listing every header problem, one per line.
+  """
+  with _open(path) as f:
+    problems = _header_problems(f, path, feature_dim)
+    if problems:
+      raise DataError('\n'.join(problems))
+    n, d = f[FEATURES].shape
+  return SlideInfo(path=path, num_patches=int(n), feature_dim=int(d))
+
+
+def check_bag(path: str, feature_dim: int | None = None) -> list[str]:
+  """Every problem of one feature file, for a validator that reports all at once.
+
+  Checks the headers (as `inspect_slide`), then reads all features block by block for NaN/Inf and
+  all coords for readability (a truncated file can have intact headers and broken data).
+
+  Args:
+    path: the `.h5` file.
+    feature_dim: the expected width D, or None to accept any.
+
+  Returns:
+    Problem lines `'<file>: <dataset>: <what>'`; empty when the file is fine.
+  """
+  try:
+    f = _open(path)
+  except DataError as e:
+    return [str(e)]
+  with f:
+    problems = _header_problems(f, path, feature_dim)
+    if problems:
+      return problems
+    n = f[FEATURES].shape[0]
+    bad_rows, first_bad = 0, None
+    try:
+      for lo in range(0, n, _SCAN_ROWS):
+        block = f[FEATURES][lo:lo + _SCAN_ROWS]
+        rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        if rows.size and first_bad is None:
+          first_bad = lo + int(rows[0])
+        bad_rows += rows.size
+    except Exception as e:  # corrupt chunk or truncated data
+      return [f'{path}: features: cannot read data ({e})']
+    if bad_rows:
+      problems.append(f'{path}: features: {bad_rows} rows contain NaN/Inf (first row {first_bad})')
+    try:
+      f[COORDS][:]
+    except Exception as e:
+      problems.append(f'{path}: coords: cannot read data ({e})')
+  return problems
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+  """Splits sorted unique rows into half-open contiguous runs [lo, hi)."""
+  breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+  starts = np.concatenate([[0], breaks])
+  ends = np.concatenate([breaks, [rows.size]])
+  return [(int(rows[s]), int(rows[e - 1]) + 1) for s, e in zip(starts, ends)]
+
+
+def _read_unique(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+  """Reads sorted unique `rows` of a dataset: one slab, a few runs, or h5py fancy indexing."""
+  lo, hi = int(rows[0]), int(rows[-1]) + 1
+  if hi - lo <= _SLAB_FACTOR * rows.size + 64:
+    slab = ds[lo:hi]
+    return slab if hi - lo == rows.size else slab[rows - lo]
+  runs = _runs(rows)
+  if len(runs) <= _MAX_RUNS:
+    return np.concatenate([ds[a:b] for a, b in runs])
+  return ds[rows]
+
+
+def read_rows(path: str, dataset: str, indices: np.ndarray | None = None) -> np.ndarray:
+  """Reads rows of `features` or `coords`, in any order and with repeats.
+
+  Args:
+    path: the `.h5` file.
+    dataset: 'features' or 'coords'.
+    indices: [n] integer row indices in [0, N) (any order, repeats allowed), or None for all rows.
+
+  Returns:
+    [n, D] (or [N, D]) array in the file's dtype; `out[i] = ds[indices[i]]`.
+
+  Raises:
+    DataError: file unreadable, dataset missing, index out of range, or a failed read.
+  """
+  with _open(path) as f:
+    try:
+      ds = _dataset(f, path, dataset)
+      if indices is None:
+        return ds[()]
+      indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+      if indices.size == 0:
+        return np.empty((0,) + ds.shape[1:], ds.dtype)
+      if indices.min() < 0 or indices.max() >= ds.shape[0]:
+        raise DataError(f'{path}: {dataset}: row index out of range [0, {ds.shape[0]})')
+      rows, inverse = np.unique(indices, return_inverse=True)
+      data = _read_unique(ds, rows)
+      return data if np.array_equal(rows, indices) else data[inverse]
+    except DataError:
+      raise
+    except Exception as e:  # corrupt chunk, truncated data
+      raise DataError(f'{path}: {dataset}: cannot read rows ({e})') from e
+
+
+def _check_finite(features: np.ndarray, path: str) -> None:
+  """Raises DataError if any feature value is NaN or Inf."""
+  if not np.isfinite(features).all():
+    raise DataError(f'{path}: features: contains NaN/Inf')
+
+
+class PatientBag:
+  """The bag of one patient: the patches of its slides concatenated in slide order.
+
+  Row r of the bag is row `r - offsets[k]` of slide k, where `offsets` are the cumulative patch
+  counts. Files are opened per read, so holding thousands of bags costs no file handles.
+  """
+
+  def __init__(self, paths: Sequence[str], feature_dim: int | None = None,
+               num_patches: Sequence[int] | None = None, check_finite: bool = True):
+    """Builds the bag.
+
+    Args:
+      paths: the slides' `.h5` files, in bag order.
+      feature_dim: the expected width D; None takes it from the first file.
+      num_patches: per-slide N if already known (from `inspect_slide`); None inspects the files.
+      check_finite: raise DataError when a read contains NaN/Inf.
+    """
+    if not paths:
+      raise DataError('PatientBag: no slide files')
+    self.paths = tuple(paths)
+    if num_patches is None:
+      infos = [inspect_slide(p, feature_dim) for p in self.paths]
+      num_patches = [i.num_patches for i in infos]
+      feature_dim = infos[0].feature_dim if feature_dim is None else feature_dim
+      if any(i.feature_dim != feature_dim for i in infos):
+        raise DataError(f'{self.paths[0]}: features: slides of one patient differ in width')
+    if feature_dim is None:
+      raise DataError(f'{self.paths[0]}: features: feature_dim required with num_patches')
+    self.feature_dim = int(feature_dim)
+    self.slide_patches = np.asarray(num_patches, np.int64)
+    self.offsets = np.concatenate([[0], np.cumsum(self.slide_patches)])
+    self.num_patches = int(self.offsets[-1])
+    self.check_finite = check_finite
+
+  def _gather(self, dataset: str, indices: np.ndarray, width: int, dtype) -> np.ndarray:
+    """out[i] = bag row indices[i] of `dataset`, reading each slide at most once."""
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    if indices.size and (indices.min() < 0 or indices.max() >= self.num_patches):
+      raise DataError(f'{self.paths[0]}: {dataset}: bag row out of range [0, {self.num_patches})')
+    out = np.empty((indices.size, width), dtype)
+    slide = np.searchsorted(self.offsets, indices, side='right') - 1
+    for k, path in enumerate(self.paths):
+      where = np.flatnonzero(slide == k)
+      if where.size:
+        out[where] = read_rows(path, dataset, indices[where] - self.offsets[k])
+    return out
+
+  def features(self, indices: np.ndarray | None = None) -> np.ndarray:
+    """Patch features.
+
+    Args:
+      indices: [n] bag row indices (any order, repeats allowed), or None for the whole bag.
+
+    Returns:
+      [n, D] float32 (or [N, D] for the whole bag).
+    """
+    if indices is None:
+      indices = np.arange(self.num_patches)
+    out = self._gather(FEATURES, indices, self.feature_dim, np.float32)
+    if self.check_finite:
+      _check_finite(out, self.paths[0] if len(self.paths) == 1 else ', '.join(self.paths))
+    return out
+
+  def coords(self, indices: np.ndarray | None = None) -> np.ndarray:
+    """Patch coordinates: [n, 2] int32 level-0 (x, y) (or [N, 2] for the whole bag)."""
+    if indices is None:
+      indices = np.arange(self.num_patches)
+    return self._gather(COORDS, indices, 2, np.int32)
+
+  def read_into(self, features_out: np.ndarray, coords_out: np.ndarray) -> None:
+    """Reads the whole bag into preallocated rows (no intermediate copy of a large bag).
+
+    Args:
+      features_out: [>= N, D] float32; rows [0, N) are written.
+      coords_out: [>= N, 2] int32; rows [0, N) are written.
+    """
+    for k, path in enumerate(self.paths):
+      lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
+      with _open(path) as f:
+        for name, out in ((FEATURES, features_out), (COORDS, coords_out)):
+          ds = _dataset(f, path, name)
+          if ds.shape[0] != hi - lo:
+            raise DataError(f'{path}: {name}: {ds.shape[0]} rows, expected {hi - lo} '
+                            '(file changed since the cohort was loaded?)')
+          try:
+            if ds.dtype == out.dtype:
+              ds.read_direct(out, np.s_[0:hi - lo], np.s_[lo:hi])
+            else:
+              out[lo:hi] = ds[()]
+          except Exception as e:
+            raise DataError(f'{path}: {name}: cannot read data ({e})') from e
+      if self.check_finite:
+        _check_finite(features_out[lo:hi], path)

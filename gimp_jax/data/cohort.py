@@ -1,0 +1,470 @@
+"""A cohort: patients with slides, an expression vector and a label, split into train/val/test.
+
+Inputs (issue 4): a labels CSV `patient_id,slide_id,label[,split][,expression_id]` (CLAM's
+`case_id` is accepted for `patient_id`; several rows per patient = several slides, concatenated in
+row order), a folder of CLAM `<slide_id>.h5` files, and an expression matrix or GDC folder
+(`expression.py`).
+
+Splits: the `split` column (train/val/test) when present; otherwise a patient-level stratified split
+from a seed, `floor(f_train * P)` / `floor(f_val * P)` / the rest (946 -> 567/189/190 as the paper),
+or k folds from the same stratified order (fold i = test, fold (i + 1) mod k = val, the others =
+train). A patient belongs to exactly one split by construction.
+
+Every problem is one line naming the file, the patient and the field. `load_cohort` raises all of
+them at once as one `DataError`; `cohort_problems` returns them (for `python -m gimp_jax.validate`).
+With `drop_incomplete`, patients with problems of their own (a missing modality, a broken slide file,
+NaN in their expression) are dropped with a warning instead.
+"""
+
+from collections.abc import Mapping, Sequence
+import csv
+import dataclasses
+import math
+import os
+
+from absl import logging
+import numpy as np
+
+from gimp_jax.data import clam
+from gimp_jax.data import expression as expr
+from gimp_jax.errors import DataError
+
+SPLITS = ('train', 'val', 'test')
+_SPLIT_NAMES = {'train': 'train', 'training': 'train', 'val': 'val', 'valid': 'val',
+                'validation': 'val', 'test': 'test', 'testing': 'test'}
+_SHOW = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class CohortSpec:
+  """Where a cohort's inputs are and how to read them (mirrors `config.data`).
+
+  Attributes:
+    labels: the labels CSV.
+    features_dir: folder of `<slide_id>.h5` CLAM feature files.
+    expression: expression matrix file or folder of GDC per-sample files.
+    feature_dim: expected feature width D (None: any, the same for all slides).
+    class_names: label strings in class-index order; empty = sorted unique labels.
+    seed: seed of the automatic split.
+    fractions: train/val/test fractions of the automatic stratified split.
+    num_folds: k > 1 switches the automatic split to k folds; `fold` is the test fold.
+    fold: test fold index in [0, k).
+    drop_incomplete: drop patients with problems of their own instead of failing.
+    strip_versions: match genes without Ensembl version suffixes.
+    log2p1: apply log2(x + 1) before standardising (off for tables already in log2).
+    std_floor: floor of the per-gene standard deviation.
+    value_column: per-sample files: 0-based column index or header name (None: see expression.py).
+    manifest: per-sample files: CSV/TSV mapping file names to sample IDs.
+    preferred_sample_types: TCGA sample type codes accepted when matching by barcode prefix.
+  """
+  labels: str
+  features_dir: str
+  expression: str
+  feature_dim: int | None = 1024
+  class_names: tuple[str, ...] = ()
+  seed: int = 0
+  fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+  num_folds: int = 0
+  fold: int = 0
+  drop_incomplete: bool = False
+  strip_versions: bool = True
+  log2p1: bool = True
+  std_floor: float = 1e-6
+  value_column: int | str | None = None
+  manifest: str | None = None
+  preferred_sample_types: tuple[str, ...] | None = ('01',)
+
+  @classmethod
+  def from_mapping(cls, m: Mapping) -> 'CohortSpec':
+    """Builds a spec from a dict or ConfigDict, ignoring keys that are not fields."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: m[k] for k in m if k in names}
+    for k in ('class_names', 'fractions', 'preferred_sample_types'):
+      if kw.get(k) is not None:
+        kw[k] = tuple(kw[k])
+    return cls(**kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelRow:
+  """One row of the labels CSV (`line` is its 1-based line number)."""
+  line: int
+  patient_id: str
+  slide_id: str
+  label: str
+  split: str | None = None
+  expression_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Patient:
+  """A patient of a loaded cohort.
+
+  Attributes:
+    patient_id: ID from the labels CSV.
+    label: class index.
+    slide_ids: the slides, in bag order.
+    slide_paths: their `.h5` files.
+    slide_patches: their patch counts.
+    expression_id: the matched expression sample/column.
+  """
+  patient_id: str
+  label: int
+  slide_ids: tuple[str, ...]
+  slide_paths: tuple[str, ...]
+  slide_patches: tuple[int, ...]
+  expression_id: str
+
+  @property
+  def num_patches(self) -> int:
+    return int(sum(self.slide_patches))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cohort:
+  """Patients, their normalised expression, and the splits.
+
+  Attributes:
+    patients: [P] patients.
+    class_names: [C] label strings, index = class.
+    splits: 'train'/'val'/'test' -> sorted int64 patient indices (disjoint).
+    genes: [P, G] float32 normalised expression (row p = patients[p]).
+    normalizer: the gene list and the statistics (fitted on train, or the stored ones).
+    feature_dim: D.
+  """
+  patients: tuple[Patient, ...]
+  class_names: tuple[str, ...]
+  splits: dict[str, np.ndarray]
+  genes: np.ndarray
+  normalizer: expr.GeneNormalizer
+  feature_dim: int
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def num_genes(self) -> int:
+    return self.genes.shape[1]
+
+  @property
+  def labels(self) -> np.ndarray:
+    """[P] int32 class indices."""
+    return np.asarray([p.label for p in self.patients], np.int32)
+
+  def split(self, name: str) -> np.ndarray:
+    """Patient indices of a split ('train', 'val', 'test'), or of all patients ('all')."""
+    if name == 'all':
+      return np.arange(len(self.patients))
+    if name not in self.splits:
+      raise DataError(f'split {name!r}: expected one of {SPLITS} or all')
+    return self.splits[name]
+
+  def bag(self, index: int, check_finite: bool = True) -> clam.PatientBag:
+    """The lazy bag of patient `index` (no file is read until asked)."""
+    p = self.patients[index]
+    return clam.PatientBag(p.slide_paths, self.feature_dim, p.slide_patches, check_finite)
+
+
+def read_labels(path: str) -> list[LabelRow]:
+  """Reads the labels CSV; DataError listing every malformed row."""
+  if not os.path.isfile(path):
+    raise DataError(f'{path}: labels file not found')
+  try:
+    with open(path, newline='', encoding='utf-8') as f:
+      reader = csv.reader(f)
+      header = next(reader, None)
+      table = [(reader.line_num, r) for r in reader]
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise DataError(f'{path}: not a readable CSV ({e})') from e
+  if header is None:
+    raise DataError(f'{path}: header: file is empty')
+  cols = [h.strip().lower() for h in header]
+  cols = ['patient_id' if c == 'case_id' else c for c in cols]
+  missing = [c for c in ('patient_id', 'slide_id', 'label') if c not in cols]
+  if missing:
+    raise DataError(f'{path}: header: missing column(s) {", ".join(missing)} (got {header})')
+  if len(set(cols)) != len(cols):
+    raise DataError(f'{path}: header: duplicated column names {header}')
+  rows, problems = [], []
+  for line, r in table:
+    if not any(x.strip() for x in r):
+      continue
+    if len(r) != len(cols):
+      problems.append(f'{path}: line {line}: {len(r)} fields, the header has {len(cols)}')
+      continue
+    d = {c: x.strip() for c, x in zip(cols, r)}
+    empty = [c for c in ('patient_id', 'slide_id', 'label') if not d[c]]
+    if empty:
+      problems.append(f'{path}: line {line}: patient {d["patient_id"] or "?"}: empty '
+                      f'{", ".join(empty)}')
+      continue
+    split = None
+    if 'split' in cols:
+      split = _SPLIT_NAMES.get(d['split'].lower())
+      if split is None:
+        problems.append(f'{path}: line {line}: patient {d["patient_id"]}: split: {d["split"]!r} is '
+                        'not train/val/test')
+        continue
+    rows.append(LabelRow(line, d['patient_id'], d['slide_id'], d['label'], split,
+                         d.get('expression_id') or None))
+  if problems:
+    raise DataError('\n'.join(problems))
+  if not rows:
+    raise DataError(f'{path}: no label rows')
+  return rows
+
+
+def _group(rows: list[LabelRow], path: str, class_names: Sequence[str]
+           ) -> tuple[dict[str, list[LabelRow]], tuple[str, ...], list[str]]:
+  """Groups rows by patient; returns (patient -> rows, class names, problems)."""
+  problems = []
+  by_patient: dict[str, list[LabelRow]] = {}
+  seen_slides: dict[str, LabelRow] = {}
+  for r in rows:
+    if r.slide_id in seen_slides:
+      problems.append(f'{path}: line {r.line}: patient {r.patient_id}: slide_id {r.slide_id} '
+                      f'duplicated (first on line {seen_slides[r.slide_id].line})')
+      continue
+    seen_slides[r.slide_id] = r
+    by_patient.setdefault(r.patient_id, []).append(r)
+  for pid, rs in by_patient.items():
+    for field in ('label', 'split', 'expression_id'):
+      values = sorted({str(getattr(r, field)) for r in rs})
+      if len(values) > 1:
+        what = 'two splits' if field == 'split' else f'conflicting {field}s'
+        problems.append(f'{path}: lines {", ".join(str(r.line) for r in rs)}: patient {pid}: '
+                        f'{field}: {what} ({", ".join(values)})')
+  names = tuple(class_names) or tuple(sorted({r.label for r in rows}))
+  unknown = sorted({r.label for r in rows} - set(names))
+  if unknown:
+    problems.append(f'{path}: label: unknown value(s) {", ".join(unknown)} (classes: '
+                    f'{", ".join(names)})')
+  if len(names) < 2:
+    problems.append(f'{path}: label: only one class ({", ".join(names)}); need at least two')
+  return by_patient, names, problems
+
+
+def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
+  """A seeded permutation of patients in which every class is spread evenly.
+
+  Within class c (n_c patients, shuffled) the r-th patient gets the key (r + u_c) / n_c with a
+  random phase u_c; sorting all keys interleaves the classes, so any prefix or contiguous block of
+  the order holds each class in proportion (to within one patient).
+
+  Args:
+    labels: [P] class indices.
+    seed: the split seed.
+
+  Returns:
+    [P] int64 permutation of range(P).
+  """
+  rng = np.random.default_rng(seed)
+  keys = np.empty(labels.size)
+  for c in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == c))
+    keys[members] = (np.arange(members.size) + rng.uniform()) / members.size
+  return np.lexsort((rng.permutation(labels.size), keys)).astype(np.int64)
+
+
+def stratified_split(labels: np.ndarray, fractions: Sequence[float] = (0.6, 0.2, 0.2),
+                     seed: int = 0) -> dict[str, np.ndarray]:
+  """Patient-level stratified split: floor(f0 P) train, floor(f1 P) val, the rest test.
+
+  Args:
+    labels: [P] class indices.
+    fractions: (train, val, test), non-negative, summing to 1.
+    seed: the split seed.
+
+  Returns:
+    'train'/'val'/'test' -> sorted int64 patient indices, disjoint, covering range(P).
+  """
+  if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+    raise DataError(f'fractions: {tuple(fractions)} must be three non-negative numbers summing to 1')
+  order = stratified_order(np.asarray(labels), seed)
+  n = order.size
+  n_train = math.floor(fractions[0] * n + 1e-9)
+  n_val = math.floor(fractions[1] * n + 1e-9)
+  cuts = np.split(order, [n_train, n_train + n_val])
+  return {name: np.sort(c) for name, c in zip(SPLITS, cuts)}
+
+
+def kfold_split(labels: np.ndarray, num_folds: int, fold: int, seed: int = 0
+                ) -> dict[str, np.ndarray]:
+  """k stratified folds (contiguous blocks of `stratified_order`): fold = test, fold + 1 = val."""
+  if num_folds < 3 or not 0 <= fold < num_folds:
+    raise DataError(f'num_folds/fold: need num_folds >= 3 and 0 <= fold < num_folds, got '
+                    f'{num_folds}/{fold}')
+  order = stratified_order(np.asarray(labels), seed)
+  fold_of = np.empty(order.size, np.int64)
+  fold_of[order] = np.arange(order.size) * num_folds // order.size
+  test, val = fold, (fold + 1) % num_folds
+  return {'train': np.flatnonzero((fold_of != test) & (fold_of != val)),
+          'val': np.flatnonzero(fold_of == val), 'test': np.flatnonzero(fold_of == test)}
+
+
+def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
+            ) -> tuple[dict[str, list[clam.SlideInfo]], dict[str, list[str]], list[str]]:
+  """Inspects (or fully checks) every slide: (patient -> infos, patient -> problems, global)."""
+  infos: dict[str, list[clam.SlideInfo]] = {}
+  problems: dict[str, list[str]] = {}
+  for pid, rows in by_patient.items():
+    for r in rows:
+      path = clam.slide_path(spec.features_dir, r.slide_id)
+      where = f'{path}: patient {pid}, slide {r.slide_id}: '
+      if not os.path.isfile(path):
+        problems.setdefault(pid, []).append(where + 'feature file missing (no image modality)')
+        continue
+      found = clam.check_bag(path, spec.feature_dim) if scan else []
+      if not found:
+        try:
+          infos.setdefault(pid, []).append(clam.inspect_slide(path, spec.feature_dim))
+        except DataError as e:
+          found = str(e).split('\n')
+      problems.setdefault(pid, []).extend(where + p.replace(f'{path}: ', '', 1) for p in found)
+  problems = {k: v for k, v in problems.items() if v}
+  labelled = {r.slide_id for rows in by_patient.values() for r in rows}
+  unlabelled = []
+  if os.path.isdir(spec.features_dir):
+    unlabelled = sorted(n[:-3] for n in os.listdir(spec.features_dir)
+                        if n.endswith('.h5') and n[:-3] not in labelled)
+  else:
+    return infos, problems, [f'{spec.features_dir}: features_dir: no such folder']
+  extra = []
+  if unlabelled:
+    msg = (f'{spec.features_dir}: {len(unlabelled)} slide file(s) have no row in {spec.labels} '
+           f'(first: {", ".join(unlabelled[:_SHOW])})')
+    if spec.drop_incomplete:
+      logging.warning('%s; ignored', msg)
+    else:
+      extra.append(msg)
+  return infos, problems, extra
+
+
+def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
+                normalizer: expr.GeneNormalizer | None
+                ) -> tuple[dict[str, np.ndarray], tuple[str, ...], dict[str, str],
+                           dict[str, list[str]], list[str]]:
+  """Matches and reads expression: (patient -> raw aligned values [G], gene list,
+  patient -> column, patient -> problems, global problems)."""
+  try:
+    source = expr.open_expression(spec.expression, spec.value_column, spec.manifest)
+  except DataError as e:
+    return {}, (), {}, {}, [str(e)]
+  explicit = {pid: rows[0].expression_id for pid, rows in by_patient.items()
+              if rows[0].expression_id}
+  matched, unmatched = expr.match_samples(list(by_patient), source.sample_ids, explicit=explicit,
+                                          preferred_types=spec.preferred_sample_types)
+  problems = {pid: [f'{spec.expression}: patient {pid}: column: {msg} (no expression modality)']
+              for pid, msg in unmatched.items()}
+  users: dict[str, list[str]] = {}
+  for pid, s in matched.items():
+    users.setdefault(s, []).append(pid)
+  shared = [f'{spec.expression}: column {s}: matched by several patients ({", ".join(p)})'
+            for s, p in users.items() if len(p) > 1]
+  if shared:
+    return {}, (), matched, problems, shared
+  try:
+    table = source.read(list(users))
+    strip = normalizer.strip_versions if normalizer else spec.strip_versions
+    genes = normalizer.genes if normalizer else tuple(expr.gene_keys(table.genes, strip))
+    values = expr.align_genes(table, genes, strip)
+  except DataError as e:
+    return {}, (), matched, problems, [str(e)]
+  rows = {s: i for i, s in enumerate(table.samples)}
+  out = {}
+  for pid, s in matched.items():
+    v = values[rows[s]]
+    bad = np.flatnonzero(~np.isfinite(v))
+    if bad.size:
+      problems.setdefault(pid, []).append(
+          f'{spec.expression}: patient {pid}: values: column {s} has {bad.size} NaN/Inf values '
+          f'(first gene {genes[bad[0]]})')
+    else:
+      out[pid] = v
+  return out, genes, matched, problems, []
+
+
+def _assemble(spec: CohortSpec, normalizer: expr.GeneNormalizer | None, scan: bool
+              ) -> tuple[Cohort | None, list[str]]:
+  """Builds the cohort; returns (cohort or None, every problem found)."""
+  try:
+    rows = read_labels(spec.labels)
+  except DataError as e:
+    return None, str(e).split('\n')
+  by_patient, class_names, problems = _group(rows, spec.labels, spec.class_names)
+  infos, patient_problems, extra = _slides(spec, by_patient, scan)
+  problems += extra
+  values, genes, matched, expr_problems, extra = _expression(spec, by_patient, normalizer)
+  problems += extra
+  for pid, ps in expr_problems.items():
+    patient_problems.setdefault(pid, []).extend(ps)
+  dims = {i.feature_dim for v in infos.values() for i in v}
+  if len(dims) > 1:
+    problems.append(f'{spec.features_dir}: features: slides differ in width ({sorted(dims)}); '
+                    'set feature_dim')
+  if problems or (patient_problems and not spec.drop_incomplete):
+    return None, problems + [p for ps in patient_problems.values() for p in ps]
+  if patient_problems:
+    logging.warning('drop_incomplete: dropping %d patient(s):\n%s', len(patient_problems),
+                    '\n'.join(p for ps in patient_problems.values() for p in ps))
+  kept = [pid for pid in by_patient if pid not in patient_problems]
+  if not kept:
+    return None, [f'{spec.labels}: no patient left with both modalities']
+  patients = tuple(Patient(
+      pid, class_names.index(by_patient[pid][0].label),
+      tuple(r.slide_id for r in by_patient[pid]), tuple(i.path for i in infos[pid]),
+      tuple(i.num_patches for i in infos[pid]), matched[pid]) for pid in kept)
+  labels = np.asarray([p.label for p in patients])
+  split_col = [by_patient[pid][0].split for pid in kept]
+  if split_col[0] is not None:
+    splits = {s: np.asarray([i for i, x in enumerate(split_col) if x == s], np.int64)
+              for s in SPLITS}
+  elif spec.num_folds:
+    splits = kfold_split(labels, spec.num_folds, spec.fold, spec.seed)
+  else:
+    splits = stratified_split(labels, spec.fractions, spec.seed)
+  raw = np.stack([values[pid] for pid in kept])
+  if normalizer is None:
+    if splits['train'].size == 0:
+      return None, [f'{spec.labels}: split: no training patients to fit the normalisation on']
+    normalizer = expr.GeneNormalizer.fit(raw[splits['train']], genes, log2p1=spec.log2p1,
+                                         strip_versions=spec.strip_versions,
+                                         std_floor=spec.std_floor, source=spec.expression)
+  try:
+    normalised = normalizer.transform(raw, spec.expression)
+  except DataError as e:
+    return None, [str(e)]
+  feature_dim = dims.pop()
+  return Cohort(patients, class_names, splits, normalised, normalizer, feature_dim), []
+
+
+def load_cohort(spec: CohortSpec, normalizer: expr.GeneNormalizer | None = None) -> Cohort:
+  """Loads a cohort (slide headers are checked; features are read later, lazily).
+
+  Args:
+    spec: the inputs.
+    normalizer: a stored gene list and statistics (fine-tuning / prediction); None fits them on the
+      training split.
+
+  Returns:
+    The cohort.
+
+  Raises:
+    DataError: listing every problem, one per line.
+  """
+  cohort, problems = _assemble(spec, normalizer, scan=False)
+  if problems:
+    raise DataError('\n'.join(problems))
+  logging.info('cohort: %d patients, %d classes, %d genes, splits %s', len(cohort.patients),
+               cohort.num_classes, cohort.num_genes,
+               {k: int(v.size) for k, v in cohort.splits.items()})
+  return cohort
+
+
+def cohort_problems(spec: CohortSpec, normalizer: expr.GeneNormalizer | None = None) -> list[str]:
+  """Every problem of the inputs, one line each (reads every feature file in full for NaN/Inf).
+
+  Empty when `load_cohort(spec, normalizer)` would succeed.
+  """
+  return _assemble(spec, normalizer, scan=True)[1]
