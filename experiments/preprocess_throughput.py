@@ -2,8 +2,8 @@
 
   python experiments/preprocess_throughput.py --batch_size=32 --patch_size=256 --batches=5
 
-Times whole batches after one warm-up (compile) call, blocking on each result. The compute dtype is
-the library default (float32 on CPU, bfloat16 on accelerators) unless --compute_dtype says otherwise.
+Times whole batches after one warm-up (compile) call, blocking on each result. The compute dtype
+is the library default (float32 on CPU, bfloat16 on accelerators) unless --compute_dtype says so.
 """
 
 import time

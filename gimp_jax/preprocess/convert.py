@@ -5,8 +5,8 @@ module's path joined with dots (`layer2.0.downsample.0.weight`). Convolution ker
 from PyTorch's OIHW to Flax's HWIO; BatchNorm `weight`, `bias`, `running_mean`, `running_var` become
 `scale`, `bias`, `mean`, `var`. `layer4.*`, `fc.*` and `num_batches_tracked` belong to the full
 network and are ignored; any other unknown key, a missing key or a wrong shape raises `DataError`.
-Nothing is ever downloaded: the user supplies the file (e.g. torchvision's `IMAGENET1K_V1` weights or
-timm's `resnet50.tv_in1k`, which share these names).
+Nothing is ever downloaded: the user supplies the file (e.g. torchvision's `IMAGENET1K_V1` weights
+or timm's `resnet50.tv_in1k`, which share these names).
 """
 
 import os
@@ -116,5 +116,5 @@ def resnet50_trunk_from_state_dict(state_dict: dict[str, np.ndarray], dtype=jnp.
 
 
 def resnet50_trunk_from_file(path: str, dtype=jnp.float32) -> ResNet50Trunk:
-  """`ResNet50Trunk(dtype=dtype)` filled from a torchvision resnet50 `.pth` / `.safetensors` file."""
+  """`ResNet50Trunk(dtype=dtype)` filled from a torchvision resnet50 .pth / .safetensors file."""
   return resnet50_trunk_from_state_dict(load_state_dict(path), dtype=dtype, source=path)

@@ -1,4 +1,4 @@
-"""One slide from file to feature file: plan the grid, draw the preview, encode patches in batches."""
+"""One slide to one feature file: plan the grid, draw the preview, encode patches in batches."""
 
 from collections.abc import Callable
 import os

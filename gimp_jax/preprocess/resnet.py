@@ -6,8 +6,9 @@ averaged over space, giving 1,024 features per patch. Layout is NHWC with HWIO k
 written out explicitly so that every convolution and the max-pool match PyTorch's symmetric padding.
 BatchNorm always uses its running statistics (inference only).
 
-Module paths follow torchvision's parameter names (`layer1/0/conv1/kernel` for `layer1.0.conv1.weight`,
-`layer1/0/downsample/0` for the projection conv), which `convert.py` relies on.
+Module paths follow torchvision's parameter names (`layer1/0/conv1/kernel` for
+`layer1.0.conv1.weight`, `layer1/0/downsample/0` for the projection conv), which `convert.py`
+relies on.
 """
 
 from collections.abc import Callable
@@ -101,7 +102,7 @@ class ResNet50Trunk(nnx.Module):
 
 
 def normalize(images: jax.Array) -> jax.Array:
-  """uint8 RGB images [..., 3] -> ImageNet-normalised float32 (torchvision `ToTensor` + `Normalize`)."""
+  """uint8 RGB [..., 3] -> ImageNet-normalised float32 (torchvision `ToTensor` + `Normalize`)."""
   mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
   std = jnp.asarray(IMAGENET_STD, jnp.float32)
   return (images.astype(jnp.float32) / 255.0 - mean) / std
@@ -116,8 +117,8 @@ def make_feature_fn(model: ResNet50Trunk) -> Callable[[np.ndarray], jax.Array]:
   """A jitted function uint8 patches [batch, H, W, 3] -> features [batch, 1024] float32.
 
   The model is split once; the returned function closes over its state, so every call with the same
-  batch shape reuses one compiled program. Calls are asynchronous (JAX dispatch): the caller can read
-  the next batch from the slide while this one computes.
+  batch shape reuses one compiled program. Calls are asynchronous (JAX dispatch): the caller can
+  read the next batch from the slide while this one computes.
   """
   graphdef, state = nnx.split(model)
 

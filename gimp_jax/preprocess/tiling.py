@@ -8,9 +8,9 @@ footprint from its centre (CLAM's `four_pt` rule) falls on the tissue mask of th
 Coordinates are level-0 pixel (x, y) of the patch's top-left corner, in row-major order (y, then x).
 
 Reading: the pyramid level closest to the target among those not coarser than it (within 10%), so
-patches are never upsampled when the slide has the resolution. When that level is within 10% of the target, a
-`patch_size` region is read there as is (CLAM does the same: an Aperio "20x" level of 0.499 um/px
-is 20x); otherwise a region of the equivalent size is read and resized to `patch_size`.
+patches are never upsampled when the slide has the resolution. When that level is within 10% of
+the target, a `patch_size` region is read there as is (CLAM does the same: an Aperio "20x" level of
+0.499 um/px is 20x); otherwise a region of the equivalent size is read and resized to `patch_size`.
 """
 
 import dataclasses
@@ -37,7 +37,7 @@ class TilingParams:
   patch_size: int = 256
   thumbnail_pixels_per_patch: int = 16  # resolution of the tissue mask
   max_thumbnail_side: int = 4096
-  min_tissue_patches: float = 16.0  # CLAM TCGA a_t=16 (x 512^2 level-0 px at 40x) = 16 patches at 20x
+  min_tissue_patches: float = 16.0  # CLAM TCGA a_t=16 (x 512^2 px at 40x) = 16 patches at 20x
   min_hole_patches: float = 4.0  # CLAM TCGA a_h=4
 
 
@@ -92,7 +92,7 @@ def level0_mpp(properties, source: str) -> float:
     logging.warning('%s: no openslide.mpp-x; using objective power %gx, i.e. %g um/px at level 0',
                     source, power, _MICRONS_AT_1X / power)
     return _MICRONS_AT_1X / power
-  logging.warning('%s: neither openslide.mpp-x nor objective-power; assuming level 0 is 20x', source)
+  logging.warning('%s: no openslide.mpp-x nor objective-power; assuming level 0 is 20x', source)
   return _MICRONS_AT_1X / 20.0
 
 

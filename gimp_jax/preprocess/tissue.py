@@ -5,8 +5,8 @@
 2. Otsu's threshold on the saturation histogram (never below `min_saturation`, so a slide that is
    nearly all glass does not turn scanner noise into tissue), then a morphological closing.
 3. Connected tissue regions (8-connected) and the holes inside them (4-connected background that
-   does not touch the outside). Per region, the `max_holes` largest holes of at least `min_hole_area`
-   stay holes; smaller ones are filled. A region whose area minus its holes is below
+   does not touch the outside). Per region, the `max_holes` largest holes of at least
+   `min_hole_area` stay holes; the others are filled. A region whose area minus its holes is below
    `min_tissue_area` is dropped.
 
 Areas are in thumbnail pixels; the caller converts from level-0 units.
@@ -41,7 +41,7 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
 
 
 def otsu_threshold(values: np.ndarray) -> int:
-  """Otsu's threshold of uint8 values: the t maximising the between-class variance of {<= t, > t}."""
+  """Otsu's threshold of uint8 values: the t maximising the between-class variance of <= t, > t."""
   hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
   levels = np.arange(256, dtype=np.float64)
   weight_low = np.cumsum(hist)
