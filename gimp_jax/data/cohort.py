@@ -5,10 +5,9 @@ Inputs (issue 4): a labels CSV `patient_id,slide_id,label[,split][,expression_id
 row order), a folder of CLAM `<slide_id>.h5` files, and an expression matrix or GDC folder
 (`expression.py`).
 
-Splits: the `split` column (train/val/test) when present; otherwise a patient-level stratified split
-from a seed, `floor(f_train * P)` / `floor(f_val * P)` / the rest (946 -> 567/189/190 as the paper),
-or k folds from the same stratified order (fold i = test, fold (i + 1) mod k = val, the others =
-train). A patient belongs to exactly one split by construction.
+Splits: the `split` column (train/val/test) when present; otherwise a seeded patient-level
+stratified split or k folds (`splits.py`). The gene list and the normalisation are fitted on the
+training split only (`genes.py`), or taken from a stored `GeneNormalizer`.
 
 Every problem is one line naming the file, the patient and the field. `load_cohort` raises all of
 them at once as one `DataError`; `cohort_problems` returns them (for `python -m gimp_jax.validate`).
@@ -19,7 +18,6 @@ NaN in their expression) are dropped with a warning instead.
 from collections.abc import Mapping, Sequence
 import csv
 import dataclasses
-import math
 import os
 
 from absl import logging
@@ -27,9 +25,11 @@ import numpy as np
 
 from gimp_jax.data import clam
 from gimp_jax.data import expression as expr
+from gimp_jax.data import genes as genes_lib
+from gimp_jax.data import splits as splits_lib
 from gimp_jax.errors import DataError
 
-SPLITS = ('train', 'val', 'test')
+SPLITS = splits_lib.SPLITS
 _SPLIT_NAMES = {'train': 'train', 'training': 'train', 'val': 'val', 'valid': 'val',
                 'validation': 'val', 'test': 'test', 'testing': 'test'}
 _SHOW = 5
@@ -46,13 +46,15 @@ class CohortSpec:
     feature_dim: expected feature width D (None: any, the same for all slides).
     class_names: label strings in class-index order; empty = sorted unique labels.
     seed: seed of the automatic split.
-    fractions: train/val/test fractions of the automatic stratified split.
+    split_fractions: train/val/test fractions of the automatic stratified split.
     num_folds: k > 1 switches the automatic split to k folds; `fold` is the test fold.
     fold: test fold index in [0, k).
     drop_incomplete: drop patients with problems of their own instead of failing.
-    strip_versions: match genes without Ensembl version suffixes.
-    log2p1: apply log2(x + 1) before standardising (off for tables already in log2).
-    std_floor: floor of the per-gene standard deviation.
+    num_genes: length G of the gene list fitted on the training table (0: all genes; fewer: the
+      most variable on the training split; more: padded with constant genes).
+    strip_gene_versions: match genes without Ensembl version suffixes.
+    log_transform: apply log2(x + 1) before standardising (off for tables already in log2).
+    std_floor: per-gene standard deviations below this count as zero (the gene is only centred).
     value_column: per-sample files: 0-based column index or header name (None: see expression.py).
     manifest: per-sample files: CSV/TSV mapping file names to sample IDs.
     preferred_sample_types: TCGA sample type codes accepted when matching by barcode prefix.
@@ -63,23 +65,28 @@ class CohortSpec:
   feature_dim: int | None = 1024
   class_names: tuple[str, ...] = ()
   seed: int = 0
-  fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+  split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
   num_folds: int = 0
   fold: int = 0
   drop_incomplete: bool = False
-  strip_versions: bool = True
-  log2p1: bool = True
+  num_genes: int = 0
+  strip_gene_versions: bool = True
+  log_transform: bool = True
   std_floor: float = 1e-6
   value_column: int | str | None = None
   manifest: str | None = None
   preferred_sample_types: tuple[str, ...] | None = ('01',)
 
   @classmethod
-  def from_mapping(cls, m: Mapping) -> 'CohortSpec':
-    """Builds a spec from a dict or ConfigDict, ignoring keys that are not fields."""
+  def from_mapping(cls, m: Mapping, **overrides) -> 'CohortSpec':
+    """Builds a spec from a dict or ConfigDict (e.g. `config.data`, seed=config.seed).
+
+    Keys that are not fields (e.g. `source`, `bucket_sizes`) are ignored.
+    """
     names = {f.name for f in dataclasses.fields(cls)}
     kw = {k: m[k] for k in m if k in names}
-    for k in ('class_names', 'fractions', 'preferred_sample_types'):
+    kw.update(overrides)
+    for k in ('class_names', 'split_fractions', 'preferred_sample_types'):
       if kw.get(k) is not None:
         kw[k] = tuple(kw[k])
     return cls(**kw)
@@ -136,7 +143,7 @@ class Cohort:
   class_names: tuple[str, ...]
   splits: dict[str, np.ndarray]
   genes: np.ndarray
-  normalizer: expr.GeneNormalizer
+  normalizer: genes_lib.GeneNormalizer
   feature_dim: int
 
   @property
@@ -245,64 +252,6 @@ def _group(rows: list[LabelRow], path: str, class_names: Sequence[str]
   return by_patient, names, problems
 
 
-def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
-  """A seeded permutation of patients in which every class is spread evenly.
-
-  Within class c (n_c patients, shuffled) the r-th patient gets the key (r + u_c) / n_c with a
-  random phase u_c; sorting all keys interleaves the classes, so any prefix or contiguous block of
-  the order holds each class in proportion (to within one patient).
-
-  Args:
-    labels: [P] class indices.
-    seed: the split seed.
-
-  Returns:
-    [P] int64 permutation of range(P).
-  """
-  rng = np.random.default_rng(seed)
-  keys = np.empty(labels.size)
-  for c in np.unique(labels):
-    members = rng.permutation(np.flatnonzero(labels == c))
-    keys[members] = (np.arange(members.size) + rng.uniform()) / members.size
-  return np.lexsort((rng.permutation(labels.size), keys)).astype(np.int64)
-
-
-def stratified_split(labels: np.ndarray, fractions: Sequence[float] = (0.6, 0.2, 0.2),
-                     seed: int = 0) -> dict[str, np.ndarray]:
-  """Patient-level stratified split: floor(f0 P) train, floor(f1 P) val, the rest test.
-
-  Args:
-    labels: [P] class indices.
-    fractions: (train, val, test), non-negative, summing to 1.
-    seed: the split seed.
-
-  Returns:
-    'train'/'val'/'test' -> sorted int64 patient indices, disjoint, covering range(P).
-  """
-  if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-    raise DataError(f'fractions: {tuple(fractions)} must be three non-negative numbers summing to 1')
-  order = stratified_order(np.asarray(labels), seed)
-  n = order.size
-  n_train = math.floor(fractions[0] * n + 1e-9)
-  n_val = math.floor(fractions[1] * n + 1e-9)
-  cuts = np.split(order, [n_train, n_train + n_val])
-  return {name: np.sort(c) for name, c in zip(SPLITS, cuts)}
-
-
-def kfold_split(labels: np.ndarray, num_folds: int, fold: int, seed: int = 0
-                ) -> dict[str, np.ndarray]:
-  """k stratified folds (contiguous blocks of `stratified_order`): fold = test, fold + 1 = val."""
-  if num_folds < 3 or not 0 <= fold < num_folds:
-    raise DataError(f'num_folds/fold: need num_folds >= 3 and 0 <= fold < num_folds, got '
-                    f'{num_folds}/{fold}')
-  order = stratified_order(np.asarray(labels), seed)
-  fold_of = np.empty(order.size, np.int64)
-  fold_of[order] = np.arange(order.size) * num_folds // order.size
-  test, val = fold, (fold + 1) % num_folds
-  return {'train': np.flatnonzero((fold_of != test) & (fold_of != val)),
-          'val': np.flatnonzero(fold_of == val), 'test': np.flatnonzero(fold_of == test)}
-
-
 def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
             ) -> tuple[dict[str, list[clam.SlideInfo]], dict[str, list[str]], list[str]]:
   """Inspects (or fully checks) every slide: (patient -> infos, patient -> problems, global)."""
@@ -342,11 +291,15 @@ def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
 
 
 def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
-                normalizer: expr.GeneNormalizer | None
+                gene_list: Sequence[str] | None, strip: bool
                 ) -> tuple[dict[str, np.ndarray], tuple[str, ...], dict[str, str],
                            dict[str, list[str]], list[str]]:
-  """Matches and reads expression: (patient -> raw aligned values [G], gene list,
-  patient -> column, patient -> problems, global problems)."""
+  """Matches and reads expression.
+
+  Returns:
+    (patient -> raw values [G] aligned to `gene_list` (default: all the table's genes), the gene
+    IDs of those values, patient -> column, patient -> problems, global problems).
+  """
   try:
     source = expr.open_expression(spec.expression, spec.value_column, spec.manifest)
   except DataError as e:
@@ -366,9 +319,8 @@ def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
     return {}, (), matched, problems, shared
   try:
     table = source.read(list(users))
-    strip = normalizer.strip_versions if normalizer else spec.strip_versions
-    genes = normalizer.genes if normalizer else tuple(expr.gene_keys(table.genes, strip))
-    values = expr.align_genes(table, genes, strip)
+    genes = tuple(gene_list or genes_lib.gene_keys(table.genes, strip))
+    values = genes_lib.align_genes(table.genes, table.values, genes, strip, spec.expression)
   except DataError as e:
     return {}, (), matched, problems, [str(e)]
   rows = {s: i for i, s in enumerate(table.samples)}
@@ -385,7 +337,34 @@ def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
   return out, genes, matched, problems, []
 
 
-def _assemble(spec: CohortSpec, normalizer: expr.GeneNormalizer | None, scan: bool
+def _splits(spec: CohortSpec, split_col: list[str | None], labels: np.ndarray
+            ) -> dict[str, np.ndarray]:
+  """The split column when given, else k folds or the stratified split from the seed."""
+  if split_col[0] is not None:
+    return {s: np.asarray([i for i, x in enumerate(split_col) if x == s], np.int64)
+            for s in SPLITS}
+  if spec.num_folds:
+    return splits_lib.kfold_split(labels, spec.num_folds, spec.fold, spec.seed)
+  return splits_lib.stratified_split(labels, spec.split_fractions, spec.seed)
+
+
+def _normalise(spec: CohortSpec, raw: np.ndarray, genes: tuple[str, ...], train: np.ndarray,
+               normalizer: genes_lib.GeneNormalizer | None
+               ) -> tuple[np.ndarray, genes_lib.GeneNormalizer]:
+  """Fits the gene list and statistics on `train` rows unless given; -> ([P, G], normaliser)."""
+  if normalizer is None:
+    if train.size == 0:
+      raise DataError(f'{spec.labels}: split: no training patients to fit the normalisation on')
+    scores = genes_lib.log_variance(raw[train], spec.log_transform, spec.expression)
+    selected = genes_lib.select_genes(genes, spec.num_genes, scores)
+    raw = genes_lib.align_genes(genes, raw, selected, False, spec.expression)
+    normalizer = genes_lib.GeneNormalizer.fit(
+        raw[train], selected, log_transform=spec.log_transform,
+        strip_versions=spec.strip_gene_versions, std_floor=spec.std_floor, source=spec.expression)
+  return normalizer.transform(raw, spec.expression), normalizer
+
+
+def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, scan: bool
               ) -> tuple[Cohort | None, list[str]]:
   """Builds the cohort; returns (cohort or None, every problem found)."""
   try:
@@ -393,9 +372,14 @@ def _assemble(spec: CohortSpec, normalizer: expr.GeneNormalizer | None, scan: bo
   except DataError as e:
     return None, str(e).split('\n')
   by_patient, class_names, problems = _group(rows, spec.labels, spec.class_names)
+  if normalizer is not None and spec.num_genes and spec.num_genes != normalizer.num_genes:
+    problems.append(f'{spec.expression}: genes: the stored gene list has {normalizer.num_genes} '
+                    f'genes but num_genes is {spec.num_genes}')
   infos, patient_problems, extra = _slides(spec, by_patient, scan)
   problems += extra
-  values, genes, matched, expr_problems, extra = _expression(spec, by_patient, normalizer)
+  strip = normalizer.strip_versions if normalizer else spec.strip_gene_versions
+  values, genes, matched, expr_problems, extra = _expression(
+      spec, by_patient, normalizer.genes if normalizer else None, strip)
   problems += extra
   for pid, ps in expr_problems.items():
     patient_problems.setdefault(pid, []).extend(ps)
@@ -415,31 +399,17 @@ def _assemble(spec: CohortSpec, normalizer: expr.GeneNormalizer | None, scan: bo
       pid, class_names.index(by_patient[pid][0].label),
       tuple(r.slide_id for r in by_patient[pid]), tuple(i.path for i in infos[pid]),
       tuple(i.num_patches for i in infos[pid]), matched[pid]) for pid in kept)
-  labels = np.asarray([p.label for p in patients])
-  split_col = [by_patient[pid][0].split for pid in kept]
-  if split_col[0] is not None:
-    splits = {s: np.asarray([i for i, x in enumerate(split_col) if x == s], np.int64)
-              for s in SPLITS}
-  elif spec.num_folds:
-    splits = kfold_split(labels, spec.num_folds, spec.fold, spec.seed)
-  else:
-    splits = stratified_split(labels, spec.fractions, spec.seed)
-  raw = np.stack([values[pid] for pid in kept])
-  if normalizer is None:
-    if splits['train'].size == 0:
-      return None, [f'{spec.labels}: split: no training patients to fit the normalisation on']
-    normalizer = expr.GeneNormalizer.fit(raw[splits['train']], genes, log2p1=spec.log2p1,
-                                         strip_versions=spec.strip_versions,
-                                         std_floor=spec.std_floor, source=spec.expression)
   try:
-    normalised = normalizer.transform(raw, spec.expression)
+    splits = _splits(spec, [by_patient[pid][0].split for pid in kept],
+                     np.asarray([p.label for p in patients]))
+    normalised, normalizer = _normalise(spec, np.stack([values[pid] for pid in kept]), genes,
+                                        splits['train'], normalizer)
   except DataError as e:
-    return None, [str(e)]
-  feature_dim = dims.pop()
-  return Cohort(patients, class_names, splits, normalised, normalizer, feature_dim), []
+    return None, str(e).split('\n')
+  return Cohort(patients, class_names, splits, normalised, normalizer, dims.pop()), []
 
 
-def load_cohort(spec: CohortSpec, normalizer: expr.GeneNormalizer | None = None) -> Cohort:
+def load_cohort(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None = None) -> Cohort:
   """Loads a cohort (slide headers are checked; features are read later, lazily).
 
   Args:
@@ -462,7 +432,7 @@ def load_cohort(spec: CohortSpec, normalizer: expr.GeneNormalizer | None = None)
   return cohort
 
 
-def cohort_problems(spec: CohortSpec, normalizer: expr.GeneNormalizer | None = None) -> list[str]:
+def cohort_problems(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None = None) -> list[str]:
   """Every problem of the inputs, one line each (reads every feature file in full for NaN/Inf).
 
   Empty when `load_cohort(spec, normalizer)` would succeed.

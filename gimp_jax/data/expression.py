@@ -1,4 +1,4 @@
-"""TCGA-style gene expression: readers, gene alignment, sample matching, normalisation.
+"""TCGA-style gene expression tables: readers and matching of patients to samples.
 
 Two layouts are read (see formats_and_algorithms.md section 5):
 - a matrix file (TSV/CSV, optionally .gz): a header row whose first field names the gene column
@@ -8,26 +8,21 @@ Two layouts are read (see formats_and_algorithms.md section 5):
   ID starts with `__` (HTSeq) or `N_` (STAR), which are skipped. The sample ID of a file is its name
   up to the first dot, or what a manifest (e.g. the GDC sample sheet) maps its file name to.
 
-Gene order is fixed by an ordered gene list (fitted from the training table or stored with a model).
-`GeneNormalizer` applies log2(x + 1) (optional) then per-gene standardisation fitted on the training
-split only, and is saved as `.npz` or JSON without pickle.
+Gene lists, alignment and normalisation are in `genes.py`.
 """
 
 from collections.abc import Sequence
 import dataclasses
 import gzip
-import json
 import os
 import re
 from typing import TextIO
 
-from absl import logging
 import numpy as np
 
+from gimp_jax.data import genes as genes_lib
 from gimp_jax.errors import DataError
 
-# Ensembl IDs with a version suffix, keeping GENCODE's `_PAR_Y` tag (ENSG00000228572.7_PAR_Y).
-_ENSEMBL_VERSION = re.compile(r'^(ENS[A-Z]*\d{6,})\.\d+(_PAR_Y)?$')
 _TCGA_PATIENT = re.compile(r'^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}', re.IGNORECASE)
 _SUMMARY_PREFIXES = ('__', 'N_')
 # STAR's FPKM column, used when a per-sample file has a header and no value column is configured.
@@ -51,17 +46,6 @@ class ExpressionTable:
   genes: tuple[str, ...]
   samples: tuple[str, ...]
   values: np.ndarray
-
-
-def strip_version(gene_id: str) -> str:
-  """'ENSG00000000003.13' -> 'ENSG00000000003'; '...7_PAR_Y' keeps '_PAR_Y'; other IDs unchanged."""
-  m = _ENSEMBL_VERSION.match(gene_id)
-  return m.group(1) + (m.group(2) or '') if m else gene_id
-
-
-def gene_keys(genes: Sequence[str], strip_versions: bool) -> list[str]:
-  """The IDs genes are matched on: the IDs, or the IDs without Ensembl versions."""
-  return [strip_version(g) for g in genes] if strip_versions else list(genes)
 
 
 def _open_text(path: str) -> TextIO:
@@ -316,35 +300,8 @@ def open_expression(path: str, value_column: int | str | None = None,
 def read_gene_ids(path: str, *, strip_versions: bool = False, value_column: int | str | None = None,
                   manifest: str | None = None) -> tuple[str, ...]:
   """The ordered gene list of an expression source (G = its length), without reading values."""
-  return tuple(gene_keys(open_expression(path, value_column, manifest).gene_ids(), strip_versions))
-
-
-def align_genes(table: ExpressionTable, genes: Sequence[str], strip_versions: bool) -> np.ndarray:
-  """Reorders a table's columns to an ordered gene list.
-
-  Args:
-    table: values [S, G_file].
-    genes: the target gene list [G] (already version-stripped when `strip_versions`).
-    strip_versions: match on IDs without Ensembl version suffixes.
-
-  Returns:
-    [S, G] float32; genes of the table not in the list are dropped (and logged).
-
-  Raises:
-    DataError: genes of the list missing from the table (how many, and the first few), or IDs that
-      collide once versions are stripped.
-  """
-  keys = gene_keys(table.genes, strip_versions)
-  _check_unique(keys, table.path, 'gene IDs' + (' without versions' if strip_versions else ''))
-  index = {k: i for i, k in enumerate(keys)}
-  missing = [g for g in genes if g not in index]
-  if missing:
-    raise DataError(f'{table.path}: genes: {len(missing)} of {len(genes)} genes of the gene list '
-                    f'are missing (first: {", ".join(missing[:_SHOW])})')
-  if len(keys) > len(genes):
-    logging.info('%s: %d genes not in the gene list are ignored', table.path,
-                 len(keys) - len(genes))
-  return np.ascontiguousarray(table.values[:, [index[g] for g in genes]])
+  return tuple(genes_lib.gene_keys(open_expression(path, value_column, manifest).gene_ids(),
+                                   strip_versions))
 
 
 def _sample_type(sample: str) -> str:
@@ -407,102 +364,3 @@ def match_samples(patient_ids: Sequence[str], sample_ids: Sequence[str], *,
   return matched, problems
 
 
-@dataclasses.dataclass(frozen=True)
-class GeneNormalizer:
-  """log2(x + 1) (optional) then per-gene standardisation, fitted on the training split.
-
-  Attributes:
-    genes: [G] the ordered gene list (version-stripped when `strip_versions`).
-    mean: [G] float32 per-gene mean of the (logged) training values.
-    std: [G] float32 per-gene standard deviation (ddof 0), floored at `std_floor`.
-    log2p1: whether log2(x + 1) is applied first (off for tables already in log2).
-    strip_versions: whether genes are matched without Ensembl version suffixes.
-    std_floor: the floor applied to `std`.
-  """
-  genes: tuple[str, ...]
-  mean: np.ndarray
-  std: np.ndarray
-  log2p1: bool = True
-  strip_versions: bool = True
-  std_floor: float = 1e-6
-
-  @property
-  def num_genes(self) -> int:
-    return len(self.genes)
-
-  @classmethod
-  def fit(cls, values: np.ndarray, genes: Sequence[str], *, log2p1: bool = True,
-          strip_versions: bool = True, std_floor: float = 1e-6,
-          source: str = 'expression') -> 'GeneNormalizer':
-    """Fits mean/std on training values [S_train, G] (raw, aligned to `genes`)."""
-    if values.ndim != 2 or values.shape[1] != len(genes) or values.shape[0] == 0:
-      raise DataError(f'{source}: cannot fit normalisation on values of shape {values.shape} '
-                      f'for {len(genes)} genes')
-    x = _log(values, log2p1, source).astype(np.float64)
-    return cls(tuple(genes), x.mean(0).astype(np.float32),
-               np.maximum(x.std(0), std_floor).astype(np.float32), log2p1, strip_versions,
-               float(std_floor))
-
-  def transform(self, values: np.ndarray, source: str = 'expression') -> np.ndarray:
-    """values [S, G] raw, aligned to `genes` -> [S, G] float32 normalised."""
-    if values.ndim != 2 or values.shape[1] != self.num_genes:
-      raise DataError(f'{source}: values of shape {values.shape}, expected [S, {self.num_genes}]')
-    return ((_log(values, self.log2p1, source) - self.mean) / self.std).astype(np.float32)
-
-  def to_dict(self) -> dict:
-    """JSON-serialisable form (float32 values round-trip exactly)."""
-    return {'genes': list(self.genes), 'mean': [float(x) for x in self.mean],
-            'std': [float(x) for x in self.std], 'log2p1': self.log2p1,
-            'strip_versions': self.strip_versions, 'std_floor': self.std_floor}
-
-  @classmethod
-  def from_dict(cls, d: dict, source: str = 'normalizer') -> 'GeneNormalizer':
-    try:
-      genes = tuple(str(g) for g in d['genes'])
-      mean = np.asarray(d['mean'], np.float32).reshape(-1)
-      std = np.asarray(d['std'], np.float32).reshape(-1)
-      out = cls(genes, mean, std, bool(d['log2p1']), bool(d['strip_versions']),
-                float(d['std_floor']))
-    except (KeyError, TypeError, ValueError) as e:
-      raise DataError(f'{source}: not a gene normaliser ({e!r})') from e
-    if not len(genes) == mean.size == std.size or not (np.isfinite(mean).all() and (std > 0).all()):
-      raise DataError(f'{source}: inconsistent gene normaliser (genes {len(genes)}, mean '
-                      f'{mean.size}, std {std.size}, or non-finite/non-positive values)')
-    return out
-
-  def save(self, path: str) -> None:
-    """Writes `.npz` (no pickle) or, for a `.json` path, JSON."""
-    if path.endswith('.json'):
-      with open(path, 'w', encoding='utf-8') as f:
-        json.dump(self.to_dict(), f)
-      return
-    np.savez(path, genes=np.asarray(self.genes, dtype=np.str_), mean=self.mean, std=self.std,
-             log2p1=np.asarray(self.log2p1), strip_versions=np.asarray(self.strip_versions),
-             std_floor=np.asarray(self.std_floor))
-
-  @classmethod
-  def load(cls, path: str) -> 'GeneNormalizer':
-    """Reads what `save` wrote (np.load with allow_pickle=False)."""
-    try:
-      if path.endswith('.json'):
-        with open(path, encoding='utf-8') as f:
-          return cls.from_dict(json.load(f), path)
-      with np.load(path, allow_pickle=False) as z:
-        d = {k: z[k] for k in z.files}
-      d = {k: (v.tolist() if v.ndim == 0 else v) for k, v in d.items()}
-    except DataError:
-      raise
-    except Exception as e:  # missing file, bad zip, object arrays refused without pickle
-      raise DataError(f'{path}: cannot read gene normaliser ({e})') from e
-    return cls.from_dict(d, path)
-
-
-def _log(values: np.ndarray, log2p1: bool, source: str) -> np.ndarray:
-  """log2(x + 1) when asked; negative raw values are an error then (already logged input?)."""
-  values = np.asarray(values, np.float32)
-  if not log2p1:
-    return values
-  if (values < 0).any():
-    raise DataError(f'{source}: negative expression values, so log2(x + 1) is undefined; '
-                    'if the table is already log-transformed set log2p1=False')
-  return np.log2(values + np.float32(1.0))
