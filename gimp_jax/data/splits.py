@@ -21,7 +21,7 @@ def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
 
   Within class c (n_c patients, shuffled) the r-th patient gets the key (r + u_c) / n_c with a
   random phase u_c; sorting all keys interleaves the classes, so any prefix or contiguous block of
-  the order holds each class in proportion (to within one patient).
+  the order holds each class in proportion (to within two patients).
 
   Args:
     labels: [P] class indices.
