@@ -101,13 +101,15 @@ def _slide(rng: np.random.Generator, n: int, evidence: np.ndarray, basis: dict, 
 
 
 def _basis(rng: np.random.Generator, cfg: SyntheticConfig) -> dict:
-  """Feature directions: orthonormal tumour + class directions, random tissue loadings."""
+  """Feature directions: orthonormal tumour + class directions, random tissue loadings [K, D]
+  orthogonal to the tumour direction."""
   d, c = cfg.feature_dim, cfg.classes
   q = np.linalg.qr(rng.standard_normal((d, min(d, c + 1))))[0].T
   if q.shape[0] < c + 1:  # feature_dim <= classes: fall back to random unit vectors
     extra = rng.standard_normal((c + 1 - q.shape[0], d))
     q = np.concatenate([q, extra / np.linalg.norm(extra, axis=1, keepdims=True)])
   tissue = rng.standard_normal((_TISSUE_MAPS, d)) * _TISSUE_AMP / np.sqrt(_TISSUE_MAPS)
+  tissue -= np.outer(tissue @ q[0], q[0])  # tumour stands out from normal tissue
   return {'tumour': q[0], 'classes': q[1:c + 1], 'tissue': tissue}
 
 
@@ -115,7 +117,7 @@ def _genes(rng: np.random.Generator, evidence: np.ndarray, cfg: SyntheticConfig)
   """FPKM-like expression [S, G] from gene evidence [S, C] (module k shifts by evidence[:, k])."""
   s, g, c = evidence.shape[0], cfg.genes, cfg.classes
   base = rng.normal(2.5, 1.5, g)
-  module_size = max(5, g // 40)
+  module_size = min(max(5, g // 40), g // c)
   genes = rng.permutation(g)
   modules = genes[:c * module_size].reshape(c, module_size)
   base[modules] = rng.uniform(3.0, 6.0, modules.shape)  # expressed well above zero
@@ -134,7 +136,7 @@ def make_cohort(out_dir: str, **kwargs) -> dict[str, str]:
     {'features_dir', 'expression', 'labels'}: the paths of the three inputs.
   """
   cfg = SyntheticConfig(**kwargs)
-  if not (cfg.patients >= cfg.classes >= 2 and cfg.genes >= 1 and 1 <= cfg.min_patches
+  if not (cfg.patients >= cfg.classes >= 2 and cfg.genes >= cfg.classes and 1 <= cfg.min_patches
           <= cfg.max_patches and cfg.feature_dim >= 1 and cfg.difficulty >= 0):
     raise ValueError(f'invalid synthetic cohort settings: {cfg}')
   rng = np.random.default_rng(cfg.seed)
@@ -149,9 +151,11 @@ def make_cohort(out_dir: str, **kwargs) -> dict[str, str]:
   gene_ev = (1 - w) * onehot + s * rng.standard_normal(onehot.shape)
   ids = [f'TCGA-SY-{i:04d}' for i in range(cfg.patients)]
   names = [f'class_{k}' for k in range(cfg.classes)]
+  num_slides = np.ones(cfg.patients, np.int64)
+  num_slides[rng.permutation(cfg.patients)[:round(cfg.two_slide_fraction * cfg.patients)]] = 2
   rows = ['patient_id,slide_id,label']
   for i, pid in enumerate(ids):
-    for k in range(1 + (rng.uniform() < cfg.two_slide_fraction)):
+    for k in range(num_slides[i]):
       slide_id = f'{pid}-01Z-00-DX{k + 1}'
       n = int(np.exp(rng.uniform(np.log(cfg.min_patches), np.log(cfg.max_patches + 1))))
       n = min(max(n, cfg.min_patches), cfg.max_patches)
