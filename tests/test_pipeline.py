@@ -1,0 +1,183 @@
+"""Batches: contents against direct h5py reads and masking.sample_mpm, determinism, resume, padding."""
+
+import threading
+import time
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+from gimp_jax import masking
+from gimp_jax.data import cohort as ch
+from gimp_jax.data import genes as genes_lib
+from gimp_jax.data import pipeline as pl
+from gimp_jax.data import synthetic
+
+
+@pytest.fixture(scope='module')
+def cohort(tmp_path_factory):
+  out = tmp_path_factory.mktemp('cohort')
+  paths = synthetic.make_cohort(str(out), seed=0, patients=22, genes=20, min_patches=10,
+                                max_patches=40, feature_dim=8, two_slide_fraction=0.3)
+  return ch.load_cohort(ch.CohortSpec(paths['labels'], paths['features_dir'], paths['expression'],
+                                      feature_dim=8))
+
+
+def whole_bag(patient):
+  """The patient's bag read directly with h5py: (features [N, D], coords [N, 2])."""
+  feats, coords = [], []
+  for path in patient.slide_paths:
+    with h5py.File(path) as f:
+      feats.append(f['features'][:])
+      coords.append(f['coords'][:])
+  return np.concatenate(feats), np.concatenate(coords)
+
+
+def batches(cohort, **kw):
+  args = dict(batch_size=4, window=32, ratio=0.5, seed=3, epoch=0)
+  args.update(kw)
+  return list(pl.pretrain_batches(cohort, 'train', **args))
+
+
+def test_pretrain_batches_match_independent_windows(cohort):
+  got = batches(cohort)
+  train = cohort.splits['train']
+  assert len(got) == train.size // 4
+  order = np.random.default_rng([pl._ORDER_STREAM, 3, 0]).permutation(train)
+  root = jax.random.fold_in(jax.random.fold_in(jax.random.key(3), pl.MPM_STREAM), 0)
+  tiled = 0
+  for b, batch in enumerate(got):
+    assert batch['patches'].shape == (4, 32, 8) and batch['patches'].dtype == np.float32
+    assert batch['mpm_mask'].dtype == bool and batch['label'].dtype == np.int32
+    assert (batch['mpm_mask'].sum(1) == masking.num_masked(32, 0.5)).all()
+    for j in range(4):
+      p = order[b * 4 + j]
+      feats, _ = whole_bag(cohort.patients[p])
+      idx, mask = masking.sample_mpm(jax.random.fold_in(root, b * 4 + j), feats.shape[0], 32, 0.5)
+      np.testing.assert_array_equal(batch['patches'][j], feats[np.asarray(idx)])
+      np.testing.assert_array_equal(batch['mpm_mask'][j], np.asarray(mask))
+      np.testing.assert_array_equal(batch['genes'][j], cohort.genes[p])
+      assert batch['label'][j] == cohort.patients[p].label
+      tiled += feats.shape[0] < 32
+  assert tiled > 0  # some bags are shorter than the window and were tiled
+
+
+def test_pretrain_deterministic_per_seed_epoch(cohort):
+  a, b = batches(cohort), batches(cohort)
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  c = batches(cohort, epoch=1)
+  assert not all(np.array_equal(x['label'], y['label']) and
+                 np.array_equal(x['patches'], y['patches']) for x, y in zip(a, c))
+
+
+def test_resume_with_start_batch_reads_only_the_rest(cohort, monkeypatch):
+  full = batches(cohort, drop_remainder=False)
+  calls = []
+  original = ch.Cohort.bag
+  monkeypatch.setattr(ch.Cohort, 'bag', lambda self, i, *a: calls.append(i) or original(self, i, *a))
+  rest = batches(cohort, drop_remainder=False, start_batch=2)
+  assert len(rest) == len(full) - 2
+  for x, y in zip(full[2:], rest):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert len(calls) == sum(len(x['label']) for x in rest)  # skipped batches were not read
+  n = cohort.splits['train'].size
+  assert len(full) == -(-n // 4) and len(full[-1]['label']) == n - 4 * (len(full) - 1)
+
+
+def test_bag_batches_cover_the_split_with_bucketed_padding(cohort):
+  seen = []
+  for batch in pl.bag_batches(cohort, 'all', batch_size=3, bucket_sizes=(16, 32, 64, 128)):
+    n_pad = batch['patches'].shape[1]
+    sizes = batch['num_patches']
+    assert n_pad == min(b for b in (16, 32, 64, 128) if b >= sizes.max())
+    assert batch['coords'].dtype == np.int32 and batch['patch_mask'].dtype == bool
+    for j, pid in enumerate(batch['patient_id']):
+      p = [q.patient_id for q in cohort.patients].index(pid)
+      feats, coords = whole_bag(cohort.patients[p])
+      n = feats.shape[0]
+      assert sizes[j] == n and batch['patch_mask'][j].tolist() == [True] * n + [False] * (n_pad - n)
+      np.testing.assert_array_equal(batch['patches'][j, :n], feats)
+      np.testing.assert_array_equal(batch['coords'][j, :n], coords)
+      assert not batch['patches'][j, n:].any() and not batch['coords'][j, n:].any()
+      np.testing.assert_array_equal(batch['genes'][j], cohort.genes[p])
+      seen.append(p)
+  assert sorted(seen) == list(range(len(cohort.patients)))  # every patient once, none dropped
+  shuffled = [p for b in pl.bag_batches(cohort, 'train', batch_size=1, shuffle=True, seed=1, epoch=2)
+              for p in b['patient_id']]
+  again = [p for b in pl.bag_batches(cohort, 'train', batch_size=1, shuffle=True, seed=1, epoch=2)
+           for p in b['patient_id']]
+  assert shuffled == again
+  assert sorted(shuffled) == sorted(cohort.patients[i].patient_id for i in cohort.splits['train'])
+
+
+def test_bucket_sizes():
+  assert pl.bucket_size(1, (1024, 2048)) == 1024
+  assert pl.bucket_size(1024, (2048, 1024)) == 1024
+  assert pl.bucket_size(1025, (1024, 2048)) == 2048
+  assert pl.bucket_size(5000, (1024, 2048)) == 6144  # past the largest: its next multiple
+  assert pl.default_buckets(148_569)[-1] == 262_144
+  assert pl.default_buckets(100) == (128,)
+
+
+def test_largest_paper_bag_batch_size_one(tmp_path):
+  n, d = 148_569, 2
+  feats = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+  coords = np.stack(np.divmod(np.arange(n), 400), 1).astype(np.int64) * 256
+  path = str(tmp_path / 'huge.h5')
+  with h5py.File(path, 'w') as f:
+    f.create_dataset('features', data=feats, chunks=(32, d), maxshape=(None, d))
+    f.create_dataset('coords', data=coords, chunks=(32, 2), maxshape=(None, 2))
+  norm = genes_lib.GeneNormalizer.fit(np.ones((1, 3)), ['a', 'b', 'c'])
+  cohort = ch.Cohort((ch.Patient('P', 0, ('huge',), (path,), (n,), 'P-01A'),), ('x', 'y'),
+                     {'train': np.array([0]), 'val': np.zeros(0, int), 'test': np.zeros(0, int)},
+                     np.zeros((1, 3), np.float32), norm, d)
+  (batch,) = pl.bag_batches(cohort, 'train', batch_size=1)
+  assert batch['patches'].shape == (1, 262_144, d) and batch['patch_mask'].sum() == n
+  np.testing.assert_array_equal(batch['patches'][0, :n], feats)
+  np.testing.assert_array_equal(batch['coords'][0, :n], coords)
+  (window,) = pl.pretrain_batches(cohort, 'train', batch_size=1, window=6000, ratio=0.5, seed=0,
+                                  epoch=0)
+  idx, _ = pl.mpm_windows(0, 0, np.array([0]), np.array([n]), 6000, 0.5)
+  assert idx[0, -1] - idx[0, 0] == 5999  # one contiguous window
+  np.testing.assert_array_equal(window['patches'][0], feats[idx[0]])
+
+
+def test_gene_batches(cohort):
+  got = list(pl.gene_batches(cohort, 'val', batch_size=2, shuffle=False))
+  val = cohort.splits['val']
+  np.testing.assert_array_equal(np.concatenate([b['genes'] for b in got]), cohort.genes[val])
+  np.testing.assert_array_equal(np.concatenate([b['label'] for b in got]), cohort.labels[val])
+
+
+def test_prefetch_order_errors_and_bounded_queue():
+  assert list(pl.prefetch(iter(range(10)), 2)) == list(range(10))
+
+  def failing():
+    yield 1
+    yield 2
+    raise ValueError('broken batch 3')
+
+  got = []
+  with pytest.raises(ValueError, match='broken batch 3'):
+    for x in pl.prefetch(failing(), 2):
+      got.append(x)
+  assert got == [1, 2]
+
+  produced = []
+
+  def counting():
+    for i in range(1000):
+      produced.append(i)
+      yield i
+
+  before = threading.active_count()
+  it = pl.prefetch(counting(), 3)
+  assert next(it) == 0
+  time.sleep(0.3)
+  assert len(produced) <= 1 + 3 + 1  # consumed + queued + one in the producer's hand
+  it.close()  # stops and joins the thread
+  assert threading.active_count() == before
