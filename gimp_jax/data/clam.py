@@ -2,8 +2,8 @@
 
 A CLAM feature file holds two datasets (CLAM `utils/file_utils.py::save_hdf5`, no attributes):
 `features` float32 [N, D] (D = 1024 for the truncated ResNet50, 512 for CONCH, ...) and `coords`
-int32 or int64 [N, 2], the level-0 (x, y) of each patch's top-left corner; row i of one matches row i
-of the other. Both are chunked (32, D) / (32, 2) with maxshape (None, ...).
+int32 or int64 [N, 2], the level-0 (x, y) of each patch's top-left corner; row i of one matches
+row i of the other. Both are chunked (32, D) / (32, 2) with maxshape (None, ...).
 
 Nothing here loads a cohort: a file is opened only for the rows asked for, and closed again. A
 patient with several slides is the concatenation of their bags in slide order (`PatientBag`).

@@ -11,8 +11,8 @@ training split only (`genes.py`), or taken from a stored `GeneNormalizer`.
 
 Every problem is one line naming the file, the patient and the field. `load_cohort` raises all of
 them at once as one `DataError`; `cohort_problems` returns them (for `python -m gimp_jax.validate`).
-With `drop_incomplete`, patients with problems of their own (a missing modality, a broken slide file,
-NaN in their expression) are dropped with a warning instead.
+With `drop_incomplete`, patients with problems of their own (a missing modality, a broken slide
+file, NaN in their expression) are dropped with a warning instead.
 """
 
 from collections.abc import Mapping, Sequence
@@ -432,7 +432,8 @@ def load_cohort(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None = 
   return cohort
 
 
-def cohort_problems(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None = None) -> list[str]:
+def cohort_problems(spec: CohortSpec,
+                    normalizer: genes_lib.GeneNormalizer | None = None) -> list[str]:
   """Every problem of the inputs, one line each (reads every feature file in full for NaN/Inf).
 
   Empty when `load_cohort(spec, normalizer)` would succeed.

@@ -70,7 +70,7 @@ def _delimiter(line: str) -> str | None:
 
 
 def _data_lines(path: str):
-  """Yields (line number, line without newline) of non-blank, non-`#` lines; DataError on bad bytes."""
+  """Yields (line number, line) of non-blank, non-`#` lines; DataError on undecodable bytes."""
   with _open_text(path) as f:
     try:
       for n, line in enumerate(f, 1):
@@ -88,7 +88,8 @@ def _check_unique(ids: Sequence[str], path: str, what: str) -> None:
       dups.append(i)
     seen.add(i)
   if dups:
-    raise DataError(f'{path}: {what}: {len(dups)} duplicated IDs (first: {", ".join(dups[:_SHOW])})')
+    raise DataError(f'{path}: {what}: {len(dups)} duplicated IDs '
+                    f'(first: {", ".join(dups[:_SHOW])})')
   if any(not i for i in ids):
     raise DataError(f'{path}: {what}: empty ID')
 
@@ -144,11 +145,14 @@ class MatrixSource:
                           ndmin=2, encoding='utf-8', quotechar='"', comments='#')
     except Exception as e:  # ValueError for non-numbers, with numpy's row and column
       raise DataError(f'{self.path}: values: {e}') from e
+    if values.shape != (len(genes), len(samples)):
+      raise DataError(f'{self.path}: values: read {values.shape[0]} rows for {len(genes)} gene IDs '
+                      '(a "#" inside a line?)')
     return ExpressionTable(self.path, genes, samples, np.ascontiguousarray(values.T))
 
 
 def _read_manifest(path: str) -> dict[str, str]:
-  """File name -> sample ID, from a CSV/TSV with `file_name`/`File Name` and `sample_id`/`Sample ID`."""
+  """File name -> sample ID from a CSV/TSV (GDC sample sheet: `File Name`, `Sample ID`)."""
   lines = list(_data_lines(path))
   if not lines:
     raise DataError(f'{path}: manifest: file is empty')
@@ -217,7 +221,8 @@ def read_sample_file(path: str, value_column: int | str | None = None
     try:
       values.append(float(parts[col]))
     except ValueError:
-      raise DataError(f'{path}: line {n}: gene {gid}: value {parts[col]!r} is not a number') from None
+      raise DataError(
+          f'{path}: line {n}: gene {gid}: value {parts[col]!r} is not a number') from None
     genes.append(gid)
   if not genes:
     raise DataError(f'{path}: no gene rows')
@@ -357,7 +362,8 @@ def match_samples(patient_ids: Sequence[str], sample_ids: Sequence[str], *,
       problems[pid] = 'no expression column'
     elif not kept:
       problems[pid] = (f'no expression column of sample type {"/".join(preferred_types)} '
-                       f'(found {", ".join(candidates[:_SHOW])}); map it with an expression_id column')
+                       f'(found {", ".join(candidates[:_SHOW])}); map it with an expression_id '
+                       'column')
     else:
       problems[pid] = (f'ambiguous expression columns {", ".join(kept[:_SHOW])}; '
                        'choose one with an expression_id column')

@@ -51,7 +51,8 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float] = (0.6, 0.2,
     'train'/'val'/'test' -> sorted int64 patient indices, disjoint, covering range(P).
   """
   if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-    raise DataError(f'fractions: {tuple(fractions)} must be three non-negative numbers summing to 1')
+    raise DataError(f'split_fractions: {tuple(fractions)} must be three non-negative numbers '
+                    'summing to 1')
   order = stratified_order(np.asarray(labels), seed)
   n = order.size
   n_train = math.floor(fractions[0] * n + 1e-9)

@@ -16,14 +16,30 @@ import jax
 import jax.numpy as jnp
 
 
+class SelfAttention(nnx.Module):
+  """Multi-head softmax self-attention: fused qkv projection, output projection with bias."""
+
+  def __init__(self, dim: int, *, heads: int, dtype: jnp.dtype, rngs: nnx.Rngs):
+    self.heads = heads
+    self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
+    self.out = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [B, T, dim] -> [B, T, dim]; softmax in float32."""
+    b, t, d = x.shape
+    q, k, v = jnp.split(self.qkv(x).reshape(b, t, 3 * self.heads, d // self.heads), 3, axis=2)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    attn = jax.nn.softmax(logits * (d // self.heads) ** -0.5, axis=-1).astype(v.dtype)
+    return self.out(jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, t, d))
+
+
 class TransformerBlock(nnx.Module):
   """Pre-LN transformer block: x + MSA(LN(x)); x + MLP(LN(x)) (GELU, ratio 4, dropout)."""
 
   def __init__(self, dim: int, *, heads: int, mlp_ratio: int = 4, dropout: float = 0.1,
                dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     self.norm1 = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
-    self.attn = nnx.MultiHeadAttention(heads, dim, dropout_rate=dropout, dtype=dtype,
-                                       decode=False, rngs=rngs)
+    self.attn = SelfAttention(dim, heads=heads, dtype=dtype, rngs=rngs)
     self.norm2 = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.fc1 = nnx.Linear(dim, mlp_ratio * dim, dtype=dtype, rngs=rngs)
     self.fc2 = nnx.Linear(mlp_ratio * dim, dim, dtype=dtype, rngs=rngs)
