@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from configs import tiny
+from gimp_jax import methods
 from gimp_jax.models import build
 from gimp_jax.train import optim, steps, transfer
 from gimp_jax.train.state import create_state
@@ -133,11 +134,12 @@ def test_finetune_and_eval_steps_on_padded_bags():
            "label": jnp.array([0, 1])}
   state, metrics = steps.make_finetune_step()(state, batch, jax.random.key(0))
   assert np.isfinite(float(metrics["loss"]))
-  out = steps.make_eval_step()(state, batch, jax.random.key(0))
-  assert out["probs"].shape == (2, 2) and out["cls_pat"].shape == (2, 64)
+  eval_step = steps.make_eval_step(methods.gimp_forward)
+  out = eval_step(state, batch, jax.random.key(0))
+  assert out["probs"].shape == (2, 2) and out["embedding"].shape == (2, 64)
   np.testing.assert_allclose(np.asarray(out["probs"]).sum(-1), 1.0, rtol=1e-5)
   # Evaluation is deterministic (dropout off).
-  again = steps.make_eval_step()(state, batch, jax.random.key(9))
+  again = eval_step(state, batch, jax.random.key(9))
   np.testing.assert_array_equal(np.asarray(out["logits"]), np.asarray(again["logits"]))
 
 

@@ -83,24 +83,16 @@ def _global_norm(tree) -> jax.Array:
                       for x in jax.tree_util.tree_leaves(tree)))
 
 
-def make_eval_step(forward: Callable | None = None):
-  """Jitted evaluation: (state, batch, key) -> {"logits", "probs", "cls_pat"} in eval mode.
+def make_eval_step(forward: Callable):
+  """Jitted evaluation: (state, batch, key) -> {"logits", "probs", "embedding"} in eval mode.
 
   Args:
-    forward: optional `(model, batch) -> (logits, embedding)`; defaults to the GiMP forward.
+    forward: `(model, batch) -> (logits [B, C], embedding [B, E])`, e.g. `methods.gimp_forward`.
   """
-  def default_forward(model, batch):
-    cls_img, cls_ge, _ = model.encode(batch["patches"], batch.get("genes"),
-                                      patch_mask=batch.get("patch_mask"))
-    emb = cls_pat(cls_img, cls_ge)
-    return model.head(emb), emb
-
-  forward = forward or default_forward
-
   def step(state: TrainState, batch: dict, key: jax.Array):
     del key  # evaluation is deterministic; the key keeps the step signature uniform
     logits, emb = forward(state.model(train=False), batch)
-    return {"logits": logits, "probs": jax.nn.softmax(logits, -1), "cls_pat": emb}
+    return {"logits": logits, "probs": jax.nn.softmax(logits, -1), "embedding": emb}
   return jax.jit(step)
 
 
