@@ -177,7 +177,8 @@ def test_missing_truncated_and_foreign_files(tmp_path, slide):
       clam.PatientBag([str(p)], 8, [200]).features(np.arange(100, 200))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(offset=st.integers(0, 10_000), junk=st.binary(min_size=1, max_size=64))
 def test_fuzz_corrupted_bytes_raise_only_data_error(tmp_path, offset, junk):
   rng = np.random.default_rng(6)
@@ -195,7 +196,8 @@ def test_fuzz_corrupted_bytes_raise_only_data_error(tmp_path, offset, junk):
     bag = clam.PatientBag([path], 8)
     bag.features(rng.integers(0, bag.num_patches, 30))
     bag.coords()
-    bag.read_into(np.zeros((bag.num_patches, 8), np.float32), np.zeros((bag.num_patches, 2), np.int32))
+    n = bag.num_patches
+    bag.read_into(np.zeros((n, 8), np.float32), np.zeros((n, 2), np.int32))
   except DataError:
     pass
   os.remove(path)

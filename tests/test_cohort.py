@@ -1,6 +1,8 @@
 """Cohort assembly from real-layout files: slides per patient, matching, splits, every problem."""
 
 import h5py
+from hypothesis import given, settings, HealthCheck
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 
@@ -206,7 +208,8 @@ def test_stored_gene_list_when_fine_tuning(tmp_path):
   with pytest.raises(DataError, match=r'genes: 1 of 3 genes of the gene list are missing \(first: '
                      r'ENSG00000000099\)'):
     ch.load_cohort(spec, stored)
-  stored = genes_lib.GeneNormalizer.fit(np.full((2, 2), 3.0), ['ENSG00000000004', 'ENSG00000000001'])
+  stored = genes_lib.GeneNormalizer.fit(np.full((2, 2), 3.0),
+                                        ['ENSG00000000004', 'ENSG00000000001'])
   c = ch.load_cohort(spec, stored)
   assert c.normalizer is stored and c.genes.shape == (20, 2)
   with pytest.raises(DataError, match='stored gene list has 2 genes but num_genes is 5'):
@@ -229,3 +232,31 @@ def test_from_mapping_ignores_other_keys():
       {'labels': 'l', 'features_dir': 'f', 'expression': 'e', 'source': 'h5',
        'split_fractions': [0.5, 0.25, 0.25], 'bucket_sizes': (1,)}, seed=3)
   assert spec.split_fractions == (0.5, 0.25, 0.25) and spec.seed == 3
+
+
+_CELLS = ['patient_id', 'slide_id', 'label', 'split', 'case_id', 'A', 's1', 'LUAD', 'train', 'val',
+          'holdout', '', '"q,x"', 'expression_id', '\x00']
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.lists(st.sampled_from(_CELLS), min_size=1, max_size=5), max_size=6)
+    .map(lambda rows: '\n'.join(','.join(r) for r in rows).encode())))
+def test_fuzz_label_files_raise_only_data_error(tmp_path, data):
+  path = tmp_path / 'labels.csv'
+  path.write_bytes(data)
+  try:
+    rows = ch.read_labels(str(path))
+    assert rows and all(r.patient_id and r.slide_id and r.label for r in rows)
+  except DataError:
+    pass
+
+
+def test_missing_inputs_reported_together(tmp_path):
+  spec, _, _ = build(tmp_path)
+  spec = ch.CohortSpec(spec.labels, str(tmp_path / 'nofeatures'), str(tmp_path / 'noexpr.tsv'))
+  problems = ch.cohort_problems(spec)
+  assert problems == [f'{tmp_path}/nofeatures: features_dir: no such folder',
+                      f'{tmp_path}/noexpr.tsv: expression: no such file or folder']

@@ -54,6 +54,7 @@ def test_matrix_layouts(tmp_path, values, name, delim, quote):
     ('Ensembl_ID\tA\tB\nG1\t1\t2\nG1\t3\t4\n', 'gene IDs: 1 duplicated IDs (first: G1)'),
     ('Ensembl_ID\tA\tB\n', 'no gene rows'),
     ('', 'file is empty'),
+    ('ENSG00000000003.13\t4.5\nENSG00000000005.5\t0\n', 'header: no sample IDs'),
 ])
 def test_matrix_errors_name_the_file(tmp_path, body, fragment):
   path = tmp_path / 'bad.tsv'
@@ -153,7 +154,8 @@ def test_gdc_folder_gene_mismatch(tmp_path, values):
 def test_match_samples_rules():
   samples = ['TCGA-05-4244-01A', 'TCGA-05-4244-11A', 'TCGA-05-4249-11A', 'TCGA-05-4250-01A',
              'TCGA-05-4250-01B', 'PAT-7', 'TCGA-05-4251-01A']
-  patients = ['TCGA-05-4244', 'TCGA-05-4249', 'TCGA-05-4250', 'PAT-7', 'TCGA-05-9999', 'TCGA-05-4251']
+  patients = ['TCGA-05-4244', 'TCGA-05-4249', 'TCGA-05-4250', 'PAT-7', 'TCGA-05-9999',
+              'TCGA-05-4251']
   matched, problems = expr.match_samples(patients, samples,
                                          explicit={'TCGA-05-4251': 'TCGA-05-4244-11A'})
   assert matched == {'TCGA-05-4244': 'TCGA-05-4244-01A', 'PAT-7': 'PAT-7',
@@ -165,7 +167,8 @@ def test_match_samples_rules():
   assert matched == {'TCGA-05-4249': 'TCGA-05-4249-11A'}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.one_of(
     st.binary(max_size=200).map(lambda b: b.decode('latin-1')),
     st.lists(st.lists(st.sampled_from(['ENSG1.2', 'x', '1.5', '', 'nan', '-3', '"q"', '#c',

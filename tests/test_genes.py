@@ -2,6 +2,8 @@
 
 import json
 
+from hypothesis import given, settings, HealthCheck
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 
@@ -85,8 +87,8 @@ def test_normalizer_errors(tmp_path):
   with pytest.raises(DataError, match='cannot read gene normaliser'):
     genes_lib.GeneNormalizer.load(str(pickled))  # object arrays need pickle: refused
   bad = tmp_path / 'bad.json'
-  bad.write_text(json.dumps({'genes': ['a', 'b'], 'mean': [0.0], 'std': [1.0], 'log_transform': True,
-                             'strip_versions': True, 'std_floor': 1e-6}))
+  bad.write_text(json.dumps({'genes': ['a', 'b'], 'mean': [0.0], 'std': [1.0],
+                             'log_transform': True, 'strip_versions': True, 'std_floor': 1e-6}))
   with pytest.raises(DataError, match='inconsistent gene normaliser'):
     genes_lib.GeneNormalizer.load(str(bad))
   with pytest.raises(DataError, match='cannot read gene normaliser'):
@@ -94,3 +96,22 @@ def test_normalizer_errors(tmp_path):
   norm = genes_lib.GeneNormalizer.fit(np.ones((3, 2)), ['a', 'b'])
   with pytest.raises(DataError, match=r'expected \[S, 2\]'):
     norm.transform(np.ones((3, 3)))
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=200), offset=st.integers(0, 2000), suffix=st.sampled_from(
+    ['.npz', '.json']))
+def test_fuzz_normaliser_files_raise_only_data_error(tmp_path, data, offset, suffix):
+  path = str(tmp_path / f'n{suffix}')
+  genes_lib.GeneNormalizer.fit(np.arange(6.0).reshape(2, 3), ['a', 'b', 'c']).save(path)
+  blob = bytearray(open(path, 'rb').read())
+  offset %= len(blob)
+  blob[offset:offset + len(data)] = data
+  with open(path, 'wb') as f:
+    f.write(bytes(blob))
+  try:
+    norm = genes_lib.GeneNormalizer.load(path)
+    assert norm.num_genes == norm.mean.size == norm.std.size
+  except DataError:
+    pass

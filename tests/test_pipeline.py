@@ -1,4 +1,4 @@
-"""Batches: contents against direct h5py reads and masking.sample_mpm, determinism, resume, padding."""
+"""Batches: contents against h5py reads and masking.sample_mpm, determinism, resume, padding."""
 
 import threading
 import time
@@ -77,7 +77,8 @@ def test_resume_with_start_batch_reads_only_the_rest(cohort, monkeypatch):
   full = batches(cohort, drop_remainder=False)
   calls = []
   original = ch.Cohort.bag
-  monkeypatch.setattr(ch.Cohort, 'bag', lambda self, i, *a: calls.append(i) or original(self, i, *a))
+  monkeypatch.setattr(ch.Cohort, 'bag',
+                      lambda self, i, *a: calls.append(i) or original(self, i, *a))
   rest = batches(cohort, drop_remainder=False, start_batch=2)
   assert len(rest) == len(full) - 2
   for x, y in zip(full[2:], rest):
@@ -106,10 +107,9 @@ def test_bag_batches_cover_the_split_with_bucketed_padding(cohort):
       np.testing.assert_array_equal(batch['genes'][j], cohort.genes[p])
       seen.append(p)
   assert sorted(seen) == list(range(len(cohort.patients)))  # every patient once, none dropped
-  shuffled = [p for b in pl.bag_batches(cohort, 'train', batch_size=1, shuffle=True, seed=1, epoch=2)
-              for p in b['patient_id']]
-  again = [p for b in pl.bag_batches(cohort, 'train', batch_size=1, shuffle=True, seed=1, epoch=2)
-           for p in b['patient_id']]
+  order = lambda: [p for b in pl.bag_batches(cohort, 'train', batch_size=1, shuffle=True, seed=1,
+                                             epoch=2) for p in b['patient_id']]
+  shuffled, again = order(), order()
   assert shuffled == again
   assert sorted(shuffled) == sorted(cohort.patients[i].patient_id for i in cohort.splits['train'])
 

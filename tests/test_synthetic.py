@@ -1,4 +1,4 @@
-"""Synthetic cohort: real layouts, determinism, spatial structure, and a fair split of the signal."""
+"""Synthetic cohort: real layouts, determinism, spatial structure, a fair split of the signal."""
 
 import filecmp
 import os

@@ -275,7 +275,13 @@ class PatientBag:
     for k, path in enumerate(self.paths):
       where = np.flatnonzero(slide == k)
       if where.size:
-        out[where] = read_rows(path, dataset, indices[where] - self.offsets[k])
+        rows = read_rows(path, dataset, indices[where] - self.offsets[k])
+        if rows.shape[1:] != (width,):
+          raise DataError(f'{path}: {dataset}: rows of shape {rows.shape[1:]}, expected ({width},) '
+                          '(file changed since the cohort was loaded?)')
+        if dataset == FEATURES and self.check_finite:
+          _check_finite(rows, path)
+        out[where] = rows
     return out
 
   def features(self, indices: np.ndarray | None = None) -> np.ndarray:
@@ -289,10 +295,7 @@ class PatientBag:
     """
     if indices is None:
       indices = np.arange(self.num_patches)
-    out = self._gather(FEATURES, indices, self.feature_dim, np.float32)
-    if self.check_finite:
-      _check_finite(out, self.paths[0] if len(self.paths) == 1 else ', '.join(self.paths))
-    return out
+    return self._gather(FEATURES, indices, self.feature_dim, np.float32)
 
   def coords(self, indices: np.ndarray | None = None) -> np.ndarray:
     """Patch coordinates: [n, 2] int32 level-0 (x, y) (or [N, 2] for the whole bag)."""
@@ -311,16 +314,18 @@ class PatientBag:
       lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
       with _open(path) as f:
         for name, out in ((FEATURES, features_out), (COORDS, coords_out)):
-          ds = _dataset(f, path, name)
-          if ds.shape[0] != hi - lo:
-            raise DataError(f'{path}: {name}: {ds.shape[0]} rows, expected {hi - lo} '
-                            '(file changed since the cohort was loaded?)')
           try:
+            ds = _dataset(f, path, name)
+            if ds.shape[0] != hi - lo:
+              raise DataError(f'{path}: {name}: {ds.shape[0]} rows, expected {hi - lo} '
+                              '(file changed since the cohort was loaded?)')
             if ds.dtype == out.dtype:
               ds.read_direct(out, np.s_[0:hi - lo], np.s_[lo:hi])
             else:
               out[lo:hi] = ds[()]
-          except Exception as e:
+          except DataError:
+            raise
+          except Exception as e:  # corrupt chunk, truncated data, width changed
             raise DataError(f'{path}: {name}: cannot read data ({e})') from e
       if self.check_finite:
         _check_finite(features_out[lo:hi], path)

@@ -255,6 +255,8 @@ def _group(rows: list[LabelRow], path: str, class_names: Sequence[str]
 def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
             ) -> tuple[dict[str, list[clam.SlideInfo]], dict[str, list[str]], list[str]]:
   """Inspects (or fully checks) every slide: (patient -> infos, patient -> problems, global)."""
+  if not os.path.isdir(spec.features_dir):
+    return {}, {}, [f'{spec.features_dir}: features_dir: no such folder']
   infos: dict[str, list[clam.SlideInfo]] = {}
   problems: dict[str, list[str]] = {}
   for pid, rows in by_patient.items():
@@ -273,12 +275,8 @@ def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
       problems.setdefault(pid, []).extend(where + p.replace(f'{path}: ', '', 1) for p in found)
   problems = {k: v for k, v in problems.items() if v}
   labelled = {r.slide_id for rows in by_patient.values() for r in rows}
-  unlabelled = []
-  if os.path.isdir(spec.features_dir):
-    unlabelled = sorted(n[:-3] for n in os.listdir(spec.features_dir)
-                        if n.endswith('.h5') and n[:-3] not in labelled)
-  else:
-    return infos, problems, [f'{spec.features_dir}: features_dir: no such folder']
+  unlabelled = sorted(n[:-3] for n in os.listdir(spec.features_dir)
+                      if n.endswith('.h5') and n[:-3] not in labelled)
   extra = []
   if unlabelled:
     msg = (f'{spec.features_dir}: {len(unlabelled)} slide file(s) have no row in {spec.labels} '

@@ -69,6 +69,14 @@ def _delimiter(line: str) -> str | None:
   return ',' if ',' in line else None
 
 
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+    return True
+  except ValueError:
+    return False
+
+
 def _data_lines(path: str):
   """Yields (line number, line) of non-blank, non-`#` lines; DataError on undecodable bytes."""
   with _open_text(path) as f:
@@ -111,6 +119,9 @@ class MatrixSource:
     if len(fields) < 2:
       raise DataError(f'{path}: header: expected a gene column then sample IDs, got {fields}')
     self.sample_ids = tuple(fields[1:])
+    if all(_is_number(x) for x in self.sample_ids):
+      raise DataError(f'{path}: header: no sample IDs in the first line (a per-sample file? put '
+                      'per-sample files in a folder and pass the folder)')
     _check_unique(self.sample_ids, path, 'header (sample IDs)')
 
   def gene_ids(self) -> tuple[str, ...]:
@@ -177,11 +188,7 @@ def _value_column(parts: list[str], value_column: int | str | None,
                   path: str) -> tuple[int, bool]:
   """Returns (value column index, whether `parts` is a header line) from a file's first line."""
   probe = value_column if isinstance(value_column, int) else 1
-  try:
-    float(parts[probe])
-    is_header = False
-  except (ValueError, IndexError):
-    is_header = True
+  is_header = probe >= len(parts) or not _is_number(parts[probe])
   names = [_unquote(p) for p in parts]
   if isinstance(value_column, str):
     if not is_header or value_column not in names:
