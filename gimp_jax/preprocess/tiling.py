@@ -8,9 +8,10 @@ footprint from its centre (CLAM's `four_pt` rule) falls on the tissue mask of th
 Coordinates are level-0 pixel (x, y) of the patch's top-left corner, in row-major order (y, then x).
 
 Reading: the pyramid level closest to the target among those not coarser than it (within 10%), so
-patches are never upsampled when the slide has the resolution. When that level is within 10% of
-the target, a `patch_size` region is read there as is (CLAM does the same: an Aperio "20x" level of
-0.499 um/px is 20x); otherwise a region of the equivalent size is read and resized to `patch_size`.
+patches are never upsampled when the slide has the resolution. A region of the equivalent size is
+read there and resized to `patch_size`; scales within 10% of a whole number are rounded to it, so an
+Aperio "20x" level of 0.499 um/px is read as is and a 0.2527 um/px "40x" level in 512 px regions
+averaged 2 x 2, as CLAM does.
 """
 
 import dataclasses
@@ -26,8 +27,8 @@ from gimp_jax.preprocess import tissue
 
 # Microns per pixel at 1x under the usual convention (10x objective ~ 1 um/px).
 _MICRONS_AT_1X = 10.0
-# Levels within this factor of the target magnification are used without resizing.
-_SAME_MAGNIFICATION = 1.1
+# Scales within this factor count as equal (level choice; rounding to a whole resize factor).
+_SCALE_TOLERANCE = 1.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +107,7 @@ def choose_level(mpp: float, downsamples, target_mpp: float, source: str = '') -
     source: slide name for the warning when even level 0 is coarser than the target.
   """
   level_mpp = [mpp * d for d in downsamples]
-  fine_enough = [i for i, m in enumerate(level_mpp) if m <= target_mpp * _SAME_MAGNIFICATION]
+  fine_enough = [i for i, m in enumerate(level_mpp) if m <= target_mpp * _SCALE_TOLERANCE]
   if not fine_enough:
     logging.warning('%s: level 0 (%.3g um/px) is coarser than the target %.3g um/px; patches are '
                     'upsampled', source, mpp, target_mpp)
@@ -115,10 +116,15 @@ def choose_level(mpp: float, downsamples, target_mpp: float, source: str = '') -
 
 
 def read_size_at(level_mpp: float, target_mpp: float, patch_size: int) -> int:
-  """Side, in pixels of a level of `level_mpp`, of a `patch_size` patch at `target_mpp`."""
+  """Side, in pixels of a level of `level_mpp`, of a `patch_size` patch at `target_mpp`.
+
+  A scale within 10% of a whole factor k is taken as k (a 0.2527 um/px "40x" level gives 512 px for
+  a 256 px patch at 20x, as CLAM reads it), so the resize is an exact k x k box average.
+  """
   ratio = target_mpp / level_mpp
-  if abs(math.log(ratio)) < math.log(_SAME_MAGNIFICATION):
-    return patch_size
+  whole = round(ratio)
+  if whole >= 1 and abs(math.log(ratio / whole)) < math.log(_SCALE_TOLERANCE):
+    ratio = whole
   return max(1, round(patch_size * ratio))
 
 
