@@ -89,6 +89,17 @@ def _data_lines(path: str):
       raise DataError(f'{path}: not a readable text table ({e})') from e
 
 
+def _all_data_lines(path: str) -> list[tuple[int, str]]:
+  """`_data_lines` of a small file, read at once (several times faster than line by line)."""
+  with _open_text(path) as f:
+    try:
+      text = f.read()
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+      raise DataError(f'{path}: not a readable text table ({e})') from e
+  return [(n, line) for n, line in enumerate(text.splitlines(), 1)
+          if line.strip() and line[0] != '#']
+
+
 def _check_unique(ids: Sequence[str], path: str, what: str) -> None:
   seen, dups = set(), []
   for i in ids:
@@ -164,7 +175,7 @@ class MatrixSource:
 
 def _read_manifest(path: str) -> dict[str, str]:
   """File name -> sample ID from a CSV/TSV (GDC sample sheet: `File Name`, `Sample ID`)."""
-  lines = list(_data_lines(path))
+  lines = _all_data_lines(path)
   if not lines:
     raise DataError(f'{path}: manifest: file is empty')
   delim = _delimiter(lines[0][1])
@@ -212,29 +223,28 @@ def read_sample_file(path: str, value_column: int | str | None = None
   Returns:
     (gene IDs [G], values [G] float32), summary rows (`__*`, `N_*`) and `#` lines skipped.
   """
-  genes, values = [], []
-  col = None
-  for n, line in _data_lines(path):
-    parts = line.split(_delimiter(line))
-    if col is None:
-      col, is_header = _value_column(parts, value_column, path)
-      if is_header:
-        continue
-    gid = _unquote(parts[0])
-    if gid.startswith(_SUMMARY_PREFIXES):
-      continue
-    if len(parts) <= col:
-      raise DataError(f'{path}: line {n}: gene {gid}: no value column {col}')
-    try:
-      values.append(float(parts[col]))
-    except ValueError:
-      raise DataError(
-          f'{path}: line {n}: gene {gid}: value {parts[col]!r} is not a number') from None
-    genes.append(gid)
-  if not genes:
+  lines = _all_data_lines(path)
+  if not lines:
     raise DataError(f'{path}: no gene rows')
+  delim = _delimiter(lines[0][1])
+  rows = [(n, line.split(delim)) for n, line in lines]
+  col, is_header = _value_column(rows[0][1], value_column, path)
+  rows = [(n, p) for n, p in rows[is_header:]
+          if not p[0].lstrip('"').startswith(_SUMMARY_PREFIXES)]
+  if not rows:
+    raise DataError(f'{path}: no gene rows')
+  for n, p in rows:
+    if not -len(p) <= col < len(p):
+      raise DataError(f'{path}: line {n}: gene {_unquote(p[0])}: no value column {col}')
+  try:
+    values = np.asarray(list(map(float, (p[col] for _, p in rows))), np.float32)
+  except ValueError:
+    n, p = next((n, p) for n, p in rows if not _is_number(p[col]))
+    raise DataError(f'{path}: line {n}: gene {_unquote(p[0])}: value {p[col]!r} is not a '
+                    'number') from None
+  genes = tuple(_unquote(p[0]) for _, p in rows)
   _check_unique(genes, path, 'gene IDs')
-  return tuple(genes), np.asarray(values, np.float32)
+  return genes, values
 
 
 class FolderSource:
