@@ -40,7 +40,11 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     except Exception as e:  # safetensors raises its own error types for corrupt headers.
       raise DataError(f'{path}: not a readable safetensors file ({e})') from e
   elif path.endswith(('.pth', '.pt', '.bin')):
-    import torch  # pylint: disable=g-import-not-at-top
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise DataError(f'{path}: reading .pth needs PyTorch; install torch or save the weights as '
+                      '.safetensors') from e
     try:
       raw = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # pickle errors, or objects that weights_only refuses to load.
