@@ -64,6 +64,15 @@ def _mpm_windows(seed: jax.Array, epoch: jax.Array, positions: jax.Array, num_pa
   return jax.vmap(lambda k, n: masking.sample_mpm(k, n, window, ratio))(keys, num_patches)
 
 
+@functools.cache
+def _cpu() -> jax.Device:
+  """The host CPU device (windows are tiny), or the default device where no CPU backend runs."""
+  try:
+    return jax.devices('cpu')[0]
+  except RuntimeError:
+    return jax.devices()[0]
+
+
 def mpm_windows(seed: int, epoch: int, positions: np.ndarray, num_patches: np.ndarray,
                 window: int, ratio: float) -> tuple[np.ndarray, np.ndarray]:
   """MPM windows of bags at epoch positions, computed on the CPU.
@@ -79,7 +88,7 @@ def mpm_windows(seed: int, epoch: int, positions: np.ndarray, num_patches: np.nd
   Returns:
     indices [B, L] int32 bag rows (see `masking.sample_mpm`) and mask [B, L] bool.
   """
-  with jax.default_device(jax.devices('cpu')[0]):
+  with jax.default_device(_cpu()):
     idx, mask = _mpm_windows(np.uint32(seed), np.uint32(epoch), np.asarray(positions, np.uint32),
                              np.asarray(num_patches, np.int32), window=window, ratio=ratio)
   return np.asarray(idx), np.asarray(mask)
