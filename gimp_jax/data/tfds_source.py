@@ -1,0 +1,306 @@
+"""Reads a cohort written by `tfds_builder` back without TensorFlow: `tfds.data_source` and grain.
+
+The dataset `image_omic_cohort` has two configs in `data_dir` (see `tfds_builder`):
+- `patients`: one record per patient, TFDS splits train/val/test, in cohort order within a split:
+  {'index': position in the cohort, 'patient_id', 'label', 'split', 'expression_id', 'slide_ids',
+   'slide_paths' (the `.h5` files read at build time, provenance only), 'slide_patches',
+   'num_patches', 'genes': [G] float32 normalised, 'genes_raw': [G] float32 aligned raw values,
+   'chunk_start', 'num_chunks'}.
+- `patches` (or `patches_float16`): one record per chunk of at most `chunk_size` consecutive rows
+  of a patient's bag, same splits: {'patient_index', 'patient_id', 'chunk', 'features':
+  [rows, D], 'coords': [rows, 2] int32}; patient p's chunks are records
+  [chunk_start, chunk_start + num_chunks) of its split, chunk k holding bag rows [k C, k C + rows).
+
+`load_cohort_from_tfds` returns a `TfdsCohort`: a `Cohort` with the same patients, order, splits,
+genes and normaliser as `cohort.load_cohort` on the inputs the dataset was built from, whose
+`bag(i)` reads the chunk records. The batch functions of `pipeline` therefore yield identical
+batches from either source. `grain_batches` makes those batches in parallel grain threads, in order.
+"""
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+import dataclasses
+import hashlib
+import json
+import os
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import genes as genes_lib
+from gimp_jax.errors import DataError
+
+NAME = 'image_omic_cohort'
+PATIENTS = 'patients'
+FORMAT_VERSION = 1
+# CohortSpec fields that change what the dataset holds (the input paths do not).
+CONTENT_FIELDS = ('feature_dim', 'class_names', 'seed', 'split_fractions', 'num_folds', 'fold',
+                  'drop_incomplete', 'num_genes', 'strip_gene_versions', 'log_transform',
+                  'std_floor', 'value_column', 'preferred_sample_types')
+_SPLIT_FIELDS = ('seed', 'split_fractions', 'num_folds', 'fold')
+_READ_CHUNKS = 8  # chunk records fetched per data-source call when reading a whole bag
+_BUILD = 'rebuild it with `python -m gimp_jax.data.tfds_builder --config=... --out=DIR`'
+
+
+def patches_config(features_dtype: str) -> str:
+  """Name of the patches config storing features as `features_dtype` ('float32' or 'float16')."""
+  if features_dtype not in ('float32', 'float16'):
+    raise DataError(f'features_dtype: {features_dtype!r}, expected float32 or float16')
+  return 'patches' if features_dtype == 'float32' else 'patches_float16'
+
+
+def spec_record(spec: cohort_lib.CohortSpec) -> dict:
+  """The content fields of a spec as JSON values (stored in, and compared with, the metadata)."""
+  return json.loads(json.dumps({k: getattr(spec, k) for k in CONTENT_FIELDS}))
+
+
+def fingerprint(patient_ids: Sequence[str], splits: Sequence[str], num_patches: Sequence[int],
+                chunk_size: int) -> str:
+  """sha256 of what ties the two configs together: patients, their splits, sizes and chunking."""
+  text = json.dumps([list(patient_ids), list(splits), [int(n) for n in num_patches],
+                     int(chunk_size)])
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _text(x) -> str:
+  return x.decode('utf-8') if isinstance(x, bytes) else str(x)
+
+
+def _sources(data_dir: str, config: str) -> tuple[dict, Mapping, str]:
+  """(split -> `tfds.data_source` of `NAME/config`, its metadata, its folder) for messages."""
+  where = os.path.join(data_dir, NAME, config)
+  try:
+    sources = tfds.data_source(f'{NAME}/{config}', data_dir=data_dir, download=False)
+  except (AssertionError, FileNotFoundError, ValueError) as e:  # tfds: "Dataset not found"
+    raise DataError(f'{where}: no prepared TFDS dataset ({e}); {_BUILD}') from e
+  if not sources:
+    raise DataError(f'{where}: the dataset has no splits; {_BUILD}')
+  info = next(iter(sources.values())).dataset_info
+  where = os.fspath(info.data_dir)
+  meta = dict(info.metadata or {})
+  if meta.get('format_version') != FORMAT_VERSION:
+    raise DataError(f'{where}: metadata.json: format_version {meta.get("format_version")!r}, '
+                    f'expected {FORMAT_VERSION}; {_BUILD}')
+  return sources, meta, where
+
+
+def check_spec(meta: Mapping, spec: cohort_lib.CohortSpec, where: str) -> None:
+  """Raises DataError listing every content field where `spec` differs from the built dataset."""
+  built, wanted = meta['spec'], spec_record(spec)
+  skip = {'class_names', 'feature_dim'}
+  if meta['split_source'] == 'column':
+    skip.update(_SPLIT_FIELDS)  # the labels CSV's split column fixed the splits
+  problems = [f'{k}: built with {built[k]!r}, the config has {wanted[k]!r}'
+              for k in CONTENT_FIELDS if k not in skip and built.get(k) != wanted[k]]
+  if spec.class_names and list(spec.class_names) != meta['class_names']:
+    problems.append(f'class_names: the dataset has {meta["class_names"]}, the config has '
+                    f'{list(spec.class_names)}')
+  if spec.feature_dim is not None and spec.feature_dim != meta['feature_dim']:
+    problems.append(f'feature_dim: the dataset has {meta["feature_dim"]}, the config has '
+                    f'{spec.feature_dim}')
+  if problems:
+    raise DataError('\n'.join(f'{where}: metadata.json: spec field {p}; {_BUILD}'
+                              for p in problems))
+
+
+def _same_normalizer(a: genes_lib.GeneNormalizer, b: genes_lib.GeneNormalizer) -> bool:
+  return (a.genes == b.genes and np.array_equal(a.mean, b.mean) and np.array_equal(a.std, b.std)
+          and (a.log_transform, a.strip_versions, a.std_floor)
+          == (b.log_transform, b.strip_versions, b.std_floor))
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchChunks:
+  """Where each patient's chunk records are.
+
+  Attributes:
+    where: the patches config folder (for messages).
+    sources: split -> `tfds.data_source` of chunk records.
+    split: [P] split name of each patient.
+    chunk_start: [P] index of each patient's first chunk record in its split.
+    num_chunks: [P] chunk records per patient.
+    chunk_size: C, bag rows per chunk (the last chunk of a bag may hold fewer).
+  """
+  where: str
+  sources: Mapping[str, Sequence]
+  split: tuple[str, ...]
+  chunk_start: np.ndarray
+  num_chunks: np.ndarray
+  chunk_size: int
+
+
+class ChunkedBag:
+  """A patient's bag read from chunk records; the interface of `clam.PatientBag`."""
+
+  def __init__(self, chunks: PatchChunks, index: int, patient: cohort_lib.Patient,
+               feature_dim: int, check_finite: bool = True):
+    """Builds the bag of cohort patient `index` (nothing is read until asked)."""
+    self.chunks = chunks
+    self.index = int(index)
+    self.patient_id = patient.patient_id
+    self.feature_dim = int(feature_dim)
+    self.slide_patches = np.asarray(patient.slide_patches, np.int64)
+    self.offsets = np.concatenate([[0], np.cumsum(self.slide_patches)])
+    self.num_patches = int(self.offsets[-1])
+    self.check_finite = check_finite
+
+  def _where(self, field: str) -> str:
+    return f'{self.chunks.where}: patient {self.patient_id}: {field}'
+
+  def _read(self, ks: Sequence[int]) -> list[dict]:
+    """Chunk records `ks` (chunk numbers within the bag), checked against the patient."""
+    c = self.chunks
+    start = int(c.chunk_start[self.index])
+    try:
+      records = c.sources[c.split[self.index]].__getitems__([start + int(k) for k in ks])
+    except Exception as e:  # array_record raises assorted errors on truncated/corrupt shards
+      raise DataError(f'{self._where("chunks")}: cannot read records ({e})') from e
+    for k, r in zip(ks, records):
+      rows = min(c.chunk_size, self.num_patches - int(k) * c.chunk_size)
+      if (int(r['patient_index']) != self.index or int(r['chunk']) != int(k)
+          or r['features'].shape != (rows, self.feature_dim) or r['coords'].shape != (rows, 2)):
+        raise DataError(f'{self._where("chunk")} {k}: record of patient {r["patient_index"]} chunk '
+                        f'{r["chunk"]} with features {r["features"].shape}, expected patient '
+                        f'{self.index} chunk {k} with ({rows}, {self.feature_dim}); {_BUILD}')
+      if self.check_finite and not np.isfinite(r['features']).all():
+        raise DataError(f'{self._where("features")}: chunk {k} contains NaN/Inf')
+    return records
+
+  def _gather(self, field: str, indices: np.ndarray | None, width: int, dtype) -> np.ndarray:
+    """out[i] = bag row indices[i] of `field`, reading each chunk once."""
+    if indices is None:
+      indices = np.arange(self.num_patches)
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    if indices.size and (indices.min() < 0 or indices.max() >= self.num_patches):
+      raise DataError(f'{self._where(field)}: bag row out of range [0, {self.num_patches})')
+    out = np.empty((indices.size, width), dtype)
+    chunk = indices // self.chunks.chunk_size
+    ks = np.unique(chunk)
+    for k, record in zip(ks, self._read(ks)):
+      where = np.flatnonzero(chunk == k)
+      out[where] = record[field][indices[where] - k * self.chunks.chunk_size]
+    return out
+
+  def features(self, indices: np.ndarray | None = None) -> np.ndarray:
+    """[n, D] float32 features of bag rows `indices` (any order, repeats allowed; None: all)."""
+    return self._gather('features', indices, self.feature_dim, np.float32)
+
+  def coords(self, indices: np.ndarray | None = None) -> np.ndarray:
+    """[n, 2] int32 level-0 (x, y) of bag rows `indices` (None: all)."""
+    return self._gather('coords', indices, 2, np.int32)
+
+  def read_into(self, features_out: np.ndarray, coords_out: np.ndarray) -> None:
+    """Reads the whole bag into rows [0, N) of features_out [>= N, D] and coords_out [>= N, 2]."""
+    size = self.chunks.chunk_size
+    n = int(self.chunks.num_chunks[self.index])
+    for lo in range(0, n, _READ_CHUNKS):
+      ks = list(range(lo, min(n, lo + _READ_CHUNKS)))
+      for k, record in zip(ks, self._read(ks)):
+        rows = record['features'].shape[0]
+        features_out[k * size:k * size + rows] = record['features']
+        coords_out[k * size:k * size + rows] = record['coords']
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsCohort(cohort_lib.Cohort):
+  """A `Cohort` whose bags are read from the ArrayRecord chunk records."""
+  chunks: PatchChunks = dataclasses.field(default=None, compare=False, repr=False)
+
+  def bag(self, index: int, check_finite: bool = True) -> ChunkedBag:
+    """The lazy bag of patient `index` (no record is read until asked)."""
+    return ChunkedBag(self.chunks, index, self.patients[index], self.feature_dim, check_finite)
+
+
+def _patient_records(sources: Mapping, where: str) -> list[dict]:
+  """Every patient record, sorted by cohort index (which must be 0..P-1)."""
+  records = []
+  for split, src in sources.items():
+    for r in src.__getitems__(list(range(len(src)))):
+      if _text(r['split']) != split:
+        raise DataError(f'{where}: split {split}: patient {_text(r["patient_id"])}: split field '
+                        f'says {_text(r["split"])}')
+      records.append(r)
+  records.sort(key=lambda r: int(r['index']))
+  if [int(r['index']) for r in records] != list(range(len(records))):
+    raise DataError(f'{where}: index: patient indices are not 0..{len(records) - 1}; {_BUILD}')
+  return records
+
+
+def load_cohort_from_tfds(data_dir: str, spec: cohort_lib.CohortSpec | None = None,
+                          normalizer: genes_lib.GeneNormalizer | None = None) -> TfdsCohort:
+  """Loads a cohort prepared by `tfds_builder` (patient records now, chunks lazily).
+
+  Args:
+    data_dir: the TFDS data_dir (`config.data.tfds_dir`), local or a bucket path.
+    spec: the run's `CohortSpec`; its content fields (seed, split, gene settings, feature_dim,
+      ...) must match those the dataset was built with. None skips the check.
+    normalizer: a stored gene list and statistics (resume, fine-tuning). None or the dataset's
+      own: the stored normalised genes; same gene list, other statistics: re-normalised from the
+      stored raw values; another gene list: DataError.
+
+  Returns:
+    The cohort, patient order, splits, genes and normaliser identical to
+    `cohort.load_cohort(spec, normalizer)` on the dataset's inputs.
+
+  Raises:
+    DataError: dataset missing, built with other settings, or inconsistent.
+  """
+  if not data_dir:
+    raise DataError('data.tfds_dir: empty; set it to the data_dir the dataset was built into')
+  patient_sources, meta, where = _sources(data_dir, PATIENTS)
+  chunk_sources, chunk_meta, chunk_where = _sources(data_dir, meta['patches_config'])
+  if chunk_meta.get('fingerprint') != meta['fingerprint']:
+    raise DataError(f'{chunk_where}: metadata.json: fingerprint differs from {where} (the two '
+                    f'configs come from different builds); {_BUILD}')
+  if spec is not None:
+    check_spec(meta, spec, where)
+  records = _patient_records(patient_sources, where)
+  patients = tuple(cohort_lib.Patient(
+      _text(r['patient_id']), int(r['label']), tuple(_text(s) for s in r['slide_ids']),
+      tuple(_text(s) for s in r['slide_paths']), tuple(int(n) for n in r['slide_patches']),
+      _text(r['expression_id'])) for r in records)
+  split = tuple(_text(r['split']) for r in records)
+  if fingerprint([p.patient_id for p in patients], split, [p.num_patches for p in patients],
+                 meta['chunk_size']) != meta['fingerprint']:
+    raise DataError(f'{where}: records do not match metadata.json (fingerprint); {_BUILD}')
+  stored = genes_lib.GeneNormalizer.from_dict(meta['normalizer'], f'{where}: metadata.json')
+  if normalizer is None or _same_normalizer(normalizer, stored):
+    genes, normalizer = np.stack([r['genes'] for r in records]).astype(np.float32), stored
+  elif normalizer.genes == stored.genes:
+    genes = normalizer.transform(np.stack([r['genes_raw'] for r in records]), where)
+  else:
+    raise DataError(f'{where}: genes: the given gene list ({normalizer.num_genes} genes) differs '
+                    f'from the dataset\'s ({stored.num_genes}); rebuild with '
+                    '`python -m gimp_jax.data.tfds_builder --normalizer=...`')
+  chunks = PatchChunks(chunk_where, chunk_sources, split,
+                       np.asarray([int(r['chunk_start']) for r in records], np.int64),
+                       np.asarray([int(r['num_chunks']) for r in records], np.int64),
+                       int(meta['chunk_size']))
+  splits = {s: np.asarray([i for i, x in enumerate(split) if x == s], np.int64)
+            for s in cohort_lib.SPLITS}
+  return TfdsCohort(patients, tuple(meta['class_names']), splits, genes, normalizer,
+                    int(meta['feature_dim']), chunks)
+
+
+def grain_batches(make_batches: Callable[..., Iterator[dict]], num_batches: int, *,
+                  start_batch: int = 0, num_threads: int = 4, prefetch: int = 8
+                  ) -> Iterator[dict]:
+  """Batches [start_batch, num_batches) of a `pipeline` batch function, made by grain threads.
+
+  Batch b is `next(make_batches(start_batch=b))`, a pure function of (seed, epoch, b), so the
+  order and contents are those of iterating `make_batches()` itself; grain only makes up to
+  `prefetch` of them ahead in `num_threads` threads.
+
+  Args:
+    make_batches: e.g. `functools.partial(pipeline.pretrain_batches, cohort, 'train', ...)`
+      with every argument but `start_batch` bound.
+    num_batches: batches in the epoch (`pipeline.num_batches(...)`).
+    start_batch: first batch (resume).
+    num_threads: grain read threads.
+    prefetch: batches made ahead.
+  """
+  ds = grain.MapDataset.range(start_batch, num_batches).map(
+      lambda b: next(make_batches(start_batch=int(b))))
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                   prefetch_buffer_size=prefetch)))
