@@ -168,14 +168,16 @@ class ImageOmicCohort(tfds.core.ShardBasedBuilder):
 
   def __init__(self, *, spec: cohort_lib.CohortSpec | None = None,
                normalizer: genes_lib.GeneNormalizer | None = None,
-               chunk_size: int = DEFAULT_CHUNK_SIZE, shard_bytes: int = DEFAULT_SHARD_BYTES,
-               **kwargs):
+               chunk_size: int = DEFAULT_CHUNK_SIZE, features_dtype: str | None = None,
+               shard_bytes: int = DEFAULT_SHARD_BYTES, **kwargs):
     """Builds the builder.
 
     Args:
       spec: the cohort to build (not needed to read a prepared dataset).
       normalizer: a stored gene list and statistics to use instead of fitting them on train.
       chunk_size: C, bag rows per patches record.
+      features_dtype: dtype of the stored features, 'float32' or 'float16': the patches config's
+        own, or for the `patients` config the patches config it goes with (default float32).
       shard_bytes: largest shard (records are grouped into shards up to this size).
       **kwargs: `tfds.core.DatasetBuilder` arguments (data_dir, config, version).
     """
@@ -187,6 +189,12 @@ class ImageOmicCohort(tfds.core.ShardBasedBuilder):
     self._normalizer = normalizer
     self._chunk_size = int(chunk_size)
     self._shard_bytes = int(shard_bytes)
+    config = self.builder_config
+    if config.kind != src.PATIENTS and features_dtype not in (None, config.features_dtype):
+      raise DataError(f'features_dtype: {features_dtype} but config {config.name} stores '
+                      f'{config.features_dtype}')
+    self._features_dtype = (features_dtype or 'float32' if config.kind == src.PATIENTS
+                            else config.features_dtype)
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
@@ -214,10 +222,10 @@ class ImageOmicCohort(tfds.core.ShardBasedBuilder):
         'format_version': src.FORMAT_VERSION,
         'fingerprint': src.fingerprint([p.patient_id for p in cohort.patients], list(split),
                                        sizes, self._chunk_size),
-        'patches_config': src.patches_config(config.features_dtype),
+        'patches_config': src.patches_config(self._features_dtype),
         'class_names': list(cohort.class_names), 'feature_dim': cohort.feature_dim,
         'num_genes': cohort.num_genes, 'chunk_size': self._chunk_size,
-        'features_dtype': config.features_dtype, 'split_source': _split_source(spec),
+        'features_dtype': self._features_dtype, 'split_source': _split_source(spec),
         'splits': {k: int(v.size) for k, v in cohort.splits.items()},
         'spec': src.spec_record(spec),
         'inputs': {'labels': spec.labels, 'features_dir': spec.features_dir,
@@ -306,7 +314,7 @@ def build(spec: cohort_lib.CohortSpec, data_dir: str, *, manual_dir: str | None 
   for config in (src.PATIENTS, src.patches_config(features_dtype)):
     builder = ImageOmicCohort(config=config, data_dir=data_dir, spec=spec,
                               normalizer=normalizer, chunk_size=chunk_size,
-                              shard_bytes=shard_bytes)
+                              features_dtype=features_dtype, shard_bytes=shard_bytes)
     mode = (gen.FORCE_REDOWNLOAD if overwrite or config == src.PATIENTS
             else gen.REUSE_DATASET_IF_EXISTS)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(

@@ -70,12 +70,13 @@ def _text(x) -> str:
 def _sources(data_dir: str, config: str) -> tuple[dict, Mapping, str]:
   """(split -> `tfds.data_source` of `NAME/config`, its metadata, its folder) for messages."""
   where = os.path.join(data_dir, NAME, config)
+  missing = f'{where}: no prepared TFDS dataset; {_BUILD}'
   try:
     sources = tfds.data_source(f'{NAME}/{config}', data_dir=data_dir, download=False)
-  except (AssertionError, FileNotFoundError, ValueError) as e:  # tfds: "Dataset not found"
-    raise DataError(f'{where}: no prepared TFDS dataset ({e}); {_BUILD}') from e
-  if not sources:
-    raise DataError(f'{where}: the dataset has no splits; {_BUILD}')
+  except (AssertionError, FileNotFoundError, ValueError) as e:  # DatasetNotFoundError, ...
+    raise DataError(missing) from e
+  if not sources:  # a registered builder without prepared files gives no splits
+    raise DataError(missing)
   info = next(iter(sources.values())).dataset_info
   where = os.fspath(info.data_dir)
   meta = dict(info.metadata or {})
