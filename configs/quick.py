@@ -1,0 +1,30 @@
+"""The paper's stages at CPU size: a few epochs each, window 512 (README demo and CI end to end).
+
+python -m gimp_jax.data.synthetic --out data/synthetic
+python -m gimp_jax.main --config=configs/quick.py --workdir=runs/quick
+"""
+
+from configs import nsclc
+
+
+def get_config():
+  c = nsclc.get_config()
+  c.data.features_dir = "data/synthetic/features"
+  c.data.expression = "data/synthetic/expression.tsv"
+  c.data.labels = "data/synthetic/labels.csv"
+  c.data.num_genes = 0                 # all genes of the table (the synthetic cohort has 2,000)
+  c.model.dim = 128
+  c.model.heads = 4
+  c.model.num_landmarks = 64
+  c.model.num_fragments = 40           # 40 fragments of 50 genes
+  c.model.num_groups = 4
+  c.model.head_hidden = 64
+  c.optim.learning_rate = 5e-4
+  c.gene_pretrain.epochs = 10
+  c.pretrain.epochs = 5
+  c.pretrain.window = 512
+  c.pretrain.batch_size = 8
+  c.finetune.epochs = 6
+  c.finetune.batch_size = 4
+  c.report.heatmaps = 2
+  return c

@@ -1,0 +1,55 @@
+"""Command line: python -m gimp_jax.main --config=configs/nsclc.py --workdir=runs/nsclc
+
+Any config field can be overridden: --config.data.labels=labels.csv --config.pretrain.epochs=10.
+Bad inputs end with one line naming the file, the patient and the field, and exit code 2.
+"""
+
+import signal
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from gimp_jax.errors import DataError
+from gimp_jax.train import run
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and report.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _StopFlag:
+  """Set by SIGTERM/SIGINT: the running stage saves a checkpoint and the program exits."""
+
+  def __init__(self):
+    self.requested = False
+
+  def __call__(self, *_):
+    if self.requested:  # a second signal: stop at once
+      raise KeyboardInterrupt
+    self.requested = True
+    logging.warning("Stop requested: saving a checkpoint after the current step.")
+
+
+def main(argv):
+  del argv
+  stop = _StopFlag()
+  signal.signal(signal.SIGTERM, stop)
+  signal.signal(signal.SIGINT, stop)
+  try:
+    results = run.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop=lambda: stop.requested)
+  except DataError as e:
+    print(f"gimp_jax: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print("gimp_jax: stopped; run the same command again to resume.", file=sys.stderr)
+    sys.exit(130)
+  keys = ("test_accuracy", "test_auc", "test_f1", "val_accuracy")
+  print(" ".join(f"{k}={results[k]:.4f}" for k in keys if k in results))
+
+
+if __name__ == "__main__":
+  app.run(main)

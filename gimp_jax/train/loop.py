@@ -1,0 +1,137 @@
+"""The training loop shared by every stage: resumable, logged, with a progress bar."""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Iterator
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from gimp_jax.checkpoint import StageCheckpoints
+from gimp_jax.data import pipeline
+from gimp_jax.train import steps
+from gimp_jax.train.state import TrainState
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN/Inf; the last good checkpoint is kept."""
+
+
+def to_device(batch: dict) -> dict:
+  """The array entries of a host batch as jax arrays (string IDs are dropped)."""
+  return {k: jnp.asarray(v) for k, v in batch.items()
+          if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"}
+
+
+class MetricsWriter:
+  """Metrics as JSON lines (`metrics.jsonl`) beside TensorBoard event files (`tb/`)."""
+
+  def __init__(self, workdir: str):
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write(self, stage: str, step: int, metrics: dict[str, float]) -> None:
+    self._jsonl.write(json.dumps({"stage": stage, "step": step, **metrics}) + "\n")
+    self._jsonl.flush()
+    for k, v in metrics.items():
+      self._tb.add_scalar(f"{stage}/{k}", v, step)
+
+  def close(self) -> None:
+    self._jsonl.close()
+    self._tb.close()
+
+
+@dataclasses.dataclass
+class StageSpec:
+  """One training stage.
+
+  Attributes:
+    name: checkpoint/metrics name of the stage.
+    loss_fn: (model, batch) -> (loss, metrics).
+    batches: (epoch, start_batch) -> iterator of host batches.
+    steps_per_epoch: batches per epoch.
+    epochs: epochs to run.
+    checkpoint_every: steps between mid-epoch checkpoints.
+    on_epoch_end: optional (state, epoch, meta) -> dict merged into the checkpoint meta (e.g.
+      validation results and the best-so-far bookkeeping).
+  """
+  name: str
+  loss_fn: steps.LossFn
+  batches: Callable[[int, int], Iterator[dict]]
+  steps_per_epoch: int
+  epochs: int
+  checkpoint_every: int
+  on_epoch_end: Callable[[TrainState, int, dict], dict] | None = None
+
+
+def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
+        writer: MetricsWriter, prefetch: int = 2, stop: Callable[[], bool] = lambda: False
+        ) -> tuple[TrainState, dict[str, Any]]:
+  """Runs (or resumes, or skips if finished) a stage; returns the final state and its meta.
+
+  The step key is `fold_in(key, step)` and the batches are a pure function of (epoch, position),
+  so a resumed stage reproduces the uninterrupted one. Checkpoints are written every
+  `checkpoint_every` steps, at each epoch end, and when `stop()` turns true (SIGTERM).
+
+  Raises:
+    NonFiniteLossError: a NaN/Inf loss (nothing is saved from that step on).
+  """
+  ckpt = StageCheckpoints(workdir, spec.name)
+  meta: dict[str, Any] = {"epoch": 0, "batch": 0, "done": False, "history": []}
+  restored = ckpt.restore(state)
+  if restored is not None:
+    state, meta = restored
+    logging.info("%s: resuming at step %d (epoch %d, batch %d)%s", spec.name, int(state.step),
+                 meta["epoch"], meta["batch"], ", already finished" if meta["done"] else "")
+  if meta["done"]:
+    ckpt.close()
+    return state, meta
+  step_fn = steps.make_train_step(spec.loss_fn)
+  total = spec.epochs * spec.steps_per_epoch
+  start_time, wall_before = time.time(), meta.get("wall_s", 0.0)
+
+  def save():
+    meta["wall_s"] = wall_before + time.time() - start_time
+    ckpt.save(state, meta)
+
+  bar = tqdm.tqdm(total=total, initial=int(state.step), desc=spec.name, unit="step",
+                  dynamic_ncols=True, disable=None)
+  try:
+    for epoch in range(meta["epoch"], spec.epochs):
+      position = meta["batch"] if epoch == meta["epoch"] else 0
+      for batch in pipeline.prefetch(spec.batches(epoch, position), prefetch):
+        state, metrics = step_fn(state, to_device(batch), jax.random.fold_in(key, state.step))
+        position += 1
+        metrics = {k: float(v) for k, v in metrics.items()}
+        step = int(state.step)
+        if not np.isfinite(metrics["loss"]):
+          raise NonFiniteLossError(
+              f"{spec.name}: non-finite loss {metrics['loss']} at step {step} (epoch {epoch}); "
+              f"the last good checkpoint in {ckpt.directory} is kept.")
+        writer.write(spec.name, step, metrics)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", epoch=epoch)
+        meta.update(epoch=epoch, batch=position, last_metrics=metrics)
+        if step % spec.checkpoint_every == 0 or stop():
+          save()
+        if stop():
+          logging.warning("%s: stopping on request after step %d (checkpoint saved).",
+                          spec.name, step)
+          raise KeyboardInterrupt
+      meta.update(epoch=epoch + 1, batch=0)
+      meta["history"].append({"epoch": epoch, **meta.get("last_metrics", {})})
+      if spec.on_epoch_end is not None:
+        meta.update(spec.on_epoch_end(state, epoch, meta))
+      save()
+    meta["done"] = True
+    save()
+  finally:
+    bar.close()
+    ckpt.close()
+  return state, meta

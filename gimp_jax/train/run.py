@@ -1,0 +1,286 @@
+"""The paper's stages from one call: gene_pretrain -> pretrain -> finetune -> test.
+
+Each stage reads the previous stage's checkpoint from the workdir; finished stages are skipped and
+an interrupted stage resumes from its last checkpoint.
+"""
+
+import json
+import os
+import platform
+import re
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from gimp_jax import methods
+from gimp_jax import metrics as metrics_lib
+from gimp_jax.checkpoint import StageCheckpoints
+from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import genes as genes_lib
+from gimp_jax.data import pipeline
+from gimp_jax.models import build
+from gimp_jax.train import loop, optim, steps, transfer
+from gimp_jax.train.state import TrainState, create_state
+
+STAGES = ("gene_pretrain", "pretrain", "finetune", "test")
+_STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
+
+
+class Run:
+  """What the stages share: config, workdir, cohort, method, metrics writer, root key."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, stop=lambda: False):
+    self.config = config
+    self.workdir = workdir
+    self.stop = stop
+    os.makedirs(workdir, exist_ok=True)
+    self.method = methods.get(config.method)
+    self.cohort = load_cohort(config, workdir)
+    self.num_genes = self.cohort.num_genes
+    self.num_classes = self.cohort.num_classes
+    self.key = jax.random.key(config.seed)
+    self.writer = loop.MetricsWriter(workdir)
+    self.results: dict[str, Any] = {"stages": {}}
+
+  def stage_key(self, name: str) -> jax.Array:
+    return jax.random.fold_in(self.key, _STAGE_IDS[name])
+
+  def build(self, seed_offset: int = 0):
+    return self.method.build(self.config, self.num_genes, self.num_classes,
+                             self.config.seed + seed_offset)
+
+  def fit(self, spec: loop.StageSpec, state: TrainState) -> tuple[TrainState, dict]:
+    state, meta = loop.fit(spec, state, workdir=self.workdir, key=self.stage_key(spec.name),
+                           writer=self.writer, prefetch=self.config.data.prefetch, stop=self.stop)
+    self.results["stages"][spec.name] = {
+        "steps": int(state.step), "wall_s": round(meta.get("wall_s", 0.0), 2),
+        "final_metrics": meta.get("last_metrics", {}), "history": meta.get("history", [])}
+    return state, meta
+
+
+def load_cohort(config, workdir: str) -> cohort_lib.Cohort:
+  """The cohort; the gene list and normalisation fitted on the first run are reused on resume."""
+  path = os.path.join(workdir, "normalizer.npz")
+  normalizer = genes_lib.GeneNormalizer.load(path) if os.path.exists(path) else None
+  spec = cohort_lib.CohortSpec.from_mapping(config.data, seed=config.seed)
+  if config.data.source == "tfds":
+    from gimp_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+    cohort = tfds_source.load_cohort_from_tfds(config.data.tfds_dir, spec, normalizer)
+  else:
+    cohort = cohort_lib.load_cohort(spec, normalizer)
+  if normalizer is None:
+    cohort.normalizer.save(path)
+  return cohort
+
+
+def _train_state(model, cfg_optim, *, steps_per_epoch: int, epochs: int, frozen: str):
+  params = create_state(model).params
+  tx = optim.make_optimizer(cfg_optim, params, total_steps=steps_per_epoch * epochs,
+                            steps_per_epoch=steps_per_epoch, frozen_regex=frozen)
+  return create_state(model, tx)
+
+
+def _frozen_regex(regex: str, params) -> str:
+  """The config's freezing regex, or '' when the model has nothing it could match."""
+  if regex and not any(re.search(regex, p) for p in optim.flat_paths(params)):
+    logging.info("Freezing regex %r matches nothing in this model: nothing is frozen.", regex)
+    return ""
+  return regex
+
+
+def restore_params(workdir: str, stage: str, model) -> Any | None:
+  """The parameters of `stage`'s latest checkpoint in `workdir`, restored into `model`'s shapes."""
+  ckpt = StageCheckpoints(workdir, stage)
+  try:
+    return ckpt.restore_params(create_state(model).params)
+  finally:
+    ckpt.close()
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def gene_pretrain(run: Run) -> None:
+  """Supervised pre-training of the gene encoder on patient labels (then frozen)."""
+  cfg = run.config
+  model = build.build_gene_classifier(cfg, run.num_genes, run.num_classes, cfg.seed)
+  n_train = run.cohort.split("train").size
+  per_epoch = pipeline.num_batches(n_train, cfg.gene_pretrain.batch_size, False)
+  state = _train_state(model, cfg.optim, steps_per_epoch=per_epoch,
+                       epochs=cfg.gene_pretrain.epochs, frozen="")
+  spec = loop.StageSpec(
+      name="gene_pretrain", loss_fn=steps.gene_pretrain_loss,
+      batches=lambda e, s: pipeline.gene_batches(
+          run.cohort, "train", batch_size=cfg.gene_pretrain.batch_size, seed=cfg.seed, epoch=e,
+          start_batch=s),
+      steps_per_epoch=per_epoch, epochs=cfg.gene_pretrain.epochs,
+      checkpoint_every=cfg.pretrain.checkpoint_every)
+  run.fit(spec, state)
+
+
+def _initial_params(run: Run, model, stage: str):
+  """Parameters a stage starts from: the previous stage of this run, else `init_from`."""
+  params = create_state(model).params
+  cfg = run.config
+  has_genes = getattr(model, "gene_encoder", None) is not None
+  sources = []
+  if stage == "finetune" and "pretrain" in cfg.stages:
+    sources.append((run.workdir, "pretrain", "model"))
+  elif has_genes and "gene_pretrain" in cfg.stages:
+    sources.append((run.workdir, "gene_pretrain", "genes"))
+  if not sources and cfg.init_from:
+    sources.append((cfg.init_from, "finetune" if stage == "finetune" else "pretrain", "model"))
+  for workdir, source, kind in sources:
+    if kind == "genes":
+      gene_model = build.build_gene_classifier(cfg, run.num_genes, run.num_classes, cfg.seed)
+      src = restore_params(workdir, source, gene_model)
+      if src is None:
+        raise FileNotFoundError(f"{stage}: no {source} checkpoint in {workdir}")
+      params, _ = transfer.gene_encoder_into_gimp(src, params)
+    else:
+      src = restore_params(workdir, source, run.build())
+      if src is None:
+        raise FileNotFoundError(f"{stage}: no {source} checkpoint in {workdir}")
+      params, _ = transfer.pretrained_into_finetune(src, params)
+  return params
+
+
+def pretrain(run: Run) -> None:
+  """GiMP pre-training (or the method's objective) on B windows of L patches."""
+  cfg = run.config
+  if run.method.pretrain_loss is None:
+    raise ValueError(f"Method {cfg.method!r} has no pre-training stage; remove it from stages.")
+  model = run.build()
+  params = _initial_params(run, model, "pretrain")
+  n_train = run.cohort.split("train").size
+  bsz = min(cfg.pretrain.batch_size, n_train)
+  per_epoch = pipeline.num_batches(n_train, bsz, True)
+  state = _train_state(model, cfg.optim, steps_per_epoch=per_epoch, epochs=cfg.pretrain.epochs,
+                       frozen=_frozen_regex(cfg.pretrain.frozen, params))
+  state = state.replace(params=params)
+  spec = loop.StageSpec(
+      name="pretrain", loss_fn=run.method.pretrain_loss(cfg),
+      batches=lambda e, s: pipeline.pretrain_batches(
+          run.cohort, "train", batch_size=bsz, window=cfg.pretrain.window,
+          ratio=cfg.pretrain.mask_ratio, seed=cfg.seed, epoch=e, start_batch=s),
+      steps_per_epoch=per_epoch, epochs=cfg.pretrain.epochs,
+      checkpoint_every=cfg.pretrain.checkpoint_every)
+  run.fit(spec, state)
+
+
+def predict(run: Run, state: TrainState, split: str, *, with_attention: int = 0) -> dict:
+  """Whole-bag predictions of a split: patient_id, label, probs [N, C], embedding [N, E]."""
+  eval_step = steps.make_eval_step(run.method.forward)
+  out = {"patient_id": [], "label": [], "probs": [], "embedding": []}
+  for batch in pipeline.prefetch(pipeline.bag_batches(
+      run.cohort, split, batch_size=run.config.finetune.batch_size,
+      bucket_sizes=run.config.data.bucket_sizes), run.config.data.prefetch):
+    res = eval_step(state, loop.to_device(batch), jax.random.key(0))
+    out["patient_id"].extend(str(p) for p in batch["patient_id"])
+    out["label"].append(batch["label"])
+    out["probs"].append(np.asarray(res["probs"]))
+    out["embedding"].append(np.asarray(res["embedding"]))
+  for k in ("label", "probs", "embedding"):
+    out[k] = np.concatenate(out[k]) if out[k] else np.zeros((0,))
+  out["patient_id"] = np.asarray(out["patient_id"])
+  return out
+
+
+def finetune(run: Run) -> None:
+  """MLP head on CLS_pat over whole bags; validation after every epoch, the best epoch kept."""
+  cfg = run.config
+  model = run.build()
+  params = _initial_params(run, model, "finetune")
+  n_train = run.cohort.split("train").size
+  per_epoch = pipeline.num_batches(n_train, cfg.finetune.batch_size, False)
+  state = _train_state(model, cfg.optim, steps_per_epoch=per_epoch, epochs=cfg.finetune.epochs,
+                       frozen=_frozen_regex(cfg.finetune.frozen, params))
+  state = state.replace(params=params)
+  best = StageCheckpoints(run.workdir, "finetune_best", max_to_keep=1)
+
+  def on_epoch_end(state, epoch, meta):
+    val = predict(run, state, "val")
+    scores = metrics_lib.classification_metrics(val["label"], val["probs"])
+    key = (scores["accuracy"], np.nan_to_num(scores["auc"]))
+    best_meta = best.meta() or {"score": [-1.0, -1.0]}
+    logging.info("finetune epoch %d: val accuracy %.4f, AUC %.4f", epoch, *key)
+    run.writer.write("finetune_val", int(state.step),
+                     {"accuracy": scores["accuracy"], "auc": float(np.nan_to_num(scores["auc"]))})
+    if key > tuple(best_meta["score"]):
+      best.save(state, {"epoch": epoch, "score": list(key)})
+    return {"best_epoch": (best.meta() or {}).get("epoch")}
+
+  spec = loop.StageSpec(
+      name="finetune", loss_fn=run.method.finetune_loss(cfg),
+      batches=lambda e, s: pipeline.bag_batches(
+          run.cohort, "train", batch_size=cfg.finetune.batch_size, seed=cfg.seed, epoch=e,
+          shuffle=True, bucket_sizes=cfg.data.bucket_sizes, start_batch=s),
+      steps_per_epoch=per_epoch, epochs=cfg.finetune.epochs,
+      checkpoint_every=cfg.finetune.checkpoint_every, on_epoch_end=on_epoch_end)
+  try:
+    run.fit(spec, state)
+  finally:
+    best.close()
+
+
+def test(run: Run) -> None:
+  """Evaluates the best fine-tuned model on val and test; writes the report."""
+  model = run.build()
+  state = create_state(model)
+  params = restore_params(run.workdir, "finetune_best", model)
+  if params is None:
+    raise FileNotFoundError(f"test: no fine-tuned checkpoint in {run.workdir}; run finetune first.")
+  state = state.replace(params=params)
+  predictions = {}
+  for split in ("val", "test"):
+    predictions[split] = predict(run, state, split)
+    scores = metrics_lib.classification_metrics(predictions[split]["label"],
+                                                predictions[split]["probs"])
+    for k in ("accuracy", "auc", "f1"):
+      run.results[f"{split}_{k}"] = float(scores[k])
+    run.results[f"{split}_metrics"] = scores
+  run.predictions = predictions
+
+
+STAGE_FNS = {"gene_pretrain": gene_pretrain, "pretrain": pretrain, "finetune": finetune,
+             "test": test}
+
+
+def library_versions() -> dict[str, str]:
+  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
+  names = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "h5py", "ml-collections")
+  out = {"python": platform.python_version()}
+  for n in names:
+    try:
+      out[n] = md.version(n)
+    except md.PackageNotFoundError:
+      pass
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop=lambda: False) -> dict[str, Any]:
+  """Runs `config.stages` in order and writes `results.json` (and the report) to `workdir`."""
+  for name in config.stages:
+    if name not in STAGE_FNS:
+      raise ValueError(f"Unknown stage {name!r} in config.stages; known: {STAGES}.")
+  run = Run(config, workdir, stop)
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  try:
+    for name in config.stages:
+      logging.info("Stage %s", name)
+      STAGE_FNS[name](run)
+  finally:
+    run.writer.close()
+  results = dict(run.results, method=config.method, seed=config.seed,
+                 config=json.loads(config.to_json_best_effort()), versions=library_versions(),
+                 num_classes=run.num_classes, num_genes=run.num_genes,
+                 class_names=list(run.cohort.class_names),
+                 splits={k: int(v.size) for k, v in run.cohort.splits.items()})
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=2, default=float)
+  return results
