@@ -1,0 +1,337 @@
+"""The report page: report.md and report.html in the run's report/ folder.
+
+`write_report` draws every figure, writes the prediction CSVs, then lays the page out once as a
+list of blocks (headings, paragraphs, tables, images, file links) and renders that list twice:
+Markdown with relative links, and a self-contained HTML file with the images inlined as base64 (to
+mail or open from a notebook). Every file name is a fixed function of the inputs, and the page
+holds no date, so the same run gives the same report.
+"""
+
+import base64
+from collections.abc import Mapping, Sequence
+import csv
+import dataclasses
+import html
+import math
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from gimp_jax import metrics
+from gimp_jax.report import figures
+from gimp_jax.report import heatmap
+
+SPLIT_ORDER = ('test', 'val', 'train')
+SUMMARY_ORDER = ('accuracy', 'auc', 'f1', 'balanced_accuracy', 'num_examples')
+TABLE_ROWS = 50  # per-patient rows shown on the page; the CSV holds them all
+# Files that write_report owns in report_dir; stale ones from an earlier call are removed first.
+OWNED = re.compile(r'^((roc|confusion|tsne|heatmap)_.+\.png|loss_curves\.png|predictions_.+\.csv|'
+                   r'report\.(md|html))$')
+
+
+@dataclasses.dataclass(frozen=True)
+class Heading:
+  text: str
+  level: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Paragraph:
+  text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  header: Sequence[str]
+  rows: Sequence[Sequence[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+  alt: str
+  filename: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FileLink:
+  text: str
+  filename: str
+
+
+Block = Heading | Paragraph | Table | Image | FileLink
+
+
+def fmt(value: Any) -> str:
+  """A number for a table cell: integers whole, 4 decimals in [1e-3, 100), else 1 or 3e."""
+  number = figures.as_scalar(value)
+  if number is None:
+    return str(value)
+  if math.isnan(number):
+    return 'NaN'
+  if number == int(number) and abs(number) < 1e15:
+    return str(int(number))
+  if abs(number) >= 100:
+    return f'{number:.1f}'
+  return f'{number:.4f}' if abs(number) >= 1e-3 else f'{number:.3e}'
+
+
+def safe_name(text: str) -> str:
+  """`text` reduced to [A-Za-z0-9._-] for a file name."""
+  return re.sub(r'[^A-Za-z0-9._-]+', '_', str(text)).strip('._') or 'x'
+
+
+def _ordered_splits(names) -> list[str]:
+  names = list(names)
+  return [s for s in SPLIT_ORDER if s in names] + sorted(s for s in names if s not in SPLIT_ORDER)
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """Nested dicts -> {'a.b': scalar}; non-scalar leaves are left out."""
+  flat = {}
+  for key, value in values.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    elif figures.as_scalar(value) is not None:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def summary_table(results: Mapping[str, Any]) -> Table | None:
+  """Metric x split from the results' scalar `<split>_<metric>` entries (train/val/test)."""
+  cells: dict[str, dict[str, Any]] = {}
+  for key, value in results.items():
+    match = re.fullmatch(r'(train|val|test)_(.+)', key)
+    if match and figures.as_scalar(value) is not None:
+      cells.setdefault(match[2], {})[match[1]] = value
+  if not cells:
+    return None
+  splits = _ordered_splits({s for row in cells.values() for s in row})
+  names = [m for m in SUMMARY_ORDER if m in cells] + sorted(set(cells) - set(SUMMARY_ORDER))
+  rows = [[name] + [fmt(cells[name][s]) if s in cells[name] else '' for s in splits]
+          for name in names]
+  return Table(['metric'] + splits, rows)
+
+
+def stages_table(stages: Mapping[str, Mapping[str, Any]]) -> Table | None:
+  """One row per stage, one column per scalar entry (nested dicts flattened as 'a.b')."""
+  flat = {name: _flatten(values) for name, values in stages.items() if isinstance(values, Mapping)}
+  columns = list(dict.fromkeys(key for values in flat.values() for key in values))
+  if not columns:
+    return None
+  rows = [[name] + [fmt(values[c]) if c in values else '' for c in columns]
+          for name, values in flat.items()]
+  return Table(['stage'] + columns, rows)
+
+
+def _check_predictions(split: str, pred: Mapping[str, Any],
+                       num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(patient_id [N] str, label [N] int, probs [N, C]) of one split, checked."""
+  ids = np.asarray(pred['patient_id']).astype(str)
+  labels, probs = np.asarray(pred['label']), np.asarray(pred['probs'], np.float64)
+  if (probs.ndim != 2 or probs.shape[1] != num_classes
+      or not ids.shape == labels.shape == (probs.shape[0],)):
+    raise ValueError(f'predictions[{split!r}]: need patient_id [N], label [N], probs [N, '
+                     f'{num_classes}]; got {ids.shape}, {labels.shape}, {probs.shape}')
+  if not np.issubdtype(labels.dtype, np.integer) or (
+      labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
+    raise ValueError(f'predictions[{split!r}]: labels must be integers in [0, {num_classes})')
+  return ids, labels, probs
+
+
+def write_predictions_csv(path: str, ids: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+                          class_names: Sequence[str]) -> str:
+  """One row per patient: ID, true and predicted class (index and name), correct, P(class)."""
+  pred = np.argmax(probs, axis=1)
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['patient_id', 'label', 'label_name', 'predicted', 'predicted_name',
+                     'correct'] + [f'prob_{name}' for name in class_names])
+    for pid, y, p, row in zip(ids, labels, pred, probs):
+      writer.writerow([pid, int(y), class_names[y], int(p), class_names[p], int(y == p)] +
+                      [f'{v:.6g}' for v in row])
+  return path
+
+
+def _prediction_rows(ids, labels, probs, class_names) -> list[list[str]]:
+  pred = np.argmax(probs, axis=1)
+  return [[pid, class_names[y], class_names[p], f'{row[p]:.3f}', 'yes' if y == p else 'no']
+          for pid, y, p, row in zip(ids[:TABLE_ROWS], labels, pred, probs)]
+
+
+def _classification_blocks(report_dir: str, split: str, labels: np.ndarray, probs: np.ndarray,
+                           class_names: list[str]) -> list[Block]:
+  """ROC curve and confusion matrix of one split: labels [N], probs [N, C]."""
+  stem = safe_name(split)
+  roc = figures.roc_curve_png(os.path.join(report_dir, f'roc_{stem}.png'), labels, probs,
+                              class_names, title=f'ROC, {split}')
+  cm = metrics.classification_metrics(labels, probs)['confusion_matrix']
+  confusion = figures.confusion_matrix_png(os.path.join(report_dir, f'confusion_{stem}.png'), cm,
+                                           class_names, title=f'Confusion matrix, {split}')
+  return [Heading(f'Classification: {split}', 2),
+          Image(f'ROC curve, {split}', os.path.basename(roc)),
+          Image(f'Confusion matrix, {split}', os.path.basename(confusion))]
+
+
+def _heatmap_blocks(report_dir: str, heatmaps: Sequence[tuple[str, np.ndarray, np.ndarray]],
+                    patch_size: int) -> list[Block]:
+  """One heatmap per slide, named after the patient (a second slide of a patient gets _2)."""
+  blocks: list[Block] = [
+      Heading('Attention heatmaps', 2),
+      Paragraph("CLS to patch attention at the patches' level-0 coordinates, rank-normalised per "
+                "slide (colour = percentile among the slide's patches); grey = no patch.")]
+  taken: set[str] = set()
+  for patient_id, coords, attention in heatmaps:
+    stem = base = f'heatmap_{safe_name(patient_id)}'
+    copy = 1
+    while stem in taken:  # two slides of one patient, or IDs equal after safe_name
+      copy += 1
+      stem = f'{base}_{copy}'
+    taken.add(stem)
+    path = heatmap.heatmap_png(os.path.join(report_dir, f'{stem}.png'), coords, attention,
+                               patch_size, title=str(patient_id))
+    blocks.append(Image(f'Attention heatmap, {patient_id}', os.path.basename(path)))
+  return blocks
+
+
+def _has_curves(history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]]) -> bool:
+  return any(figures.as_scalar(value) is not None for records in history.values()
+             for _, values in records for value in values.values())
+
+
+def _clear(report_dir: str) -> None:
+  """Removes an earlier report's files (names matching `OWNED`) from `report_dir`."""
+  for name in os.listdir(report_dir):
+    if OWNED.match(name) and os.path.isfile(os.path.join(report_dir, name)):
+      os.remove(os.path.join(report_dir, name))
+
+
+def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, Any],
+                 class_names: Sequence[str],
+                 predictions: Mapping[str, Mapping[str, Any]],
+                 tsne: tuple[np.ndarray, np.ndarray] | None = None,
+                 heatmaps: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
+                 history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None,
+                 seed: int = 0, patch_size: int = 256) -> str:
+  """Writes report.md, report.html, their PNGs and predictions_<split>.csv into `report_dir`.
+
+  Args:
+    report_dir: the folder (created if missing). Files of an earlier report there (see `OWNED`)
+      are removed first, so the folder holds exactly what the page links.
+    results: the run's results: scalar `<split>_<metric>` entries make the summary table;
+      `results['stages'][name]` dicts (final losses, wall times, ...) the stage table;
+      `results['versions']` (name -> version), when present, a line under the title.
+    class_names: C class names, in label order.
+    predictions: split -> {'patient_id': [N] str, 'label': [N] int, 'probs': [N, C]}; each split
+      gets a ROC curve, a confusion matrix and a CSV; 'test' also a table on the page.
+    tsne: (embeddings [N, E], labels [N]) of the training set after pre-training, or None.
+    heatmaps: (patient_id, coords [N, 2] level-0 x,y, attention [N]) per slide to draw.
+    history: stage -> [(step, {metric: scalar})] for the training curves, or None.
+    seed: the t-SNE random state.
+    patch_size: level-0 patch size of the heatmaps' coordinates.
+
+  Returns:
+    The path of report.md.
+  """
+  report_dir = os.fspath(report_dir)
+  os.makedirs(report_dir, exist_ok=True)
+  _clear(report_dir)
+  names = list(class_names)
+  checked = {split: _check_predictions(split, predictions[split], len(names))
+             for split in _ordered_splits(predictions)}
+
+  blocks: list[Block] = [Heading('GiMP report', 1)]
+  versions = results.get('versions')
+  if isinstance(versions, Mapping) and versions:
+    blocks.append(Paragraph('Versions: ' + ', '.join(f'{k} {v}' for k, v in versions.items())))
+  blocks += [Heading('Summary', 2),
+             summary_table(results) or Paragraph('No split metrics in the results.')]
+  stage_table = stages_table(results.get('stages') or {})
+  if stage_table:
+    blocks += [Heading('Stages', 2), stage_table]
+  for split, (_, labels, probs) in checked.items():
+    blocks += _classification_blocks(report_dir, split, labels, probs, names)
+  if tsne is not None:
+    path = figures.tsne_png(os.path.join(report_dir, 'tsne_train.png'), tsne[0], tsne[1], names,
+                            seed)
+    blocks += [Heading('t-SNE of CLS_pat (training set, after pre-training)', 2),
+               Image('t-SNE of CLS_pat', os.path.basename(path))]
+  if heatmaps:
+    blocks += _heatmap_blocks(report_dir, heatmaps, patch_size)
+  if history and _has_curves(history):
+    path = figures.loss_curves_png(os.path.join(report_dir, 'loss_curves.png'), history)
+    blocks += [Heading('Training curves', 2), Image('Training curves', os.path.basename(path))]
+  if 'test' in checked:
+    ids = checked['test'][0]
+    shown = f'the first {TABLE_ROWS} of {ids.size}' if ids.size > TABLE_ROWS else f'all {ids.size}'
+    blocks += [Heading('Test predictions', 2),
+               Paragraph(f'Per-patient predictions, {shown} test patients.'),
+               Table(['patient', 'true', 'predicted', 'P(predicted)', 'correct'],
+                     _prediction_rows(*checked['test'], names))]
+  if checked:
+    blocks.append(Heading('Files', 2))
+  for split, arrays in checked.items():
+    path = write_predictions_csv(
+        os.path.join(report_dir, f'predictions_{safe_name(split)}.csv'), *arrays, names)
+    blocks.append(FileLink(f'All {split} predictions (CSV)', os.path.basename(path)))
+
+  with open(os.path.join(report_dir, 'report.html'), 'w') as f:
+    f.write(to_html(blocks, report_dir))
+  md_path = os.path.join(report_dir, 'report.md')
+  with open(md_path, 'w') as f:
+    f.write(to_markdown(blocks))
+  return md_path
+
+
+def _md_text(text: str) -> str:
+  return re.sub(r'([\\`*_\[\]<>#|])', r'\\\1', str(text)).replace('\n', ' ')
+
+
+def to_markdown(blocks: Sequence[Block]) -> str:
+  """The blocks as Markdown; images and files are relative links."""
+  parts = []
+  for block in blocks:
+    if isinstance(block, Heading):
+      parts.append(f'{"#" * block.level} {_md_text(block.text)}')
+    elif isinstance(block, Paragraph):
+      parts.append(_md_text(block.text))
+    elif isinstance(block, Table):
+      lines = ['| ' + ' | '.join(_md_text(h) for h in block.header) + ' |',
+               '|' + '---|' * len(block.header)]
+      lines += ['| ' + ' | '.join(_md_text(c) for c in row) + ' |' for row in block.rows]
+      parts.append('\n'.join(lines))
+    elif isinstance(block, Image):
+      parts.append(f'![{_md_text(block.alt)}]({block.filename})')
+    else:
+      parts.append(f'- [{_md_text(block.text)}]({block.filename})')
+  return '\n\n'.join(parts) + '\n'
+
+
+_STYLE = ('body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}'
+          'table{border-collapse:collapse;margin:1em 0}'
+          'td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}'
+          'th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}')
+
+
+def to_html(blocks: Sequence[Block], report_dir: str) -> str:
+  """The blocks as one HTML page; the PNGs in `report_dir` are inlined as base64 data URIs."""
+  body = []
+  for block in blocks:
+    if isinstance(block, Heading):
+      body.append(f'<h{block.level}>{html.escape(block.text)}</h{block.level}>')
+    elif isinstance(block, Paragraph):
+      body.append(f'<p>{html.escape(block.text)}</p>')
+    elif isinstance(block, Table):
+      head = ''.join(f'<th>{html.escape(h)}</th>' for h in block.header)
+      rows = ''.join('<tr>' + ''.join(f'<td>{html.escape(c)}</td>' for c in row) + '</tr>'
+                     for row in block.rows)
+      body.append(f'<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+    elif isinstance(block, Image):
+      with open(os.path.join(report_dir, block.filename), 'rb') as f:
+        data = base64.b64encode(f.read()).decode('ascii')
+      body.append(f'<img alt="{html.escape(block.alt)}" src="data:image/png;base64,{data}">')
+    else:
+      body.append(f'<p><a href="{html.escape(block.filename)}">{html.escape(block.text)}</a></p>')
+  return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>GiMP report</title>'
+          f'<style>{_STYLE}</style></head>\n<body>\n' + '\n'.join(body) + '\n</body></html>\n')

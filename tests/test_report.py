@@ -1,0 +1,267 @@
+"""Report figures and page: rasterisation exact, hot patch at the right pixel, valid PNGs, links."""
+
+import base64
+import csv
+import os
+import re
+import time
+
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+import matplotlib.image
+import numpy as np
+import pytest
+
+from gimp_jax import report
+from gimp_jax.report import heatmap
+from gimp_jax.report import page
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def _assert_png(path, min_bytes=5_000):
+  with open(path, 'rb') as f:
+    data = f.read()
+  assert data[:8] == PNG_SIGNATURE, path
+  assert len(data) > min_bytes, (path, len(data))
+  image = matplotlib.image.imread(path)
+  assert image.ndim == 3 and min(image.shape[:2]) > 100, (path, image.shape)
+  assert image.reshape(-1, image.shape[-1]).std(axis=0).max() > 0.05  # not a blank canvas
+
+
+def _predictions(rng, n, c, prefix='P'):
+  labels = np.arange(n) % c
+  logits = rng.normal(size=(n, c)) + 1.5 * np.eye(c)[labels]
+  probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  return {'patient_id': np.array([f'{prefix}-{i:03d}' for i in range(n)]), 'label': labels,
+          'probs': probs}
+
+
+def test_rasterise_exact():
+  ps = 256
+  #                  x,    y : level-0; the grid starts at cell (2, 3) -> origin (512, 768)
+  coords = np.array([[512, 768], [1024, 768], [512 + 300, 768 + 2 * ps], [1024 + 10, 768 + 5],
+                     [512 + 4 * ps, 768 + 3 * ps]], np.int64)
+  values = np.array([0.1, 0.2, 0.3, 0.9, 0.4], np.float32)
+  grid, origin = report.rasterise(coords, values, ps)
+  np.testing.assert_array_equal(origin, [512, 768])
+  want = np.full((4, 5), np.nan, np.float32)
+  want[0, 0] = 0.1
+  want[0, 2] = 0.9  # (1024, 768) and (1034, 773) share a cell: the larger value stays
+  want[2, 1] = 0.3  # x = 812 -> cell 3 -> column 1 (not aligned to the grid)
+  want[3, 4] = 0.4
+  np.testing.assert_array_equal(grid, want)
+  grid32, _ = report.rasterise(coords.astype(np.int32), values, ps)
+  np.testing.assert_array_equal(grid32, want)
+
+
+def test_rasterise_matches_dense_loop():
+  rng = np.random.default_rng(0)
+  cells = rng.choice(30 * 40, size=500, replace=False)
+  coords = np.stack([cells % 40, cells // 40], 1) * 224 + 224 * 7
+  values = rng.uniform(size=500).astype(np.float32)
+  grid, origin = report.rasterise(coords, values, 224)
+  for (x, y), v in zip(coords, values):
+    assert grid[(y - origin[1]) // 224, (x - origin[0]) // 224] == v
+  assert np.isnan(grid).sum() == grid.size - 500
+
+
+@pytest.mark.parametrize('coords, values, ps, match', [
+    (np.zeros((3, 2)), np.zeros(3), 256, 'integers'),
+    (np.zeros((3, 2), int), np.zeros(2), 256, 'values must be'),
+    (np.zeros((0, 2), int), np.zeros(0), 256, 'N >= 1'),
+    (np.array([[0, 0], [200_000, 200_000]]), np.zeros(2), 1, 'check patch_size'),
+])
+def test_rasterise_bad_inputs(coords, values, ps, match):
+  with pytest.raises(ValueError, match=match):
+    report.rasterise(coords, values, ps)
+
+
+def test_normalise():
+  values = np.array([3.0, 1.0, 1.0, 10.0, 2.0])
+  # ranks with ties averaged: 1.0, 1.0 -> 1.5; then 2.0 -> 3, 3.0 -> 4, 10.0 -> 5
+  np.testing.assert_allclose(report.normalise(values, 'rank'), [0.75, 0.125, 0.125, 1.0, 0.5])
+  np.testing.assert_allclose(report.normalise(values, 'minmax'), (values - 1) / 9, rtol=1e-6)
+  np.testing.assert_array_equal(report.normalise(np.full(4, 7.0)), np.full(4, 0.5))
+  with pytest.raises(ValueError, match='rank'):
+    report.normalise(values, 'log')
+
+
+def _image_pixels(fig, ax):
+  """The rendered RGB [rows, cols, 3] uint8 and the axes' data -> (row, col) pixel transform."""
+  canvas = FigureCanvasAgg(fig)
+  canvas.draw()
+  rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+  def to_pixel(x, y):
+    px, py = ax.transData.transform((x, y))
+    return rgb.shape[0] - py, px
+  return rgb, to_pixel
+
+
+@pytest.mark.parametrize('method', ['rank', 'minmax'])
+def test_heatmap_hot_patch_at_its_pixel(method):
+  rng = np.random.default_rng(1)
+  ps = 256
+  cells = [(c, r) for r in range(12) for c in range(20) if (c, r) != (4, 9)]  # one hole at (4, 9)
+  coords = (np.array(cells) + [3, 5]) * ps
+  attention = rng.uniform(0, 0.01, len(cells))
+  hot = cells.index((15, 2))
+  attention[hot] = 0.5
+  fig, ax = heatmap.heatmap_figure(coords, attention, ps, title='one hot patch', method=method)
+  rgb, to_pixel = _image_pixels(fig, ax)
+  box = ax.get_window_extent()
+  rows, cols = slice(int(rgb.shape[0] - box.y1) + 1, int(rgb.shape[0] - box.y0)), slice(
+      int(box.x0) + 1, int(box.x1))
+  inside = rgb[rows, cols].astype(int)
+  top = (np.asarray(colormaps[heatmap.CMAP](1.0)[:3]) * 255).round().astype(int)
+  match = np.abs(inside - top).max(axis=-1) <= 1
+  assert match.sum() > 20  # the hot cell covers a block of pixels
+  got_row, got_col = np.argwhere(match).mean(axis=0) + [rows.start, cols.start]
+  want_row, want_col = to_pixel(*(coords[hot] + ps / 2))
+  assert abs(got_row - want_row) < 1.0 and abs(got_col - want_col) < 1.0
+  shades = report.normalise(attention, method)
+  for i in rng.choice(len(cells), 40, replace=False):  # every patch shows its own colour
+    r, c = np.round(to_pixel(*(coords[i] + ps / 2))).astype(int)
+    want = (np.asarray(colormaps[heatmap.CMAP](shades[i])[:3]) * 255).round()
+    assert np.abs(rgb[r, c] - want).max() <= 1, (i, rgb[r, c], want)
+    if i != hot:
+      assert np.abs(rgb[r, c].astype(int) - top).max() > 1
+  r, c = np.round(to_pixel(*((np.array([4, 9]) + [3, 5]) * ps + ps / 2))).astype(int)
+  np.testing.assert_array_equal(rgb[r, c], [0xee, 0xee, 0xee])  # the hole shows the background
+
+
+def test_heatmap_150k_patches_is_fast(tmp_path):
+  rng = np.random.default_rng(0)
+  xs, ys = np.meshgrid(np.arange(400), np.arange(375))
+  coords = np.stack([xs.ravel(), ys.ravel()], 1)[:150_000] * 256
+  attention = rng.exponential(size=150_000).astype(np.float32)
+  start = time.perf_counter()
+  path = report.heatmap_png(tmp_path / 'big.png', coords, attention, 256, title='big')
+  seconds = time.perf_counter() - start
+  assert seconds < 8, seconds  # ~1.5 s on 2 busy cores
+  _assert_png(path, min_bytes=50_000)
+
+
+def test_tsne_deterministic_and_separates_clusters():
+  rng = np.random.default_rng(0)
+  labels = np.repeat([0, 1], 30)
+  embeddings = rng.normal(size=(60, 32)) + 6 * labels[:, None] * np.eye(32)[0]
+  a = report.tsne_embed(embeddings, seed=3)
+  b = report.tsne_embed(embeddings, seed=3)
+  c = report.tsne_embed(embeddings, seed=4)
+  assert a.shape == (60, 2) and a.dtype == np.float32
+  np.testing.assert_array_equal(a, b)
+  dist = np.linalg.norm(a[:, None] - a[None], axis=-1) + np.eye(60) * 1e9
+  assert np.mean(labels[dist.argmin(1)] == labels) > 0.95  # nearest 2-D neighbour, same class
+  assert report.tsne_embed(embeddings[:2], seed=0).shape == (2, 2)
+  with pytest.raises(ValueError, match='N >= 2'):
+    report.tsne_embed(embeddings[:1], seed=0)
+
+
+def test_figures_are_valid_reproducible_pngs(tmp_path):
+  rng = np.random.default_rng(2)
+  two, three = _predictions(rng, 40, 2), _predictions(rng, 45, 3)
+  names3 = ['A', 'B', 'C']
+  paths = [
+      report.roc_curve_png(tmp_path / 'roc2.png', two['label'], two['probs'], ['LUAD', 'LUSC']),
+      report.roc_curve_png(tmp_path / 'roc3.png', three['label'], three['probs'], names3),
+      report.confusion_matrix_png(tmp_path / 'cm.png', [[5, 1, 0], [2, 7, 1], [0, 0, 9]], names3),
+      report.tsne_png(tmp_path / 'tsne.png', rng.normal(size=(30, 8)), np.arange(30) % 3, names3,
+                      seed=0),
+      report.loss_curves_png(tmp_path / 'loss.png', {
+          'pretrain': [(s, {'l_rec': 1 / (s + 1), 'l_tri': 0.3}) for s in range(50)],
+          'finetune': [(s, {'loss': np.float32(0.7 - s / 100), 'val_accuracy': s / 20,
+                            'tag': 'x'}) for s in range(10)]}),
+  ]
+  for path in paths:
+    assert os.fspath(path).startswith(os.fspath(tmp_path))
+    _assert_png(path)
+  with open(paths[2], 'rb') as f:
+    first = f.read()
+  report.confusion_matrix_png(tmp_path / 'cm.png', [[5, 1, 0], [2, 7, 1], [0, 0, 9]], names3)
+  with open(paths[2], 'rb') as f:
+    assert f.read() == first  # no date or version metadata: same input, same bytes
+  with pytest.raises(ValueError, match='no numeric'):
+    report.loss_curves_png(tmp_path / 'x.png', {'a': [(0, {'tag': 'x'})]})
+  with pytest.raises(ValueError, match='class names'):
+    report.roc_curve_png(tmp_path / 'x.png', two['label'], two['probs'], names3)
+
+
+def _links(markdown):
+  return re.findall(r'\]\(([^)]+)\)', markdown)
+
+
+def test_write_report(tmp_path):
+  rng = np.random.default_rng(3)
+  names = ['LUAD', 'LUSC']
+  test, val = _predictions(rng, 120, 2, 'TCGA'), _predictions(rng, 30, 2, 'V')
+  results = {'test_accuracy': 0.8625, 'test_auc': 0.9312, 'test_f1': 0.8571, 'val_accuracy': 0.8,
+             'test_confusion_matrix': [[50, 10], [7, 53]], 'config': {'seed': 0},
+             'stages': {'pretrain': {'final_loss': 0.1234, 'wall_time_s': 812.5},
+                        'finetune': {'final_losses': {'l_cls': 0.25}, 'wall_time_s': 40.0}}}
+  xs, ys = np.meshgrid(np.arange(30), np.arange(20))
+  coords = np.stack([xs.ravel(), ys.ravel()], 1) * 256
+  heatmaps = [('TCGA-001', coords, rng.uniform(size=600)),
+              ('TCGA-001', coords[:300], rng.uniform(size=300)),  # a second slide, same patient
+              ('TCGA 002/x', coords[100:], rng.uniform(size=500))]
+  history = {'finetune': [(s, {'loss': 1 / (s + 1), 'val_accuracy': s / 10}) for s in range(10)]}
+  tsne = (rng.normal(size=(40, 16)), np.arange(40) % 2)
+  (tmp_path / 'heatmap_stale.png').write_bytes(b'old')  # an earlier report's file
+  (tmp_path / 'notes.txt').write_text('mine')  # not the report's: kept
+  md_path = report.write_report(tmp_path, results=results, class_names=names,
+                                predictions={'val': val, 'test': test}, tsne=tsne,
+                                heatmaps=heatmaps, history=history, seed=1)
+  assert md_path == os.path.join(tmp_path, 'report.md')
+  markdown = open(md_path).read()
+  written = set(os.listdir(tmp_path)) - {'report.md', 'report.html', 'notes.txt'}
+  links = _links(markdown)
+  assert len(links) == len(set(links))
+  assert set(links) == written  # exactly the files that exist
+  assert written == {'roc_test.png', 'roc_val.png', 'confusion_test.png', 'confusion_val.png',
+                     'tsne_train.png', 'heatmap_TCGA-001.png', 'heatmap_TCGA-001_2.png',
+                     'heatmap_TCGA_002_x.png', 'loss_curves.png', 'predictions_test.csv',
+                     'predictions_val.csv'}
+  for name in written:
+    if name.endswith('.png'):
+      _assert_png(tmp_path / name)
+  assert markdown.index('roc_test.png') < markdown.index('roc_val.png')  # test first
+  # the summary comes from results, not recomputed
+  assert '| accuracy | 0.8625 | 0.8000 |' in markdown and '| auc | 0.9312 |  |' in markdown
+  assert '| pretrain | 0.1234 | 812.5 |  |' in markdown and 'final\\_losses.l\\_cls' in markdown
+  table = [line for line in markdown.splitlines() if line.startswith('| TCGA-')]
+  assert len(table) == page.TABLE_ROWS  # first 50 of 120 on the page
+  pred = test['probs'].argmax(1)
+  first = f'| TCGA-000 | LUAD | {names[pred[0]]} | {test["probs"][0, pred[0]]:.3f} |'
+  assert table[0].startswith(first)
+  with open(tmp_path / 'predictions_test.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 120
+  assert [r['patient_id'] for r in rows] == list(test['patient_id'])
+  assert [int(r['predicted']) for r in rows] == pred.tolist()
+  assert [int(r['label']) for r in rows] == test['label'].tolist()
+  np.testing.assert_allclose([float(r['prob_LUSC']) for r in rows], test['probs'][:, 1],
+                             rtol=1e-5)
+  page_html = open(tmp_path / 'report.html').read()
+  images = re.findall(r'src="data:image/png;base64,([^"]+)"', page_html)
+  assert len(images) == sum(name.endswith('.png') for name in written)
+  assert all(base64.b64decode(data)[:8] == PNG_SIGNATURE for data in images)
+  assert 'href="predictions_test.csv"' in page_html and '<td>TCGA-049</td>' in page_html
+  assert '<td>TCGA-050</td>' not in page_html
+
+  report.write_report(tmp_path, results={}, class_names=names, predictions={'test': test})
+  assert set(os.listdir(tmp_path)) == {'report.md', 'report.html', 'notes.txt', 'roc_test.png',
+                                       'confusion_test.png', 'predictions_test.csv'}
+
+
+def test_write_report_three_classes_with_an_absent_class(tmp_path):
+  rng = np.random.default_rng(4)
+  test = _predictions(rng, 12, 3)
+  test['label'] = np.where(test['label'] == 2, 0, test['label'])  # class C absent from test
+  md_path = report.write_report(tmp_path, results={'test_auc': float('nan')},
+                                class_names=['A', 'B', 'C'], predictions={'test': test})
+  markdown = open(md_path).read()
+  assert '| auc | NaN |' in markdown and 'all 12 test patients' in markdown
+  assert set(_links(markdown)) == {'roc_test.png', 'confusion_test.png', 'predictions_test.csv'}
+  _assert_png(tmp_path / 'roc_test.png')
+  with pytest.raises(ValueError, match=r"predictions\['test'\]"):
+    report.write_report(tmp_path, results={}, class_names=['A', 'B'], predictions={'test': test})
