@@ -187,6 +187,13 @@ def test_figures_are_valid_reproducible_pngs(tmp_path):
     report.roc_curve_png(tmp_path / 'x.png', two['label'], two['probs'], names3)
 
 
+def test_fmt():
+  assert [page.fmt(v) for v in (3, 2.0, 0.86251, 812.46, 4e-5, float('nan'), float('inf'),
+                                np.float32(0.5), 'x')] == [
+                                    '3', '2', '0.8625', '812.5', '4.000e-05', 'NaN', 'inf',
+                                    '0.5000', 'x']
+
+
 def _links(markdown):
   return re.findall(r'\]\(([^)]+)\)', markdown)
 

@@ -11,6 +11,7 @@ would show a handful of bright patches on a uniformly dark slide; 'minmax' is th
 import os
 
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 import numpy as np
 from scipy import stats
@@ -81,7 +82,7 @@ def rasterise(coords: np.ndarray, values: np.ndarray,
 
 
 def heatmap_figure(coords: np.ndarray, attention: np.ndarray, patch_size: int = 256,
-                   title: str = '', method: str = 'rank') -> tuple[Figure, object]:
+                   title: str = '', method: str = 'rank') -> tuple[Figure, Axes]:
   """The heatmap as a Figure and its image axes (see `heatmap_png`)."""
   grid, origin = rasterise(coords, normalise(attention, method), patch_size)
   height, width = grid.shape

@@ -64,12 +64,12 @@ Block = Heading | Paragraph | Table | Image | FileLink
 
 
 def fmt(value: Any) -> str:
-  """A number for a table cell: integers whole, 4 decimals in [1e-3, 100), else 1 or 3e."""
+  """A table cell: whole numbers as integers, else 4 decimals, 1 from 100 up, 3e below 1e-3."""
   number = figures.as_scalar(value)
   if number is None:
     return str(value)
-  if math.isnan(number):
-    return 'NaN'
+  if not math.isfinite(number):
+    return 'NaN' if math.isnan(number) else str(number)
   if number == int(number) and abs(number) < 1e15:
     return str(int(number))
   if abs(number) >= 100:
@@ -154,7 +154,9 @@ def write_predictions_csv(path: str, ids: np.ndarray, labels: np.ndarray, probs:
   return path
 
 
-def _prediction_rows(ids, labels, probs, class_names) -> list[list[str]]:
+def _prediction_rows(ids: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+                     class_names: Sequence[str]) -> list[list[str]]:
+  """The page's first TABLE_ROWS rows: patient, true, predicted, P(predicted), correct."""
   pred = np.argmax(probs, axis=1)
   return [[pid, class_names[y], class_names[p], f'{row[p]:.3f}', 'yes' if y == p else 'no']
           for pid, y, p, row in zip(ids[:TABLE_ROWS], labels, pred, probs)]
