@@ -6,9 +6,10 @@ seed=config.seed))` does (same patients, splits, gene list and normalisation fit
 writes the dataset `image_omic_cohort` into the TFDS data_dir DIR, two configs (layout in
 `tfds_source`): `patients` (one record per patient: normalised and raw expression, label, IDs,
 split) and `patches` (one record per chunk of `chunk_size` consecutive bag rows: features, coords).
-Features are chunked because a 150,000-patch bag is 600 MB: a chunk of 4,096 x 1,024 float32 is
-16 MiB, and a pre-training window of L = 6,000 contiguous patches reads 2-3 chunks.
-`--features_dtype=float16` halves the size (config `patches_float16`); float32 is exact.
+Features are chunked because a 150,000-patch bag is 600 MB: a chunk of 1,024 x 1,024 float32 is
+4 MiB, and a pre-training window of L = 6,000 contiguous patches reads 6-7 chunks. Chunks are
+stored uncompressed by default (`--compression`). `--features_dtype=float16` halves the size
+(config `patches_float16`); float32 is exact.
 
 Inputs come from the config's `data.labels`, `data.features_dir`, `data.expression`; empty or
 relative ones are looked up in the TFDS manual folder (`--manual_dir`, default
@@ -18,10 +19,11 @@ relative ones are looked up in the TFDS manual folder (`--manual_dir`, default
 No TensorFlow: the builder is a `tfds.core.ShardBasedBuilder`, which writes each shard straight
 from its generator in order. (`GeneratorBasedBuilder` cannot be used without TensorFlow beyond
 1 GB per split: its shuffler spills to temporary files through `tf.io.gfile`.) A shard holds at
-most `shard_bytes` of records, which is also the build's peak memory for records.
+most `shard_bytes` of records (TFDS's shard writer keeps a shard's examples until it is written,
+so this bounds the build's memory).
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 import dataclasses
 import functools
 import os
@@ -30,9 +32,11 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+from array_record.python import array_record_module
 from ml_collections import config_flags
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import writer as tfds_writer
 from tqdm import tqdm
 
 from gimp_jax.data import cohort as cohort_lib
@@ -41,8 +45,9 @@ from gimp_jax.data import genes as genes_lib
 from gimp_jax.data import tfds_source as src
 from gimp_jax.errors import DataError
 
-DEFAULT_CHUNK_SIZE = 4096
+DEFAULT_CHUNK_SIZE = 1024
 DEFAULT_SHARD_BYTES = 512 << 20
+COMPRESSIONS = ('uncompressed', 'snappy', 'zstd:1', 'zstd:3', 'brotli:6')
 _EXPRESSION_NAMES = ('expression.tsv', 'expression.csv', 'expression.txt', 'expression.tsv.gz',
                      'expression.csv.gz', 'expression')
 
@@ -169,7 +174,8 @@ class ImageOmicCohort(tfds.core.ShardBasedBuilder):
   def __init__(self, *, spec: cohort_lib.CohortSpec | None = None,
                normalizer: genes_lib.GeneNormalizer | None = None,
                chunk_size: int = DEFAULT_CHUNK_SIZE, features_dtype: str | None = None,
-               shard_bytes: int = DEFAULT_SHARD_BYTES, **kwargs):
+               shard_bytes: int = DEFAULT_SHARD_BYTES, compression: str = 'uncompressed',
+               **kwargs):
     """Builds the builder.
 
     Args:
@@ -179,12 +185,17 @@ class ImageOmicCohort(tfds.core.ShardBasedBuilder):
       features_dtype: dtype of the stored features, 'float32' or 'float16': the patches config's
         own, or for the `patients` config the patches config it goes with (default float32).
       shard_bytes: largest shard (records are grouped into shards up to this size).
+      compression: of the ArrayRecord chunks; patch features barely compress (a few to ~20 %)
+        and decompression slows reading, so the default is none.
       **kwargs: `tfds.core.DatasetBuilder` arguments (data_dir, config, version).
     """
     kwargs.setdefault('file_format', 'array_record')
     super().__init__(**kwargs)
     if chunk_size < 1:
       raise DataError(f'chunk_size: {chunk_size} must be >= 1')
+    if compression not in COMPRESSIONS:
+      raise DataError(f'compression: {compression!r}, expected one of {", ".join(COMPRESSIONS)}')
+    self._compression = compression
     self._spec = spec
     self._normalizer = normalizer
     self._chunk_size = int(chunk_size)
@@ -193,7 +204,7 @@ class ImageOmicCohort(tfds.core.ShardBasedBuilder):
     if config.kind != src.PATIENTS and features_dtype not in (None, config.features_dtype):
       raise DataError(f'features_dtype: {features_dtype} but config {config.name} stores '
                       f'{config.features_dtype}')
-    self._features_dtype = (features_dtype or 'float32' if config.kind == src.PATIENTS
+    self._features_dtype = ((features_dtype or 'float32') if config.kind == src.PATIENTS
                             else config.features_dtype)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -203,25 +214,40 @@ class ImageOmicCohort(tfds.core.ShardBasedBuilder):
     return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=features,
                                  disable_shuffling=True, metadata=tfds.core.MetadataDict())
 
+  def _example_writer(self) -> tfds_writer.ExampleWriter:
+    return _ArrayRecordWriter(self._compression)
+
   def _shard_iterators_per_split(self, dl_manager) -> dict[str, list['_Shard']]:
     """Loads the cohort, records the metadata, and plans the shards of each split."""
     if self._spec is None:
       raise DataError(f'{self.name}: building needs a CohortSpec (spec=...)')
-    config = self.builder_config
     spec = resolve_inputs(self._spec, functools.partial(_manual_dir, dl_manager))
     cohort = cohort_lib.load_cohort(spec, self._normalizer)
-    split = np.empty(len(cohort.patients), object)
-    num_chunks = np.asarray([-(-p.num_patches // self._chunk_size) for p in cohort.patients])
-    chunk_start = np.zeros_like(num_chunks)
-    for name in cohort_lib.SPLITS:
-      idx = cohort.split(name)  # sorted: records are written in cohort order within a split
-      split[idx] = name
-      chunk_start[idx] = np.cumsum(num_chunks[idx]) - num_chunks[idx]
-    sizes = [p.num_patches for p in cohort.patients]
-    self.info.metadata.update({
+    layout = _Layout.of(cohort, self._chunk_size)
+    self.info.metadata.update(self._metadata(spec, cohort, layout))
+    if self.builder_config.kind == src.PATIENTS:
+      self.info.metadata['normalizer'] = cohort.normalizer.to_dict()
+      units, make, cost = self._patient_records(spec, cohort, layout)
+    else:
+      units, make, cost = self._chunk_records(cohort, layout)
+    progress = tqdm(total=sum(map(len, units.values())), desc=self.builder_config.name,
+                    unit=' records', mininterval=1.0)
+    shards = {}
+    for s, us in units.items():
+      if us:  # TFDS has no empty splits; a split without patients is simply absent
+        groups = _group([cost(*u) for u in us], self._shard_bytes)
+        shards[s] = [_Shard(us[lo:hi], make, progress) for lo, hi in groups]
+        logging.info('%s/%s: %d records in %d shards', self.builder_config.name, s, len(us),
+                     len(groups))
+    return shards
+
+  def _metadata(self, spec: cohort_lib.CohortSpec, cohort: cohort_lib.Cohort,
+                layout: '_Layout') -> dict:
+    """metadata.json of either config (what `tfds_source` checks and needs)."""
+    return {
         'format_version': src.FORMAT_VERSION,
-        'fingerprint': src.fingerprint([p.patient_id for p in cohort.patients], list(split),
-                                       sizes, self._chunk_size),
+        'fingerprint': src.fingerprint([p.patient_id for p in cohort.patients],
+                                       list(layout.split), layout.num_patches, self._chunk_size),
         'patches_config': src.patches_config(self._features_dtype),
         'class_names': list(cohort.class_names), 'feature_dim': cohort.feature_dim,
         'num_genes': cohort.num_genes, 'chunk_size': self._chunk_size,
@@ -229,47 +255,89 @@ class ImageOmicCohort(tfds.core.ShardBasedBuilder):
         'splits': {k: int(v.size) for k, v in cohort.splits.items()},
         'spec': src.spec_record(spec),
         'inputs': {'labels': spec.labels, 'features_dir': spec.features_dir,
-                   'expression': spec.expression}})
-    if config.kind == src.PATIENTS:
-      self.info.metadata['normalizer'] = cohort.normalizer.to_dict()
-      raw = raw_expression(spec, cohort)
+                   'expression': spec.expression}}
 
-      def make(i: int) -> tuple[str, dict]:
-        p = cohort.patients[i]
-        return p.patient_id, {
-            'index': i, 'patient_id': p.patient_id, 'label': p.label, 'split': split[i],
-            'expression_id': p.expression_id, 'slide_ids': list(p.slide_ids),
-            'slide_paths': list(p.slide_paths),
-            'slide_patches': np.asarray(p.slide_patches, np.int64), 'num_patches': p.num_patches,
-            'genes': cohort.genes[i], 'genes_raw': raw[i], 'chunk_start': int(chunk_start[i]),
-            'num_chunks': int(num_chunks[i])}
+  def _patient_records(self, spec: cohort_lib.CohortSpec, cohort: cohort_lib.Cohort,
+                       layout: '_Layout') -> tuple[dict, Callable, Callable]:
+    """(split -> units (i,), unit -> (key, patient record), unit -> bytes)."""
+    raw = raw_expression(spec, cohort)
 
-      units = {s: [(int(i),) for i in cohort.split(s)] for s in cohort_lib.SPLITS}
-      cost = lambda i: 8 * cohort.num_genes + 1024
-    else:
-      row_bytes = cohort.feature_dim * np.dtype(config.features_dtype).itemsize + 8
+    def make(i: int) -> tuple[str, dict]:
+      p = cohort.patients[i]
+      return p.patient_id, {
+          'index': i, 'patient_id': p.patient_id, 'label': p.label, 'split': layout.split[i],
+          'expression_id': p.expression_id, 'slide_ids': list(p.slide_ids),
+          'slide_paths': list(p.slide_paths),
+          'slide_patches': np.asarray(p.slide_patches, np.int64), 'num_patches': p.num_patches,
+          'genes': cohort.genes[i], 'genes_raw': raw[i],
+          'chunk_start': int(layout.chunk_start[i]), 'num_chunks': int(layout.num_chunks[i])}
 
-      def make(i: int, k: int) -> tuple[str, dict]:
-        p, size = cohort.patients[i], self._chunk_size
-        rows = np.arange(k * size, min((k + 1) * size, p.num_patches))
-        bag = cohort.bag(i)
-        return f'{p.patient_id}/{k}', {
-            'patient_index': i, 'patient_id': p.patient_id, 'chunk': k,
-            'features': bag.features(rows).astype(config.features_dtype),
-            'coords': bag.coords(rows)}
+    units = {s: [(int(i),) for i in cohort.split(s)] for s in cohort_lib.SPLITS}
+    return units, make, lambda i: 8 * cohort.num_genes + 1024
 
-      units = {s: [(int(i), k) for i in cohort.split(s) for k in range(num_chunks[i])]
-               for s in cohort_lib.SPLITS}
-      cost = lambda i, k: row_bytes * min(self._chunk_size, sizes[i] - k * self._chunk_size)
-    progress = tqdm(total=sum(map(len, units.values())), desc=config.name, unit=' records',
-                    mininterval=1.0)
-    shards = {}
-    for s, us in units.items():
-      if us:  # TFDS has no empty splits; a split without patients is simply absent
-        groups = _group([cost(*u) for u in us], self._shard_bytes)
-        shards[s] = [_Shard(us[lo:hi], make, progress) for lo, hi in groups]
-        logging.info('%s/%s: %d records in %d shards', config.name, s, len(us), len(groups))
-    return shards
+  def _chunk_records(self, cohort: cohort_lib.Cohort, layout: '_Layout'
+                     ) -> tuple[dict, Callable, Callable]:
+    """(split -> units (i, k), unit -> (key, chunk record read from the .h5 files), bytes)."""
+    dtype, size = self._features_dtype, self._chunk_size
+
+    def make(i: int, k: int) -> tuple[str, dict]:
+      p = cohort.patients[i]
+      rows = np.arange(k * size, min((k + 1) * size, p.num_patches))
+      bag = cohort.bag(i)  # check_finite: a NaN/Inf feature fails the build, naming the file
+      return f'{p.patient_id}/{k}', {
+          'patient_index': i, 'patient_id': p.patient_id, 'chunk': k,
+          'features': bag.features(rows).astype(dtype), 'coords': bag.coords(rows)}
+
+    units = {s: [(int(i), k) for i in cohort.split(s) for k in range(layout.num_chunks[i])]
+             for s in cohort_lib.SPLITS}
+    row_bytes = cohort.feature_dim * np.dtype(dtype).itemsize + 8
+    return units, make, lambda i, k: row_bytes * min(size, layout.num_patches[i] - k * size)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+  """Where each patient's records go.
+
+  Attributes:
+    split: [P] split name of each patient.
+    num_patches: [P] bag sizes N.
+    num_chunks: [P] chunk records per patient, ceil(N / C).
+    chunk_start: [P] index of the patient's first chunk record in its split (records are
+      written in cohort order within a split).
+  """
+  split: np.ndarray
+  num_patches: np.ndarray
+  num_chunks: np.ndarray
+  chunk_start: np.ndarray
+
+  @classmethod
+  def of(cls, cohort: cohort_lib.Cohort, chunk_size: int) -> '_Layout':
+    num_patches = np.asarray([p.num_patches for p in cohort.patients], np.int64)
+    num_chunks = -(-num_patches // chunk_size)
+    split = np.empty(len(cohort.patients), object)
+    chunk_start = np.zeros_like(num_chunks)
+    for name in cohort_lib.SPLITS:
+      idx = cohort.split(name)  # sorted
+      split[idx] = name
+      chunk_start[idx] = np.cumsum(num_chunks[idx]) - num_chunks[idx]
+    return cls(split, num_patches, num_chunks, chunk_start)
+
+
+class _ArrayRecordWriter(tfds_writer.ExampleWriter):
+  """Writes a shard with one record per ArrayRecord chunk (random access) and `compression`.
+
+  (TFDS's own ArrayRecord writer always uses the library's default compression.)
+  """
+
+  def __init__(self, compression: str):
+    super().__init__(file_format=tfds.core.FileFormat.ARRAY_RECORD)
+    self.options = f'group_size:1,{compression}'
+
+  def write(self, path, examples: Iterable[tuple[str, bytes]]) -> None:
+    writer = array_record_module.ArrayRecordWriter(os.fspath(path), self.options)
+    for _, serialized in examples:
+      writer.write(serialized)
+    writer.close()
 
 
 class _Shard:
@@ -289,7 +357,8 @@ class _Shard:
 def build(spec: cohort_lib.CohortSpec, data_dir: str, *, manual_dir: str | None = None,
           normalizer: genes_lib.GeneNormalizer | None = None,
           chunk_size: int = DEFAULT_CHUNK_SIZE, features_dtype: str = 'float32',
-          shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False) -> src.TfdsCohort:
+          shard_bytes: int = DEFAULT_SHARD_BYTES, compression: str = 'uncompressed',
+          overwrite: bool = False) -> src.TfdsCohort:
   """Builds (or reuses) both configs of a cohort's dataset in `data_dir`, then loads it back.
 
   The `patients` config is always rebuilt (it is small and records which patches config goes
@@ -304,6 +373,7 @@ def build(spec: cohort_lib.CohortSpec, data_dir: str, *, manual_dir: str | None 
     chunk_size: bag rows per patches record.
     features_dtype: 'float32' (exact) or 'float16'.
     shard_bytes: largest shard.
+    compression: ArrayRecord compression of the patches (one of `COMPRESSIONS`).
     overwrite: rebuild an existing patches config.
 
   Returns:
@@ -314,7 +384,8 @@ def build(spec: cohort_lib.CohortSpec, data_dir: str, *, manual_dir: str | None 
   for config in (src.PATIENTS, src.patches_config(features_dtype)):
     builder = ImageOmicCohort(config=config, data_dir=data_dir, spec=spec,
                               normalizer=normalizer, chunk_size=chunk_size,
-                              features_dtype=features_dtype, shard_bytes=shard_bytes)
+                              features_dtype=features_dtype, shard_bytes=shard_bytes,
+                              compression=compression)
     mode = (gen.FORCE_REDOWNLOAD if overwrite or config == src.PATIENTS
             else gen.REUSE_DATASET_IF_EXISTS)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -338,6 +409,8 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
                                           'Stored dtype of the patch features.'),
       'shard_mb': flags.DEFINE_integer('shard_mb', DEFAULT_SHARD_BYTES >> 20,
                                        'Largest shard in MiB.'),
+      'compression': flags.DEFINE_enum('compression', 'uncompressed', list(COMPRESSIONS),
+                                       'ArrayRecord compression.'),
       'normalizer': flags.DEFINE_string('normalizer', None, 'Stored gene normaliser (.npz/.json) '
                                         'to use instead of fitting one on the training split.'),
       'overwrite': flags.DEFINE_bool('overwrite', False, 'Rebuild an existing patches config.')}
@@ -357,7 +430,8 @@ def main(argv: Sequence[str], args: dict[str, flags.FlagHolder]) -> None:
                    normalizer=genes_lib.GeneNormalizer.load(path) if path else None,
                    chunk_size=args['chunk_size'].value,
                    features_dtype=args['features_dtype'].value,
-                   shard_bytes=args['shard_mb'].value << 20, overwrite=args['overwrite'].value)
+                   shard_bytes=args['shard_mb'].value << 20,
+                   compression=args['compression'].value, overwrite=args['overwrite'].value)
   except DataError as e:
     print(f'gimp_jax: error: {e}', file=sys.stderr)
     sys.exit(2)
