@@ -91,7 +91,8 @@ def test_cohort_identical_to_h5(built):
 def test_pretrain_batches_identical(built, epoch):
   h5, tf, _ = built
   kw = dict(batch_size=4, window=32, ratio=0.5, seed=3, epoch=epoch, drop_remainder=False)
-  assert_batches_equal(pl.pretrain_batches(h5, 'train', **kw), pl.pretrain_batches(tf, 'train', **kw))
+  assert_batches_equal(pl.pretrain_batches(h5, 'train', **kw),
+                       pl.pretrain_batches(tf, 'train', **kw))
 
 
 def test_bag_and_gene_batches_identical(built):
@@ -240,3 +241,16 @@ def test_command_line(tmp_path):
   bad = subprocess.run(cmd[:-2] + [f'--manual_dir={tmp_path / "absent"}'], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode == 2 and 'gimp_jax: error: ' in bad.stderr
+
+
+def test_check_spec_ignores_split_settings_when_the_csv_fixed_the_splits():
+  spec = ch.CohortSpec('', '', '', feature_dim=D, seed=3, class_names=('a', 'b'))
+  meta = {'spec': tfds_source.spec_record(spec), 'split_source': 'column',
+          'class_names': ['a', 'b'], 'feature_dim': D}
+  moved = ch.CohortSpec('', '', '', feature_dim=None, seed=9, split_fractions=(0.5, 0.25, 0.25))
+  tfds_source.check_spec(meta, moved, 'ds')  # seed and fractions do not matter, D not asked
+  with pytest.raises(DataError, match="ds: metadata.json: spec field class_names"):
+    tfds_source.check_spec(meta, ch.CohortSpec('', '', '', D, seed=3, class_names=('b', 'a')),
+                           'ds')
+  with pytest.raises(DataError, match=r'(?s)seed: built with 3.*split_fractions'):
+    tfds_source.check_spec(dict(meta, split_source='seed'), moved, 'ds')
