@@ -13,6 +13,12 @@ def get_config():
   c.model.num_fragments = 8
   c.model.num_groups = 2
   c.model.head_hidden = 16
+  c.data.bucket_sizes = (128,)
   c.pretrain.window = 64
   c.pretrain.batch_size = 4
+  c.gene_pretrain.epochs = 2
+  c.pretrain.epochs = 2
+  c.finetune.epochs = 2
+  c.finetune.batch_size = 2
+  c.report.heatmaps = 1
   return c

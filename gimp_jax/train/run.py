@@ -12,11 +12,13 @@ from typing import Any
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from gimp_jax import methods
 from gimp_jax import metrics as metrics_lib
+from gimp_jax import report as report_lib
 from gimp_jax.checkpoint import StageCheckpoints
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import genes as genes_lib
@@ -44,6 +46,7 @@ class Run:
     self.key = jax.random.key(config.seed)
     self.writer = loop.MetricsWriter(workdir)
     self.results: dict[str, Any] = {"stages": {}}
+    self.eval_step = steps.make_eval_step(self.method.forward)  # one compilation per bag shape
 
   def stage_key(self, name: str) -> jax.Array:
     return jax.random.fold_in(self.key, _STAGE_IDS[name])
@@ -173,12 +176,11 @@ def pretrain(run: Run) -> None:
 
 def predict(run: Run, state: TrainState, split: str, *, with_attention: int = 0) -> dict:
   """Whole-bag predictions of a split: patient_id, label, probs [N, C], embedding [N, E]."""
-  eval_step = steps.make_eval_step(run.method.forward)
   out = {"patient_id": [], "label": [], "probs": [], "embedding": []}
   for batch in pipeline.prefetch(pipeline.bag_batches(
       run.cohort, split, batch_size=run.config.finetune.batch_size,
       bucket_sizes=run.config.data.bucket_sizes), run.config.data.prefetch):
-    res = eval_step(state, loop.to_device(batch), jax.random.key(0))
+    res = run.eval_step(state, loop.to_device(batch), jax.random.key(0))
     out["patient_id"].extend(str(p) for p in batch["patient_id"])
     out["label"].append(batch["label"])
     out["probs"].append(np.asarray(res["probs"]))
@@ -245,6 +247,53 @@ def test(run: Run) -> None:
   run.predictions = predictions
 
 
+def cls_attention(run: Run, state: TrainState, index: int) -> tuple[np.ndarray, np.ndarray]:
+  """CLS -> patch attention of the last Nyström layer (mean over heads) on a patient's first slide.
+
+  Returns:
+    coords [N, 2] level-0 (x, y) and attention [N] for the N patches of that slide.
+  """
+  n = run.cohort.patients[index].slide_patches[0]
+  rows = np.arange(n)
+  bag = run.cohort.bag(index)
+  size = pipeline.bucket_size(n, run.config.data.bucket_sizes)  # padded: one compile per bucket
+  patches = np.zeros((1, size, run.cohort.feature_dim), np.float32)
+  patches[0, :n] = bag.features(rows)
+  attn = _cls_attention(state.model(train=False), jnp.asarray(patches),
+                        jnp.asarray(np.arange(size)[None] < n))
+  return bag.coords(rows), np.asarray(attn[0, :n])
+
+
+@jax.jit
+def _cls_attention(model, patches: jax.Array, patch_mask: jax.Array) -> jax.Array:
+  """[1, N, D] padded bag -> [1, N] CLS attention of the last layer, mean over heads."""
+  _, _, attn = model.aggregator(patches, patch_mask=patch_mask, return_attention=True)
+  return attn.mean(1)
+
+
+def write_report(run: Run) -> str:
+  """report/: numbers, ROC and confusion PNGs, t-SNE of CLS_pat after pre-training, heatmaps."""
+  cfg = run.config
+  tsne = None
+  model = run.build()
+  if cfg.report.tsne and "pretrain" in cfg.stages:
+    params = restore_params(run.workdir, "pretrain", model)
+    train = predict(run, create_state(model).replace(params=params), "train")
+    tsne = (train["embedding"], train["label"])
+  heatmaps = []
+  best = create_state(model).replace(params=restore_params(run.workdir, "finetune_best", model))
+  if hasattr(model, "aggregator"):
+    for index in run.cohort.split("test")[:cfg.report.heatmaps]:
+      coords, attention = cls_attention(run, best, int(index))
+      heatmaps.append((run.cohort.patients[index].patient_id, coords, attention))
+  history = {name: [(h.get("epoch", i), h) for i, h in enumerate(stage["history"])]
+             for name, stage in run.results["stages"].items() if stage.get("history")}
+  return report_lib.write_report(
+      os.path.join(run.workdir, "report"), results=run.results,
+      class_names=list(run.cohort.class_names), predictions=run.predictions, tsne=tsne,
+      heatmaps=heatmaps, history=history or None, seed=cfg.seed)
+
+
 STAGE_FNS = {"gene_pretrain": gene_pretrain, "pretrain": pretrain, "finetune": finetune,
              "test": test}
 
@@ -274,6 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     for name in config.stages:
       logging.info("Stage %s", name)
       STAGE_FNS[name](run)
+    if "test" in config.stages:
+      run.results["report"] = write_report(run)
   finally:
     run.writer.close()
   results = dict(run.results, method=config.method, seed=config.seed,
