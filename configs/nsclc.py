@@ -41,7 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.gene_encoder = "group_msa"          # "group_msa" | "snn" | "none"
   c.model.num_fragments = 240                 # N_f: 240 x 252 = 60,480 genes (choice)
   c.model.num_groups = 8                      # N_gr (choice)
+  c.model.gene_projection = "per_fragment"    # choice: own 252 x d matrix per fragment, or "shared"
   c.model.gene_dropout = 0.1                  # dropout in the GroupMSA transformer blocks (choice)
+  c.model.snn_depth = 2                       # "snn" encoder: SELU blocks of width d (PORPOISE: 2)
+  c.model.snn_dropout = 0.25                  # alpha-dropout of the "snn" encoder (PORPOISE)
   c.model.head_hidden = 512                   # MLP head 2d -> 512 -> classes (choice)
   c.model.head_dropout = 0.25                 # CLAM's default dropout (choice)
 

@@ -62,6 +62,7 @@ def register(name: str, method: Method) -> None:
 
 
 def get(name: str) -> Method:
+  from gimp_jax import baselines  # pylint: disable=g-import-not-at-top,unused-import  # registers
   if name not in _REGISTRY:
     raise ValueError(f"Unknown config.method {name!r}; known: {sorted(_REGISTRY)}.")
   return _REGISTRY[name]

@@ -7,6 +7,7 @@ import ml_collections
 from gimp_jax.models.aggregator import PatchAggregator
 from gimp_jax.models.gimp import GeneClassifier, GiMP
 from gimp_jax.models.group_msa import GroupMSA
+from gimp_jax.models.snn import SNN
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
@@ -20,8 +21,10 @@ def build_gene_encoder(config: ml_collections.ConfigDict, num_genes: int, rngs: 
     return None
   if m.gene_encoder == "group_msa":
     return GroupMSA(num_genes, num_fragments=m.num_fragments, num_groups=m.num_groups,
-                    dim=m.dim, heads=m.heads, dropout=m.gene_dropout,
+                    dim=m.dim, heads=m.heads, dropout=m.gene_dropout, projection=m.gene_projection,
                     dtype=compute_dtype(config), rngs=rngs)
+  if m.gene_encoder == "snn":  # blocks of width d: output [B, d] as GroupMSA's CLS_ge
+    return SNN(num_genes, (m.dim,) * m.snn_depth, dropout=m.snn_dropout, rngs=rngs)
   raise ValueError(f"Unknown model.gene_encoder {m.gene_encoder!r}.")
 
 

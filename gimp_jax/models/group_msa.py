@@ -1,9 +1,10 @@
 """GroupMSA gene encoder (GiMP section 2.1).
 
 The expression vector is zero-padded to N_f * ceil(G / N_f) genes and cut into N_f non-overlapping
-fragments, each projected to d by one shared linear layer, plus a learned fragment position
-embedding (project choice: the paper is silent, and without it a shared projection cannot tell
-fragments apart). Fragments are split into N_gr consecutive groups; each group gets its own learned
+fragments, each projected to d ("a linear projection head"; project choice, the paper is silent:
+`projection="per_fragment"` gives every fragment its own 252 x d matrix, since a gene's identity
+matters; "shared" uses one matrix for all fragments, like a ViT patch embedding) plus a learned
+fragment position embedding (without it a shared projection cannot tell fragments apart). Fragments are split into N_gr consecutive groups; each group gets its own learned
 group token; one transformer block runs inside every group ((N_f / N_gr + 1) tokens), then a second
 block runs over [CLS_ge; the N_gr group tokens]; CLS_ge after a LayerNorm is the output.
 """
@@ -56,7 +57,8 @@ class GroupMSA(nnx.Module):
 
   def __init__(self, num_genes: int = 60480, *, num_fragments: int = 240, num_groups: int = 8,
                dim: int = 512, heads: int = 8, dropout: float = 0.1,
-               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+               projection: str = "per_fragment", dtype: jnp.dtype = jnp.float32,
+               rngs: nnx.Rngs):
     if num_fragments % num_groups:
       raise ValueError(f"num_fragments={num_fragments} must be a multiple of num_groups={num_groups}")
     self.num_genes = num_genes
@@ -68,7 +70,16 @@ class GroupMSA(nnx.Module):
       logging.info("GroupMSA: %d genes zero-padded by %d to %d fragments of %d genes.",
                    num_genes, self.pad, num_fragments, self.fragment_size)
     self.dtype = dtype
-    self.project = nnx.Linear(self.fragment_size, dim, dtype=dtype, rngs=rngs)
+    if projection == "shared":
+      self.project = nnx.Linear(self.fragment_size, dim, dtype=dtype, rngs=rngs)
+    elif projection == "per_fragment":
+      self.project = nnx.Einsum("bfg,fgd->bfd", (num_fragments, self.fragment_size, dim),
+                                (num_fragments, dim), dtype=dtype,
+                                kernel_init=nnx.initializers.variance_scaling(
+                                    1.0, "fan_in", "truncated_normal", batch_axis=(0,)),
+                                rngs=rngs)
+    else:
+      raise ValueError(f"Unknown GroupMSA projection {projection!r}: 'per_fragment' or 'shared'.")
     init = nnx.initializers.truncated_normal(0.02)
     self.pos_embed = nnx.Param(init(rngs.params(), (1, num_fragments, dim)))
     self.group_tokens = nnx.Param(init(rngs.params(), (num_groups, 1, dim)))
@@ -77,8 +88,8 @@ class GroupMSA(nnx.Module):
     self.inter = TransformerBlock(dim, heads=heads, dropout=dropout, dtype=dtype, rngs=rngs)
     self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
-  def __call__(self, genes: jax.Array) -> jax.Array:
-    """genes: [B, G] normalised expression -> CLS_ge [B, dim]."""
+  def _intra(self, genes: jax.Array) -> jax.Array:
+    """genes: [B, G] -> intra-group block output [B, N_gr, N_f/N_gr + 1, d], group token first."""
     b, g = genes.shape
     if g != self.num_genes:
       raise ValueError(f"GroupMSA built for {self.num_genes} genes, got {g}.")
@@ -90,7 +101,17 @@ class GroupMSA(nnx.Module):
     tokens = jnp.broadcast_to(self.group_tokens[...].astype(self.dtype),
                               (b, self.num_groups, 1, h.shape[-1]))
     h = jnp.concatenate([tokens, h], axis=2).reshape(b * self.num_groups, per_group + 1, -1)
-    group_out = self.intra(h)[:, 0].reshape(b, self.num_groups, -1)        # [B, N_gr, d]
-    cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype), (b, 1, h.shape[-1]))
+    return self.intra(h).reshape(b, self.num_groups, per_group + 1, -1)
+
+  def fragment_tokens(self, genes: jax.Array) -> jax.Array:
+    """genes: [B, G] -> the N_f fragment tokens after the intra-group block [B, N_f, dim]."""
+    out = self._intra(genes)[:, :, 1:]
+    return out.reshape(out.shape[0], self.num_fragments, -1)
+
+  def __call__(self, genes: jax.Array) -> jax.Array:
+    """genes: [B, G] normalised expression -> CLS_ge [B, dim]."""
+    b = genes.shape[0]
+    group_out = self._intra(genes)[:, :, 0]                               # [B, N_gr, d]
+    cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype), (b, 1, group_out.shape[-1]))
     out = self.inter(jnp.concatenate([cls, group_out], axis=1))
     return self.norm(out[:, 0]).astype(jnp.float32)

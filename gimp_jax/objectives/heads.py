@@ -1,0 +1,49 @@
+"""What the pre-training objectives add to a GiMP model: projection heads and their attachment.
+
+The compared objectives run over GiMP's own two encoders (the Nyström patch aggregator and the gene
+encoder), as the GiMP paper did for its Table 1; each objective's extra parameters (projections,
+prototypes, fusion and matching heads) live in one submodule, `model.objective`, which fine-tuning
+carries along unused.
+"""
+
+from typing import Callable
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gimp_jax.models import build
+from gimp_jax.models.gimp import GiMP
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x / max(||x||_2, eps) along the last axis, in float32."""
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class Projection(nnx.Module):
+  """Linear -> LayerNorm -> ReLU -> Linear (MGCA's head with LayerNorm in place of BatchNorm, which
+  small and variable WSI batches make unreliable)."""
+
+  def __init__(self, in_dim: int, hidden: int, out_dim: int, *, rngs: nnx.Rngs):
+    self.fc1 = nnx.Linear(in_dim, hidden, rngs=rngs)
+    self.norm = nnx.LayerNorm(hidden, epsilon=1e-5, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden, out_dim, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [..., in_dim] -> [..., out_dim] (float32)."""
+    return self.fc2(jax.nn.relu(self.norm(self.fc1(x.astype(jnp.float32)))))
+
+
+def build_with_objective(
+    config: ml_collections.ConfigDict, num_genes: int, num_classes: int, seed: int,
+    make_objective: Callable[[ml_collections.ConfigDict, int, nnx.Rngs], nnx.Module]) -> GiMP:
+  """GiMP (config.model) with `model.objective = make_objective(config, num_genes, rngs)`."""
+  model = build.build_gimp(config, num_genes, num_classes, seed)
+  if model.gene_encoder is None:
+    raise ValueError(f"config.method={config.method!r} aligns images with genes: set "
+                     "model.gene_encoder to 'group_msa' or 'snn', not 'none'.")
+  model.objective = make_objective(config, num_genes, nnx.Rngs(params=seed + 2, dropout=seed + 3))
+  return model
