@@ -34,8 +34,14 @@ class _StopFlag:
     logging.warning("Stop requested: saving a checkpoint after the current step.")
 
 
+def _quiet_libraries(record) -> bool:
+  """Drops orbax's per-checkpoint INFO chatter; warnings and errors still pass."""
+  return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
   del argv
+  logging.get_absl_handler().addFilter(_quiet_libraries)
   stop = _StopFlag()
   signal.signal(signal.SIGTERM, stop)
   signal.signal(signal.SIGINT, stop)
