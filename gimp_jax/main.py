@@ -4,6 +4,7 @@ Any config field can be overridden: --config.data.labels=labels.csv --config.pre
 Bad inputs end with one line naming the file, the patient and the field, and exit code 2.
 """
 
+import logging as py_logging
 import signal
 import sys
 
@@ -36,7 +37,7 @@ class _StopFlag:
 
 def _quiet_libraries(record) -> bool:
   """Drops orbax's per-checkpoint INFO chatter; warnings and errors still pass."""
-  return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+  return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
 
 
 def main(argv):
