@@ -245,6 +245,17 @@ def test(run: Run) -> None:
       run.results[f"{split}_{k}"] = float(scores[k])
     run.results[f"{split}_metrics"] = scores
   run.predictions = predictions
+  if "gene_pretrain" in run.config.stages:  # the genes-only baseline of the same run
+    gene_model = build.build_gene_classifier(run.config, run.num_genes, run.num_classes,
+                                             run.config.seed)
+    params = restore_params(run.workdir, "gene_pretrain", gene_model)
+    classify = jax.jit(lambda m, g: jax.nn.softmax(m(g), -1))
+    model = create_state(gene_model).replace(params=params).model(train=False)
+    for split in ("val", "test"):
+      idx = run.cohort.split(split)
+      scores = metrics_lib.classification_metrics(
+          run.cohort.labels[idx], np.asarray(classify(model, jnp.asarray(run.cohort.genes[idx]))))
+      run.results[f"gene_only_{split}_accuracy"] = float(scores["accuracy"])
 
 
 def cls_attention(run: Run, state: TrainState, index: int) -> tuple[np.ndarray, np.ndarray]:
