@@ -1,4 +1,4 @@
-"""The paper's stages at CPU size: a few epochs each, window 512 (README demo and CI end to end).
+"""The paper's stages at CPU size: a few epochs each, window 256 (README demo and CI end to end).
 
 python -m gimp_jax.data.synthetic --out data/synthetic
 python -m gimp_jax.main --config=configs/quick.py --workdir=runs/quick
@@ -16,13 +16,14 @@ def get_config():
   c.model.dim = 128
   c.model.heads = 4
   c.model.num_landmarks = 64
-  c.model.num_fragments = 40           # 40 fragments of 50 genes
-  c.model.num_groups = 4
+  c.model.num_fragments = 8            # 8 fragments of 250 genes (the paper's ~252 genes each)
+  c.model.num_groups = 2
   c.model.head_hidden = 64
   c.optim.learning_rate = 5e-4
   c.gene_pretrain.epochs = 10
   c.pretrain.epochs = 5
-  c.pretrain.window = 512
+  c.data.bucket_sizes = (128, 256, 512, 1024)
+  c.pretrain.window = 256
   c.pretrain.batch_size = 8
   c.finetune.epochs = 6
   c.finetune.batch_size = 4
