@@ -21,11 +21,11 @@ def get_config():
   c.model.head_hidden = 64
   c.optim.learning_rate = 5e-4
   c.gene_pretrain.epochs = 10
-  c.pretrain.epochs = 5
-  c.data.bucket_sizes = (128, 256, 512, 1024)
+  c.pretrain.epochs = 4
+  c.data.bucket_sizes = (320, 640)    # two padded shapes: few compilations
   c.pretrain.window = 256
   c.pretrain.batch_size = 8
-  c.finetune.epochs = 6
+  c.finetune.epochs = 5
   c.finetune.batch_size = 4
   c.report.heatmaps = 2
   return c
