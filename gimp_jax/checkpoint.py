@@ -2,17 +2,26 @@
 
 Each checkpoint holds the train state's arrays (params, optimizer state, step) and a JSON `meta`
 dict (epoch, next batch, best validation metric, finished flag, config). orbax writes into a
-temporary directory and renames it when complete, so a half-written checkpoint is never picked up.
+temporary directory and renames it when complete, so a half-written checkpoint is never picked up;
+leftover temporary directories are removed when the stage's manager opens. A finished step can
+still be damaged (a kill while a step is being deleted, data lost in a power cut): reads fall back
+to the newest step that reads back and move the damaged ones to `<stage>.damaged/`.
 The RNG needs no saving: every step's key is `fold_in(stage_key, step)`.
 """
 
 import os
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from gimp_jax.errors import DataError
 from gimp_jax.train.state import TrainState
+
+T = TypeVar("T")
+MAX_TO_KEEP = 2  # checkpoints kept per stage
 
 
 def _abstract(tree):
@@ -22,11 +31,12 @@ def _abstract(tree):
 class StageCheckpoints:
   """Save/restore of one stage's train state under `workdir/checkpoints/<name>`."""
 
-  def __init__(self, workdir: str, name: str, max_to_keep: int = 2):
+  def __init__(self, workdir: str, name: str, max_to_keep: int = MAX_TO_KEEP):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints", name))
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             cleanup_tmp_directories=True,
                                              enable_async_checkpointing=False),
         item_names=("params", "opt", "meta"))
 
@@ -44,34 +54,66 @@ class StageCheckpoints:
         meta=ocp.args.JsonSave(meta)))
     self.manager.wait_until_finished()
 
+  def _read_newest(self, read: Callable[[int], T], step: int | None) -> T | None:
+    """`read(step)`, by default at the newest step that reads back; None if there is no step.
+
+    A step that fails while an older one reads back is damaged: it is moved to
+    `<directory>.damaged/` with a warning. When no step reads back (e.g. the config no longer
+    builds the model that was saved), nothing is moved and DataError names the newest failure.
+    """
+    if step is not None:
+      return read(step)
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    failures = []
+    for s in steps:
+      try:
+        out = read(s)
+      except Exception as e:  # truncated or missing files: orbax, tensorstore and JSON errors
+        failures.append((s, e))
+        continue
+      for bad, e in failures:
+        self._set_aside(bad, e)
+      return out
+    if failures:
+      s, e = failures[0]
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      raise DataError(f"{self.directory}: step {s}: no checkpoint of this stage reads back "
+                      f"({type(e).__name__}: {first}); was the config changed? Use a new workdir, "
+                      "or move these checkpoints away to restart the stage") from e
+    return None
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves a damaged step out of the manager's view (kept for inspection)."""
+    target = os.path.join(f"{self.directory}.damaged", f"{step}-{time.time_ns()}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(os.path.join(self.directory, str(step)), target)
+    self.manager.reload()
+    logging.warning("%s: step %d is damaged (%s: %s); moved to %s, using an older step.",
+                    self.directory, step, type(error).__name__,
+                    (str(error).strip().splitlines() or [""])[0][:200], target)
+
   def meta(self, step: int | None = None) -> dict[str, Any] | None:
-    """The JSON meta of a checkpoint (the latest by default), None if there is none."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return None
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    """The JSON meta of a checkpoint (the newest readable by default), None if there is none."""
+    return self._read_newest(lambda s: self.manager.restore(s, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"], step)
 
   def restore(self, state: TrainState, step: int | None = None
               ) -> tuple[TrainState, dict[str, Any]] | None:
-    """Restores into the structure of `state`; None if there is no checkpoint."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return None
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(_abstract(state.params)),
-        opt=ocp.args.StandardRestore(_abstract({"opt_state": state.opt_state, "step": state.step})),
-        meta=ocp.args.JsonRestore()))
-    return state.replace(params=out["params"], opt_state=out["opt"]["opt_state"],
-                         step=out["opt"]["step"]), out["meta"]
+    """Restores into the structure of `state` (newest readable step); None if there is none."""
+    def read(s):
+      out = self.manager.restore(s, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(_abstract(state.params)),
+          opt=ocp.args.StandardRestore(_abstract({"opt_state": state.opt_state,
+                                                  "step": state.step})),
+          meta=ocp.args.JsonRestore()))
+      return state.replace(params=out["params"], opt_state=out["opt"]["opt_state"],
+                           step=out["opt"]["step"]), out["meta"]
+    return self._read_newest(read, step)
 
   def restore_params(self, params, step: int | None = None):
     """Only the parameters (into the structure of `params`); None if there is no checkpoint."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return None
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(_abstract(params))))
-    return out["params"]
+    return self._read_newest(lambda s: self.manager.restore(s, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(_abstract(params))))["params"], step)
 
   def close(self) -> None:
     self.manager.close()

@@ -1,7 +1,9 @@
 """Command line: python -m gimp_jax.main --config=configs/nsclc.py --workdir=runs/nsclc
 
 Any config field can be overridden: --config.data.labels=labels.csv --config.pretrain.epochs=10.
-Bad inputs end with one line naming the file, the patient and the field, and exit code 2.
+Exit codes: 0 done; 2 bad input (every problem one line, naming file, patient and field; nothing
+trained); 3 a NaN/Inf loss stopped training (the last good checkpoint is kept); 128 + signal number
+(130 SIGINT, 143 SIGTERM) after a checkpoint was saved on request. The same command resumes.
 """
 
 import logging as py_logging
@@ -14,6 +16,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from gimp_jax.errors import DataError
+from gimp_jax.train import loop
 from gimp_jax.train import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
@@ -27,11 +30,13 @@ class _StopFlag:
 
   def __init__(self):
     self.requested = False
+    self.signum = signal.SIGINT
 
-  def __call__(self, *_):
+  def __call__(self, signum, _):
     if self.requested:  # a second signal: stop at once
       raise KeyboardInterrupt
     self.requested = True
+    self.signum = signum
     logging.warning("Stop requested: saving a checkpoint after the current step.")
 
 
@@ -51,9 +56,12 @@ def main(argv):
   except DataError as e:
     print(f"gimp_jax: error: {e}", file=sys.stderr)
     sys.exit(2)
+  except loop.NonFiniteLossError as e:
+    print(f"gimp_jax: error: {e}", file=sys.stderr)
+    sys.exit(3)
   except KeyboardInterrupt:
     print("gimp_jax: stopped; run the same command again to resume.", file=sys.stderr)
-    sys.exit(130)
+    sys.exit(128 + int(stop.signum))
   keys = ("test_accuracy", "test_auc", "test_f1", "val_accuracy")
   print(" ".join(f"{k}={results[k]:.4f}" for k in keys if k in results))
 

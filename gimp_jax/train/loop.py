@@ -19,7 +19,13 @@ from gimp_jax.train.state import TrainState
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN/Inf; the last good checkpoint is kept."""
+  """The loss, the gradients or the parameters became NaN/Inf; the last good checkpoint is kept."""
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  """True when every leaf of `tree` is free of NaN/Inf."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
 def to_device(batch: dict) -> dict:
@@ -80,7 +86,8 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
   `checkpoint_every` steps, at each epoch end, and when `stop()` turns true (SIGTERM).
 
   Raises:
-    NonFiniteLossError: a NaN/Inf loss (nothing is saved from that step on).
+    NonFiniteLossError: a NaN/Inf loss or gradient norm, or NaN/Inf parameters about to be saved
+      (nothing is saved from that step on).
   """
   ckpt = StageCheckpoints(workdir, spec.name)
   meta: dict[str, Any] = {"epoch": 0, "batch": 0, "done": False, "history": []}
@@ -96,7 +103,17 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
   total = spec.epochs * spec.steps_per_epoch
   start_time, wall_before = time.time(), meta.get("wall_s", 0.0)
 
+  def non_finite(what: str, step: int, epoch: int) -> NonFiniteLossError:
+    last = ckpt.latest_step()
+    kept = (f"the last good checkpoint (step {last}) is kept in {ckpt.directory}" if last is not None
+            else "no checkpoint of this stage was written yet")
+    return NonFiniteLossError(
+        f"{spec.name}: {what} at step {step} (epoch {epoch}); training stopped and {kept}. "
+        "Check the inputs for extreme values or lower optim.learning_rate.")
+
   def save():
+    if not bool(_all_finite(state.params)):
+      raise non_finite("NaN/Inf parameters", int(state.step), meta["epoch"])
     meta["wall_s"] = wall_before + time.time() - start_time
     ckpt.save(state, meta)
 
@@ -110,10 +127,9 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
         position += 1
         metrics = {k: float(v) for k, v in metrics.items()}
         step = int(state.step)
-        if not np.isfinite(metrics["loss"]):
-          raise NonFiniteLossError(
-              f"{spec.name}: non-finite loss {metrics['loss']} at step {step} (epoch {epoch}); "
-              f"the last good checkpoint in {ckpt.directory} is kept.")
+        if not np.isfinite(metrics["loss"]) or not np.isfinite(metrics.get("grad_norm", 0.0)):
+          raise non_finite(f"non-finite loss {metrics['loss']} (gradient norm "
+                           f"{metrics.get('grad_norm')})", step, epoch)
         writer.write(spec.name, step, metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", epoch=epoch)
@@ -129,6 +145,10 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
       if spec.on_epoch_end is not None:
         meta.update(spec.on_epoch_end(state, epoch, meta))
       save()
+      if stop() and epoch + 1 < spec.epochs:
+        logging.warning("%s: stopping on request after epoch %d (checkpoint saved).", spec.name,
+                        epoch)
+        raise KeyboardInterrupt
     meta["done"] = True
     save()
   finally:

@@ -6,7 +6,6 @@ an interrupted stage resumes from its last checkpoint.
 
 import json
 import os
-import platform
 import re
 from typing import Any
 
@@ -18,10 +17,11 @@ import numpy as np
 
 from gimp_jax import methods
 from gimp_jax import metrics as metrics_lib
+from gimp_jax import provenance
 from gimp_jax import report as report_lib
+from gimp_jax import validate
 from gimp_jax.checkpoint import StageCheckpoints
 from gimp_jax.data import cohort as cohort_lib
-from gimp_jax.data import genes as genes_lib
 from gimp_jax.data import pipeline
 from gimp_jax.models import build
 from gimp_jax.train import loop, optim, steps, transfer
@@ -34,13 +34,15 @@ _STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
 class Run:
   """What the stages share: config, workdir, cohort, method, metrics writer, root key."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, stop=lambda: False):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, stop=lambda: False,
+               cohort: cohort_lib.Cohort | None = None):
     self.config = config
     self.workdir = workdir
     self.stop = stop
     os.makedirs(workdir, exist_ok=True)
     self.method = methods.get(config.method)
-    self.cohort = load_cohort(config, workdir)
+    self.cohort = load_cohort(config, workdir) if cohort is None else cohort
+    save_normalizer(self.cohort, workdir)
     self.num_genes = self.cohort.num_genes
     self.num_classes = self.cohort.num_classes
     self.key = jax.random.key(config.seed)
@@ -65,18 +67,22 @@ class Run:
 
 
 def load_cohort(config, workdir: str) -> cohort_lib.Cohort:
-  """The cohort; the gene list and normalisation fitted on the first run are reused on resume."""
-  path = os.path.join(workdir, "normalizer.npz")
-  normalizer = genes_lib.GeneNormalizer.load(path) if os.path.exists(path) else None
+  """The cohort; the gene list fitted on the first run (or `init_from`'s) is reused."""
+  normalizer, _ = validate.stored_normalizer(config, workdir)
   spec = cohort_lib.CohortSpec.from_mapping(config.data, seed=config.seed)
   if config.data.source == "tfds":
     from gimp_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
-    cohort = tfds_source.load_cohort_from_tfds(config.data.tfds_dir, spec, normalizer)
-  else:
-    cohort = cohort_lib.load_cohort(spec, normalizer)
-  if normalizer is None:
-    cohort.normalizer.save(path)
-  return cohort
+    return tfds_source.load_cohort_from_tfds(config.data.tfds_dir, spec, normalizer)
+  return cohort_lib.load_cohort(spec, normalizer)
+
+
+def save_normalizer(cohort: cohort_lib.Cohort, workdir: str) -> None:
+  """Stores the run's gene list once (temporary file + rename: a kill leaves no half file)."""
+  path = os.path.join(workdir, validate.NORMALIZER)
+  if not os.path.exists(path):
+    tmp = os.path.join(workdir, f"normalizer.tmp-{os.getpid()}.npz")
+    cohort.normalizer.save(tmp)
+    os.replace(tmp, path)
 
 
 def _train_state(model, cfg_optim, *, steps_per_epoch: int, epochs: int, frozen: str):
@@ -309,29 +315,24 @@ STAGE_FNS = {"gene_pretrain": gene_pretrain, "pretrain": pretrain, "finetune": f
              "test": test}
 
 
-def library_versions() -> dict[str, str]:
-  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
-  names = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "h5py", "ml-collections")
-  out = {"python": platform.python_version()}
-  for n in names:
-    try:
-      out[n] = md.version(n)
-    except md.PackageNotFoundError:
-      pass
-  return out
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        stop=lambda: False) -> dict[str, Any]:
-  """Runs `config.stages` in order and writes `results.json` (and the report) to `workdir`."""
+  """Runs `config.stages` in order and writes `results.json` (and the report) to `workdir`.
+
+  Every input is checked first (`validate.preflight`: DataError listing every problem); the seed,
+  config, library versions and input checksums go to `provenance.json`.
+  """
   for name in config.stages:
     if name not in STAGE_FNS:
       raise ValueError(f"Unknown stage {name!r} in config.stages; known: {STAGES}.")
-  run = Run(config, workdir, stop)
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  run = Run(config, workdir, stop, cohort=validate.preflight(config, workdir))
+  provenance.record(workdir, config, run.cohort)
+  provenance.write_json_atomic(os.path.join(workdir, "config.json"),
+                               json.loads(config.to_json_best_effort()))
   try:
     for name in config.stages:
+      if stop():
+        raise KeyboardInterrupt
       logging.info("Stage %s", name)
       STAGE_FNS[name](run)
     if "test" in config.stages:
@@ -339,10 +340,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   finally:
     run.writer.close()
   results = dict(run.results, method=config.method, seed=config.seed,
-                 config=json.loads(config.to_json_best_effort()), versions=library_versions(),
+                 config=json.loads(config.to_json_best_effort()),
+                 versions=provenance.library_versions(),
                  num_classes=run.num_classes, num_genes=run.num_genes,
                  class_names=list(run.cohort.class_names),
                  splits={k: int(v.size) for k, v in run.cohort.splits.items()})
-  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=2, default=float)
+  provenance.write_json_atomic(os.path.join(workdir, "results.json"), results)
   return results

@@ -1,0 +1,181 @@
+"""Predictions of a trained run on new patients.
+
+python -m gimp_jax.predict --workdir=runs/nsclc --config=configs/nsclc.py --out=predictions.csv \
+    --config.data.labels=new/labels.csv --config.data.features_dir=new/features \
+    --config.data.expression=new/expression.tsv
+
+Uses the best fine-tuned checkpoint of `--workdir` and the gene list stored with it
+(`normalizer.npz`). The model's settings and class names come from the run (`config.json`,
+`provenance.json`); `--config` only says where the new inputs are. The labels CSV needs
+`patient_id,slide_id`; a `label` column is optional (when present it must use the run's classes).
+
+Every input is checked first, as `gimp_jax.validate` does: an expression table that lacks genes of
+the stored list, feature files of another width than the model's, or any other bad input is
+refused with every problem on its own line and exit code 2.
+
+Output CSV: patient_id, label_name (empty when unknown), predicted, predicted_name, prob_<class>.
+"""
+
+import csv
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from gimp_jax import methods
+from gimp_jax import provenance
+from gimp_jax import validate
+from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.errors import DataError
+from gimp_jax.train import run as run_lib
+from gimp_jax.train import steps
+from gimp_jax.train.state import create_state
+
+# config.data fields that say where the new inputs are and how to read them; all other settings
+# (feature_dim, num_genes, gene handling, model, classes) are the trained run's.
+INPUT_FIELDS = ("source", "labels", "features_dir", "expression", "tfds_dir", "manifest",
+                "value_column", "preferred_sample_types", "drop_incomplete", "bucket_sizes",
+                "prefetch")
+BEST = "finetune_best"
+
+
+def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
+  """The trained run's config and class names (index order); DataError when they are missing."""
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError, TypeError) as e:
+    raise DataError(f"{path}: cannot read the trained run's config ({e}); is {workdir} a "
+                    "gimp_jax workdir?") from e
+  record = provenance.load(workdir) or {}
+  names = record.get("cohort", {}).get("class_names")
+  if not names:
+    raise DataError(f"{os.path.join(workdir, provenance.FILENAME)}: cohort.class_names: missing; "
+                    "the run's class names are unknown")
+  return config, tuple(names)
+
+
+def merge_config(trained: ml_collections.ConfigDict, given: ml_collections.ConfigDict,
+                 class_names: tuple[str, ...]) -> ml_collections.ConfigDict:
+  """The trained run's config with the input fields of `given.data`, the run's classes, and
+  evaluation one patient at a time."""
+  d = trained.to_dict()
+  d["data"].update({name: given.data[name] for name in INPUT_FIELDS if name in given.data})
+  d["data"]["class_names"] = list(class_names)
+  # One bag per batch: the Nystrom pseudo-inverse starts from a batch-wide scale (as the PyTorch
+  # package), so a patient's probabilities would otherwise depend on the bags batched with it.
+  d["finetune"]["batch_size"] = 1
+  return ml_collections.ConfigDict(d)
+
+
+def _labels_csv(path: str, placeholder: str, tmpdir: str) -> tuple[str, bool]:
+  """(labels CSV to load, whether it has labels): unlabelled patients get a placeholder label."""
+  try:
+    with open(path, newline="", encoding="utf-8") as f:
+      rows = list(csv.reader(f))
+  except (OSError, UnicodeDecodeError, csv.Error):
+    return path, True  # the cohort loader reports it
+  if not rows or "label" in (h.strip().lower() for h in rows[0]):
+    return path, True
+  copy = os.path.join(tmpdir, "labels.csv")
+  with open(copy, "w", newline="", encoding="utf-8") as f:
+    csv.writer(f).writerows([rows[0] + ["label"]] + [r + [placeholder] for r in rows[1:]])
+  return copy, False
+
+
+@dataclasses.dataclass
+class _Evaluation:
+  """What `run.predict` reads from a run."""
+  config: ml_collections.ConfigDict
+  cohort: cohort_lib.Cohort
+  eval_step: Callable
+
+
+def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
+          ) -> tuple[ml_collections.ConfigDict, cohort_lib.Cohort, bool]:
+  """Loads the new cohort against the trained run: (config, cohort, has labels), or DataError
+  listing every problem (missing genes, feature width, bad inputs)."""
+  trained, class_names = load_run(workdir)
+  normalizer, stored = validate.stored_normalizer(trained, workdir)
+  if normalizer is None or stored != os.path.join(workdir, validate.NORMALIZER):
+    raise DataError(f"{workdir}: no {validate.NORMALIZER}: the gene list of the model is unknown")
+  config = merge_config(trained, given, class_names)
+  width = int(trained.data.feature_dim)
+  problems = []
+  if int(given.data.feature_dim) != width:
+    problems.append(f"config: data.feature_dim: {given.data.feature_dim}, but the model in "
+                    f"{workdir} was trained on features of width {width}")
+  original = config.data.labels
+  config.data.labels, labelled = _labels_csv(original, class_names[0], tmpdir)
+  cohort, found = validate.check_inputs(config, normalizer, stored)
+  problems += [p.replace(config.data.labels, original) for p in found]
+  config.data.labels = original
+  if any("features: width" in p for p in found):
+    problems.append(f"{workdir}: the model was trained on features of width {width}")
+  if problems:
+    raise DataError("\n".join(problems))
+  return config, cohort, labelled
+
+
+def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Predictions of the best fine-tuned model of `workdir` on the cohort of `given.data`.
+
+  Returns:
+    patient_id [N], label [N] (-1 when unknown), probs [N, C] float32, class_names [C].
+  """
+  with tempfile.TemporaryDirectory() as tmpdir:
+    config, cohort, labelled = check(workdir, given, tmpdir)
+  method = methods.get(config.method)
+  model = method.build(config, cohort.num_genes, cohort.num_classes, config.seed)
+  params = run_lib.restore_params(workdir, BEST, model)
+  if params is None:
+    raise DataError(f"{os.path.join(workdir, 'checkpoints', BEST)}: no fine-tuned checkpoint; "
+                    "run the finetune stage first")
+  logging.info("predict: %d patients, model of %s", len(cohort.patients), workdir)
+  evaluation = _Evaluation(config, cohort, steps.make_eval_step(method.forward))
+  out = run_lib.predict(evaluation, create_state(model).replace(params=params), "all")
+  labels = out["label"] if labelled else np.full(len(out["patient_id"]), -1)
+  return {"patient_id": out["patient_id"], "label": labels, "probs": out["probs"],
+          "class_names": cohort.class_names}
+
+
+def write_csv(path: str, result: dict[str, Any]) -> None:
+  """One row per patient: ID, known label, predicted class (index and name), P(class)."""
+  names = result["class_names"]
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["patient_id", "label_name", "predicted", "predicted_name"] +
+                    [f"prob_{n}" for n in names])
+    for pid, y, p in zip(result["patient_id"], result["label"], result["probs"]):
+      k = int(np.argmax(p))
+      writer.writerow([pid, names[y] if y >= 0 else "", k, names[k]] + [f"{v:.9g}" for v in p])
+
+
+def main(argv) -> None:
+  del argv
+  try:
+    result = predict(flags.FLAGS.workdir, flags.FLAGS.config)
+  except DataError as e:
+    print(f"gimp_jax.predict: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  write_csv(flags.FLAGS.out, result)
+  print(f"gimp_jax.predict: {len(result['patient_id'])} patients -> {flags.FLAGS.out}")
+
+
+if __name__ == "__main__":  # flags only here, as in gimp_jax.validate
+  config_flags.DEFINE_config_file("config", None, "Config naming the new inputs (config.data).",
+                                  lock_config=False)
+  flags.DEFINE_string("workdir", None, "Workdir of the trained run.")
+  flags.DEFINE_string("out", "predictions.csv", "Output CSV.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

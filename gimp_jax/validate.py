@@ -1,0 +1,241 @@
+"""Checks every input of a run before anything is trained.
+
+python -m gimp_jax.validate --config=configs/nsclc.py [--workdir=runs/nsclc] [--config.data.x=...]
+
+Prints every problem on its own line, naming the file, the patient or slide and the field, then
+exits with code 2 (no traceback); or prints a one-line summary and exits 0. `train_and_evaluate`
+runs the same checks first (`preflight`), so a run never starts on inputs that fail them.
+
+Checked, all at once: the labels CSV (malformed rows, duplicated slide IDs, a patient with
+conflicting labels or in two splits, unknown label values); every `.h5` in full (unreadable or
+truncated, missing `features`/`coords`, wrong width, zero patches, NaN/Inf, slides without a label
+row); the expression table (a patient without a column, NaN/Inf values, a column matched by two
+patients, genes missing from the stored gene list when resuming, fine-tuning from `init_from` or
+predicting); the workdir (writable, room for the checkpoints). With `data.drop_incomplete` the
+patients with problems of their own are dropped (logged) instead.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+
+from absl import app
+from absl import flags
+from flax import nnx
+import jax
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from gimp_jax import methods
+from gimp_jax.checkpoint import MAX_TO_KEEP
+from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import genes as genes_lib
+from gimp_jax.errors import DataError
+
+NORMALIZER = "normalizer.npz"
+TRAINING_STAGES = ("gene_pretrain", "pretrain", "finetune")
+_MIB = float(1 << 20)
+
+
+def stored_normalizer(config: ml_collections.ConfigDict, workdir: str | None
+                      ) -> tuple[genes_lib.GeneNormalizer | None, str | None]:
+  """The gene list a run must use and where it is stored, or (None, None) to fit one on train.
+
+  The workdir's own (a resumed run) comes first, then that of `config.init_from` (a model trained
+  in another workdir).
+
+  Raises:
+    DataError: the file is unreadable.
+  """
+  for directory in (workdir, config.get("init_from", "")):
+    if directory:
+      path = os.path.join(directory, NORMALIZER)
+      if os.path.exists(path):
+        return genes_lib.GeneNormalizer.load(path), path
+  return None, None
+
+
+def config_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Settings that cannot work, one line each."""
+  problems = []
+  try:
+    methods.get(config.method)
+  except ValueError as e:
+    problems.append(f"config: method: {e}")
+  source = config.data.get("source", "h5")
+  if source not in ("h5", "tfds"):
+    problems.append(f"config: data.source: {source!r}, expected 'h5' or 'tfds'")
+  if not (isinstance(config.data.feature_dim, int) and config.data.feature_dim > 0):
+    problems.append(f"config: data.feature_dim: {config.data.feature_dim!r}, expected the width "
+                    "of the features (e.g. 1024)")
+  init_from = config.get("init_from", "")
+  if init_from and not os.path.exists(os.path.join(init_from, NORMALIZER)):
+    problems.append(f"{init_from}: init_from: no {NORMALIZER}, so the gene list its model was "
+                    "trained on is unknown (not a gimp_jax workdir?)")
+  return problems
+
+
+def _existing_ancestor(path: str) -> str:
+  """`path` or its nearest existing ancestor."""
+  path = os.path.abspath(path)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  return path
+
+
+def workdir_problems(workdir: str) -> list[str]:
+  """Whether the workdir exists or can be created, and takes files (a real write, not os.access,
+  which says yes to root on read-only folders). Nothing is left behind."""
+  base = _existing_ancestor(workdir)
+  if not os.path.isdir(base):
+    return [f"{workdir}: workdir: cannot be created, {base} is a file"]
+  try:
+    with tempfile.NamedTemporaryFile(dir=base, prefix=".gimp_jax-write-test-"):
+      pass
+  except OSError as e:
+    what = "not writable" if base == os.path.abspath(workdir) else f"cannot be created in {base}"
+    return [f"{workdir}: workdir: {what} ({e.strerror or e})"]
+  return []
+
+
+def parameter_count(config: ml_collections.ConfigDict, num_genes: int, num_classes: int) -> int:
+  """Parameters of the run's model, from shapes only (nothing is allocated)."""
+  model = nnx.eval_shape(
+      lambda: methods.get(config.method).build(config, num_genes, num_classes, config.seed))
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
+
+
+def checkpoint_bytes(config: ml_collections.ConfigDict, num_genes: int, num_classes: int
+                     ) -> tuple[int, int, int]:
+  """Disk the run's checkpoints need at most.
+
+  Returns:
+    (bytes, parameters P, checkpoints K): bytes = P x 3 (weights and two Adam moments) x 4 (float32)
+    x K, with K = MAX_TO_KEEP per training stage, plus the best fine-tuned one.
+  """
+  params = parameter_count(config, num_genes, num_classes)
+  kept = MAX_TO_KEEP * sum(s in TRAINING_STAGES for s in config.stages)
+  kept += int("finetune" in config.stages)
+  return params * 3 * 4 * kept, params, kept
+
+
+def _tree_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(path)
+             for n in names)
+
+
+def disk_problems(workdir: str, config: ml_collections.ConfigDict, num_genes: int,
+                  num_classes: int) -> list[str]:
+  """Whether the workdir's disk has room for the checkpoints (those already there count)."""
+  need, params, kept = checkpoint_bytes(config, num_genes, num_classes)
+  have = _tree_bytes(os.path.join(workdir, "checkpoints"))
+  free = shutil.disk_usage(_existing_ancestor(workdir)).free
+  if free + have < need:
+    return [f"{workdir}: disk: {free / _MIB:.1f} MiB free but the checkpoints need about "
+            f"{need / _MIB:.1f} MiB ({params:,} parameters x 3 (weights and two Adam moments) x 4 "
+            f"bytes x {kept} checkpoints kept{f', {have / _MIB:.1f} MiB already there' if have else ''})"]
+  return []
+
+
+def _cohort(config: ml_collections.ConfigDict, normalizer: genes_lib.GeneNormalizer | None
+            ) -> tuple[cohort_lib.Cohort | None, list[str]]:
+  """The cohort with every feature file read in full, and every problem found."""
+  spec = cohort_lib.CohortSpec.from_mapping(config.data, seed=config.seed)
+  if config.data.get("source", "h5") == "tfds":
+    from gimp_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+    try:  # the builder checked the inputs; what is left is its settings and the gene list
+      return tfds_source.load_cohort_from_tfds(config.data.tfds_dir, spec, normalizer), []
+    except DataError as e:
+      return None, str(e).split("\n")
+  # The scanned cohort itself (not only its problems): with drop_incomplete, the patients whose
+  # feature data is broken must be dropped from the cohort that trains, not only reported.
+  return cohort_lib._assemble(spec, normalizer, scan=True)  # pylint: disable=protected-access
+
+
+def check_inputs(config: ml_collections.ConfigDict,
+                 normalizer: genes_lib.GeneNormalizer | None = None, stored: str | None = None
+                 ) -> tuple[cohort_lib.Cohort | None, list[str]]:
+  """The data checks: (the cohort, []) or (None, every problem, one line each).
+
+  Args:
+    config: the run's config (`config.data` names the inputs).
+    normalizer: the gene list the inputs must provide (resume, fine-tuning, prediction), or None.
+    stored: where `normalizer` is stored, named in the missing-genes messages.
+  """
+  cohort, problems = _cohort(config, normalizer)
+  if stored:
+    problems = [f"{p} (the gene list stored in {stored})" if "genes of the gene list" in p else p
+                for p in problems]
+  return (None, problems) if problems else (cohort, [])
+
+
+def check(config: ml_collections.ConfigDict, workdir: str | None = None
+          ) -> tuple[cohort_lib.Cohort | None, list[str]]:
+  """Runs every check.
+
+  Args:
+    config: the run's config.
+    workdir: the run's workdir (writability, disk room, stored gene list), or None to skip those.
+
+  Returns:
+    (the cohort, []) when everything is fine, else (None, every problem, one line each).
+  """
+  problems = config_problems(config)
+  if problems:  # e.g. an unknown method or source: the data checks would only add noise
+    return None, problems
+  if workdir:
+    problems += workdir_problems(workdir)
+  try:
+    normalizer, stored = stored_normalizer(config, workdir)
+  except DataError as e:
+    problems += str(e).split("\n")
+    normalizer, stored = None, None
+  cohort, found = check_inputs(config, normalizer, stored)
+  problems += found
+  if cohort is not None and workdir and not problems:
+    problems += disk_problems(workdir, config, cohort.num_genes, cohort.num_classes)
+  return (None, problems) if problems else (cohort, [])
+
+
+def preflight(config: ml_collections.ConfigDict, workdir: str) -> cohort_lib.Cohort:
+  """`check` for a run about to start: the cohort, or DataError listing every problem."""
+  cohort, problems = check(config, workdir)
+  if problems:
+    raise DataError("\n".join(problems))
+  return cohort
+
+
+def summary(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> str:
+  """One line describing a clean cohort."""
+  splits = ", ".join(f"{k} {v.size}" for k, v in cohort.splits.items())
+  slides = sum(len(p.slide_ids) for p in cohort.patients)
+  dropped = ""
+  if config.data.get("source", "h5") != "tfds":
+    listed = {r.patient_id for r in cohort_lib.read_labels(config.data.labels)}
+    if len(listed) > len(cohort.patients):
+      dropped = f" ({len(listed) - len(cohort.patients)} dropped: drop_incomplete)"
+  return (f"{len(cohort.patients)} patients{dropped} ({splits}), {slides} slides, "
+          f"{cohort.num_classes} classes, {cohort.num_genes} genes, feature width "
+          f"{cohort.feature_dim}: no problems found")
+
+
+def main(argv) -> None:
+  del argv
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  cohort, problems = check(config, workdir)
+  if problems:
+    for line in problems:
+      print(line, file=sys.stderr)
+    print(f"gimp_jax.validate: {len(problems)} problem(s)", file=sys.stderr)
+    sys.exit(2)
+  print(f"gimp_jax.validate: {summary(config, cohort)}")
+
+
+if __name__ == "__main__":  # flags only here: gimp_jax.main imports this module for `preflight`
+  config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "The run's workdir (optional): write access, disk room, "
+                      "and its stored gene list are checked too.")
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
