@@ -133,9 +133,10 @@ def disk_problems(workdir: str, config: ml_collections.ConfigDict, num_genes: in
   have = _tree_bytes(os.path.join(workdir, "checkpoints"))
   free = shutil.disk_usage(_existing_ancestor(workdir)).free
   if free + have < need:
+    there = f", {have / _MIB:.1f} MiB already there" if have else ""
     return [f"{workdir}: disk: {free / _MIB:.1f} MiB free but the checkpoints need about "
             f"{need / _MIB:.1f} MiB ({params:,} parameters x 3 (weights and two Adam moments) x 4 "
-            f"bytes x {kept} checkpoints kept{f', {have / _MIB:.1f} MiB already there' if have else ''})"]
+            f"bytes x {kept} checkpoints kept{there})"]
   return []
 
 

@@ -105,8 +105,8 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
 
   def non_finite(what: str, step: int, epoch: int) -> NonFiniteLossError:
     last = ckpt.latest_step()
-    kept = (f"the last good checkpoint (step {last}) is kept in {ckpt.directory}" if last is not None
-            else "no checkpoint of this stage was written yet")
+    kept = ("no checkpoint of this stage was written yet" if last is None
+            else f"the last good checkpoint (step {last}) is kept in {ckpt.directory}")
     return NonFiniteLossError(
         f"{spec.name}: {what} at step {step} (epoch {epoch}); training stopped and {kept}. "
         "Check the inputs for extreme values or lower optim.learning_rate.")
