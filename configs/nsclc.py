@@ -6,6 +6,8 @@ Run: python -m gimp_jax.main --config=configs/nsclc.py --workdir=runs/nsclc
 
 import ml_collections
 
+from gimp_jax import parallel
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -80,6 +82,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.finetune.label_smoothing = 0.0
   c.finetune.select_metric = "val_accuracy"   # [paper 3.1] evaluate on val every epoch, keep the best
   c.finetune.checkpoint_every = 200
+
+  c.parallel = parallel.default_config()     # device mesh / multi-host (docs/scaling.md)
 
   c.report = ml_collections.ConfigDict()
   c.report.heatmaps = 3                       # test slides drawn with CLS -> patch attention

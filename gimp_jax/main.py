@@ -15,6 +15,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from gimp_jax import parallel
 from gimp_jax.errors import DataError
 from gimp_jax.train import loop
 from gimp_jax.train import run
@@ -51,6 +52,7 @@ def main(argv):
   stop = _StopFlag()
   signal.signal(signal.SIGTERM, stop)
   signal.signal(signal.SIGINT, stop)
+  parallel.initialize_distributed(_CONFIG.value)  # no-op for a single process
   try:
     results = run.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop=lambda: stop.requested)
   except DataError as e:

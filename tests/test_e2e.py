@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from gimp_jax.data import synthetic
@@ -67,3 +68,23 @@ def test_bad_input_is_one_line_and_exit_code_2(cohort, tmp_path):
   proc = run_cli(tiny_overrides(bad, tmp_path / "run"))
   assert proc.returncode == 2
   assert "missing.csv" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_pretraining_on_a_two_device_mesh_matches_one_device(cohort, tmp_path):
+  """The CLI's data-parallel path (2 XLA host devices) gives the single-device losses."""
+  losses = {}
+  for devices in (1, 2):
+    workdir = tmp_path / f"run{devices}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    args = tiny_overrides(cohort, workdir) + [
+        "--config.stages=('pretrain',)", "--config.model.gene_encoder=none",
+        "--config.pretrain.epochs=1"]
+    proc = subprocess.run([sys.executable, "-m", "gimp_jax.main", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("does not split" in proc.stderr) is False
+    rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses[devices] = [r["loss"] for r in rows if r["stage"] == "pretrain"]
+  assert len(losses[1]) == len(losses[2]) > 0
+  np.testing.assert_allclose(losses[2], losses[1], rtol=1e-4, atol=1e-5)

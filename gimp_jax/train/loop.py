@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from gimp_jax import parallel
 from gimp_jax.checkpoint import StageCheckpoints
 from gimp_jax.data import pipeline
 from gimp_jax.train import steps
@@ -77,9 +78,12 @@ class StageSpec:
 
 
 def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
-        writer: MetricsWriter, prefetch: int = 2, stop: Callable[[], bool] = lambda: False
-        ) -> tuple[TrainState, dict[str, Any]]:
+        writer: MetricsWriter, prefetch: int = 2, stop: Callable[[], bool] = lambda: False,
+        mesh=None, parallel_cfg=None) -> tuple[TrainState, dict[str, Any]]:
   """Runs (or resumes, or skips if finished) a stage; returns the final state and its meta.
+
+  With a `mesh` (gimp_jax.parallel), each batch is split over its devices and the state is
+  replicated (or sharded per `parallel_cfg`); the step computes the same loss as on one device.
 
   The step key is `fold_in(key, step)` and the batches are a pure function of (epoch, position),
   so a resumed stage reproduces the uninterrupted one. Checkpoints are written every
@@ -100,6 +104,15 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
     ckpt.close()
     return state, meta
   step_fn = steps.make_train_step(spec.loss_fn)
+  place = to_device
+  if mesh is not None:  # data parallel: batch split over the mesh, state replicated or sharded
+    state = parallel.place_state(state, mesh, parallel_cfg)
+    step_fn = parallel.parallelize_step(step_fn, state, mesh, parallel_cfg)
+
+    def place(batch):
+      rows = parallel.process_rows(len(batch["label"]))  # this host's share of the batch
+      return parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh,
+                                  parallel_cfg.axis)
   total = spec.epochs * spec.steps_per_epoch
   start_time, wall_before = time.time(), meta.get("wall_s", 0.0)
 
@@ -123,7 +136,7 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
     for epoch in range(meta["epoch"], spec.epochs):
       position = meta["batch"] if epoch == meta["epoch"] else 0
       for batch in pipeline.prefetch(spec.batches(epoch, position), prefetch):
-        state, metrics = step_fn(state, to_device(batch), jax.random.fold_in(key, state.step))
+        state, metrics = step_fn(state, place(batch), jax.random.fold_in(key, state.step))
         position += 1
         metrics = {k: float(v) for k, v in metrics.items()}
         step = int(state.step)

@@ -17,6 +17,7 @@ import numpy as np
 
 from gimp_jax import methods
 from gimp_jax import metrics as metrics_lib
+from gimp_jax import parallel
 from gimp_jax import provenance
 from gimp_jax import report as report_lib
 from gimp_jax import validate
@@ -57,9 +58,22 @@ class Run:
     return self.method.build(self.config, self.num_genes, self.num_classes,
                              self.config.seed + seed_offset)
 
-  def fit(self, spec: loop.StageSpec, state: TrainState) -> tuple[TrainState, dict]:
+  def mesh_for(self, batch_size: int):
+    """The device mesh when there are several devices and the batch splits evenly over them."""
+    if jax.device_count() == 1:
+      return None
+    mesh = parallel.mesh_from_config(self.config)
+    if batch_size % mesh.size:
+      logging.warning("Batch size %d does not split over %d devices: this stage runs on one "
+                      "device.", batch_size, mesh.size)
+      return None
+    return mesh
+
+  def fit(self, spec: loop.StageSpec, state: TrainState,
+          batch_size: int = 1) -> tuple[TrainState, dict]:
     state, meta = loop.fit(spec, state, workdir=self.workdir, key=self.stage_key(spec.name),
-                           writer=self.writer, prefetch=self.config.data.prefetch, stop=self.stop)
+                           writer=self.writer, prefetch=self.config.data.prefetch, stop=self.stop,
+                           mesh=self.mesh_for(batch_size), parallel_cfg=self.config.parallel)
     self.results["stages"][spec.name] = {
         "steps": int(state.step), "wall_s": round(meta.get("wall_s", 0.0), 2),
         "final_metrics": meta.get("last_metrics", {}), "history": meta.get("history", [])}
@@ -177,7 +191,7 @@ def pretrain(run: Run) -> None:
           ratio=cfg.pretrain.mask_ratio, seed=cfg.seed, epoch=e, start_batch=s),
       steps_per_epoch=per_epoch, epochs=cfg.pretrain.epochs,
       checkpoint_every=cfg.pretrain.checkpoint_every)
-  run.fit(spec, state)
+  run.fit(spec, state, batch_size=bsz)  # full batches (drop_remainder): data parallel
 
 
 def predict(run: Run, state: TrainState, split: str, *, with_attention: int = 0) -> dict:
