@@ -53,16 +53,20 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
   path = os.path.join(workdir, "config.json")
   try:
     with open(path, encoding="utf-8") as f:
-      config = ml_collections.ConfigDict(json.load(f))
-  except (OSError, ValueError, TypeError) as e:
+      raw = json.load(f)
+  except (OSError, ValueError) as e:
     raise DataError(f"{path}: cannot read the trained run's config ({e}); is {workdir} a "
                     "gimp_jax workdir?") from e
+  if not (isinstance(raw, dict) and all(isinstance(raw.get(k), dict) for k in ("data", "model"))
+          and isinstance(raw.get("method"), str)):
+    raise DataError(f"{path}: not a gimp_jax config (method, data and model expected)")
   record = provenance.load(workdir) or {}
-  names = record.get("cohort", {}).get("class_names")
-  if not names:
-    raise DataError(f"{os.path.join(workdir, provenance.FILENAME)}: cohort.class_names: missing; "
-                    "the run's class names are unknown")
-  return config, tuple(names)
+  names = record.get("cohort")
+  names = names.get("class_names") if isinstance(names, dict) else None
+  if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names)):
+    raise DataError(f"{os.path.join(workdir, provenance.FILENAME)}: cohort.class_names: missing "
+                    "or malformed; the run's class names are unknown")
+  return ml_collections.ConfigDict(raw), tuple(names)
 
 
 def merge_config(trained: ml_collections.ConfigDict, given: ml_collections.ConfigDict,

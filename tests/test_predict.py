@@ -1,0 +1,170 @@
+"""Prediction on new patients with a trained run: probabilities equal to an independent forward
+pass, labels optional, and a clear refusal of a gene list or feature width that does not match."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from gimp_jax import methods
+from gimp_jax import predict
+from gimp_jax.data import pipeline
+from gimp_jax.data import synthetic
+from gimp_jax.errors import DataError
+from gimp_jax.train import run as run_lib
+from gimp_jax.train.state import create_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(paths):
+  c = tiny.get_config()
+  c.data.update(features_dir=paths["features_dir"], expression=paths["expression"],
+                labels=paths["labels"])
+  return c
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A run fine-tuned for one epoch on the cohort shapes of test_e2e (shared compile cache)."""
+  base = tmp_path_factory.mktemp("predict")
+  paths = synthetic.make_cohort(str(base / "in"), patients=20, genes=96, min_patches=40,
+                                max_patches=90, feature_dim=32, seed=0)
+  c = _config(paths)
+  c.stages = ("finetune",)
+  c.finetune.epochs = 1
+  workdir = str(base / "run")
+  run_lib.train_and_evaluate(c, workdir)
+  return workdir, paths
+
+
+def _independent(workdir, paths):
+  """softmax(head) per patient: each bag alone, padded to its bucket, the best checkpoint."""
+  c = _config(paths)
+  cohort = run_lib.load_cohort(c, workdir)
+  model = methods.get(c.method).build(c, cohort.num_genes, cohort.num_classes, c.seed)
+  params = run_lib.restore_params(workdir, "finetune_best", model)
+  net = create_state(model).replace(params=params).model(train=False)
+  out = {}
+  for i, p in enumerate(cohort.patients):
+    x = cohort.bag(i).features()
+    size = pipeline.bucket_size(len(x), c.data.bucket_sizes)
+    patches = np.zeros((1, size, x.shape[1]), np.float32)
+    patches[0, :len(x)] = x
+    batch = {"patches": patches, "patch_mask": np.arange(size)[None] < len(x),
+             "genes": cohort.genes[i:i + 1]}
+    logits, _ = methods.gimp_forward(net, batch)
+    out[p.patient_id] = np.asarray(jax.nn.softmax(logits, -1))[0]
+  return out
+
+
+def test_predictions_equal_an_independent_forward_pass(trained, tmp_path):
+  workdir, paths = trained
+  result = predict.predict(workdir, _config(paths))
+  expected = _independent(workdir, paths)
+  assert list(result["patient_id"]) == sorted(expected)
+  for pid, probs in zip(result["patient_id"], result["probs"]):
+    np.testing.assert_allclose(probs, expected[pid], rtol=0, atol=2e-6)
+  labels = {r.split(",")[0]: r.split(",")[2] for r in open(paths["labels"]).read().split()[1:]}
+  names = list(result["class_names"])
+  assert [names[y] for y in result["label"]] == [labels[p] for p in result["patient_id"]]
+
+  # Unlabelled new patients: same probabilities, no label.
+  unlabelled = tmp_path / "unlabelled.csv"
+  unlabelled.write_text("\n".join(",".join(r.split(",")[:2]) for r in
+                                  open(paths["labels"]).read().split()) + "\n")
+  c = _config(paths)
+  c.data.labels = str(unlabelled)
+  again = predict.predict(workdir, c)
+  np.testing.assert_array_equal(again["probs"], result["probs"])
+  assert (again["label"] == -1).all()
+  out = tmp_path / "p.csv"
+  predict.write_csv(str(out), again)
+  rows = list(csv.DictReader(open(out)))
+  assert [r["patient_id"] for r in rows] == list(result["patient_id"])
+  for r, p in zip(rows, result["probs"]):
+    assert r["label_name"] == "" and r["predicted_name"] == names[int(np.argmax(p))]
+    np.testing.assert_allclose([float(r[f"prob_{n}"]) for n in names], p, rtol=1e-7)
+
+
+def _copy(paths, tmp_path):
+  root = tmp_path / "new"
+  shutil.copytree(os.path.dirname(paths["labels"]), root)
+  return {k: v.replace(os.path.dirname(paths["labels"]), str(root)) for k, v in paths.items()}
+
+
+def test_refuses_an_expression_table_without_genes_of_the_stored_list(trained, tmp_path):
+  workdir, paths = trained
+  new = _copy(paths, tmp_path)
+  lines = open(new["expression"]).read().splitlines()
+  dropped = [lines[5].split("\t")[0], lines[9].split("\t")[0]]
+  open(new["expression"], "w").write("\n".join(lines[:5] + lines[6:9] + lines[10:]) + "\n")
+  with pytest.raises(DataError) as e:
+    predict.predict(workdir, _config(new))
+  stripped = [g.split(".")[0] for g in dropped]
+  assert str(e.value) == (f"{new['expression']}: genes: 2 of 96 genes of the gene list are "
+                          f"missing (first: {', '.join(stripped)}) (the gene list stored in "
+                          f"{workdir}/normalizer.npz)")
+
+
+def test_refuses_features_of_another_width(trained, tmp_path):
+  workdir, _ = trained
+  new = synthetic.make_cohort(str(tmp_path / "new"), patients=6, genes=96, min_patches=5,
+                              max_patches=9, feature_dim=16, seed=0)
+  with pytest.raises(DataError) as e:
+    predict.predict(workdir, _config(new))
+  lines = str(e.value).split("\n")
+  assert len(lines) == 1 + len(os.listdir(new["features_dir"]))
+  assert all(x.endswith("features: width 16, expected 32 (config feature_dim)")
+             for x in lines[:-1])
+  assert lines[-1] == f"{workdir}: the model was trained on features of width 32"
+  c = _config(new)
+  c.data.feature_dim = 16  # a config saying so does not make the model fit
+  with pytest.raises(DataError, match=(r"^config: data.feature_dim: 16, but the model in "
+                                       rf"{workdir} was trained on features of width 32\n")):
+    predict.predict(workdir, c)
+
+
+def test_refuses_labels_outside_the_run_classes(trained, tmp_path):
+  workdir, paths = trained
+  new = _copy(paths, tmp_path)
+  text = open(new["labels"]).read()
+  open(new["labels"], "w").write(text.replace("class_1", "LUSC"))
+  with pytest.raises(DataError, match=(rf"^{new['labels']}: label: unknown value\(s\) LUSC "
+                                       r"\(classes: class_0, class_1\)$")):
+    predict.predict(workdir, _config(new))
+
+
+def test_command_line(trained, tmp_path):
+  workdir, paths = trained
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  new = _copy(paths, tmp_path)
+  lines = open(new["expression"]).read().splitlines()
+  open(new["expression"], "w").write("\n".join(lines[:-1]) + "\n")  # one gene fewer
+  args = [sys.executable, "-m", "gimp_jax.predict", f"--workdir={workdir}",
+          f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}",
+          f"--config.data.features_dir={new['features_dir']}",
+          f"--config.data.expression={new['expression']}",
+          f"--config.data.labels={new['labels']}", f"--out={tmp_path / 'p.csv'}"]
+  bad = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and "Traceback" not in bad.stderr
+  assert bad.stderr.splitlines()[-1].startswith(
+      f"gimp_jax.predict: error: {new['expression']}: genes: 1 of 96 genes of the gene list are "
+      "missing")
+  assert not (tmp_path / "p.csv").exists()
+  args = [a.replace(new["expression"], paths["expression"]) for a in args]
+  ok = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  assert ok.stdout.splitlines()[-1] == f"gimp_jax.predict: 20 patients -> {tmp_path / 'p.csv'}"
+  expected = predict.predict(workdir, _config(paths))
+  rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+  assert [r["patient_id"] for r in rows] == list(expected["patient_id"])
+  names = expected["class_names"]
+  np.testing.assert_allclose([[float(r[f"prob_{n}"]) for n in names] for r in rows],
+                             expected["probs"], rtol=1e-7)
