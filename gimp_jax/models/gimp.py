@@ -46,7 +46,7 @@ class GiMP(nnx.Module):
                rngs: nnx.Rngs):
     self.aggregator = aggregator
     self.gene_encoder = gene_encoder
-    self.decoder = nnx.Linear(dim, in_dim, rngs=rngs)
+    self.decoder = nnx.Linear(dim, in_dim, dtype=aggregator.dtype, rngs=rngs)  # compute dtype
     pat_dim = dim * (2 if gene_encoder is not None else 1)
     self.head = MLPHead(pat_dim, head_hidden, num_classes, dropout=head_dropout, rngs=rngs)
 

@@ -6,6 +6,7 @@ Batches are dicts of arrays:
   finetune / eval: patches [B, N, D], patch_mask [B, N] bool (optional), genes [B, G], label [B].
 """
 
+import re
 from typing import Callable
 
 import jax
@@ -14,6 +15,7 @@ import ml_collections
 
 from gimp_jax import losses
 from gimp_jax.models.gimp import cls_pat
+from gimp_jax.train.optim import path_str
 from gimp_jax.train.state import TrainState
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
@@ -66,10 +68,20 @@ def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
 
 
-def make_train_step(loss_fn: LossFn):
-  """Jitted step donating the state: forward in train mode with dropout keyed by `key`."""
+def make_train_step(loss_fn: LossFn, frozen_regex: str = ""):
+  """Jitted step donating the state: forward in train mode with dropout keyed by `key`.
+
+  Parameters whose path matches `frozen_regex` are held constant (stop_gradient): the optimizer
+  ignores their gradients anyway, and not computing them skips the backward pass through a frozen
+  encoder (17% of a CPU pre-training step at the paper's sizes); `grad_norm` is then the norm of
+  the trainable gradients.
+  """
   def step(state: TrainState, batch: dict, key: jax.Array):
     def objective(params):
+      if frozen_regex:
+        params = jax.tree_util.tree_map_with_path(
+            lambda p, x: jax.lax.stop_gradient(x) if re.search(frozen_regex, path_str(p)) else x,
+            params)
       model = state.replace(params=params).model(key, train=True)
       return loss_fn(model, batch)
     grads, metrics = jax.grad(objective, has_aux=True)(state.params)
@@ -100,10 +112,10 @@ gene_pretrain_step = make_train_step(gene_pretrain_loss)
 
 
 def make_pretrain_step(cfg: ml_collections.ConfigDict):
-  """pretrain_step(state, batch, key): L_rec + L_tri on [CLS_img; CLS_ge]."""
-  return make_train_step(make_pretrain_loss(cfg))
+  """pretrain_step(state, batch, key): L_rec + L_tri on [CLS_img; CLS_ge]; `cfg.frozen` fixed."""
+  return make_train_step(make_pretrain_loss(cfg), cfg.get("frozen", ""))
 
 
-def make_finetune_step(label_smoothing: float = 0.0):
+def make_finetune_step(label_smoothing: float = 0.0, frozen_regex: str = ""):
   """finetune_step(state, batch, key): cross-entropy of the head on CLS_pat."""
-  return make_train_step(make_finetune_loss(label_smoothing))
+  return make_train_step(make_finetune_loss(label_smoothing), frozen_regex)
