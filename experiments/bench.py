@@ -73,6 +73,13 @@ _PRECISION = flags.DEFINE_enum(
 _SCALING_RUN_MAX = flags.DEFINE_integer(
     "scaling_run_max", -1, "Also run the forward for slides up to this size (-1 = size default).")
 _PROFILE_DIR = flags.DEFINE_string("profile_dir", "", "jax.profiler trace of one pretrain step.")
+_BUDGET = flags.DEFINE_float(
+    "time_budget_s", 300.0, "Seconds of timed repeats per implementation and workload: a slow "
+    "one (e.g. PyTorch bfloat16 on a CPU without bfloat16 units) gets fewer (at least 2).")
+_TORCH_BF16_CPU = flags.DEFINE_bool(
+    "torch_bf16_on_cpu", False, "Also time PyTorch in bfloat16 on a CPU. Off by default: on a CPU "
+    "without bfloat16 units its autocast runs 10-25x slower than its float32 (smoke sizes: "
+    "fine-tuning step 242 s vs 11.8 s), so a whole-slide step would take about half an hour.")
 _CHECK = flags.DEFINE_bool("check", True, "First check that both models give the same losses.")
 
 
@@ -134,20 +141,25 @@ def run_workload(name: str, builder, sizes: wl.Sizes, dtype: str, repeats: int,
                  peaks: bench_cost.Peaks) -> dict:
   """Builds, warms up, times (interleaved) and measures the memory of every implementation."""
   start = time.perf_counter()
-  runners, shapes = builder(sizes, dtype, _FRAMEWORKS.value, _COMPILE_MODE.value)
+  frameworks, skipped = list(_FRAMEWORKS.value), {}
+  if dtype == "bfloat16" and jax.devices()[0].platform == "cpu" and not _TORCH_BF16_CPU.value:
+    skipped = {f: "PyTorch bfloat16 on CPU (see --torch_bf16_on_cpu)" for f in frameworks
+               if f.startswith("torch")}
+    frameworks = [f for f in frameworks if f not in skipped]
+  runners, shapes = builder(sizes, dtype, frameworks, _COMPILE_MODE.value)
   logging.info("%s %s %s: built and compiled in %.0f s", name, dtype, shapes,
                time.perf_counter() - start)
-  times = bench_measure.interleaved(runners, repeats)
+  times = bench_measure.interleaved(runners, repeats, _BUDGET.value)
   if name == "pretrain" and _PROFILE_DIR.value and runners[0].framework == "jax":
     with jax.profiler.trace(os.path.join(_PROFILE_DIR.value, f"pretrain_{dtype}")):
       runners[0].run()
-  bench_measure.release_freed_memory_to_os()
-  memory = {r.name: bench_measure.peak_memory(r) for r in runners}
+  memory = {r.name: bench_measure.peak_memory(r) if r.info["first_call_s"] < _BUDGET.value / 2
+            else {"memory_method": "skipped (slow)"} for r in runners}
   jax_info = next((r.info for r in runners if r.framework == "jax"), {})
   flops = jax_info.get("model_flops", 0.0)
   rows = [_row(r.name, r, times[r.name], memory[r.name], flops, peaks, dtype) for r in runners]
   result = {"workload": name, "dtype": dtype, "shapes": shapes, "model_flops": flops,
-            "rows": rows, "ratios": bench_report.ratios(rows)}
+            "rows": rows, "ratios": bench_report.ratios(rows), "skipped": skipped}
   ours = next((r for r in rows if r["impl"] == "gimp_jax"), None)
   if ours and "xla_bytes_accessed" in ours:
     bound = bench_cost.roofline_seconds(flops, ours["xla_bytes_accessed"], peaks, dtype)
@@ -169,7 +181,6 @@ def memory_scaling(sizes: wl.Sizes, dtypes: list[str], run_max: int) -> dict:
         model, _ = wl.model_and_params(cfg, 8)
         runner = wl.jax_slide_forward_runner(model, wl.slide_batch(n, 1)["patches"])
         point["run_wall_s"] = bench_measure.timed(runner.run)[0]
-        bench_measure.release_freed_memory_to_os()
         point.update(bench_measure.peak_memory(runner))
         del runner, model
         gc.collect()

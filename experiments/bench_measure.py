@@ -8,15 +8,12 @@ processes stealing cores).
 
 import ctypes
 import dataclasses
-import threading
 import time
 from typing import Callable
 
 import jax
 import numpy as np
 
-_PAGE = 4096
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 @dataclasses.dataclass
@@ -42,15 +39,28 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
   return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def interleaved(runners: list[Runner], repeats: int) -> dict[str, dict[str, list[float]]]:
-  """Times every runner `repeats` times, alternating the order each round.
+def repeats_within(first_call_s: float, repeats: int, budget_s: float) -> int:
+  """`repeats`, cut so that one implementation's repeats take about `budget_s` (at least 2)."""
+  if first_call_s * repeats <= budget_s:
+    return repeats
+  return max(2, int(budget_s // first_call_s))
+
+
+def interleaved(runners: list[Runner], repeats: int, budget_s: float = float("inf")
+                ) -> dict[str, dict[str, list[float]]]:
+  """Times every runner up to `repeats` times, alternating the order each round; a runner whose
+  first call took long gets fewer repeats (`repeats_within`, at least 2).
 
   Returns:
-    {runner name: {"wall_s": [repeats], "cpu_s": [repeats]}}.
+    {runner name: {"wall_s": [n], "cpu_s": [n]}}.
   """
   out = {r.name: {"wall_s": [], "cpu_s": []} for r in runners}
+  wanted = {r.name: repeats_within(r.info.get("first_call_s", 0.0), repeats, budget_s)
+            for r in runners}
   for i in range(repeats):
     for r in (runners if i % 2 == 0 else runners[::-1]):
+      if i >= wanted[r.name]:
+        continue
       wall, cpu = timed(r.run)
       out[r.name]["wall_s"].append(wall)
       out[r.name]["cpu_s"].append(cpu)
@@ -65,40 +75,32 @@ def summary(values: list[float]) -> dict:
           "max": float(v.max()), "n": int(v.size)}
 
 
-def _rss_bytes() -> int:
-  with open("/proc/self/statm", "rb") as f:
-    return int(f.read().split()[1]) * _PAGE
+def _status_bytes(field: str) -> int:
+  """A `VmRSS` / `VmHWM` line of /proc/self/status, in bytes."""
+  with open("/proc/self/status", encoding="ascii") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) * 1024
+  raise KeyError(field)
 
 
-def release_freed_memory_to_os() -> None:
-  """Makes glibc return freed blocks above 256 KiB to the OS at once (mallopt), so that the
-  resident set follows the live allocations and a sampled RSS peak means something."""
+def peak_rss_increase(fn: Callable[[], object]) -> int | None:
+  """Growth of the kernel's peak resident set (VmHWM) over the RSS before one call of `fn`.
+
+  Free heap pages are first handed back to the OS (malloc_trim) so that the call's allocations
+  must fault in fresh pages, and the peak counter is reset (/proc/self/clear_refs); memory a
+  framework keeps cached across calls is not counted. None when /proc is unavailable.
+  """
   try:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
-    libc.mallopt(_M_TRIM_THRESHOLD, 0)
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+      f.write("5")
+    base = _status_bytes("VmRSS")
   except OSError:
-    pass
-
-
-def peak_rss_increase(fn: Callable[[], object], interval_s: float = 0.001) -> int:
-  """Peak resident-set growth (bytes) over the RSS before one call of `fn`, sampled by a thread."""
-  base = _rss_bytes()
-  peak = [base]
-  done = threading.Event()
-
-  def sample():
-    while not done.is_set():
-      peak[0] = max(peak[0], _rss_bytes())
-      time.sleep(interval_s)
-  thread = threading.Thread(target=sample, daemon=True)
-  thread.start()
-  try:
     fn()
-  finally:
-    done.set()
-    thread.join()
-  return max(peak[0], _rss_bytes()) - base
+    return None
+  fn()
+  return _status_bytes("VmHWM") - base
 
 
 def peak_memory(runner: Runner) -> dict:
@@ -106,7 +108,7 @@ def peak_memory(runner: Runner) -> dict:
 
   GPU + torch: `torch.cuda.max_memory_allocated` after a reset (exact for that call). GPU + jax:
   `peak_bytes_in_use` of the device (a high-water mark since process start; the XLA buffer
-  assignment in `info` is the per-call number). CPU: sampled peak RSS increase (approximate).
+  assignment in `info` is the per-call number). CPU: `peak_rss_increase`.
   """
   platform = jax.devices()[0].platform
   if platform == "gpu" and runner.framework == "torch":
@@ -124,4 +126,4 @@ def peak_memory(runner: Runner) -> dict:
     return {"peak_bytes": int(stats.get("peak_bytes_in_use", 0)),
             "memory_method": "device peak_bytes_in_use since process start"}
   return {"peak_increase_bytes": peak_rss_increase(runner.run),
-          "memory_method": "sampled peak RSS increase (approximate)"}
+          "memory_method": "peak RSS (VmHWM) increase over one call"}

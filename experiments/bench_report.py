@@ -35,7 +35,7 @@ def _bytes(row: dict) -> str:
 
 def workload_table(workloads: list[dict]) -> str:
   """One row per (workload, dtype, implementation)."""
-  lines = ["| workload | shapes | dtype | impl | wall s median [p25, p75] | CPU s | first call s "
+  lines = ["| workload | shapes | dtype | impl | wall s median [p25, p75] | CPU s | start-up s "
            "| memory GiB | model TFLOP | TFLOP/s | % peak | ours / this (wall, CPU) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for w in workloads:
@@ -49,7 +49,7 @@ def workload_table(workloads: list[dict]) -> str:
       lines.append(
           f"| {w['workload']} | {shapes} | {w['dtype']} | {r['impl']} | "
           f"{wall['median']:.3f} [{wall['p25']:.3f}, {wall['p75']:.3f}] | {cpu['median']:.3f} | "
-          f"{r.get('first_call_s', 0.0):.1f} | {_bytes(r)} | {w['model_flops'] / 1e12:.3f} | "
+          f"{r.get('startup_s', 0.0):.1f} | {_bytes(r)} | {w['model_flops'] / 1e12:.3f} | "
           f"{'' if tflops is None else f'{tflops:.3f}'} | "
           f"{'' if frac is None else f'{100 * frac:.1f}'} | {ratio_text} |")
   return "\n".join(lines)
@@ -119,11 +119,21 @@ def markdown(results: dict) -> str:
          f"{env.get('loadavg_end', [float('nan')])[0]:.1f}. {results['repeats']} interleaved "
          f"repeats; bench took {results.get('bench_wall_s', 0) / 60:.1f} min.", "",
          f"Sizes: {results['sizes']}", ""]
+  out += ["Wall = median wall-clock seconds of one call [quartiles]; CPU = median process CPU "
+          "seconds (less sensitive to other jobs, but counts spinning worker threads); start-up = "
+          "compilation + first call (gimp_jax), first call (PyTorch, torch.compile included); "
+          "memory = XLA buffer assignment (arguments + outputs + temporaries - donated) for "
+          "gimp_jax, and the measured peak (device counter on GPU, peak-RSS growth of one call on "
+          "CPU); model FLOPs counted from the jaxpr (matmuls, loops times trip count). "
+          "ours / this < 1: gimp_jax faster.", ""]
   if "parity" in results:
     out += [f"Parity (eval-mode losses, same weights, gimp_jax vs torch): {results['parity']}",
             ""]
   if results["workloads"]:
     out += ["## Step and forward times", "", workload_table(results["workloads"]), ""]
+    skipped = sorted({f"{w['workload']} {w['dtype']} {impl}: {why}"
+                      for w in results["workloads"] for impl, why in w.get("skipped", {}).items()})
+    out += [f"- not run: {line}" for line in skipped]
     for w in results["workloads"]:
       if "roofline_s" in w:
         out.append(f"- {w['workload']} {w['dtype']}: roofline {w['roofline_s']:.4f} s; gimp_jax "

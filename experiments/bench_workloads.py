@@ -114,6 +114,7 @@ def _jax_step_runner(name: str, cfg, model, step_fn, batch: dict, frozen: str) -
     return metrics
   metrics, first = _first_call(run)
   info["first_call_s"] = first
+  info["startup_s"] = compile_s + first
   info["first_loss"] = float(metrics["loss"])
   return Runner(name, run, info, "jax")
 
@@ -128,7 +129,7 @@ def _torch_runner(name: str, compile_mode: str, build_fn, call) -> Runner:
     tr.synchronize()
     return out
   result, first = _first_call(run)
-  info = {"compile_s": first, "first_call_s": first}
+  info = {"first_call_s": first, "startup_s": first}
   if result is not None and getattr(result, "ndim", 1) == 0:
     info["first_loss"] = float(result)
   return Runner(name, run, info, "torch")
@@ -198,6 +199,7 @@ def jax_slide_forward_runner(model, patches: np.ndarray) -> Runner:
   def run():
     return jax.block_until_ready(compiled(state, x))
   _, info["first_call_s"] = _first_call(run)
+  info["startup_s"] = info["compile_s"] + info["first_call_s"]
   return Runner("gimp_jax", run, info, "jax")
 
 
@@ -212,7 +214,8 @@ def finetune(sizes: Sizes, dtype: str, frameworks: list[str], compile_mode: str
   model, flat = model_and_params(cfg, sizes.genes)
   runners = []
   if "gimp_jax" in frameworks:
-    make_step = lambda: steps.make_finetune_step(cfg.finetune.label_smoothing)  # noqa: E731
+    make_step = lambda: steps.make_finetune_step(  # noqa: E731
+        cfg.finetune.label_smoothing, cfg.finetune.frozen)
     runners.append(_jax_step_runner("gimp_jax", cfg, model, make_step(), batch,
                                     cfg.finetune.frozen))
     padded = dict(batch, patches=np.zeros((1, bucket, 1024), np.float32),
