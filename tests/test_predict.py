@@ -50,7 +50,8 @@ def _independent(workdir, paths):
   cohort = run_lib.load_cohort(c, workdir)
   model = methods.get(c.method).build(c, cohort.num_genes, cohort.num_classes, c.seed)
   params = run_lib.restore_params(workdir, "finetune_best", model)
-  net = create_state(model).replace(params=params).model(train=False)
+  state = create_state(model).replace(params=params)
+  forward = jax.jit(lambda state, batch: methods.gimp_forward(state.model(train=False), batch))
   out = {}
   for i, p in enumerate(cohort.patients):
     x = cohort.bag(i).features()
@@ -59,7 +60,7 @@ def _independent(workdir, paths):
     patches[0, :len(x)] = x
     batch = {"patches": patches, "patch_mask": np.arange(size)[None] < len(x),
              "genes": cohort.genes[i:i + 1]}
-    logits, _ = methods.gimp_forward(net, batch)
+    logits, _ = forward(state, batch)
     out[p.patient_id] = np.asarray(jax.nn.softmax(logits, -1))[0]
   return out
 
@@ -74,23 +75,6 @@ def test_predictions_equal_an_independent_forward_pass(trained, tmp_path):
   labels = {r.split(",")[0]: r.split(",")[2] for r in open(paths["labels"]).read().split()[1:]}
   names = list(result["class_names"])
   assert [names[y] for y in result["label"]] == [labels[p] for p in result["patient_id"]]
-
-  # Unlabelled new patients: same probabilities, no label.
-  unlabelled = tmp_path / "unlabelled.csv"
-  unlabelled.write_text("\n".join(",".join(r.split(",")[:2]) for r in
-                                  open(paths["labels"]).read().split()) + "\n")
-  c = _config(paths)
-  c.data.labels = str(unlabelled)
-  again = predict.predict(workdir, c)
-  np.testing.assert_array_equal(again["probs"], result["probs"])
-  assert (again["label"] == -1).all()
-  out = tmp_path / "p.csv"
-  predict.write_csv(str(out), again)
-  rows = list(csv.DictReader(open(out)))
-  assert [r["patient_id"] for r in rows] == list(result["patient_id"])
-  for r, p in zip(rows, result["probs"]):
-    assert r["label_name"] == "" and r["predicted_name"] == names[int(np.argmax(p))]
-    np.testing.assert_allclose([float(r[f"prob_{n}"]) for n in names], p, rtol=1e-7)
 
 
 def _copy(paths, tmp_path):
@@ -158,13 +142,19 @@ def test_command_line(trained, tmp_path):
       f"gimp_jax.predict: error: {new['expression']}: genes: 1 of 96 genes of the gene list are "
       "missing")
   assert not (tmp_path / "p.csv").exists()
-  args = [a.replace(new["expression"], paths["expression"]) for a in args]
+  # New patients without labels: the labels CSV has only patient_id,slide_id.
+  unlabelled = tmp_path / "unlabelled.csv"
+  unlabelled.write_text("\n".join(",".join(r.split(",")[:2]) for r in
+                                  open(paths["labels"]).read().split()) + "\n")
+  args = [a.replace(new["expression"], paths["expression"]).replace(new["labels"], str(unlabelled))
+          for a in args]
   ok = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert ok.returncode == 0, ok.stderr[-3000:]
   assert ok.stdout.splitlines()[-1] == f"gimp_jax.predict: 20 patients -> {tmp_path / 'p.csv'}"
   expected = predict.predict(workdir, _config(paths))
+  names = list(expected["class_names"])
   rows = list(csv.DictReader(open(tmp_path / "p.csv")))
   assert [r["patient_id"] for r in rows] == list(expected["patient_id"])
-  names = expected["class_names"]
-  np.testing.assert_allclose([[float(r[f"prob_{n}"]) for n in names] for r in rows],
-                             expected["probs"], rtol=1e-7)
+  for r, p in zip(rows, expected["probs"]):
+    assert r["label_name"] == "" and r["predicted_name"] == names[int(np.argmax(p))]
+    np.testing.assert_allclose([float(r[f"prob_{n}"]) for n in names], p, rtol=1e-7)
