@@ -180,7 +180,8 @@ def slide_forward(sizes: Sizes, dtype: str, frameworks: list[str], compile_mode:
   for name in [f for f in frameworks if f.startswith("torch")]:
     tmodel = torch_model(cfg, 8, flat)
     tp = tr.to_torch({"patches": patches})["patches"]
-    build_fn = lambda mode, m=tmodel: tr.make_forward(m, dtype=dtype, compile_mode=mode)  # noqa: E731
+    build_fn = lambda mode, m=tmodel: tr.make_forward(  # noqa: E731
+        m, dtype=dtype, compile_mode=mode)
     runners.append(_torch_runner(name, compile_mode, build_fn, lambda f, tp=tp: f(tp)))
   return runners, {"patches": sizes.slide_patches}
 

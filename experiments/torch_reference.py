@@ -7,14 +7,15 @@ number):
 - aggregator: Linear(in -> dim) + ReLU, mask token, CLS first, `depth` pre-LN residual layers
   x + NystromAttention(LayerNorm(x)) from the `nystrom-attention` package, final LayerNorm;
 - gene encoder: GroupMSA as `gimp_jax/models/group_msa.py` (fragments, per-fragment or shared
-  projection, position embedding, group tokens, an intra-group and an inter-group pre-LN transformer block, LayerNorm);
+  projection, position embedding, group tokens, an intra-group and an inter-group pre-LN
+  transformer block, LayerNorm);
 - decoder Linear(dim -> in) and the MLP head on [CLS_img; CLS_ge];
 - losses: masked L1 reconstruction + batch-hard (or batch-all) triplet loss; cross-entropy;
 - AdamW with global-norm clipping over the trainable parameters (GroupMSA frozen:
   `requires_grad=False`, run without a graph, as a PyTorch user would freeze it).
 
 Mixed precision is `torch.autocast(dtype=torch.bfloat16)` with float32 parameters, PyTorch's usual
-recipe; the losses are computed in float32.
+recipe; the losses and the gene encoder are computed in float32 (as gimp_jax does).
 """
 
 import contextlib
@@ -25,6 +26,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from nystrom_attention import NystromAttention
+
+_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class NystromLayer(nn.Module):
@@ -172,9 +175,9 @@ class GiMP(nn.Module):
     self.head = MLPHead(2 * m.dim, m.head_hidden, num_classes, m.head_dropout)
 
   def encode_genes(self, genes: torch.Tensor) -> torch.Tensor:
-    """CLS_ge [B, dim] float32 from the frozen encoder, without an autograd graph."""
-    with torch.no_grad():
-      return self.gene_encoder(genes).float()
+    """CLS_ge [B, dim] from the frozen encoder in float32 (as gimp_jax), without a graph."""
+    with torch.no_grad(), torch.autocast(device_type=_DEVICE.type, enabled=False):
+      return self.gene_encoder(genes.float())
 
   def forward(self, patches: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
     """Whole-bag logits [B, C]."""
@@ -225,9 +228,6 @@ def _autocast(dtype: str):
   if dtype == "bfloat16":
     return torch.autocast(device_type=_DEVICE.type, dtype=torch.bfloat16)
   return contextlib.nullcontext()
-
-
-_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def device() -> torch.device:
