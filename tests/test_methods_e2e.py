@@ -25,7 +25,7 @@ RUN = [n for n in tables.GROUPS["all"] if n not in TWINS]
 @pytest.fixture(scope="module", autouse=True)
 def fast_compilation():
   """Tiny models run in microseconds; XLA's optimisation passes are most of their cost."""
-  before = jax.config.jax_disable_most_optimizations
+  before = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", True)
   yield
   jax.config.update("jax_disable_most_optimizations", before)
