@@ -46,7 +46,11 @@ class StageCheckpoints:
   def save(self, state: TrainState, meta: dict[str, Any]) -> None:
     """Saves (synchronously) at the state's step, replacing a checkpoint of the same step."""
     step = int(state.step)
-    if step in self.manager.all_steps():
+    latest = self.manager.latest_step()
+    if latest is not None and step < latest:  # orbax would skip the save without a word
+      raise RuntimeError(f"{self.directory}: step {step} is older than the latest checkpoint "
+                         f"(step {latest})")
+    if step == latest:
       self.manager.delete(step)
     self.manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),

@@ -308,12 +308,14 @@ def test_damaged_latest_step_falls_back_to_the_previous_one(tmp_path, how):
     shutil.rmtree(d / "3" / "params")
   ckpt = StageCheckpoints(str(tmp_path), "s", max_to_keep=3)
   state, meta = ckpt.restore(_state())
-  ckpt.close()
   assert int(state.step) == 2 and meta == {"epoch": 2}
   for a, b in zip(_leaves(state.params), _leaves(_bump(_state(), 2).params)):
     np.testing.assert_array_equal(a, b)
-  assert sorted(os.listdir(d)) == ["1", "2"]
   assert [n.split("-")[0] for n in os.listdir(str(d) + ".damaged")] == ["3"]
+  # Training goes on from step 2 (orbax removes its leftover temporary directory before saving).
+  ckpt.save(state.replace(step=jnp.asarray(3, jnp.int32)), {"epoch": 3})
+  ckpt.close()
+  assert sorted(os.listdir(d)) == ["1", "2", "3"]
 
 
 def test_checkpoints_that_do_not_fit_the_model_are_refused_not_discarded(tmp_path):
