@@ -152,7 +152,7 @@ def _cohort(config: ml_collections.ConfigDict, normalizer: genes_lib.GeneNormali
       return None, str(e).split("\n")
   # The scanned cohort itself (not only its problems): with drop_incomplete, the patients whose
   # feature data is broken must be dropped from the cohort that trains, not only reported.
-  return cohort_lib._assemble(spec, normalizer, scan=True)  # pylint: disable=protected-access
+  return cohort_lib.scan_cohort(spec, normalizer)
 
 
 def check_inputs(config: ml_collections.ConfigDict,

@@ -254,6 +254,17 @@ def test_fuzz_label_files_raise_only_data_error(tmp_path, data):
     pass
 
 
+def test_scan_cohort_drops_patients_with_broken_data(tmp_path):
+  spec, _, _ = build(tmp_path)
+  with h5py.File(tmp_path / 'features' / 'TCGA-AA-0006-DX0.h5', 'r+') as f:
+    f['features'][2, 1] = np.inf  # only a full read finds it
+  assert ch.load_cohort(spec).patients  # headers are fine
+  cohort, problems = ch.scan_cohort(spec)
+  assert cohort is None and len(problems) == 1 and 'TCGA-AA-0006' in problems[0]
+  cohort, problems = ch.scan_cohort(ch.CohortSpec(**{**spec.__dict__, 'drop_incomplete': True}))
+  assert problems == [] and 'TCGA-AA-0006' not in [p.patient_id for p in cohort.patients]
+
+
 def test_missing_inputs_reported_together(tmp_path):
   spec, _, _ = build(tmp_path)
   spec = ch.CohortSpec(spec.labels, str(tmp_path / 'nofeatures'), str(tmp_path / 'noexpr.tsv'))

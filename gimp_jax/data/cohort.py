@@ -10,7 +10,8 @@ stratified split or k folds (`splits.py`). The gene list and the normalisation a
 training split only (`genes.py`), or taken from a stored `GeneNormalizer`.
 
 Every problem is one line naming the file, the patient and the field. `load_cohort` raises all of
-them at once as one `DataError`; `cohort_problems` returns them (for `python -m gimp_jax.validate`).
+them at once as one `DataError`; `scan_cohort` and `cohort_problems`
+return them after reading every feature file in full (for `python -m gimp_jax.validate`).
 With `drop_incomplete`, patients with problems of their own (a missing modality, a broken slide
 file, NaN in their expression) are dropped with a warning instead.
 """
@@ -430,10 +431,19 @@ def load_cohort(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None = 
   return cohort
 
 
+def scan_cohort(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None = None
+                ) -> tuple[Cohort | None, list[str]]:
+  """Reads every feature file in full (NaN/Inf, truncation) as well as the headers.
+
+  Returns:
+    (the cohort, or None when a problem stops it; every problem found, one line each). With
+    `drop_incomplete` the cohort leaves out the patients whose feature data is broken.
+  """
+  return _assemble(spec, normalizer, scan=True)
+
+
 def cohort_problems(spec: CohortSpec,
                     normalizer: genes_lib.GeneNormalizer | None = None) -> list[str]:
-  """Every problem of the inputs, one line each (reads every feature file in full for NaN/Inf).
-
-  Empty when `load_cohort(spec, normalizer)` would succeed.
-  """
-  return _assemble(spec, normalizer, scan=True)[1]
+  """Every problem of the inputs (`scan_cohort`'s list): empty when `load_cohort(spec, normalizer)`
+  would succeed."""
+  return scan_cohort(spec, normalizer)[1]
