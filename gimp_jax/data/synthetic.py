@@ -31,7 +31,11 @@ import numpy as np
 PATCH_PX = 256
 _EVIDENCE_NOISE = 0.28  # s: per-patient noise of each modality's class evidence
 _TUMOUR_AMP = 3.0  # amplitude of the shared tumour direction in tumour patches
-_CLASS_AMP = 10.0  # amplitude of the class directions in tumour patches
+_CLASS_AMP = 25.0  # amplitude of the class directions in tumour patches. At 10 the class was
+# weaker than the slide-level tissue field seen by a learned embedding: with 72 training bags every
+# attention-MIL baseline stayed at chance (0.46-0.67 test, even after 40 epochs) while logistic
+# regression on mean-pooled features reached 0.73. At 25 attention MIL learns it; the Bayes
+# accuracy per modality (set by w and _EVIDENCE_NOISE) is unchanged.
 _TISSUE_AMP = 1.0  # amplitude of the smooth tissue field
 _PATCH_NOISE = 0.5  # per-patch, per-dimension noise
 _SLIDE_OFFSET = 0.1  # per-slide, per-dimension offset ("stain")
