@@ -169,7 +169,7 @@ def test_missing_modality_fails_or_drops(tmp_path):
   assert sum(c.splits[s].size for s in ch.SPLITS) == 18
 
 
-def test_cohort_problems_reports_everything_at_once(tmp_path):
+def test_scan_cohort_reports_everything_at_once(tmp_path):
   spec, _, values = build(tmp_path)
   fdir = tmp_path / 'features'
   with h5py.File(fdir / 'TCGA-AA-0006-DX0.h5', 'r+') as f:  # NaN inside the data
@@ -184,7 +184,7 @@ def test_cohort_problems_reports_everything_at_once(tmp_path):
   text = (tmp_path / 'expr.tsv').read_text().split('\n')
   text[1] = text[1].replace(text[1].split('\t')[3], 'nan')  # NaN for one patient
   (tmp_path / 'expr.tsv').write_text('\n'.join(text))
-  problems = ch.cohort_problems(spec)
+  problems = ch.scan_cohort(spec)[1]
   joined = '\n'.join(problems)
   assert len(problems) == 6, joined
   assert 'TCGA-AA-0006-DX0.h5: patient TCGA-AA-0006, slide TCGA-AA-0006-DX0: features: 1 rows ' \
@@ -268,6 +268,6 @@ def test_scan_cohort_drops_patients_with_broken_data(tmp_path):
 def test_missing_inputs_reported_together(tmp_path):
   spec, _, _ = build(tmp_path)
   spec = ch.CohortSpec(spec.labels, str(tmp_path / 'nofeatures'), str(tmp_path / 'noexpr.tsv'))
-  problems = ch.cohort_problems(spec)
+  problems = ch.scan_cohort(spec)[1]
   assert problems == [f'{tmp_path}/nofeatures: features_dir: no such folder',
                       f'{tmp_path}/noexpr.tsv: expression: no such file or folder']

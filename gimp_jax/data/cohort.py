@@ -10,8 +10,8 @@ stratified split or k folds (`splits.py`). The gene list and the normalisation a
 training split only (`genes.py`), or taken from a stored `GeneNormalizer`.
 
 Every problem is one line naming the file, the patient and the field. `load_cohort` raises all of
-them at once as one `DataError`; `scan_cohort` and `cohort_problems`
-return them after reading every feature file in full (for `python -m gimp_jax.validate`).
+them at once as one `DataError`; `scan_cohort` returns
+them after reading every feature file in full (for `python -m gimp_jax.validate`).
 With `drop_incomplete`, patients with problems of their own (a missing modality, a broken slide
 file, NaN in their expression) are dropped with a warning instead.
 """
@@ -159,6 +159,11 @@ class Cohort:
   def labels(self) -> np.ndarray:
     """[P] int32 class indices."""
     return np.asarray([p.label for p in self.patients], np.int32)
+
+  @property
+  def bag_sizes(self) -> np.ndarray:
+    """[P] int64 patches per patient (all of its slides)."""
+    return np.asarray([p.num_patches for p in self.patients], np.int64)
 
   def split(self, name: str) -> np.ndarray:
     """Patient indices of a split ('train', 'val', 'test'), or of all patients ('all')."""
@@ -436,14 +441,9 @@ def scan_cohort(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None = 
   """Reads every feature file in full (NaN/Inf, truncation) as well as the headers.
 
   Returns:
-    (the cohort, or None when a problem stops it; every problem found, one line each). With
-    `drop_incomplete` the cohort leaves out the patients whose feature data is broken.
+    (the cohort, or None when a problem stops it; every problem found, one line each: empty when
+    `load_cohort(spec, normalizer)` would succeed). With `drop_incomplete` the cohort leaves out
+    the patients whose feature data is broken.
   """
   return _assemble(spec, normalizer, scan=True)
 
-
-def cohort_problems(spec: CohortSpec,
-                    normalizer: genes_lib.GeneNormalizer | None = None) -> list[str]:
-  """Every problem of the inputs (`scan_cohort`'s list): empty when `load_cohort(spec, normalizer)`
-  would succeed."""
-  return scan_cohort(spec, normalizer)[1]

@@ -126,7 +126,7 @@ def pretrain_batches(cohort: Cohort, split: str, *, batch_size: int, window: int
   """
   order = epoch_order(cohort.split(split), seed, epoch, shuffle=True)
   labels = cohort.labels
-  sizes = np.asarray([p.num_patches for p in cohort.patients])
+  sizes = cohort.bag_sizes
   for b, idx in _batch_slices(order, batch_size, drop_remainder, start_batch):
     positions = b * batch_size + np.arange(idx.size)
     rows, mask = mpm_windows(seed, epoch, positions, sizes[idx], window, ratio)
@@ -182,7 +182,7 @@ def bag_batches(cohort: Cohort, split: str, *, batch_size: int, seed: int = 0, e
   """
   order = epoch_order(cohort.split(split), seed, epoch, shuffle)
   labels = cohort.labels
-  sizes = np.asarray([p.num_patches for p in cohort.patients])
+  sizes = cohort.bag_sizes
   if bucket_sizes is None:
     bucket_sizes = default_buckets(int(sizes.max()))
   for _, idx in _batch_slices(order, batch_size, drop_remainder, start_batch):

@@ -312,7 +312,7 @@ class _Layout:
 
   @classmethod
   def of(cls, cohort: cohort_lib.Cohort, chunk_size: int) -> '_Layout':
-    num_patches = np.asarray([p.num_patches for p in cohort.patients], np.int64)
+    num_patches = cohort.bag_sizes
     num_chunks = -(-num_patches // chunk_size)
     split = np.empty(len(cohort.patients), object)
     chunk_start = np.zeros_like(num_chunks)

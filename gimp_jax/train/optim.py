@@ -26,11 +26,16 @@ def flat_paths(tree) -> dict[str, jax.Array]:
   return {path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def frozen_mask(params, frozen_regex: str):
+  """Pytree of bools, True where the leaf's path matches `frozen_regex` (all False for '')."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: bool(frozen_regex) and re.search(frozen_regex, path_str(p)) is not None, params)
+
+
 def freeze_labels(params, frozen_regex: str):
   """Pytree of "frozen"/"trainable" labels; a non-empty regex must match at least one leaf."""
-  labels = jax.tree_util.tree_map_with_path(
-      lambda p, _: FROZEN if frozen_regex and re.search(frozen_regex, path_str(p)) else TRAINABLE,
-      params)
+  labels = jax.tree_util.tree_map(lambda f: FROZEN if f else TRAINABLE,
+                                  frozen_mask(params, frozen_regex))
   leaves = jax.tree_util.tree_leaves(labels)
   if frozen_regex and FROZEN not in leaves:
     raise ValueError(f"Frozen-parameter regex {frozen_regex!r} matched no parameter.")

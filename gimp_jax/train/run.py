@@ -6,7 +6,6 @@ an interrupted stage resumes from its last checkpoint.
 
 import json
 import os
-import re
 from typing import Any
 
 from absl import logging
@@ -108,7 +107,7 @@ def _train_state(model, cfg_optim, *, steps_per_epoch: int, epochs: int, frozen:
 
 def _frozen_regex(regex: str, params) -> str:
   """The config's freezing regex, or '' when the model has nothing it could match."""
-  if regex and not any(re.search(regex, p) for p in optim.flat_paths(params)):
+  if regex and not any(jax.tree_util.tree_leaves(optim.frozen_mask(params, regex))):
     logging.info("Freezing regex %r matches nothing in this model: nothing is frozen.", regex)
     return ""
   return regex

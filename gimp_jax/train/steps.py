@@ -6,7 +6,6 @@ Batches are dicts of arrays:
   finetune / eval: patches [B, N, D], patch_mask [B, N] bool (optional), genes [B, G], label [B].
 """
 
-import re
 from typing import Callable
 
 import jax
@@ -15,7 +14,7 @@ import ml_collections
 
 from gimp_jax import losses
 from gimp_jax.models.gimp import cls_pat
-from gimp_jax.train.optim import path_str
+from gimp_jax.train.optim import frozen_mask
 from gimp_jax.train.state import TrainState
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
@@ -78,10 +77,9 @@ def make_train_step(loss_fn: LossFn, frozen_regex: str = ""):
   """
   def step(state: TrainState, batch: dict, key: jax.Array):
     def objective(params):
-      if frozen_regex:
-        params = jax.tree_util.tree_map_with_path(
-            lambda p, x: jax.lax.stop_gradient(x) if re.search(frozen_regex, path_str(p)) else x,
-            params)
+      params = jax.tree_util.tree_map(
+          lambda frozen, x: jax.lax.stop_gradient(x) if frozen else x,
+          frozen_mask(params, frozen_regex), params)
       model = state.replace(params=params).model(key, train=True)
       return loss_fn(model, batch)
     grads, metrics = jax.grad(objective, has_aux=True)(state.params)
