@@ -59,8 +59,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.grad_accum_steps = 1                # optax.MultiSteps for large effective batches
 
   c.gene_pretrain = ml_collections.ConfigDict()
-  c.gene_pretrain.epochs = 50                 # choice (paper: "fully supervised pre-trained")
+  c.gene_pretrain.epochs = 50                 # at most (paper: "fully supervised pre-trained")
   c.gene_pretrain.batch_size = 16
+  c.gene_pretrain.select_metric = "val_auc"   # choice: best validation epoch kept (AUC, ties by accuracy)
+  c.gene_pretrain.patience = 5                # choice: stop after 5 epochs without a better val score
 
   c.pretrain = ml_collections.ConfigDict()
   c.pretrain.epochs = 100                     # [paper 3.1]
@@ -72,7 +74,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.pretrain.use_mpm = True                   # L_rec (Table 2 ablations switch these)
   c.pretrain.use_triplet = True               # L_tri
   c.pretrain.triplet_on = "pat"               # "pat" = [CLS_img; CLS_ge], "img" = CLS_img only
-  c.pretrain.frozen = r"^gene_encoder/"       # GroupMSA frozen [paper 2.3]
+  c.pretrain.frozen = r"^gene_encoder/"       # GroupMSA frozen [paper 2.3]: eval mode, no gradient
+  c.pretrain.tri_weight = 1.0                 # Eq. 3 as written: L_pre = L_tri + L_rec
+  c.pretrain.rec_weight = 1.0
+  c.pretrain.triplet_normalize = False        # choice: L2-normalise CLS_img and CLS_ge before Eq. 4
+  c.pretrain.img_variance_weight = 0.0        # choice: VICReg variance hinge on CLS_img (0 = off)
   c.pretrain.checkpoint_every = 200           # steps between checkpoints (and at each epoch end)
 
   c.finetune = ml_collections.ConfigDict()
@@ -81,6 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.finetune.frozen = r"^gene_encoder/"       # choice: the supervised GroupMSA stays frozen
   c.finetune.label_smoothing = 0.0
   c.finetune.select_metric = "val_accuracy"   # [paper 3.1] evaluate on val every epoch, keep the best
+  c.finetune.patience = 0                     # epochs without a better val score before stopping (0 = never)
   c.finetune.checkpoint_every = 200
 
   c.parallel = parallel.default_config()     # device mesh / multi-host (docs/scaling.md)

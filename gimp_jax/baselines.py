@@ -27,7 +27,7 @@ from gimp_jax import methods
 from gimp_jax.models import fusion, mil
 from gimp_jax.objectives import clip, itm, mgca, refers
 from gimp_jax.objectives import mil as mil_objectives
-from gimp_jax.train import steps
+from gimp_jax.objectives import supervised
 
 
 def _rngs(seed: int) -> nnx.Rngs:
@@ -87,18 +87,14 @@ def predict_forward(model: nnx.Module, batch: dict) -> tuple[jax.Array, jax.Arra
   return model.predict(batch["patches"], batch.get("genes"), batch.get("patch_mask"))
 
 
-def _cross_entropy(config: ml_collections.ConfigDict) -> steps.LossFn:
-  return steps.make_finetune_loss(config.finetune.label_smoothing)
-
-
-def _supervised(build, finetune_loss=_cross_entropy, uses_genes=False) -> methods.Method:
+def _supervised(build, finetune_loss=supervised.finetune_loss, uses_genes=False) -> methods.Method:
   return methods.Method(build=build, pretrain_loss=None, finetune_loss=finetune_loss,
                         forward=predict_forward, uses_genes=uses_genes)
 
 
 def _pretrained(objective) -> methods.Method:
   return methods.Method(build=objective.build, pretrain_loss=objective.make_loss,
-                        finetune_loss=_cross_entropy, forward=methods.gimp_forward)
+                        finetune_loss=supervised.finetune_loss, forward=methods.gimp_forward)
 
 
 BASELINES: dict[str, methods.Method] = {

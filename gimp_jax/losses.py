@@ -1,11 +1,17 @@
-"""Losses of GiMP pre-training and fine-tuning (pure functions, float32).
+"""Losses of GiMP pre-training and fine-tuning (pure functions, float32), the diagnostics of the
+triplet term, and `LossFn`, the type of every stage objective.
 
 L_pre = L_tri + L_rec (GiMP Eq. 3 and 4); fine-tuning uses cross-entropy.
 """
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 import optax
+
+# (model, batch) -> (scalar loss, metrics): what every objective in gimp_jax.objectives returns.
+LossFn = Callable[[Any, dict], tuple[jax.Array, dict[str, jax.Array]]]
 
 
 def masked_l1(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
@@ -35,6 +41,28 @@ def pairwise_sq_distances(x: jax.Array) -> jax.Array:
   return jnp.sum(diff * diff, axis=-1)
 
 
+def _hardest(d: jax.Array, labels: jax.Array):
+  """Batch-hard mining on squared distances d [B, B].
+
+  Returns:
+    (farthest positive [B], nearest negative [B], valid [B]: the anchor has a positive, i.e. a
+    same-label other example, and a negative).
+  """
+  same = labels[:, None] == labels[None, :]
+  pos = same & ~jnp.eye(labels.shape[0], dtype=bool)
+  neg = ~same
+  hardest_pos = jnp.max(jnp.where(pos, d, -jnp.inf), axis=1)
+  hardest_neg = jnp.min(jnp.where(neg, d, jnp.inf), axis=1)
+  return hardest_pos, hardest_neg, jnp.any(pos, axis=1) & jnp.any(neg, axis=1)
+
+
+def _valid_triplets(labels: jax.Array) -> jax.Array:
+  """[B, B, B] bool: (a, p, n) with p a positive of a (not a itself) and n a negative of a."""
+  same = labels[:, None] == labels[None, :]
+  pos = same & ~jnp.eye(labels.shape[0], dtype=bool)
+  return pos[:, :, None] & ~same[:, None, :]
+
+
 def triplet_loss(embeddings: jax.Array, labels: jax.Array, margin: float = 0.8,
                  mining: str = "batch_hard") -> jax.Array:
   """Gene-induced triplet loss on CLS_pat (GiMP Eq. 4), squared Euclidean distance.
@@ -51,22 +79,65 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, margin: float = 0.8,
   Returns:
     Scalar loss.
   """
+  return triplet_terms(embeddings, labels, margin, mining)[0]
+
+
+def triplet_terms(embeddings: jax.Array, labels: jax.Array, margin: float = 0.8,
+                  mining: str = "batch_hard") -> tuple[jax.Array, jax.Array]:
+  """(triplet loss as `triplet_loss`, fraction of its hinges that are active).
+
+  The active fraction is over the valid anchors (batch_hard) or valid triplets (batch_all): 0 means
+  L_tri sends no gradient at all, whatever its weight.
+  """
   d = pairwise_sq_distances(embeddings)
-  same = labels[:, None] == labels[None, :]
-  not_self = ~jnp.eye(labels.shape[0], dtype=bool)
-  pos = same & not_self
-  neg = ~same
   if mining == "batch_hard":
-    hardest_pos = jnp.max(jnp.where(pos, d, -jnp.inf), axis=1)
-    hardest_neg = jnp.min(jnp.where(neg, d, jnp.inf), axis=1)
-    valid = jnp.any(pos, axis=1) & jnp.any(neg, axis=1)
-    per_anchor = jnp.where(valid, jax.nn.relu(hardest_pos + margin - hardest_neg), 0.0)
-    return jnp.sum(per_anchor) / jnp.maximum(jnp.sum(valid), 1)
-  if mining == "batch_all":
-    valid = pos[:, :, None] & neg[:, None, :]
-    per_triplet = jax.nn.relu(d[:, :, None] + margin - d[:, None, :])
-    return jnp.sum(jnp.where(valid, per_triplet, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
-  raise ValueError(f"Unknown triplet mining {mining!r}; expected 'batch_hard' or 'batch_all'.")
+    hardest_pos, hardest_neg, valid = _hardest(d, labels)
+    hinge = jnp.where(valid, jax.nn.relu(hardest_pos + margin - hardest_neg), 0.0)
+  elif mining == "batch_all":
+    valid = _valid_triplets(labels)
+    hinge = jnp.where(valid, jax.nn.relu(d[:, :, None] + margin - d[:, None, :]), 0.0)
+  else:
+    raise ValueError(f"Unknown triplet mining {mining!r}; expected 'batch_hard' or 'batch_all'.")
+  count = jnp.maximum(jnp.sum(valid), 1)
+  return jnp.sum(hinge) / count, jnp.sum((hinge > 0) & valid) / count
+
+
+def separation_gap(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean over valid anchors of (nearest negative - farthest positive), squared L2.
+
+  On CLS_ge this is how far the gene half alone already satisfies the triplet constraint: when it
+  exceeds the margin for every anchor, the hinge on [CLS_img; CLS_ge] is inactive before the image
+  half contributes anything. embeddings: [B, E]; labels: [B] -> scalar (0 when no anchor is valid).
+  """
+  hardest_pos, hardest_neg, valid = _hardest(pairwise_sq_distances(embeddings), labels)
+  gap = jnp.where(valid, hardest_neg - hardest_pos, 0.0)
+  return jnp.sum(gap) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def relative_spread(x: jax.Array) -> jax.Array:
+  """Mean squared distance between the rows of x [B, E], over their mean squared norm (scalar).
+
+  Scale-free collapse detector: ~2 for independent directions, 0 when every row is the same.
+  """
+  x = x.astype(jnp.float32)
+  b = x.shape[0]
+  mean_pair = jnp.sum(pairwise_sq_distances(x)) / max(b * (b - 1), 1)
+  return mean_pair / jnp.maximum(jnp.mean(jnp.sum(x * x, axis=-1)), 1e-12)
+
+
+def variance_hinge(x: jax.Array, target: float = 1.0, eps: float = 1e-4) -> jax.Array:
+  """VICReg's variance term: mean over features of relu(target - std over the batch).
+
+  x: [B, E] -> scalar; 0 when every feature varies across the batch with std >= target.
+  """
+  std = jnp.sqrt(jnp.var(x.astype(jnp.float32), axis=0) + eps)
+  return jnp.mean(jax.nn.relu(target - std))
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x / max(||x||_2, eps) along the last axis, in float32."""
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -78,6 +149,6 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return jnp.mean(optax.softmax_cross_entropy(logits, targets))
 
 
-def pretrain_loss(rec_loss: jax.Array, tri_loss: jax.Array) -> jax.Array:
-  """L_pre = L_tri + L_rec."""
-  return tri_loss + rec_loss
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Fraction of argmax(logits [B, C]) equal to labels [B]."""
+  return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))

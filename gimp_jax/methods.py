@@ -13,7 +13,9 @@ from flax import nnx
 
 from gimp_jax.models import build
 from gimp_jax.models.gimp import cls_pat
-from gimp_jax.train import steps
+from gimp_jax import losses
+from gimp_jax.objectives import gimp as gimp_objective
+from gimp_jax.objectives import supervised
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +33,8 @@ class Method:
     uses_genes: whether the model reads the expression vector.
   """
   build: Callable[[ml_collections.ConfigDict, int, int, int], nnx.Module]
-  pretrain_loss: Callable[[ml_collections.ConfigDict], steps.LossFn] | None
-  finetune_loss: Callable[[ml_collections.ConfigDict], steps.LossFn]
+  pretrain_loss: Callable[[ml_collections.ConfigDict], losses.LossFn] | None
+  finetune_loss: Callable[[ml_collections.ConfigDict], losses.LossFn]
   forward: Callable[[nnx.Module, dict], tuple[jax.Array, jax.Array]]
   uses_genes: bool = True
 
@@ -45,14 +47,10 @@ def gimp_forward(model, batch):
   return model.head(emb), emb
 
 
-def _finetune_ce(config):
-  return steps.make_finetune_loss(config.finetune.label_smoothing)
-
-
 _REGISTRY: dict[str, Method] = {
     "gimp": Method(build=build.build_gimp,
-                   pretrain_loss=lambda c: steps.make_pretrain_loss(c.pretrain),
-                   finetune_loss=_finetune_ce, forward=gimp_forward),
+                   pretrain_loss=gimp_objective.make_loss,
+                   finetune_loss=supervised.finetune_loss, forward=gimp_forward),
 }
 
 

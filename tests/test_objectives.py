@@ -296,3 +296,67 @@ def test_objective_steps_lower_the_loss_and_keep_the_gene_encoder_frozen(module)
       np.testing.assert_array_equal(np.asarray(after[k]), v)
   assert any(k.startswith("objective/") and not np.array_equal(np.asarray(after[k]), v)
              for k, v in before.items())
+
+
+# ----------------------------------------------------------------------------- GiMP's L_pre
+
+
+def _np_unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _np_batch_hard(emb, labels, margin):
+  d = ((emb[:, None] - emb[None]) ** 2).sum(-1)
+  vals = []
+  for a in range(len(labels)):
+    p = [d[a, j] for j in range(len(labels)) if j != a and labels[j] == labels[a]]
+    q = [d[a, j] for j in range(len(labels)) if labels[j] != labels[a]]
+    if p and q:
+      vals.append(max(0.0, max(p) + margin - min(q)))
+  return np.mean(vals) if vals else 0.0
+
+
+@pytest.mark.parametrize("normalize,triplet_on,var_weight",
+                         [(False, "pat", 0.0), (True, "pat", 0.0), (True, "pat+img", 0.5),
+                          (False, "img", 0.0)])
+def test_gimp_pretrain_loss_terms_match_numpy(normalize, triplet_on, var_weight):
+  """L_pre = w_tri (L_tri(CLS_pat) [+ L_tri(CLS_img)]) + w_rec L_rec [+ w_var var(CLS_img)], each
+  term recomputed in NumPy from the model's CLS tokens."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from gimp_jax.models import build  # pylint: disable=g-import-not-at-top
+  from gimp_jax.objectives import gimp as gimp_objective  # pylint: disable=g-import-not-at-top
+  cfg = tiny.get_config()
+  cfg.pretrain.triplet_normalize = normalize
+  cfg.pretrain.triplet_on = triplet_on
+  cfg.pretrain.img_variance_weight = var_weight
+  cfg.pretrain.tri_weight, cfg.pretrain.rec_weight = 2.0, 0.5
+  cfg.pretrain.margin = 0.3
+  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model.eval()
+  rng = np.random.default_rng(0)
+  labels = np.array([0, 1, 0, 1, 1, 0], np.int32)
+  batch = {"patches": jnp.asarray(rng.standard_normal((6, 16, 32)), jnp.float32),
+           "mpm_mask": jnp.asarray(rng.random((6, 16)) < 0.5),
+           "genes": jnp.asarray(rng.standard_normal((6, 96)), jnp.float32),
+           "label": jnp.asarray(labels)}
+  loss, metrics = gimp_objective.make_loss(cfg)(model, batch)
+  cls_img, tokens = model.aggregator(batch["patches"], mpm_mask=batch["mpm_mask"])
+  img = np.asarray(cls_img, np.float64)
+  ge = np.asarray(model.gene_encoder(batch["genes"]), np.float64)
+  if normalize:
+    img, ge = _np_unit(img), _np_unit(ge)
+  rec = np.asarray(model.reconstruct(tokens), np.float64)
+  m = np.asarray(batch["mpm_mask"])
+  want_rec = np.abs(rec - np.asarray(batch["patches"]))[m].mean()
+  main = np.concatenate([img, ge], -1) if "pat" in triplet_on else img
+  want_tri = _np_batch_hard(main, labels, 0.3)
+  want = 0.5 * want_rec + 2.0 * want_tri
+  if triplet_on == "pat+img":
+    want += 2.0 * _np_batch_hard(img, labels, 0.3)
+  if var_weight:
+    raw = np.asarray(cls_img, np.float64)
+    want += var_weight * np.mean(np.maximum(0, 1 - np.sqrt(raw.var(0) + 1e-4)))
+  np.testing.assert_allclose(float(metrics["rec_loss"]), want_rec, rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["tri_loss"]), want_tri, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(float(loss), want, rtol=1e-4, atol=1e-6)
+  assert ("gene_gap" in metrics) == ("pat" in triplet_on)

@@ -11,6 +11,7 @@ from gimp_jax.models import build
 from gimp_jax.models.nystrom import NystromAttention
 from gimp_jax.train import optim, steps
 from gimp_jax.train.state import create_state
+from gimp_jax.objectives import gimp as gimp_objective
 from flax import nnx
 
 
@@ -66,7 +67,7 @@ def test_bfloat16_pretrain_loss_close_to_float32():
     cfg = _config(dtype)
     model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
     model.eval()
-    loss_fn = steps.make_pretrain_loss(cfg.pretrain)
+    loss_fn = gimp_objective.make_loss(cfg)
     loss, metrics = jax.jit(lambda m, b: loss_fn(m, b))(model, _batch(cfg))
     assert loss.dtype == jnp.float32 and metrics["rec_loss"].dtype == jnp.float32
     out[dtype] = {"loss": float(loss), "rec": float(metrics["rec_loss"])}
@@ -81,7 +82,7 @@ def test_bfloat16_train_step_keeps_float32_state():
   tx = optim.make_optimizer(cfg.optim, create_state(model).params, total_steps=10,
                             steps_per_epoch=1, frozen_regex=cfg.pretrain.frozen)
   state = create_state(model, tx)
-  state, metrics = steps.make_pretrain_step(cfg.pretrain)(state, _batch(cfg), jax.random.key(0))
+  state, metrics = steps.make_train_step(gimp_objective.make_loss(cfg), cfg.pretrain.frozen)(state, _batch(cfg), jax.random.key(0))
   assert np.isfinite(float(metrics["loss"]))
   for leaf in jax.tree_util.tree_leaves((state.params, state.opt_state)):
     if jnp.issubdtype(leaf.dtype, jnp.floating):

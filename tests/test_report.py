@@ -272,3 +272,18 @@ def test_write_report_three_classes_with_an_absent_class(tmp_path):
   _assert_png(tmp_path / 'roc_test.png')
   with pytest.raises(ValueError, match=r"predictions\['test'\]"):
     report.write_report(tmp_path, results={}, class_names=['A', 'B'], predictions={'test': test})
+
+
+def test_pretrain_diagnostics_figure_in_report(tmp_path):
+  records = [(s, {'tri_loss': 0.0 if s < 3 else 0.2, 'rec_loss': 1.0 / s, 'tri_active': 0.0,
+                  'gene_gap': 4.0, 'img_spread': 0.5 / s}) for s in range(1, 6)]
+  labels = np.array([0, 1, 0, 1])
+  probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
+  test = {'patient_id': np.array(['a', 'b', 'c', 'd']), 'label': labels, 'probs': probs}
+  md_path = report.write_report(tmp_path, results={}, class_names=['A', 'B'],
+                                predictions={'test': test}, diagnostics=(records, 0.8, 0.05))
+  md = open(md_path).read()
+  assert 'Pre-training diagnostics' in md and 'pretrain_diagnostics.png' in md
+  _assert_png(tmp_path / 'pretrain_diagnostics.png')
+  report.write_report(tmp_path, results={}, class_names=['A', 'B'], predictions={'test': test})
+  assert not (tmp_path / 'pretrain_diagnostics.png').exists()  # a report without pre-training

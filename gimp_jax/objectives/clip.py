@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from gimp_jax.objectives.heads import Projection, build_with_objective, l2_normalize
-from gimp_jax.train import steps
+from gimp_jax import losses
+from gimp_jax.losses import l2_normalize
+from gimp_jax.objectives.heads import Projection, build_with_objective
 
 
 def info_nce(a: jax.Array, b: jax.Array, temperature: float,
@@ -56,7 +57,7 @@ def build(config: ml_collections.ConfigDict, num_genes: int, num_classes: int, s
       lambda c, g, rngs: ClipHeads(c.model.dim, c.clip.proj_dim, rngs=rngs))
 
 
-def make_loss(config: ml_collections.ConfigDict) -> steps.LossFn:
+def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """Symmetric InfoNCE between the window's CLS_img and CLS_ge (config.clip.temperature)."""
   def loss_fn(model, batch):
     cls_img, _ = model.aggregator(batch["patches"])

@@ -17,12 +17,6 @@ from gimp_jax.models import build
 from gimp_jax.models.gimp import GiMP
 
 
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||_2, eps) along the last axis, in float32."""
-  x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
 class Projection(nnx.Module):
   """Linear -> LayerNorm -> ReLU -> Linear (MGCA's head with LayerNorm in place of BatchNorm, which
   small and variable WSI batches make unreliable)."""

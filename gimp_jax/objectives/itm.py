@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from gimp_jax import losses
 from gimp_jax.objectives.heads import Projection, build_with_objective
-from gimp_jax.train import steps
 
 
 def matching_pairs(batch_size: int, shift: int = 1) -> tuple[jax.Array, jax.Array]:
@@ -50,7 +50,7 @@ def build(config: ml_collections.ConfigDict, num_genes: int, num_classes: int, s
       lambda c, g, rngs: ITMHeads(c.model.dim, c.itm.proj_dim, rngs=rngs))
 
 
-def make_loss(config: ml_collections.ConfigDict) -> steps.LossFn:
+def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """BCE of the matching head on B true and B shifted image-gene pairs (config.itm.shift)."""
   def loss_fn(model, batch):
     head = model.objective

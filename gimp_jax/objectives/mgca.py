@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gimp_jax import losses
 from gimp_jax.models.group_msa import GroupMSA
 from gimp_jax.objectives.clip import info_nce
-from gimp_jax.objectives.heads import Projection, build_with_objective, l2_normalize
-from gimp_jax.train import steps
+from gimp_jax.losses import l2_normalize
+from gimp_jax.objectives.heads import Projection, build_with_objective
 
 
 def cross_attend(queries: jax.Array, keys: jax.Array, key_mask: jax.Array,
@@ -178,7 +179,7 @@ def token_subset(length: int, count: int) -> jax.Array:
   return (jnp.arange(count) * length) // count
 
 
-def make_loss(config: ml_collections.ConfigDict) -> steps.LossFn:
+def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """lambda_ita ITA + lambda_cta CTA + lambda_cpa CPA over pre-training windows (config.mgca)."""
   cfg = config.mgca
 

@@ -18,7 +18,6 @@ import ml_collections
 import optax
 
 from gimp_jax import losses
-from gimp_jax.train import steps
 
 
 def smooth_top1_svm(logits: jax.Array, labels: jax.Array, alpha: float = 1.0,
@@ -101,11 +100,7 @@ def dsmil_loss(bag_logits: jax.Array, max_logits: jax.Array, labels: jax.Array) 
       max_logits, labels)
 
 
-def _accuracy(logits, labels):
-  return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-
-
-def make_clam_loss(config: ml_collections.ConfigDict) -> steps.LossFn:
+def make_clam_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """bag_weight * CE(bag) + (1 - bag_weight) * instance loss (config.clam: bag_weight, k_sample,
   instance_loss, subtyping)."""
   cfg = config.clam
@@ -120,16 +115,16 @@ def make_clam_loss(config: ml_collections.ConfigDict) -> steps.LossFn:
                               k=cfg.k_sample, loss=cfg.instance_loss, subtyping=cfg.subtyping)
     loss = cfg.bag_weight * bag + (1.0 - cfg.bag_weight) * inst
     return loss, {"loss": loss, "bag_loss": bag, "instance_loss": inst,
-                  "accuracy": _accuracy(logits, batch["label"])}
+                  "accuracy": losses.accuracy(logits, batch["label"])}
   return loss_fn
 
 
-def make_dsmil_loss(config: ml_collections.ConfigDict) -> steps.LossFn:
+def make_dsmil_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """DSMIL's 0.5 bag + 0.5 max-instance cross-entropy."""
   del config
 
   def loss_fn(model, batch):
     bag_logits, max_logits, _ = model.streams(batch["patches"], batch.get("patch_mask"))
     loss = dsmil_loss(bag_logits, max_logits, batch["label"])
-    return loss, {"loss": loss, "accuracy": _accuracy(bag_logits + max_logits, batch["label"])}
+    return loss, {"loss": loss, "accuracy": losses.accuracy(bag_logits + max_logits, batch["label"])}
   return loss_fn

@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gimp_jax import losses
 from gimp_jax.models.mil import masked_softmax
 from gimp_jax.objectives.clip import info_nce
-from gimp_jax.objectives.heads import Projection, build_with_objective, l2_normalize
-from gimp_jax.train import steps
+from gimp_jax.losses import l2_normalize
+from gimp_jax.objectives.heads import Projection, build_with_objective
 
 
 def fuse_views(features: jax.Array, scores: jax.Array, view_mask: jax.Array):
@@ -83,7 +84,7 @@ def split_views(patches: jax.Array, views: int) -> jax.Array:
   return patches[:, :views * per_view].reshape(b * views, per_view, d)
 
 
-def make_loss(config: ml_collections.ConfigDict) -> steps.LossFn:
+def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """L = InfoNCE(fused views, genes) + generation_weight * MSE(decoded expression, genes)."""
   cfg = config.refers
 

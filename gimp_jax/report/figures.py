@@ -230,6 +230,49 @@ def loss_curves_png(path: str | os.PathLike[str],
   return save_png(fig, path)
 
 
+def pretrain_diagnostics_png(path: str | os.PathLike[str],
+                             records: Sequence[tuple[int, Mapping[str, Any]]], margin: float,
+                             collapse: float) -> str:
+  """Whether GiMP's pre-training terms do work, per step: four panels.
+
+  (1) L_tri and L_rec; (2) the fraction of anchors whose triplet hinge is active (0 = no triplet
+  gradient at all); (3) the gene gap (nearest negative minus farthest positive squared distance of
+  the CLS_ge half) against the margin: above it, the gene half alone satisfies every triplet;
+  (4) the relative spread of CLS_img across the batch against the collapse threshold.
+
+  Args:
+    path: the PNG to write.
+    records: [(step, {metric: scalar})] of the pretrain stage (metrics.jsonl).
+    margin: the triplet margin.
+    collapse: the spread below which CLS_img counts as collapsed.
+
+  Returns:
+    `path`.
+  """
+  series = _series(records)
+  if not series:
+    raise ValueError('no pre-training metrics to plot')
+  panels = ((('tri_loss', 'img_tri_loss', 'rec_loss'), 'losses', None),
+            (('tri_active',), 'active triplet anchors (fraction)', None),
+            (('gene_gap',), 'gene gap vs margin', ('margin', margin)),
+            (('img_spread',), 'CLS_img spread (collapse detector)', ('collapse', collapse)))
+  fig = Figure(figsize=(10.4, 5.6), layout='constrained')
+  for ax, (names, title, line) in zip(fig.subplots(2, 2).ravel(), panels):
+    shown = [n for n in names if n in series]
+    for name in shown:
+      ax.plot(*series[name], lw=1.2, label=name)
+    if line is not None and shown:
+      ax.axhline(line[1], color='k', ls='--', lw=1, label=f'{line[0]} {line[1]:g}')
+    if not shown:
+      ax.text(0.5, 0.5, 'not computed in this run', ha='center', va='center',
+              transform=ax.transAxes)
+    ax.set(xlabel='step', title=title)
+    ax.grid(alpha=0.3)
+    if shown:
+      ax.legend(fontsize='small')
+  return save_png(fig, path)
+
+
 def _check_names(class_names: Sequence[str], num_classes: int) -> None:
   if len(class_names) != num_classes:
     raise ValueError(f'{len(class_names)} class names for {num_classes} classes')

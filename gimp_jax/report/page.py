@@ -27,7 +27,7 @@ SPLIT_ORDER = ('test', 'val', 'train')
 SUMMARY_ORDER = ('accuracy', 'auc', 'f1', 'balanced_accuracy', 'num_examples')
 TABLE_ROWS = 50  # per-patient rows shown on the page; the CSV holds them all
 # Files that write_report owns in report_dir; stale ones from an earlier call are removed first.
-OWNED = re.compile(r'^((roc|confusion|tsne|heatmap)_.+\.png|loss_curves\.png|predictions_.+\.csv|'
+OWNED = re.compile(r'^((roc|confusion|tsne|heatmap)_.+\.png|(loss_curves|pretrain_diagnostics)\.png|predictions_.+\.csv|'
                    r'report\.(md|html))$')
 
 
@@ -215,6 +215,8 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
                  tsne: tuple[np.ndarray, np.ndarray] | None = None,
                  heatmaps: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
                  history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None,
+                 diagnostics: tuple[Sequence[tuple[int, Mapping[str, Any]]], float, float]
+                 | None = None,
                  seed: int = 0, patch_size: int = 256) -> str:
   """Writes report.md, report.html, their PNGs and predictions_<split>.csv into `report_dir`.
 
@@ -230,6 +232,8 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
     tsne: (embeddings [N, E], labels [N]) of the training set after pre-training, or None.
     heatmaps: (patient_id, coords [N, 2] level-0 x,y, attention [N]) per slide to draw.
     history: stage -> [(step, {metric: scalar})] for the training curves, or None.
+    diagnostics: (pretrain [(step, {metric: scalar})], triplet margin, collapse threshold) for the
+      pre-training diagnostics figure (`figures.pretrain_diagnostics_png`), or None.
     seed: the t-SNE random state.
     patch_size: level-0 patch size of the heatmaps' coordinates.
 
@@ -264,6 +268,15 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
   if history and _has_curves(history):
     path = figures.loss_curves_png(os.path.join(report_dir, 'loss_curves.png'), history)
     blocks += [Heading('Training curves', 2), Image('Training curves', os.path.basename(path))]
+  if diagnostics is not None and diagnostics[0]:
+    path = figures.pretrain_diagnostics_png(os.path.join(report_dir, 'pretrain_diagnostics.png'),
+                                            *diagnostics)
+    blocks += [Heading('Pre-training diagnostics', 2),
+               Paragraph('Is each term of L_pre doing work? Active triplet anchors > 0 means L_tri '
+                         'sends gradient; a gene gap above the margin means the gene half alone '
+                         'separates the classes; a CLS_img spread near 0 means the slide token '
+                         'has collapsed.'),
+               Image('Pre-training diagnostics', os.path.basename(path))]
   if 'test' in checked:
     ids = checked['test'][0]
     shown = f'the first {TABLE_ROWS} of {ids.size}' if ids.size > TABLE_ROWS else f'all {ids.size}'

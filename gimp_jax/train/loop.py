@@ -13,6 +13,7 @@ import numpy as np
 import tqdm
 
 from gimp_jax import parallel
+from gimp_jax.losses import LossFn
 from gimp_jax.checkpoint import StageCheckpoints
 from gimp_jax.data import pipeline
 from gimp_jax.train import steps
@@ -66,15 +67,18 @@ class StageSpec:
     epochs: epochs to run.
     checkpoint_every: steps between mid-epoch checkpoints.
     on_epoch_end: optional (state, epoch, meta) -> dict merged into the checkpoint meta (e.g.
-      validation results and the best-so-far bookkeeping).
+      validation results and the best-so-far bookkeeping); `meta["history"][-1]` holds the epoch's
+      mean training metrics. A returned `stop_early: True` ends the stage after this epoch.
+    frozen: regex of the parameters this stage freezes (`steps.make_train_step`).
   """
   name: str
-  loss_fn: steps.LossFn
+  loss_fn: LossFn
   batches: Callable[[int, int], Iterator[dict]]
   steps_per_epoch: int
   epochs: int
   checkpoint_every: int
   on_epoch_end: Callable[[TrainState, int, dict], dict] | None = None
+  frozen: str = ""
 
 
 def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
@@ -103,7 +107,7 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
   if meta["done"]:
     ckpt.close()
     return state, meta
-  step_fn = steps.make_train_step(spec.loss_fn)
+  step_fn = steps.make_train_step(spec.loss_fn, spec.frozen)
   place = to_device
   if mesh is not None:  # data parallel: batch split over the mesh, state replicated or sharded
     state = parallel.place_state(state, mesh, parallel_cfg)
@@ -134,6 +138,10 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
                   dynamic_ncols=True, disable=None)
   try:
     for epoch in range(meta["epoch"], spec.epochs):
+      if meta.get("stop_early"):
+        logging.info("%s: early stop before epoch %d (no better validation score for %s epochs).",
+                     spec.name, epoch, meta.get("patience"))
+        break
       position = meta["batch"] if epoch == meta["epoch"] else 0
       for batch in pipeline.prefetch(spec.batches(epoch, position), prefetch):
         state, metrics = step_fn(state, place(batch), jax.random.fold_in(key, state.step))
@@ -146,15 +154,21 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
         writer.write(spec.name, step, metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", epoch=epoch)
-        meta.update(epoch=epoch, batch=position, last_metrics=metrics)
+        sums = meta.setdefault("epoch_sums", {})
+        for k, v in metrics.items():
+          sums[k] = sums.get(k, 0.0) + v
+        meta.update(epoch=epoch, batch=position, last_metrics=metrics,
+                    epoch_steps=meta.get("epoch_steps", 0) + 1)
         if step % spec.checkpoint_every == 0 or stop():
           save()
         if stop():
           logging.warning("%s: stopping on request after step %d (checkpoint saved).",
                           spec.name, step)
           raise KeyboardInterrupt
+      count = max(meta.pop("epoch_steps", 0), 1)
+      means = {k: v / count for k, v in meta.pop("epoch_sums", {}).items()}
       meta.update(epoch=epoch + 1, batch=0)
-      meta["history"].append({"epoch": epoch, **meta.get("last_metrics", {})})
+      meta["history"].append({"epoch": epoch, **means})
       if spec.on_epoch_end is not None:
         meta.update(spec.on_epoch_end(state, epoch, meta))
       save()

@@ -24,6 +24,7 @@ from gimp_jax.checkpoint import StageCheckpoints
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import pipeline
 from gimp_jax.models import build
+from gimp_jax.objectives import supervised
 from gimp_jax.train import loop, optim, steps, transfer
 from gimp_jax.train.state import TrainState, create_state
 
@@ -125,22 +126,85 @@ def restore_params(workdir: str, stage: str, model) -> Any | None:
 # ----------------------------------------------------------------------------- stages
 
 
+COLLAPSE_SPREAD = 0.05  # relative spread of CLS_img below which the slide token has collapsed
+
+
+def selection_key(scores: dict, select_metric: str) -> tuple[float, float]:
+  """(selected validation score, tie-breaker) from `metrics.classification_metrics` scores.
+
+  select_metric: "val_accuracy" (ties by AUC), "val_auc" or "val_f1" (ties by accuracy).
+  """
+  name = select_metric.removeprefix("val_")
+  if name not in ("accuracy", "auc", "f1"):
+    raise ValueError(f"Unknown select_metric {select_metric!r}; expected val_accuracy, val_auc "
+                     "or val_f1.")
+  tie = "auc" if name == "accuracy" else "accuracy"
+  return float(np.nan_to_num(scores[name])), float(np.nan_to_num(scores[tie]))
+
+
+def keep_best(run: Run, stage: str, evaluate, select_metric: str, patience: int):
+  """Validation after every epoch: the best epoch is saved to `<stage>_best`, and the stage stops
+  after `patience` epochs without a better score (0 = never).
+
+  Args:
+    evaluate: state -> classification_metrics of the validation split.
+
+  Returns:
+    (the best-checkpoint manager, to close; the on_epoch_end callback of the stage).
+  """
+  best = StageCheckpoints(run.workdir, f"{stage}_best", max_to_keep=1)
+
+  def on_epoch_end(state, epoch, meta):
+    scores = evaluate(state)
+    key = selection_key(scores, select_metric)
+    logging.info("%s epoch %d: val accuracy %.4f, AUC %.4f (%s %.4f)", stage, epoch,
+                 scores["accuracy"], np.nan_to_num(scores["auc"]), select_metric, key[0])
+    run.writer.write(f"{stage}_val", int(state.step),
+                     {"accuracy": scores["accuracy"], "auc": float(np.nan_to_num(scores["auc"]))})
+    previous = best.meta()
+    if previous is None or key > tuple(previous["score"]):
+      best.save(state, {"epoch": epoch, "score": list(key)})
+    best_epoch = best.meta()["epoch"]
+    return {"best_epoch": best_epoch, "patience": patience,
+            "stop_early": bool(patience) and epoch - best_epoch >= patience}
+  return best, on_epoch_end
+
+
 def gene_pretrain(run: Run) -> None:
-  """Supervised pre-training of the gene encoder on patient labels (then frozen)."""
+  """Supervised pre-training of the gene encoder on patient labels (then frozen): the best
+  validation epoch is kept, with early stopping."""
   cfg = run.config
   model = build.build_gene_classifier(cfg, run.num_genes, run.num_classes, cfg.seed)
   n_train = run.cohort.split("train").size
   per_epoch = pipeline.num_batches(n_train, cfg.gene_pretrain.batch_size, False)
   state = _train_state(model, cfg.optim, steps_per_epoch=per_epoch,
                        epochs=cfg.gene_pretrain.epochs, frozen="")
+  best, on_epoch_end = keep_best(
+      run, "gene_pretrain", lambda s: gene_only_scores(run, s.model(train=False), "val"),
+      cfg.gene_pretrain.select_metric, cfg.gene_pretrain.patience)
   spec = loop.StageSpec(
-      name="gene_pretrain", loss_fn=steps.gene_pretrain_loss,
+      name="gene_pretrain", loss_fn=supervised.gene_loss,
       batches=lambda e, s: pipeline.gene_batches(
           run.cohort, "train", batch_size=cfg.gene_pretrain.batch_size, seed=cfg.seed, epoch=e,
           start_batch=s),
       steps_per_epoch=per_epoch, epochs=cfg.gene_pretrain.epochs,
-      checkpoint_every=cfg.pretrain.checkpoint_every)
-  run.fit(spec, state)
+      checkpoint_every=cfg.pretrain.checkpoint_every, on_epoch_end=on_epoch_end)
+  try:
+    run.fit(spec, state)
+  finally:
+    best.close()
+
+
+@jax.jit
+def _gene_probs(model, genes: jax.Array) -> jax.Array:
+  return jax.nn.softmax(model(genes), -1)
+
+
+def gene_only_scores(run: Run, model, split: str) -> dict:
+  """classification_metrics of the supervised GroupMSA (genes only) on a split."""
+  idx = run.cohort.split(split)
+  return metrics_lib.classification_metrics(
+      run.cohort.labels[idx], np.asarray(_gene_probs(model, jnp.asarray(run.cohort.genes[idx]))))
 
 
 def _initial_params(run: Run, model, stage: str):
@@ -158,7 +222,7 @@ def _initial_params(run: Run, model, stage: str):
   for workdir, source, kind in sources:
     if kind == "genes":
       gene_model = build.build_gene_classifier(cfg, run.num_genes, run.num_classes, cfg.seed)
-      src = restore_params(workdir, source, gene_model)
+      src = restore_params(workdir, f"{source}_best", gene_model)
       if src is None:
         raise FileNotFoundError(f"{stage}: no {source} checkpoint in {workdir}")
       params, _ = transfer.gene_encoder_into_gimp(src, params)
@@ -170,8 +234,8 @@ def _initial_params(run: Run, model, stage: str):
   return params
 
 
-def pretrain(run: Run) -> None:
-  """GiMP pre-training (or the method's objective) on B windows of L patches."""
+def pretrain_stage(run: Run) -> tuple[loop.StageSpec, TrainState, int]:
+  """The pre-training stage as the CLI runs it: (spec, initial state, batch size)."""
   cfg = run.config
   if run.method.pretrain_loss is None:
     raise ValueError(f"Method {cfg.method!r} has no pre-training stage; remove it from stages.")
@@ -180,8 +244,9 @@ def pretrain(run: Run) -> None:
   n_train = run.cohort.split("train").size
   bsz = min(cfg.pretrain.batch_size, n_train)
   per_epoch = pipeline.num_batches(n_train, bsz, True)
+  frozen = _frozen_regex(cfg.pretrain.frozen, params)
   state = _train_state(model, cfg.optim, steps_per_epoch=per_epoch, epochs=cfg.pretrain.epochs,
-                       frozen=_frozen_regex(cfg.pretrain.frozen, params))
+                       frozen=frozen)
   state = state.replace(params=params)
   spec = loop.StageSpec(
       name="pretrain", loss_fn=run.method.pretrain_loss(cfg),
@@ -189,8 +254,44 @@ def pretrain(run: Run) -> None:
           run.cohort, "train", batch_size=bsz, window=cfg.pretrain.window,
           ratio=cfg.pretrain.mask_ratio, seed=cfg.seed, epoch=e, start_batch=s),
       steps_per_epoch=per_epoch, epochs=cfg.pretrain.epochs,
-      checkpoint_every=cfg.pretrain.checkpoint_every)
+      checkpoint_every=cfg.pretrain.checkpoint_every, frozen=frozen,
+      on_epoch_end=lambda state, epoch, meta: diagnose_pretrain(cfg.pretrain, epoch, meta))
+  return spec, state, bsz
+
+
+def pretrain(run: Run) -> None:
+  """GiMP pre-training (or the method's objective) on B windows of L patches."""
+  spec, state, bsz = pretrain_stage(run)
   run.fit(spec, state, batch_size=bsz)  # full batches (drop_remainder): data parallel
+
+
+def diagnose_pretrain(cfg: ml_collections.ConfigDict, epoch: int, meta: dict) -> dict:
+  """Warns once per run when an epoch's mean diagnostics show L_tri inactive or CLS_img collapsed.
+
+  Args:
+    cfg: the `pretrain` config block.
+    meta: the stage's meta; `history[-1]` holds the epoch's mean metrics.
+
+  Returns:
+    {"warned": [...]}, kept in the checkpoint meta so a resumed run does not warn again.
+  """
+  means, warned = meta["history"][-1], list(meta.get("warned", []))
+  if means.get("tri_active", 1.0) == 0.0 and "triplet" not in warned:
+    warned.append("triplet")
+    logging.warning(
+        "pretrain epoch %d: L_tri was inactive for every anchor of the epoch: the gene half alone "
+        "separates the classes (gene gap %.3g, squared distance) against a margin of %g, so the "
+        "image branch gets no triplet gradient. Set pretrain.triplet_normalize=True, raise "
+        "pretrain.margin, or add the image-only term (pretrain.triplet_on='pat+img').",
+        epoch, means.get("gene_gap", float("nan")), cfg.margin)
+  if means.get("img_spread", 1.0) < COLLAPSE_SPREAD and "collapse" not in warned:
+    warned.append("collapse")
+    logging.warning(
+        "pretrain epoch %d: CLS_img has collapsed (relative spread %.3g < %g: every slide gets "
+        "nearly the same token), so fine-tuning starts from a constant slide embedding. Set "
+        "pretrain.img_variance_weight (e.g. 1.0), add pretrain.triplet_on='pat+img', or lower "
+        "pretrain.rec_weight.", epoch, means["img_spread"], COLLAPSE_SPREAD)
+  return {"warned": warned}
 
 
 def predict(run: Run, state: TrainState, split: str, *, with_attention: int = 0) -> dict:
@@ -217,22 +318,16 @@ def finetune(run: Run) -> None:
   params = _initial_params(run, model, "finetune")
   n_train = run.cohort.split("train").size
   per_epoch = pipeline.num_batches(n_train, cfg.finetune.batch_size, False)
+  frozen = _frozen_regex(cfg.finetune.frozen, params)
   state = _train_state(model, cfg.optim, steps_per_epoch=per_epoch, epochs=cfg.finetune.epochs,
-                       frozen=_frozen_regex(cfg.finetune.frozen, params))
+                       frozen=frozen)
   state = state.replace(params=params)
-  best = StageCheckpoints(run.workdir, "finetune_best", max_to_keep=1)
 
-  def on_epoch_end(state, epoch, meta):
+  def evaluate(state):
     val = predict(run, state, "val")
-    scores = metrics_lib.classification_metrics(val["label"], val["probs"])
-    key = (scores["accuracy"], np.nan_to_num(scores["auc"]))
-    best_meta = best.meta() or {"score": [-1.0, -1.0]}
-    logging.info("finetune epoch %d: val accuracy %.4f, AUC %.4f", epoch, *key)
-    run.writer.write("finetune_val", int(state.step),
-                     {"accuracy": scores["accuracy"], "auc": float(np.nan_to_num(scores["auc"]))})
-    if key > tuple(best_meta["score"]):
-      best.save(state, {"epoch": epoch, "score": list(key)})
-    return {"best_epoch": (best.meta() or {}).get("epoch")}
+    return metrics_lib.classification_metrics(val["label"], val["probs"])
+  best, on_epoch_end = keep_best(run, "finetune", evaluate, cfg.finetune.select_metric,
+                                 cfg.finetune.patience)
 
   spec = loop.StageSpec(
       name="finetune", loss_fn=run.method.finetune_loss(cfg),
@@ -240,7 +335,7 @@ def finetune(run: Run) -> None:
           run.cohort, "train", batch_size=cfg.finetune.batch_size, seed=cfg.seed, epoch=e,
           shuffle=True, bucket_sizes=cfg.data.bucket_sizes, start_batch=s),
       steps_per_epoch=per_epoch, epochs=cfg.finetune.epochs,
-      checkpoint_every=cfg.finetune.checkpoint_every, on_epoch_end=on_epoch_end)
+      checkpoint_every=cfg.finetune.checkpoint_every, on_epoch_end=on_epoch_end, frozen=frozen)
   try:
     run.fit(spec, state)
   finally:
@@ -267,14 +362,11 @@ def test(run: Run) -> None:
   if "gene_pretrain" in run.config.stages:  # the genes-only baseline of the same run
     gene_model = build.build_gene_classifier(run.config, run.num_genes, run.num_classes,
                                              run.config.seed)
-    params = restore_params(run.workdir, "gene_pretrain", gene_model)
-    classify = jax.jit(lambda m, g: jax.nn.softmax(m(g), -1))
+    params = restore_params(run.workdir, "gene_pretrain_best", gene_model)
     model = create_state(gene_model).replace(params=params).model(train=False)
     for split in ("val", "test"):
-      idx = run.cohort.split(split)
-      scores = metrics_lib.classification_metrics(
-          run.cohort.labels[idx], np.asarray(classify(model, jnp.asarray(run.cohort.genes[idx]))))
-      run.results[f"gene_only_{split}_accuracy"] = float(scores["accuracy"])
+      run.results[f"gene_only_{split}_accuracy"] = float(
+          gene_only_scores(run, model, split)["accuracy"])
 
 
 def cls_attention(run: Run, state: TrainState, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -318,10 +410,25 @@ def write_report(run: Run) -> str:
       heatmaps.append((run.cohort.patients[index].patient_id, coords, attention))
   history = {name: [(h.get("epoch", i), h) for i, h in enumerate(stage["history"])]
              for name, stage in run.results["stages"].items() if stage.get("history")}
+  diagnostics = None
+  if "pretrain" in cfg.stages:
+    diagnostics = (stage_records(run.workdir, "pretrain"), cfg.pretrain.margin, COLLAPSE_SPREAD)
   return report_lib.write_report(
       os.path.join(run.workdir, "report"), results=run.results,
       class_names=list(run.cohort.class_names), predictions=run.predictions, tsne=tsne,
-      heatmaps=heatmaps, history=history or None, seed=cfg.seed)
+      heatmaps=heatmaps, history=history or None, diagnostics=diagnostics, seed=cfg.seed)
+
+
+def stage_records(workdir: str, stage: str) -> list[tuple[int, dict]]:
+  """[(step, metrics)] of a stage from metrics.jsonl, the last record of each step (a resumed run
+  repeats the steps after its checkpoint)."""
+  records = {}
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      row = json.loads(line)
+      if row.pop("stage") == stage:
+        records[row.pop("step")] = row
+  return sorted(records.items())
 
 
 STAGE_FNS = {"gene_pretrain": gene_pretrain, "pretrain": pretrain, "finetune": finetune,

@@ -1,5 +1,6 @@
 """The whole train state as one pytree."""
 
+import re
 import zlib
 
 from typing import Any
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gimp_jax.train.optim import path_str
+from gimp_jax.train.optim import flat_paths, path_str
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -31,17 +32,40 @@ class TrainState(flax.struct.PyTreeNode):
   graphdef: Any = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
-  def model(self, key: jax.Array | None = None, *, train: bool) -> nnx.Module:
-    """The module with these parameters, dropout reseeded from `key`, in train or eval mode."""
+  def model(self, key: jax.Array | None = None, *, train: bool, frozen: str = "") -> nnx.Module:
+    """The module with these parameters, dropout reseeded from `key`, in train or eval mode.
+
+    In train mode, every sub-module whose parameters all match the `frozen` path regex runs in
+    eval mode (no dropout): a frozen encoder is a fixed function of its input.
+    """
     rest = self.rest if key is None else reseed(self.rest, key)
     model = nnx.merge(self.graphdef, self.params, rest)
     model.train() if train else model.eval()
+    if train:
+      for sub in frozen_modules(model, frozen):
+        sub.eval()
     return model
 
   def apply_gradients(self, grads) -> "TrainState":
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
     return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
                         opt_state=opt_state)
+
+
+def frozen_modules(model: nnx.Module, frozen_regex: str) -> list[nnx.Module]:
+  """The sub-modules of `model` that hold parameters, all of them matching `frozen_regex`."""
+  if not frozen_regex:
+    return []
+  paths = list(flat_paths(nnx.state(model, nnx.Param)))
+  out = []
+  for path, node in nnx.iter_graph(model):
+    if not path or not isinstance(node, nnx.Module):
+      continue
+    prefix = "/".join(str(p) for p in path) + "/"
+    under = [p for p in paths if p.startswith(prefix)]
+    if under and all(re.search(frozen_regex, p) for p in under):
+      out.append(node)
+  return out
 
 
 def reseed(rest, key: jax.Array):

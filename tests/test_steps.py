@@ -1,0 +1,293 @@
+"""The step factory: freezing (optimizer mask, stop_gradient, eval mode) on the real stage runner,
+the trainable-only gradient norm, validation selection and early stopping, the pure steps."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import tiny
+from gimp_jax import methods
+from gimp_jax.models import build
+from gimp_jax.data import synthetic
+from gimp_jax.train import loop, optim, steps, transfer
+from gimp_jax.train import run as run_lib
+from gimp_jax.train.state import create_state
+from gimp_jax.objectives import gimp as gimp_objective
+from gimp_jax.objectives import supervised
+
+
+def _batch(cfg, b=4, seed=0):
+  rng = np.random.default_rng(seed)
+  L, D, G = cfg.pretrain.window, cfg.data.feature_dim, cfg.data.num_genes
+  labels = np.array([0, 1] * (b // 2), np.int32)
+  patches = rng.standard_normal((b, L, D)).astype(np.float32) + labels[:, None, None]
+  return {"patches": jnp.asarray(patches),
+          "mpm_mask": jnp.asarray(rng.random((b, L)) < 0.5),
+          "genes": jnp.asarray(rng.standard_normal((b, G)).astype(np.float32)),
+          "label": jnp.asarray(labels)}
+
+
+def _pretrain_state(cfg, total_steps=30):
+  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  params = create_state(model).params
+  tx = optim.make_optimizer(cfg.optim, params, total_steps=total_steps, steps_per_epoch=1,
+                            frozen_regex=cfg.pretrain.frozen)
+  return create_state(model, tx)
+
+
+def test_frozen_leaves_unchanged_and_without_moments():
+  cfg = tiny.get_config()
+  state = _pretrain_state(cfg)
+  before = jax.tree_util.tree_map(np.array, optim.flat_paths(state.params))
+  step = steps.make_train_step(gimp_objective.make_loss(cfg), cfg.pretrain.frozen)
+  batch = _batch(cfg)
+  for i in range(5):
+    state, _ = step(state, batch, jax.random.key(i))
+  after = optim.flat_paths(state.params)
+  frozen = [k for k in before if k.startswith("gene_encoder/")]
+  assert frozen
+  for k in frozen:
+    np.testing.assert_array_equal(np.asarray(after[k]), before[k])
+  changed = [k for k in before if k.startswith("aggregator/")
+             and not np.array_equal(np.asarray(after[k]), before[k])]
+  assert len(changed) > 10
+  # Moments exist only for trainable leaves: count the Adam mu entries.
+  mu_sizes = [leaf.size for path, leaf in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
+              if "mu" in jax.tree_util.keystr(path)]
+  trainable = sum(np.size(v) for k, v in before.items() if not k.startswith("gene_encoder/"))
+  assert sum(mu_sizes) == trainable
+
+
+def test_freeze_regex_must_match():
+  cfg = tiny.get_config()
+  params = create_state(build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)).params
+  with pytest.raises(ValueError, match="matched no parameter"):
+    optim.freeze_labels(params, r"^no_such_module/")
+
+
+def test_pretrain_step_lowers_loss():
+  cfg = tiny.get_config()
+  cfg.optim.learning_rate = 1e-3
+  state = _pretrain_state(cfg)
+  step = steps.make_train_step(gimp_objective.make_loss(cfg), cfg.pretrain.frozen)
+  batch = _batch(cfg)
+  history = []
+  for i in range(30):
+    state, metrics = step(state, batch, jax.random.key(i))
+    history.append(float(metrics["rec_loss"]))
+  assert np.isfinite(history).all()
+  # L_rec only: with the frozen GroupMSA deterministic, CLS_ge of this batch separates the two
+  # labels by far more than the margin, so L_tri is mostly 0 here (see test_frozen_* below).
+  assert np.mean(history[-5:]) < 0.85 * np.mean(history[:5]), history
+  assert int(state.step) == 30
+
+
+def test_cosine_schedule_and_warmup():
+  cfg = tiny.get_config()
+  cfg.optim.warmup_epochs = 2
+  cfg.optim.grad_clip = 0.0
+  params = {"w": jnp.zeros(())}
+  tx = optim.make_optimizer(cfg.optim, params, total_steps=10, steps_per_epoch=1)
+  lrs = []
+  state = tx.init(params)
+  for _ in range(10):
+    # lr of AdamW with a constant gradient of 1: first update magnitude ~ lr
+    updates, state = tx.update({"w": jnp.ones(())}, state, params)
+    lrs.append(-float(updates["w"]))
+  assert lrs[0] == 0.0 and lrs[1] == pytest.approx(5e-5, rel=1e-3)
+  assert lrs[2] == pytest.approx(1e-4, rel=1e-2) and lrs[-1] < lrs[3]
+
+
+def test_gene_encoder_transfer_into_gimp():
+  cfg = tiny.get_config()
+  gene = create_state(build.build_gene_classifier(cfg, cfg.data.num_genes, 2, seed=5)).params
+  gimp = create_state(build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)).params
+  new, report = transfer.gene_encoder_into_gimp(gene, gimp)
+  src, dst, old = optim.flat_paths(gene), optim.flat_paths(new), optim.flat_paths(gimp)
+  assert report["copied"] and all(k.startswith("gene_encoder/") for k in report["copied"])
+  for k in report["copied"]:
+    np.testing.assert_array_equal(np.asarray(dst[k]), np.asarray(src[k]))
+  for k in report["fresh"]:
+    np.testing.assert_array_equal(np.asarray(dst[k]), np.asarray(old[k]))
+  assert "head/fc1/kernel" in report["fresh"]
+
+
+def test_pretrained_into_finetune_new_head_and_shape_mismatch():
+  cfg = tiny.get_config()
+  pre = create_state(build.build_gimp(cfg, cfg.data.num_genes, 2, seed=1)).params
+  fine = create_state(build.build_gimp(cfg, cfg.data.num_genes, 3, seed=2)).params
+  new, report = transfer.pretrained_into_finetune(pre, fine)
+  assert set(report["fresh"]) == {"head/fc1/bias", "head/fc1/kernel", "head/fc2/bias",
+                                  "head/fc2/kernel"}
+  np.testing.assert_array_equal(np.asarray(optim.flat_paths(new)["aggregator/embed/kernel"]),
+                                np.asarray(optim.flat_paths(pre)["aggregator/embed/kernel"]))
+  with pytest.raises(ValueError, match="shape"):
+    transfer.transfer_params(pre, fine)  # the 2-class head cannot go into a 3-class head
+
+
+def test_finetune_and_eval_steps_on_padded_bags():
+  cfg = tiny.get_config()
+  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  params = create_state(model).params
+  tx = optim.make_optimizer(cfg.optim, params, total_steps=5, steps_per_epoch=1,
+                            frozen_regex=cfg.finetune.frozen)
+  state = create_state(model, tx)
+  rng = np.random.default_rng(0)
+  batch = {"patches": jnp.asarray(rng.standard_normal((2, 50, 32)), jnp.float32),
+           "patch_mask": jnp.asarray(np.arange(50)[None] < np.array([[50], [20]])),
+           "genes": jnp.asarray(rng.standard_normal((2, 96)), jnp.float32),
+           "label": jnp.array([0, 1])}
+  state, metrics = steps.make_train_step(supervised.finetune_loss(cfg), cfg.finetune.frozen)(state, batch, jax.random.key(0))
+  assert np.isfinite(float(metrics["loss"]))
+  eval_step = steps.make_eval_step(methods.gimp_forward)
+  out = eval_step(state, batch, jax.random.key(0))
+  assert out["probs"].shape == (2, 2) and out["embedding"].shape == (2, 64)
+  np.testing.assert_allclose(np.asarray(out["probs"]).sum(-1), 1.0, rtol=1e-5)
+  # Evaluation is deterministic (dropout off).
+  again = eval_step(state, batch, jax.random.key(9))
+  np.testing.assert_array_equal(np.asarray(out["logits"]), np.asarray(again["logits"]))
+
+
+def test_gene_pretrain_step():
+  cfg = tiny.get_config()
+  model = build.build_gene_classifier(cfg, cfg.data.num_genes, 2, seed=0)
+  params = create_state(model).params
+  tx = optim.make_optimizer(cfg.optim, params, total_steps=5, steps_per_epoch=1)
+  state = create_state(model, tx)
+  b = _batch(cfg)
+  state, m = steps.make_train_step(supervised.gene_loss)(state, {"genes": b["genes"], "label": b["label"]},
+                                      jax.random.key(0))
+  assert set(m) >= {"loss", "accuracy"} and np.isfinite(float(m["loss"]))
+
+
+# ----------------------------------------------------------------------------- the real stage
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(tmp_path_factory):
+  """A tiny cohort through the real stage runner: gene pre-training, then the pretrain stage's
+  spec and initial state exactly as `run.pretrain` builds them."""
+  out = tmp_path_factory.mktemp("cohort")
+  paths = synthetic.make_cohort(str(out), patients=16, genes=96, min_patches=40, max_patches=90,
+                                feature_dim=32, seed=0)
+  cfg = tiny.get_config()
+  cfg.data.features_dir, cfg.data.expression, cfg.data.labels = (
+      paths["features_dir"], paths["expression"], paths["labels"])
+  cfg.gene_pretrain.epochs = 2
+  cfg.pretrain.epochs = 1
+  cfg.data.bucket_sizes = (128,)
+  workdir = str(tmp_path_factory.mktemp("run"))
+  r = run_lib.Run(cfg, workdir)
+  run_lib.gene_pretrain(r)
+  spec, state, _ = run_lib.pretrain_stage(r)
+  batch = loop.to_device(next(iter(spec.batches(0, 0))))
+  return r, spec, state, batch
+
+
+def _copy(state):
+  return jax.tree_util.tree_map(jnp.copy, state)
+
+
+def test_stage_runner_keeps_frozen_leaves_bit_identical(pretrain_run):
+  r, spec, state, _ = pretrain_run
+  assert spec.frozen == r"^gene_encoder/"
+  before = {k: np.asarray(v) for k, v in optim.flat_paths(state.params).items()}
+  final, _ = r.fit(spec, _copy(state), batch_size=state_batch(r))
+  after = optim.flat_paths(final.params)
+  frozen = [k for k in before if k.startswith("gene_encoder/")]
+  assert frozen and int(final.step) > 0
+  for k in frozen:
+    np.testing.assert_array_equal(np.asarray(after[k]), before[k])
+  assert any(not np.array_equal(np.asarray(after[k]), before[k])
+             for k in before if k.startswith("aggregator/"))
+
+
+def state_batch(r):
+  return min(r.config.pretrain.batch_size, r.cohort.split("train").size)
+
+
+def test_frozen_gene_encoder_is_deterministic_in_the_step(pretrain_run):
+  """CLS_ge (through the gene gap it determines) is the same for two step keys; without freezing,
+  GroupMSA's dropout makes it differ, so the check can fail."""
+  _, spec, state, batch = pretrain_run
+  genes = batch["genes"]
+  enc = [state.model(jax.random.key(k), train=True, frozen=spec.frozen).gene_encoder(genes)
+         for k in (1, 2)]
+  np.testing.assert_array_equal(np.asarray(enc[0]), np.asarray(enc[1]))
+  free = [state.model(jax.random.key(k), train=True).gene_encoder(genes) for k in (1, 2)]
+  assert not np.array_equal(np.asarray(free[0]), np.asarray(free[1]))
+  step = steps.make_train_step(spec.loss_fn, spec.frozen)
+  gaps = [float(step(_copy(state), batch, jax.random.key(k))[1]["gene_gap"]) for k in (1, 2)]
+  assert gaps[0] == gaps[1]
+  unfrozen = steps.make_train_step(spec.loss_fn, "")
+  gaps = [float(unfrozen(_copy(state), batch, jax.random.key(k))[1]["gene_gap"]) for k in (1, 2)]
+  assert gaps[0] != gaps[1]
+
+
+def _count(jaxpr, name: str) -> int:
+  """Equations named `name` in a jaxpr, nested jaxprs (jit, scan, custom rules) included."""
+  n = 0
+  for eqn in jaxpr.eqns:
+    n += eqn.primitive.name == name
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          n += _count(inner, name)
+  return n
+
+
+def test_no_gradient_is_computed_through_frozen_leaves(pretrain_run):
+  """The step's program: freezing removes at least one matrix product per GroupMSA matrix product
+  of the forward pass (its weight gradients)."""
+  _, spec, state, batch = pretrain_run
+  key = jax.random.key(0)
+  frozen = _count(jax.make_jaxpr(steps.make_train_step(spec.loss_fn, spec.frozen))(
+      state, batch, key).jaxpr, "dot_general")
+  free = _count(jax.make_jaxpr(steps.make_train_step(spec.loss_fn, ""))(
+      state, batch, key).jaxpr, "dot_general")
+  model = state.model(train=False)
+  encoder = _count(jax.make_jaxpr(lambda g: model.gene_encoder(g))(batch["genes"]).jaxpr,
+                   "dot_general")
+  assert encoder > 0
+  assert free - frozen >= encoder, (free, frozen, encoder)
+
+
+def test_grad_norm_is_over_trainable_parameters(pretrain_run):
+  """Against jax.grad of the same loss with the model as the step builds it, norm taken over the
+  leaves whose path does not match the stage's regex."""
+  _, spec, state, batch = pretrain_run
+  key = jax.random.key(3)
+  _, metrics = steps.make_train_step(spec.loss_fn, spec.frozen)(_copy(state), batch, key)
+  grads = jax.grad(lambda p: spec.loss_fn(
+      state.replace(params=p).model(key, train=True, frozen=spec.frozen), batch)[0])(state.params)
+  flat = optim.flat_paths(grads)
+  want = np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64))))
+                     for k, g in flat.items() if not re.search(spec.frozen, k)))
+  np.testing.assert_allclose(float(metrics["grad_norm"]), want, rtol=1e-4)
+  everything = np.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64))))
+                           for g in flat.values()))
+  assert everything > want * (1 + 1e-3)  # the frozen encoder does have a gradient to leave out
+
+
+def test_keep_best_selects_on_the_configured_metric_and_stops_early(pretrain_run, tmp_path):
+  r, _, state, _ = pretrain_run
+  scripted = [{"accuracy": 0.5, "auc": 0.6}, {"accuracy": 0.5, "auc": 0.7},
+              {"accuracy": 0.75, "auc": 0.55}, {"accuracy": 0.6, "auc": 0.65}]
+  for metric, best_epoch, stops in (("val_auc", 1, [False, False, False, True]),
+                                    ("val_accuracy", 2, [False, False, False, False])):
+    r.workdir = str(tmp_path / metric)
+    it = iter(scripted)
+    best, on_epoch_end = run_lib.keep_best(r, "probe", lambda s: next(it), metric, patience=2)
+    got = []
+    for epoch in range(4):
+      out = on_epoch_end(state.replace(step=jnp.asarray(epoch + 1, jnp.int32)), epoch, {})
+      got.append(out["stop_early"])
+    assert out["best_epoch"] == best_epoch and got == stops
+    best.close()
+  with pytest.raises(ValueError, match="select_metric"):
+    run_lib.selection_key({"accuracy": 1.0, "auc": 1.0}, "val_loss")
