@@ -18,9 +18,11 @@ import jax
 import orbax.checkpoint as ocp
 
 from gimp_jax.errors import DataError
-from gimp_jax.train.state import TrainState
 
 T = TypeVar("T")
+# A train state (gimp_jax.train.state.TrainState): a pytree with step, params and opt_state and
+# a `replace` method. Not imported, so the checkpoint layer does not depend on the trainer.
+State = TypeVar("State")
 MAX_TO_KEEP = 2  # checkpoints kept per stage
 
 
@@ -43,7 +45,7 @@ class StageCheckpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, state: TrainState, meta: dict[str, Any]) -> None:
+  def save(self, state: State, meta: dict[str, Any]) -> None:
     """Saves (synchronously) at the state's step, replacing a checkpoint of the same step."""
     step = int(state.step)
     latest = self.manager.latest_step()
@@ -101,8 +103,8 @@ class StageCheckpoints:
     return self._read_newest(lambda s: self.manager.restore(s, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"], step)
 
-  def restore(self, state: TrainState, step: int | None = None
-              ) -> tuple[TrainState, dict[str, Any]] | None:
+  def restore(self, state: State, step: int | None = None
+              ) -> tuple[State, dict[str, Any]] | None:
     """Restores into the structure of `state` (newest readable step); None if there is none."""
     def read(s):
       out = self.manager.restore(s, args=ocp.args.Composite(

@@ -221,7 +221,7 @@ def place_state(state, mesh: Mesh, config=None):
 
 
 def parallelize_step(step, state, mesh: Mesh, config=None):
-  """`step` (e.g. from `train.steps.make_pretrain_step`) jitted for the mesh, donating the state.
+  """`step` (from `train.steps.make_train_step`) jitted for the mesh, donating the state.
 
   Returns:
     A function `(state, batch, key) -> (state, metrics)`: `state` as placed by `place_state`,

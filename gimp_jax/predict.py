@@ -146,7 +146,7 @@ def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
     raise DataError(f"{os.path.join(workdir, 'checkpoints', BEST)}: no fine-tuned checkpoint; "
                     "run the finetune stage first")
   logging.info("predict: %d patients, model of %s", len(cohort.patients), workdir)
-  evaluation = _Evaluation(config, cohort, steps.make_eval_step(method.forward))
+  evaluation = _Evaluation(config, cohort, steps.make_eval_step())
   out = run_lib.predict(evaluation, create_state(model).replace(params=params), "all")
   labels = out["label"] if labelled else np.full(len(out["patient_id"]), -1)
   return {"patient_id": out["patient_id"], "label": labels, "probs": out["probs"],

@@ -126,8 +126,8 @@ def test_fusion_models_ignore_padding(kind):
   xp = np.full((1, 20, 12), 50.0, np.float32)
   xp[:, :9] = x
   mask = jnp.asarray(np.arange(20)[None] < 9)
-  want, emb = model.predict(jnp.asarray(x), genes)
-  got, emb_p = model.predict(jnp.asarray(xp), genes, mask)
+  want, emb = model(jnp.asarray(x), genes)
+  got, emb_p = model(jnp.asarray(xp), genes, mask)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.asarray(emb_p), np.asarray(emb), rtol=1e-4, atol=1e-5)
   assert np.asarray(got).shape == (1, 2)

@@ -50,7 +50,7 @@ def test_abmil_matches_numpy():
   a = np_softmax(np_gated(model.attention, h)[:, 0])
   bag = a @ h
   want = bag @ params(model, "head", "kernel") + params(model, "head", "bias")
-  logits, emb = model.predict(jnp.asarray(x))
+  logits, emb = model(jnp.asarray(x))
   np.testing.assert_allclose(np.asarray(logits)[0], want, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.asarray(emb)[0], bag, rtol=1e-4, atol=1e-5)
 
@@ -69,7 +69,7 @@ def test_dsmil_matches_numpy():
   got_bag, got_max, _ = model.streams(jnp.asarray(x[None]))
   np.testing.assert_allclose(np.asarray(got_bag)[0], bag, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.asarray(got_max)[0], c.max(0), rtol=1e-5, atol=1e-6)
-  probs = np.exp(np.asarray(model(jnp.asarray(x[None]))))[0]
+  probs = np.exp(np.asarray(model(jnp.asarray(x[None]))[0]))[0]
   np.testing.assert_allclose(probs, 0.5 * np_softmax(bag) + 0.5 * np_softmax(c.max(0)),
                              rtol=1e-5)
 
@@ -161,7 +161,7 @@ def test_padded_bag_gives_the_unpadded_logits(name):
   x = RNG.standard_normal((1, 11, IN)).astype(np.float32)
   xp, mask = padded(x, 32)
   xp = xp.at[:, 11:].set(100.0)  # garbage in the padding must not matter
-  forward = jax.jit(lambda m, a, k: m(a, None, k))
+  forward = jax.jit(lambda m, a, k: m(a, None, k)[0])
   want = forward(model, jnp.asarray(x), None)
   got = forward(model, xp, mask)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-4)

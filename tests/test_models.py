@@ -52,7 +52,7 @@ def test_gimp_paper_dims_shapes():
   @jax.jit
   def run(m, p, g):
     cls_img, cls_ge, tokens = m.encode(p, g, mpm_mask=jnp.zeros((2, 300), bool))
-    return cls_img, cls_ge, tokens, m.reconstruct(tokens), m(p, g)
+    return cls_img, cls_ge, tokens, m.reconstruct(tokens), m(p, g)[0]
 
   cls_img, cls_ge, tokens, rec, logits = run(model, patches, genes)
   assert cls_img.shape == (2, 512) and cls_ge.shape == (2, 512)

@@ -51,7 +51,8 @@ def _independent(workdir, paths):
   model = methods.get(c.method).build(c, cohort.num_genes, cohort.num_classes, c.seed)
   params = run_lib.restore_params(workdir, "finetune_best", model)
   state = create_state(model).replace(params=params)
-  forward = jax.jit(lambda state, batch: methods.gimp_forward(state.model(train=False), batch))
+  forward = jax.jit(lambda state, batch: state.model(train=False)(
+      batch["patches"], batch["genes"], batch["patch_mask"]))
   out = {}
   for i, p in enumerate(cohort.patients):
     x = cohort.bag(i).features()

@@ -10,7 +10,6 @@ import optax
 import pytest
 
 from configs import tiny
-from gimp_jax import methods
 from gimp_jax.models import build
 from gimp_jax.data import synthetic
 from gimp_jax.train import loop, optim, steps, transfer
@@ -143,7 +142,7 @@ def test_finetune_and_eval_steps_on_padded_bags():
            "label": jnp.array([0, 1])}
   state, metrics = steps.make_train_step(supervised.finetune_loss(cfg), cfg.finetune.frozen)(state, batch, jax.random.key(0))
   assert np.isfinite(float(metrics["loss"]))
-  eval_step = steps.make_eval_step(methods.gimp_forward)
+  eval_step = steps.make_eval_step()
   out = eval_step(state, batch, jax.random.key(0))
   assert out["probs"].shape == (2, 2) and out["embedding"].shape == (2, 64)
   np.testing.assert_allclose(np.asarray(out["probs"]).sum(-1), 1.0, rtol=1e-5)

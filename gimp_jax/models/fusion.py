@@ -21,6 +21,7 @@ import math
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from gimp_jax.models.group_msa import TransformerBlock
 from gimp_jax.models.mil import GatedAttention, full_mask, masked_softmax
@@ -128,13 +129,10 @@ class AttentionFusion(nnx.Module):
     bag = jnp.einsum("bn,bnd->bd", attn, h)
     return self.drop(jax.nn.relu(self.rho(bag))), attn
 
-  def predict(self, patches: jax.Array, genes: jax.Array, patch_mask: jax.Array | None = None):
+  def __call__(self, patches: jax.Array, genes: jax.Array, patch_mask: jax.Array | None = None):
     """(logits [B, C], fused embedding [B, mmhid])."""
     fused = self.fusion(self.pool(patches, patch_mask)[0], self.gene_encoder(genes))
     return self.head(fused), fused
-
-  def __call__(self, patches, genes, patch_mask=None) -> jax.Array:
-    return self.predict(patches, genes, patch_mask)[0]
 
 
 class GeneGroupSNN(nnx.Module):
@@ -235,11 +233,27 @@ class MCAT(nnx.Module):
     h_coattn, attn = self.coattn(h_omic, h_path, mask)
     return h_coattn, h_omic, attn
 
-  def predict(self, patches: jax.Array, genes: jax.Array, patch_mask: jax.Array | None = None):
+  def __call__(self, patches: jax.Array, genes: jax.Array, patch_mask: jax.Array | None = None):
     """(logits [B, C], fused embedding [B, d])."""
     h_coattn, h_omic, _ = self.coattend(patches, genes, patch_mask)
     fused = self.fusion(self.path_pool(h_coattn), self.omic_pool(h_omic))
     return self.head(fused), fused
 
-  def __call__(self, patches, genes, patch_mask=None) -> jax.Array:
-    return self.predict(patches, genes, patch_mask)[0]
+
+def build_attention_fusion(config: ml_collections.ConfigDict, num_genes: int, num_classes: int,
+                           seed: int):
+  """PORPOISE and Pathomic Fusion: config.fusion (path_hidden, path_dim, snn_hidden, mode, scale,
+  mmhid, dropout)."""
+  f = config.fusion
+  return AttentionFusion(
+      config.data.feature_dim, num_genes, num_classes, path_hidden=f.path_hidden,
+      path_dim=f.path_dim, snn_hidden=tuple(f.snn_hidden), fusion=f.mode, scale=f.scale,
+      mmhid=f.mmhid, dropout=f.dropout, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+
+
+def build_mcat(config: ml_collections.ConfigDict, num_genes: int, num_classes: int, seed: int):
+  """config.mcat (dim, num_gene_groups, heads, depth, fusion, dropout)."""
+  c = config.mcat
+  return MCAT(config.data.feature_dim, num_genes, num_classes, dim=c.dim,
+                     num_gene_groups=c.num_gene_groups, heads=c.heads, depth=c.depth,
+                     fusion=c.fusion, dropout=c.dropout, rngs=nnx.Rngs(params=seed, dropout=seed + 1))

@@ -62,10 +62,11 @@ class GiMP(nnx.Module):
     return self.decoder(tokens).astype(jnp.float32)
 
   def __call__(self, patches: jax.Array, genes: jax.Array | None,
-               patch_mask: jax.Array | None = None) -> jax.Array:
-    """Whole-bag classification: logits [B, num_classes]."""
+               patch_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Whole-bag classification: (logits [B, num_classes], CLS_pat [B, 2d] or [B, d])."""
     cls_img, cls_ge, _ = self.encode(patches, genes, patch_mask=patch_mask)
-    return self.head(cls_pat(cls_img, cls_ge))
+    emb = cls_pat(cls_img, cls_ge)
+    return self.head(emb), emb
 
 
 def cls_pat(cls_img: jax.Array, cls_ge: jax.Array | None) -> jax.Array:

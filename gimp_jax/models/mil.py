@@ -74,15 +74,12 @@ class ABMIL(nnx.Module):
     attn = masked_softmax(self.attention(h)[..., 0], mask, axis=-1)
     return jnp.einsum("bn,bnd->bd", attn, h), attn
 
-  def predict(self, patches: jax.Array, genes: jax.Array | None = None,
+  def __call__(self, patches: jax.Array, genes: jax.Array | None = None,
               patch_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(logits [B, num_classes], bag embedding [B, dim])."""
     del genes
     bag = self.pool(patches, patch_mask)[0]
     return self.head(bag), bag
-
-  def __call__(self, patches, genes=None, patch_mask=None) -> jax.Array:
-    return self.predict(patches, genes, patch_mask)[0]
 
 
 class DSMIL(nnx.Module):
@@ -130,7 +127,7 @@ class DSMIL(nnx.Module):
     bag_logits = jnp.einsum("ocd,bcd->bo", self.fcc_kernel[...], bag) + self.fcc_bias[...]
     return bag_logits, max_logits, attn
 
-  def predict(self, patches: jax.Array, genes: jax.Array | None = None,
+  def __call__(self, patches: jax.Array, genes: jax.Array | None = None,
               patch_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """DSMIL's averaged prediction, logits = log(0.5 softmax(bag) + 0.5 softmax(max)), and the
     bag representation B flattened ([B, C * in_dim])."""
@@ -139,9 +136,6 @@ class DSMIL(nnx.Module):
     probs = 0.5 * jax.nn.softmax(bag_logits) + 0.5 * jax.nn.softmax(max_logits)
     bag = jnp.einsum("bnc,bnd->bcd", attn, patches.astype(jnp.float32))
     return jnp.log(jnp.maximum(probs, 1e-30)), bag.reshape(bag.shape[0], -1)
-
-  def __call__(self, patches, genes=None, patch_mask=None) -> jax.Array:
-    return self.predict(patches, genes, patch_mask)[0]
 
 
 class CLAM(nnx.Module):
@@ -192,15 +186,12 @@ class CLAM(nnx.Module):
     return (jnp.einsum("bnd,cde->bcne", h, self.instance_kernel[...])
             + self.instance_bias[...][None, :, None, :])
 
-  def predict(self, patches: jax.Array, genes: jax.Array | None = None,
+  def __call__(self, patches: jax.Array, genes: jax.Array | None = None,
               patch_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(logits [B, C], pooled vectors flattened [B, K * dim])."""
     del genes
     logits, _, _, pooled = self.attend(patches, patch_mask)
     return logits, pooled.reshape(pooled.shape[0], -1)
-
-  def __call__(self, patches, genes=None, patch_mask=None) -> jax.Array:
-    return self.predict(patches, genes, patch_mask)[0]
 
 
 def square_layout(mask: jax.Array):
@@ -284,12 +275,10 @@ class TransMIL(nnx.Module):
     h = self.layer2(h, tokens_mask)
     return self.norm(h[:, 0])
 
-  def predict(self, patches: jax.Array, genes: jax.Array | None = None,
+  def __call__(self, patches: jax.Array, genes: jax.Array | None = None,
               patch_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(logits [B, C], CLS embedding [B, dim])."""
     del genes
     cls = self.embed(patches, patch_mask)
     return self.head(cls), cls
 
-  def __call__(self, patches, genes=None, patch_mask=None) -> jax.Array:
-    return self.predict(patches, genes, patch_mask)[0]

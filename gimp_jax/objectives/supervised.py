@@ -7,11 +7,12 @@ from gimp_jax import losses
 
 
 def finetune_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
-  """Cross-entropy of `model(patches, genes, patch_mask)`'s logits over whole (padded) bags."""
+  """Cross-entropy of the logits of `model(patches, genes, patch_mask) -> (logits, embedding)`
+  over whole (padded) bags."""
   smoothing = config.finetune.label_smoothing
 
   def loss_fn(model, batch):
-    logits = model(batch["patches"], batch.get("genes"), batch.get("patch_mask"))
+    logits, _ = model(batch["patches"], batch.get("genes"), batch.get("patch_mask"))
     loss = losses.cross_entropy(logits, batch["label"], smoothing)
     return loss, {"loss": loss, "accuracy": losses.accuracy(logits, batch["label"])}
   return loss_fn

@@ -7,8 +7,6 @@ Batches are dicts of arrays:
   finetune / eval: patches [B, N, D], patch_mask [B, N] bool (optional), genes [B, G], label [B].
 """
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
@@ -58,14 +56,13 @@ def _global_norm(leaves) -> jax.Array:
                       jnp.zeros((), jnp.float32)))
 
 
-def make_eval_step(forward: Callable):
-  """Jitted evaluation: (state, batch, key) -> {"logits", "probs", "embedding"} in eval mode.
-
-  Args:
-    forward: `(model, batch) -> (logits [B, C], embedding [B, E])`.
+def make_eval_step():
+  """Jitted evaluation: (state, batch, key) -> {"logits", "probs", "embedding"} in eval mode, from
+  the one model protocol `model(patches, genes, patch_mask) -> (logits [B, C], embedding [B, E])`.
   """
   def step(state: TrainState, batch: dict, key: jax.Array):
     del key  # evaluation is deterministic; the key keeps the step signature uniform
-    logits, emb = forward(state.model(train=False), batch)
+    logits, emb = state.model(train=False)(batch["patches"], batch.get("genes"),
+                                           batch.get("patch_mask"))
     return {"logits": logits, "probs": jax.nn.softmax(logits, -1), "embedding": emb}
   return jax.jit(step)

@@ -1,0 +1,6 @@
+"""GiMP: supervised GroupMSA (frozen), MPM + gene-induced triplet pre-training, fine-tuning of the
+MLP head on CLS_pat (and, through config flags, its Table 2 ablations)."""
+
+from gimp_jax.models.build import build_gimp as build  # pylint: disable=unused-import
+from gimp_jax.objectives.gimp import make_loss as pretrain_loss  # pylint: disable=unused-import
+from gimp_jax.objectives.supervised import finetune_loss  # pylint: disable=unused-import

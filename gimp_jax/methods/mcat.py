@@ -1,0 +1,7 @@
+"""MCAT (Chen et al. 2021): genomic-guided co-attention over the patches (config.mcat), trained
+end to end."""
+
+from gimp_jax.models.fusion import build_mcat as build  # pylint: disable=unused-import
+from gimp_jax.objectives.supervised import finetune_loss  # pylint: disable=unused-import
+
+pretrain_loss = None

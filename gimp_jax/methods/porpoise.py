@@ -1,0 +1,7 @@
+"""PORPOISE (Chen et al. 2022): attention MIL + SNN fused by a gated Kronecker product
+(config.fusion), trained end to end."""
+
+from gimp_jax.models.fusion import build_attention_fusion as build  # pylint: disable=unused-import
+from gimp_jax.objectives.supervised import finetune_loss  # pylint: disable=unused-import
+
+pretrain_loss = None
