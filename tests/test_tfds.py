@@ -73,7 +73,7 @@ def test_no_tensorflow_anywhere(built):
 
 def test_cohort_identical_to_h5(built):
   h5, tf, _ = built
-  assert isinstance(tf, tfds_source.TfdsCohort)
+  assert type(tf) is ch.Cohort and isinstance(tf.bags, tfds_source.RecordSource)
   assert tf.class_names == h5.class_names and tf.feature_dim == h5.feature_dim == D
   for p, q in zip(h5.patients, tf.patients, strict=True):
     assert (p.patient_id, p.label, p.slide_ids, p.slide_patches, p.expression_id) == (
@@ -210,7 +210,7 @@ def test_float16_manual_dir_and_stale_reuse(inputs, tmp_path):
                        features_dtype='float16')
   tf = tfds_builder.build(bare, data_dir, manual_dir=folder, chunk_size=CHUNK // 2,
                           features_dtype='float16', overwrite=True)
-  assert tf.chunks.chunk_size == CHUNK // 2
+  assert tf.bags.chunks.chunk_size == CHUNK // 2
   assert os.path.isfile(os.path.join(folder, 'labels.csv'))  # the inputs are left alone
 
 
