@@ -17,13 +17,12 @@ from the chunk records (`RecordSource`, the TFDS backend of `source.PatientSourc
 functions of `pipeline` therefore yield identical batches from either source.
 """
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 import dataclasses
 import hashlib
 import json
 import os
 
-import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -249,26 +248,3 @@ def load_cohort_from_tfds(data_dir: str, spec: cohort_lib.CohortSpec | None = No
                            cohort_lib.splits_from_column(split), genes, normalizer,
                            int(meta['feature_dim']),
                            RecordSource(chunks, patients, int(meta['feature_dim'])))
-
-
-def grain_batches(make_batches: Callable[..., Iterator[dict]], num_batches: int, *,
-                  start_batch: int = 0, num_threads: int = 4, prefetch: int = 8
-                  ) -> Iterator[dict]:
-  """Batches [start_batch, num_batches) of a `pipeline` batch function, made by grain threads.
-
-  Batch b is `next(make_batches(start_batch=b))`, a pure function of (seed, epoch, b), so the
-  order and contents are those of iterating `make_batches()` itself; grain only makes up to
-  `prefetch` of them ahead in `num_threads` threads.
-
-  Args:
-    make_batches: e.g. `functools.partial(pipeline.pretrain_batches, cohort, 'train', ...)`
-      with every argument but `start_batch` bound.
-    num_batches: batches in the epoch (`pipeline.num_batches(...)`).
-    start_batch: first batch (resume).
-    num_threads: grain read threads.
-    prefetch: batches made ahead.
-  """
-  ds = grain.MapDataset.range(start_batch, num_batches).map(
-      lambda b: next(make_batches(start_batch=int(b))))
-  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                   prefetch_buffer_size=prefetch)))
