@@ -6,7 +6,7 @@ float32 [N, 1024] and `coords` int32 [N, 2], chunks of 32 rows), then measures
 `bag_batches` (whole bags), each followed by `jax.device_put` as the training loop does:
 
 - synchronous: the loader alone, in the main thread;
-- with `pipeline.prefetch`: a consumer that takes `consume_s` per batch (a sleep standing in for
+- with prefetching (grain threads, `prefetch=prefetch_size`): a consumer that takes `consume_s` per batch (a sleep standing in for
   the device step, which frees the GIL as a jitted step does), reporting the time the consumer
   waited for data.
 
@@ -66,18 +66,19 @@ def _patches(batch: dict) -> int:
 
 
 def measure(make_batches, num_batches: int, prefetch_size: int, consume_s: float) -> dict:
-  """Patches/s of `make_batches(epoch)` alone and behind `prefetch` with a `consume_s` consumer.
+  """Patches/s of `make_batches(epoch, prefetch)`: alone (prefetch 0), then prefetched for a
+  `consume_s` consumer.
 
   Returns:
     {"sync_patches_per_s", "prefetch_patches_per_s", "consume_s", "wait_s_per_batch",
      "stall_fraction"}: the last two are the consumer's mean wait for a batch and the fraction of
     its wall time spent waiting.
   """
-  for batch in make_batches(0):  # warm-up: the window sampler compiles once
+  for batch in make_batches(0, 0):  # warm-up
     _device_put(batch)
     break
   start, patches, count = time.perf_counter(), 0, 0
-  for batch in make_batches(1):
+  for batch in make_batches(1, 0):
     _device_put(batch)
     patches += _patches(batch)
     count += 1
@@ -85,7 +86,7 @@ def measure(make_batches, num_batches: int, prefetch_size: int, consume_s: float
       break
   sync = patches / (time.perf_counter() - start)
   start, patches, count, waited = time.perf_counter(), 0, 0, 0.0
-  it = pipeline.prefetch(make_batches(2), prefetch_size)
+  it = make_batches(2, prefetch_size)
   while count < num_batches:
     t = time.perf_counter()
     batch = next(it, None)
@@ -121,9 +122,11 @@ def loading(num_patients: int, num_patches: int, batch_size: int, window: int,
     cohort = write_cohort(tmp, num_patients, num_patches)
     write_s = time.perf_counter() - start
     size = sum(os.path.getsize(p.slide_paths[0]) for p in cohort.patients)
-    windows = lambda e: pipeline.pretrain_batches(  # noqa: E731
-        cohort, "all", batch_size=batch_size, window=window, ratio=0.5, seed=0, epoch=e)
-    bags = lambda e: pipeline.bag_batches(cohort, "all", batch_size=1, epoch=e)  # noqa: E731
+    windows = lambda e, ahead: pipeline.pretrain_batches(  # noqa: E731
+        cohort, "all", batch_size=batch_size, window=window, ratio=0.5, seed=0, epoch=e,
+        prefetch=ahead)
+    bags = lambda e, ahead: pipeline.bag_batches(  # noqa: E731
+        cohort, "all", batch_size=1, epoch=e, prefetch=ahead)
     pre = measure(windows, min(num_batches, num_patients // batch_size), prefetch_size,
                   pretrain_step_s)
     whole = measure(bags, min(num_batches, num_patients), prefetch_size, finetune_step_s)

@@ -46,7 +46,7 @@ def test_inspect_and_read_whole(tmp_path, coord_dtype):
   info = clam.inspect_slide(path, 16)
   assert (info.num_patches, info.feature_dim) == (70, 16)
   np.testing.assert_array_equal(clam.read_rows(path, 'features'), feats)
-  bag = clam.PatientBag([path])
+  bag = clam.open_bag([path])
   np.testing.assert_array_equal(bag.features(), feats)
   got = bag.coords()
   assert got.dtype == np.int32
@@ -82,7 +82,7 @@ def test_patient_bag_concatenates_slides_in_order(tmp_path):
   f2, c2 = bag_arrays(rng, 33, 8, np.int64)
   p1 = write_clam(tmp_path / 'one.h5', f1, c1)
   p2 = write_clam(tmp_path / 'two.h5', f2, c2)
-  bag = clam.PatientBag([p1, p2], 8)
+  bag = clam.open_bag([p1, p2], 8)
   assert bag.num_patches == 78
   feats, coords = np.concatenate([f1, f2]), np.concatenate([c1, c2.astype(np.int32)])
   idx = rng.integers(0, 78, 120)
@@ -101,7 +101,7 @@ def test_patient_bag_concatenates_slides_in_order(tmp_path):
 def test_unchunked_and_float64_features_are_read_as_float32(tmp_path):
   feats = np.random.default_rng(4).standard_normal((10, 4))
   path = write_clam(tmp_path / 'f64.h5', feats, np.zeros((10, 2), np.int64), chunked=False)
-  out = clam.PatientBag([path]).features(np.array([3, 1]))
+  out = clam.open_bag([path]).features(np.array([3, 1]))
   assert out.dtype == np.float32
   np.testing.assert_allclose(out, feats[[3, 1]], rtol=1e-6)
 
@@ -154,7 +154,7 @@ def test_nan_inf_found_by_check_and_on_read(tmp_path):
   f[30, 0] = np.inf
   path = write_clam(tmp_path / 'nan.h5', f, np.zeros((50, 2), np.int32))
   _expect(clam.check_bag(path, 4), f'{path}: features: 2 rows contain NaN/Inf (first row 7)')
-  bag = clam.PatientBag([path])
+  bag = clam.open_bag([path])
   np.testing.assert_array_equal(bag.features(np.arange(10, 20)), f[10:20])  # clean rows read
   with pytest.raises(DataError, match='NaN/Inf'):
     bag.features(np.arange(0, 10))
@@ -174,7 +174,7 @@ def test_missing_truncated_and_foreign_files(tmp_path, slide):
     problems = clam.check_bag(str(p), 8)
     assert problems and all(x.startswith(str(p)) for x in problems), problems
     with pytest.raises(DataError, match=str(p)):
-      clam.PatientBag([str(p)], 8, [200]).features(np.arange(100, 200))
+      clam.open_bag([str(p)], 8, [200]).features(np.arange(100, 200))
 
 
 @settings(max_examples=40, deadline=None,
@@ -193,7 +193,7 @@ def test_fuzz_corrupted_bytes_raise_only_data_error(tmp_path, offset, junk):
   problems = clam.check_bag(path, 8)  # never raises
   assert all(isinstance(p, str) and p.startswith(path) for p in problems)
   try:
-    bag = clam.PatientBag([path], 8)
+    bag = clam.open_bag([path], 8)
     bag.features(rng.integers(0, bag.num_patches, 30))
     bag.coords()
     n = bag.num_patches

@@ -75,7 +75,7 @@ def test_fuzz_h5_structures_raise_only_data_error(tmp_path, features, coords, wi
   assert all(isinstance(p, str) and p.startswith(path) for p in problems)
   try:
     info = clam.inspect_slide(path, width)
-    bag = clam.PatientBag([path], width)
+    bag = clam.open_bag([path], width)
     rows = np.arange(info.num_patches)
     assert bag.features(rows).shape == (info.num_patches, info.feature_dim)
     assert bag.coords(rows).shape == (info.num_patches, 2)

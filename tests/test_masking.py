@@ -1,48 +1,62 @@
-"""Masked patch modelling window and mask sampling."""
+"""Masked patch modelling window and mask sampling (NumPy, on the host)."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gimp_jax.masking import sample_mpm
+from gimp_jax import masking
+
+
+def draw(n, window=6000, ratio=0.5, seed=0, epoch=0, position=0):
+  return masking.sample_mpm(masking.window_rng(seed, epoch, position), n, window, ratio)
 
 
 @pytest.mark.parametrize("n", [10_000, 6000, 6001])
 def test_long_bag_gives_contiguous_window(n):
-  idx, mask = sample_mpm(jax.random.key(n), n, 6000, 0.5)
-  idx = np.asarray(idx)
+  idx, mask = draw(n, position=n)
   assert idx.shape == (6000,) and mask.shape == (6000,) and mask.dtype == bool
   assert np.all(np.diff(idx) == 1) and 0 <= idx[0] <= n - 6000
   assert int(mask.sum()) == 3000
 
 
-def test_short_bag_is_tiled():
-  idx, _ = sample_mpm(jax.random.key(0), 485, 6000, 0.5)
-  np.testing.assert_array_equal(np.asarray(idx), np.arange(6000) % 485)
+def test_short_bag_is_tiled_from_its_start():
+  idx, _ = draw(485)
+  np.testing.assert_array_equal(idx, np.arange(6000) % 485)
+  idx, _ = draw(1, window=5)
+  np.testing.assert_array_equal(idx, np.zeros(5))
 
 
-@pytest.mark.parametrize("window,ratio,expected", [(7, 0.5, 4), (512, 0.5, 256), (10, 0.25, 2)])
+@pytest.mark.parametrize("window,ratio,expected", [(7, 0.5, 4), (512, 0.5, 256), (10, 0.25, 2),
+                                                   (6000, 0.5, 3000), (9, 0.0, 0), (9, 1.0, 9)])
 def test_exact_number_masked(window, ratio, expected):
-  _, mask = sample_mpm(jax.random.key(1), 100, window, ratio)
-  assert int(mask.sum()) == expected == round(ratio * window)
+  for position in range(20):
+    _, mask = draw(100, window, ratio, position=position)
+    assert int(mask.sum()) == expected == masking.num_masked(window, ratio) == round(ratio * window)
 
 
-def test_same_key_same_result_and_traced_num_patches():
-  f = jax.jit(lambda k, n: sample_mpm(k, n, 64, 0.5))
-  a = f(jax.random.key(3), jnp.int32(1000))
-  b = f(jax.random.key(3), jnp.int32(1000))
-  c = f(jax.random.key(4), jnp.int32(1000))
+def test_deterministic_per_seed_epoch_position():
+  a = draw(1000, 64, seed=3, epoch=2, position=5)
+  b = draw(1000, 64, seed=3, epoch=2, position=5)
   for x, y in zip(a, b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  assert not np.array_equal(np.asarray(a[1]), np.asarray(c[1]))
+    np.testing.assert_array_equal(x, y)
+  for other in (dict(seed=4, epoch=2, position=5), dict(seed=3, epoch=3, position=5),
+                dict(seed=3, epoch=2, position=6)):
+    c = draw(1000, 64, **other)
+    assert not (np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1])), other
+
+
+def test_different_positions_draw_different_windows():
+  starts = {int(draw(10_000, 64, position=p)[0][0]) for p in range(50)}
+  masks = {draw(10_000, 64, position=p)[1].tobytes() for p in range(50)}
+  assert len(starts) > 45 and len(masks) == 50
 
 
 def test_start_and_mask_positions_are_spread_uniformly():
-  keys = jax.random.split(jax.random.key(7), 2000)
-  idx, mask = jax.vmap(lambda k: sample_mpm(k, 20, 10, 0.5))(keys)
-  starts = np.asarray(idx[:, 0])
-  counts = np.bincount(starts, minlength=11)
-  assert counts.min() > 100  # 11 possible starts, ~182 each
-  per_position = np.asarray(mask).mean(0)
-  np.testing.assert_allclose(per_position, 0.5, atol=0.06)
+  idx, mask = map(np.stack, zip(*(draw(20, 10, 0.5, seed=7, position=p) for p in range(2000))))
+  counts = np.bincount(idx[:, 0], minlength=11)
+  assert counts.size == 11 and counts.min() > 100  # 11 possible starts, ~182 each
+  np.testing.assert_allclose(mask.mean(0), 0.5, atol=0.06)
+
+
+def test_empty_bag_is_refused():
+  with pytest.raises(ValueError, match="num_patches"):
+    draw(0)

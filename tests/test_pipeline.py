@@ -1,10 +1,6 @@
 """Batches: contents against h5py reads and masking.sample_mpm, determinism, resume, padding."""
 
-import threading
-import time
-
 import h5py
-import jax
 import numpy as np
 import pytest
 
@@ -12,7 +8,9 @@ from gimp_jax import masking
 from gimp_jax.data import cohort as ch
 from gimp_jax.data import genes as genes_lib
 from gimp_jax.data import pipeline as pl
+from gimp_jax.data import source
 from gimp_jax.data import synthetic
+from gimp_jax.errors import DataError
 
 
 @pytest.fixture(scope='module')
@@ -45,7 +43,6 @@ def test_pretrain_batches_match_independent_windows(cohort):
   train = cohort.splits['train']
   assert len(got) == train.size // 4
   order = np.random.default_rng([pl._ORDER_STREAM, 3, 0]).permutation(train)
-  root = jax.random.fold_in(jax.random.fold_in(jax.random.key(3), pl.MPM_STREAM), 0)
   tiled = 0
   for b, batch in enumerate(got):
     assert batch['patches'].shape == (4, 32, 8) and batch['patches'].dtype == np.float32
@@ -54,9 +51,10 @@ def test_pretrain_batches_match_independent_windows(cohort):
     for j in range(4):
       p = order[b * 4 + j]
       feats, _ = whole_bag(cohort.patients[p])
-      idx, mask = masking.sample_mpm(jax.random.fold_in(root, b * 4 + j), feats.shape[0], 32, 0.5)
-      np.testing.assert_array_equal(batch['patches'][j], feats[np.asarray(idx)])
-      np.testing.assert_array_equal(batch['mpm_mask'][j], np.asarray(mask))
+      rng = np.random.default_rng([masking.MPM_STREAM, 3, 0, b * 4 + j])
+      idx, mask = masking.sample_mpm(rng, feats.shape[0], 32, 0.5)
+      np.testing.assert_array_equal(batch['patches'][j], feats[idx])
+      np.testing.assert_array_equal(batch['mpm_mask'][j], mask)
       np.testing.assert_array_equal(batch['genes'][j], cohort.genes[p])
       assert batch['label'][j] == cohort.patients[p].label
       tiled += feats.shape[0] < 32
@@ -76,9 +74,9 @@ def test_pretrain_deterministic_per_seed_epoch(cohort):
 def test_resume_with_start_batch_reads_only_the_rest(cohort, monkeypatch):
   full = batches(cohort, drop_remainder=False)
   calls = []
-  original = ch.Cohort.bag
-  monkeypatch.setattr(ch.Cohort, 'bag',
-                      lambda self, i, *a: calls.append(i) or original(self, i, *a))
+  original = source.PatientSource.__getitem__
+  monkeypatch.setattr(source.PatientSource, '__getitem__',
+                      lambda self, i: calls.append(i) or original(self, i))
   rest = batches(cohort, drop_remainder=False, start_batch=2)
   assert len(rest) == len(full) - 2
   for x, y in zip(full[2:], rest):
@@ -141,9 +139,9 @@ def test_largest_paper_bag_batch_size_one(tmp_path):
   np.testing.assert_array_equal(batch['coords'][0, :n], coords)
   (window,) = pl.pretrain_batches(cohort, 'train', batch_size=1, window=6000, ratio=0.5, seed=0,
                                   epoch=0)
-  idx, _ = pl.mpm_windows(0, 0, np.array([0]), np.array([n]), 6000, 0.5)
-  assert idx[0, -1] - idx[0, 0] == 5999  # one contiguous window
-  np.testing.assert_array_equal(window['patches'][0], feats[idx[0]])
+  idx, _ = masking.sample_mpm(masking.window_rng(0, 0, 0), n, 6000, 0.5)
+  assert idx[-1] - idx[0] == 5999  # one contiguous window
+  np.testing.assert_array_equal(window['patches'][0], feats[idx])
 
 
 def test_gene_batches(cohort):
@@ -153,31 +151,25 @@ def test_gene_batches(cohort):
   np.testing.assert_array_equal(np.concatenate([b['label'] for b in got]), cohort.labels[val])
 
 
-def test_prefetch_order_errors_and_bounded_queue():
-  assert list(pl.prefetch(iter(range(10)), 2)) == list(range(10))
+def test_prefetch_threads_change_nothing_and_errors_arrive_at_their_batch(cohort, monkeypatch):
+  kw = dict(batch_size=3, window=16, ratio=0.25, seed=5, epoch=1, drop_remainder=False)
+  ahead = list(pl.pretrain_batches(cohort, 'train', prefetch=4, **kw))
+  inline = list(pl.pretrain_batches(cohort, 'train', prefetch=0, **kw))
+  assert len(ahead) == len(inline) == pl.num_batches(cohort.splits['train'].size, 3, False)
+  for x, y in zip(ahead, inline):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  bad = pl.epoch_order(cohort.split('train'), 5, 1)[7]  # a patient of the third batch
+  original = source.Bag.features
 
-  def failing():
-    yield 1
-    yield 2
-    raise ValueError('broken batch 3')
+  def features(self, indices=None):
+    if self.index == bad:
+      raise DataError(f'{self.source.where(self.index, "features")}: contains NaN/Inf')
+    return original(self, indices)
 
+  monkeypatch.setattr(source.Bag, 'features', features)
   got = []
-  with pytest.raises(ValueError, match='broken batch 3'):
-    for x in pl.prefetch(failing(), 2):
-      got.append(x)
-  assert got == [1, 2]
-
-  produced = []
-
-  def counting():
-    for i in range(1000):
-      produced.append(i)
-      yield i
-
-  before = threading.active_count()
-  it = pl.prefetch(counting(), 3)
-  assert next(it) == 0
-  time.sleep(0.3)
-  assert len(produced) <= 1 + 3 + 1  # consumed + queued + one in the producer's hand
-  it.close()  # stops and joins the thread
-  assert threading.active_count() == before
+  with pytest.raises(DataError, match='features: contains NaN/Inf'):
+    for batch in pl.pretrain_batches(cohort, 'train', prefetch=4, **kw):
+      got.append(batch)
+  assert len(got) == 2

@@ -340,7 +340,7 @@ def _fit(tmp_path, loss_fn, bad_step=None, on_epoch_end=None, stop=lambda: False
   writer = loop.MetricsWriter(str(tmp_path))
   try:
     return loop.fit(spec, _state(), workdir=str(tmp_path), key=jax.random.key(0), writer=writer,
-                    prefetch=0, stop=stop)
+                    stop=stop)
   finally:
     writer.close()
 

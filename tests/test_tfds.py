@@ -1,7 +1,6 @@
 """TFDS path: build a synthetic cohort into ArrayRecord shards, read it back without TensorFlow, and
 get the same cohort and the same batches as the direct `.h5` path."""
 
-import functools
 import glob
 import importlib.util
 import json
@@ -73,7 +72,7 @@ def test_no_tensorflow_anywhere(built):
 
 def test_cohort_identical_to_h5(built):
   h5, tf, _ = built
-  assert isinstance(tf, tfds_source.TfdsCohort)
+  assert type(tf) is ch.Cohort and isinstance(tf.bags, tfds_source.RecordSource)
   assert tf.class_names == h5.class_names and tf.feature_dim == h5.feature_dim == D
   for p, q in zip(h5.patients, tf.patients, strict=True):
     assert (p.patient_id, p.label, p.slide_ids, p.slide_patches, p.expression_id) == (
@@ -105,15 +104,13 @@ def test_bag_and_gene_batches_identical(built):
                        pl.gene_batches(tf, 'train', batch_size=5, seed=3, epoch=1))
 
 
-def test_grain_batches_match_the_h5_generator(built):
+def test_resumed_and_inline_batches_match_the_h5_source(built):
   h5, tf, _ = built
   kw = dict(batch_size=4, window=32, ratio=0.5, seed=3, epoch=1)
-  n = pl.num_batches(tf.split('train').size, 4, True)
-  make = functools.partial(pl.pretrain_batches, tf, 'train', **kw)
-  assert_batches_equal(tfds_source.grain_batches(make, n, num_threads=3, prefetch=2),
+  assert_batches_equal(pl.pretrain_batches(tf, 'train', **kw, prefetch=0),
                        pl.pretrain_batches(h5, 'train', **kw))
-  assert_batches_equal(tfds_source.grain_batches(make, n, start_batch=1),
-                       pl.pretrain_batches(h5, 'train', **kw, start_batch=1))
+  assert_batches_equal(pl.pretrain_batches(tf, 'train', **kw, start_batch=1),
+                       list(pl.pretrain_batches(h5, 'train', **kw))[1:])
 
 
 def test_records_hold_the_h5_rows(built):
@@ -210,7 +207,7 @@ def test_float16_manual_dir_and_stale_reuse(inputs, tmp_path):
                        features_dtype='float16')
   tf = tfds_builder.build(bare, data_dir, manual_dir=folder, chunk_size=CHUNK // 2,
                           features_dtype='float16', overwrite=True)
-  assert tf.chunks.chunk_size == CHUNK // 2
+  assert tf.bags.chunks.chunk_size == CHUNK // 2
   assert os.path.isfile(os.path.join(folder, 'labels.csv'))  # the inputs are left alone
 
 

@@ -6,7 +6,8 @@ int32 or int64 [N, 2], the level-0 (x, y) of each patch's top-left corner; row i
 row i of the other. Both are chunked (32, D) / (32, 2) with maxshape (None, ...).
 
 Nothing here loads a cohort: a file is opened only for the rows asked for, and closed again. A
-patient with several slides is the concatenation of their bags in slide order (`PatientBag`).
+patient with several slides is the concatenation of their bags in slide order (`H5Source`, the
+CLAM backend of `source.PatientSource`; `open_bag` for one patient).
 Every problem raises `DataError` naming the file and the dataset.
 """
 
@@ -17,10 +18,11 @@ import os
 import h5py
 import numpy as np
 
+from gimp_jax.data import source
 from gimp_jax.errors import DataError
 
-FEATURES = 'features'
-COORDS = 'coords'
+FEATURES = source.FEATURES
+COORDS = source.COORDS
 # Rows scanned at a time by `check_bag` (4096 x 1024 float32 = 16 MiB).
 _SCAN_ROWS = 4096
 # Read a whole slab when it is at most this many times the rows wanted (plus a constant).
@@ -231,101 +233,89 @@ def _check_finite(features: np.ndarray, path: str) -> None:
     raise DataError(f'{path}: features: contains NaN/Inf')
 
 
-class PatientBag:
-  """The bag of one patient: the patches of its slides concatenated in slide order.
+class H5Source(source.PatientSource):
+  """The CLAM backend of a `source.PatientSource`: patient p's segments are its slides' `.h5` files.
 
-  Row r of the bag is row `r - offsets[k]` of slide k, where `offsets` are the cumulative patch
-  counts. Files are opened per read, so holding thousands of bags costs no file handles.
+  Files are opened per read and closed again.
   """
 
-  def __init__(self, paths: Sequence[str], feature_dim: int | None = None,
-               num_patches: Sequence[int] | None = None, check_finite: bool = True):
-    """Builds the bag.
+  def __init__(self, slide_paths: Sequence[Sequence[str]], slide_patches: Sequence[Sequence[int]],
+               feature_dim: int, check_finite: bool = True):
+    """Builds the source.
 
     Args:
-      paths: the slides' `.h5` files, in bag order.
-      feature_dim: the expected width D; None takes it from the first file.
-      num_patches: per-slide N if already known (from `inspect_slide`); None inspects the files.
+      slide_paths: [P] the slides' `.h5` files of each patient, in bag order.
+      slide_patches: [P] their patch counts (from `inspect_slide`).
+      feature_dim: D.
       check_finite: raise DataError when a read contains NaN/Inf.
     """
-    if not paths:
-      raise DataError('PatientBag: no slide files')
-    self.paths = tuple(paths)
-    if num_patches is None:
-      infos = [inspect_slide(p, feature_dim) for p in self.paths]
-      num_patches = [i.num_patches for i in infos]
-      feature_dim = infos[0].feature_dim if feature_dim is None else feature_dim
-      if any(i.feature_dim != feature_dim for i in infos):
-        raise DataError(f'{self.paths[0]}: features: slides of one patient differ in width')
-    if feature_dim is None:
-      raise DataError(f'{self.paths[0]}: features: feature_dim required with num_patches')
+    self.slide_paths = tuple(tuple(p) for p in slide_paths)
+    self.slide_patches = tuple(np.asarray(n, np.int64) for n in slide_patches)
     self.feature_dim = int(feature_dim)
-    self.slide_patches = np.asarray(num_patches, np.int64)
-    self.offsets = np.concatenate([[0], np.cumsum(self.slide_patches)])
-    self.num_patches = int(self.offsets[-1])
     self.check_finite = check_finite
 
-  def _gather(self, dataset: str, indices: np.ndarray, width: int, dtype) -> np.ndarray:
-    """out[i] = bag row indices[i] of `dataset`, reading each slide at most once."""
-    indices = np.asarray(indices, np.int64).reshape(-1)
-    if indices.size and (indices.min() < 0 or indices.max() >= self.num_patches):
-      raise DataError(f'{self.paths[0]}: {dataset}: bag row out of range [0, {self.num_patches})')
-    out = np.empty((indices.size, width), dtype)
-    slide = np.searchsorted(self.offsets, indices, side='right') - 1
-    for k, path in enumerate(self.paths):
-      where = np.flatnonzero(slide == k)
-      if where.size:
-        rows = read_rows(path, dataset, indices[where] - self.offsets[k])
-        if rows.shape[1:] != (width,):
-          raise DataError(f'{path}: {dataset}: rows of shape {rows.shape[1:]}, expected ({width},) '
-                          '(file changed since the cohort was loaded?)')
-        if dataset == FEATURES and self.check_finite:
-          _check_finite(rows, path)
-        out[where] = rows
+  def __len__(self) -> int:
+    return len(self.slide_paths)
+
+  def segment_sizes(self, index: int) -> np.ndarray:
+    return self.slide_patches[index]
+
+  def where(self, index: int, field: str) -> str:
+    return f'{self.slide_paths[index][0]}: {field}'
+
+  def read_rows(self, index: int, segment: int, field: str, rows: np.ndarray) -> np.ndarray:
+    path = self.slide_paths[index][segment]
+    width = self.feature_dim if field == FEATURES else 2
+    out = read_rows(path, field, rows)
+    if out.shape[1:] != (width,):
+      raise DataError(f'{path}: {field}: rows of shape {out.shape[1:]}, expected ({width},) '
+                      '(file changed since the cohort was loaded?)')
+    if field == FEATURES and self.check_finite:
+      _check_finite(out, path)
     return out
 
-  def features(self, indices: np.ndarray | None = None) -> np.ndarray:
-    """Patch features.
+  def read_segment_into(self, index: int, segment: int, features_out: np.ndarray,
+                        coords_out: np.ndarray) -> None:
+    path = self.slide_paths[index][segment]
+    n = int(self.slide_patches[index][segment])
+    with _open(path) as f:
+      for name, out in ((FEATURES, features_out), (COORDS, coords_out)):
+        try:
+          ds = _dataset(f, path, name)
+          if ds.shape[0] != n:
+            raise DataError(f'{path}: {name}: {ds.shape[0]} rows, expected {n} '
+                            '(file changed since the cohort was loaded?)')
+          if ds.dtype == out.dtype:
+            ds.read_direct(out)
+          else:
+            out[:] = ds[()]
+        except DataError:
+          raise
+        except Exception as e:  # corrupt chunk, truncated data, width changed
+          raise DataError(f'{path}: {name}: cannot read data ({e})') from e
+    if self.check_finite:
+      _check_finite(features_out, path)
 
-    Args:
-      indices: [n] bag row indices (any order, repeats allowed), or None for the whole bag.
 
-    Returns:
-      [n, D] float32 (or [N, D] for the whole bag).
-    """
-    if indices is None:
-      indices = np.arange(self.num_patches)
-    return self._gather(FEATURES, indices, self.feature_dim, np.float32)
+def open_bag(paths: Sequence[str], feature_dim: int | None = None,
+             num_patches: Sequence[int] | None = None, check_finite: bool = True) -> source.Bag:
+  """The bag of one patient from its slides' files, outside a cohort.
 
-  def coords(self, indices: np.ndarray | None = None) -> np.ndarray:
-    """Patch coordinates: [n, 2] int32 level-0 (x, y) (or [N, 2] for the whole bag)."""
-    if indices is None:
-      indices = np.arange(self.num_patches)
-    return self._gather(COORDS, indices, 2, np.int32)
-
-  def read_into(self, features_out: np.ndarray, coords_out: np.ndarray) -> None:
-    """Reads the whole bag into preallocated rows (no intermediate copy of a large bag).
-
-    Args:
-      features_out: [>= N, D] float32; rows [0, N) are written.
-      coords_out: [>= N, 2] int32; rows [0, N) are written.
-    """
-    for k, path in enumerate(self.paths):
-      lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
-      with _open(path) as f:
-        for name, out in ((FEATURES, features_out), (COORDS, coords_out)):
-          try:
-            ds = _dataset(f, path, name)
-            if ds.shape[0] != hi - lo:
-              raise DataError(f'{path}: {name}: {ds.shape[0]} rows, expected {hi - lo} '
-                              '(file changed since the cohort was loaded?)')
-            if ds.dtype == out.dtype:
-              ds.read_direct(out, np.s_[0:hi - lo], np.s_[lo:hi])
-            else:
-              out[lo:hi] = ds[()]
-          except DataError:
-            raise
-          except Exception as e:  # corrupt chunk, truncated data, width changed
-            raise DataError(f'{path}: {name}: cannot read data ({e})') from e
-      if self.check_finite:
-        _check_finite(features_out[lo:hi], path)
+  Args:
+    paths: the slides' `.h5` files, in bag order.
+    feature_dim: the expected width D; None takes it from the first file.
+    num_patches: per-slide N if already known (from `inspect_slide`); None inspects the files.
+    check_finite: raise DataError when a read contains NaN/Inf.
+  """
+  if not paths:
+    raise DataError('open_bag: no slide files')
+  paths = tuple(paths)
+  if num_patches is None:
+    infos = [inspect_slide(p, feature_dim) for p in paths]
+    num_patches = [i.num_patches for i in infos]
+    feature_dim = infos[0].feature_dim if feature_dim is None else feature_dim
+    if any(i.feature_dim != feature_dim for i in infos):
+      raise DataError(f'{paths[0]}: features: slides of one patient differ in width')
+  if feature_dim is None:
+    raise DataError(f'{paths[0]}: features: feature_dim required with num_patches')
+  return H5Source([paths], [num_patches], feature_dim, check_finite)[0]

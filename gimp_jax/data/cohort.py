@@ -27,6 +27,7 @@ import numpy as np
 from gimp_jax.data import clam
 from gimp_jax.data import expression as expr
 from gimp_jax.data import genes as genes_lib
+from gimp_jax.data import source
 from gimp_jax.data import splits as splits_lib
 from gimp_jax.errors import DataError
 
@@ -139,6 +140,9 @@ class Cohort:
     genes: [P, G] float32 normalised expression (row p = patients[p]).
     normalizer: the gene list and the statistics (fitted on train, or the stored ones).
     feature_dim: D.
+    bags: where the bags are read from, `bags[p]` the lazy bag of patients[p]: the slides' CLAM
+      `.h5` files (`clam.H5Source`, the default) or the chunk records of a prepared TFDS dataset
+      (`tfds_source.RecordSource`).
   """
   patients: tuple[Patient, ...]
   class_names: tuple[str, ...]
@@ -146,6 +150,13 @@ class Cohort:
   genes: np.ndarray
   normalizer: genes_lib.GeneNormalizer
   feature_dim: int
+  bags: source.PatientSource = dataclasses.field(default=None, compare=False, repr=False)
+
+  def __post_init__(self):
+    if self.bags is None:
+      object.__setattr__(self, 'bags', clam.H5Source([p.slide_paths for p in self.patients],
+                                                     [p.slide_patches for p in self.patients],
+                                                     self.feature_dim))
 
   @property
   def num_classes(self) -> int:
@@ -173,10 +184,9 @@ class Cohort:
       raise DataError(f'split {name!r}: expected one of {SPLITS} or all')
     return self.splits[name]
 
-  def bag(self, index: int, check_finite: bool = True) -> clam.PatientBag:
-    """The lazy bag of patient `index` (no file is read until asked)."""
-    p = self.patients[index]
-    return clam.PatientBag(p.slide_paths, self.feature_dim, p.slide_patches, check_finite)
+  def bag(self, index: int) -> source.Bag:
+    """The lazy bag of patient `index` (nothing is read until asked)."""
+    return self.bags[index]
 
 
 def read_labels(path: str) -> list[LabelRow]:
@@ -341,12 +351,16 @@ def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
   return out, genes, matched, problems, []
 
 
+def splits_from_column(split_col: Sequence[str]) -> dict[str, np.ndarray]:
+  """'train'/'val'/'test' -> sorted int64 indices of the patients whose split is that name."""
+  return {s: np.asarray([i for i, x in enumerate(split_col) if x == s], np.int64) for s in SPLITS}
+
+
 def _splits(spec: CohortSpec, split_col: list[str | None], labels: np.ndarray
             ) -> dict[str, np.ndarray]:
   """The split column when given, else k folds or the stratified split from the seed."""
   if split_col[0] is not None:
-    return {s: np.asarray([i for i, x in enumerate(split_col) if x == s], np.int64)
-            for s in SPLITS}
+    return splits_from_column(split_col)
   if spec.num_folds:
     return splits_lib.kfold_split(labels, spec.num_folds, spec.fold, spec.seed)
   return splits_lib.stratified_split(labels, spec.split_fractions, spec.seed)

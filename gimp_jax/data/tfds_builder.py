@@ -358,7 +358,7 @@ def build(spec: cohort_lib.CohortSpec, data_dir: str, *, manual_dir: str | None 
           normalizer: genes_lib.GeneNormalizer | None = None,
           chunk_size: int = DEFAULT_CHUNK_SIZE, features_dtype: str = 'float32',
           shard_bytes: int = DEFAULT_SHARD_BYTES, compression: str = 'uncompressed',
-          overwrite: bool = False) -> src.TfdsCohort:
+          overwrite: bool = False) -> cohort_lib.Cohort:
   """Builds (or reuses) both configs of a cohort's dataset in `data_dir`, then loads it back.
 
   The `patients` config is always rebuilt (it is small and records which patches config goes

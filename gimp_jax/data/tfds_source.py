@@ -1,4 +1,4 @@
-"""Reads a cohort written by `tfds_builder` back without TensorFlow: `tfds.data_source` and grain.
+"""Reads a cohort written by `tfds_builder` back without TensorFlow, through `tfds.data_source`.
 
 The dataset `image_omic_cohort` has two configs in `data_dir` (see `tfds_builder`):
 - `patients`: one record per patient, TFDS splits train/val/test, in cohort order within a split:
@@ -11,24 +11,24 @@ The dataset `image_omic_cohort` has two configs in `data_dir` (see `tfds_builder
   [rows, D], 'coords': [rows, 2] int32}; patient p's chunks are records
   [chunk_start, chunk_start + num_chunks) of its split, chunk k holding bag rows [k C, k C + rows).
 
-`load_cohort_from_tfds` returns a `TfdsCohort`: a `Cohort` with the same patients, order, splits,
-genes and normaliser as `cohort.load_cohort` on the inputs the dataset was built from, whose
-`bag(i)` reads the chunk records. The batch functions of `pipeline` therefore yield identical
-batches from either source. `grain_batches` makes those batches in parallel grain threads, in order.
+`load_cohort_from_tfds` returns a `Cohort` with the same patients, order, splits, genes and
+normaliser as `cohort.load_cohort` on the inputs the dataset was built from, whose bags are read
+from the chunk records (`RecordSource`, the TFDS backend of `source.PatientSource`). The batch
+functions of `pipeline` therefore yield identical batches from either source.
 """
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 import dataclasses
 import hashlib
 import json
 import os
 
-import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import genes as genes_lib
+from gimp_jax.data import source
 from gimp_jax.errors import DataError
 
 NAME = 'image_omic_cohort'
@@ -39,7 +39,6 @@ CONTENT_FIELDS = ('feature_dim', 'class_names', 'seed', 'split_fractions', 'num_
                   'drop_incomplete', 'num_genes', 'strip_gene_versions', 'log_transform',
                   'std_floor', 'value_column', 'preferred_sample_types')
 _SPLIT_FIELDS = ('seed', 'split_fractions', 'num_folds', 'fold')
-_READ_CHUNKS = 8  # chunk records fetched per data-source call when reading a whole bag
 _BUILD = 'rebuild it with `python -m gimp_jax.data.tfds_builder --config=... --out=DIR`'
 
 
@@ -131,86 +130,53 @@ class PatchChunks:
   chunk_size: int
 
 
-class ChunkedBag:
-  """A patient's bag read from chunk records; the interface of `clam.PatientBag`."""
+class RecordSource(source.PatientSource):
+  """The TFDS backend of a `source.PatientSource`: patient p's segments are its chunk records."""
 
-  def __init__(self, chunks: PatchChunks, index: int, patient: cohort_lib.Patient,
+  def __init__(self, chunks: PatchChunks, patients: Sequence[cohort_lib.Patient],
                feature_dim: int, check_finite: bool = True):
-    """Builds the bag of cohort patient `index` (nothing is read until asked)."""
+    """Builds the source (nothing is read until asked)."""
     self.chunks = chunks
-    self.index = int(index)
-    self.patient_id = patient.patient_id
+    self.patient_ids = tuple(p.patient_id for p in patients)
+    self.num_patches = np.asarray([p.num_patches for p in patients], np.int64)
     self.feature_dim = int(feature_dim)
-    self.slide_patches = np.asarray(patient.slide_patches, np.int64)
-    self.offsets = np.concatenate([[0], np.cumsum(self.slide_patches)])
-    self.num_patches = int(self.offsets[-1])
     self.check_finite = check_finite
 
-  def _where(self, field: str) -> str:
-    return f'{self.chunks.where}: patient {self.patient_id}: {field}'
+  def __len__(self) -> int:
+    return len(self.patient_ids)
 
-  def _read(self, ks: Sequence[int]) -> list[dict]:
-    """Chunk records `ks` (chunk numbers within the bag), checked against the patient."""
+  def segment_sizes(self, index: int) -> np.ndarray:
+    n, size = int(self.num_patches[index]), self.chunks.chunk_size
+    return np.minimum(size, n - size * np.arange(int(self.chunks.num_chunks[index]), dtype=np.int64))
+
+  def where(self, index: int, field: str) -> str:
+    return f'{self.chunks.where}: patient {self.patient_ids[index]}: {field}'
+
+  def _read(self, index: int, k: int) -> dict:
+    """Chunk record k of patient `index`'s bag, checked against the patient."""
     c = self.chunks
-    start = int(c.chunk_start[self.index])
     try:
-      records = c.sources[c.split[self.index]].__getitems__([start + int(k) for k in ks])
+      r = c.sources[c.split[index]][int(c.chunk_start[index]) + k]
     except Exception as e:  # array_record raises assorted errors on truncated/corrupt shards
-      raise DataError(f'{self._where("chunks")}: cannot read records ({e})') from e
-    for k, r in zip(ks, records):
-      rows = min(c.chunk_size, self.num_patches - int(k) * c.chunk_size)
-      if (int(r['patient_index']) != self.index or int(r['chunk']) != int(k)
-          or r['features'].shape != (rows, self.feature_dim) or r['coords'].shape != (rows, 2)):
-        raise DataError(f'{self._where("chunk")} {k}: record of patient {r["patient_index"]} chunk '
-                        f'{r["chunk"]} with features {r["features"].shape}, expected patient '
-                        f'{self.index} chunk {k} with ({rows}, {self.feature_dim}); {_BUILD}')
-      if self.check_finite and not np.isfinite(r['features']).all():
-        raise DataError(f'{self._where("features")}: chunk {k} contains NaN/Inf')
-    return records
+      raise DataError(f'{self.where(index, "chunks")}: cannot read records ({e})') from e
+    rows = min(c.chunk_size, int(self.num_patches[index]) - k * c.chunk_size)
+    if (int(r['patient_index']) != index or int(r['chunk']) != k
+        or r['features'].shape != (rows, self.feature_dim) or r['coords'].shape != (rows, 2)):
+      raise DataError(f'{self.where(index, "chunk")} {k}: record of patient {r["patient_index"]} '
+                      f'chunk {r["chunk"]} with features {r["features"].shape}, expected patient '
+                      f'{index} chunk {k} with ({rows}, {self.feature_dim}); {_BUILD}')
+    if self.check_finite and not np.isfinite(r['features']).all():
+      raise DataError(f'{self.where(index, "features")}: chunk {k} contains NaN/Inf')
+    return r
 
-  def _gather(self, field: str, indices: np.ndarray | None, width: int, dtype) -> np.ndarray:
-    """out[i] = bag row indices[i] of `field`, reading each chunk once."""
-    if indices is None:
-      indices = np.arange(self.num_patches)
-    indices = np.asarray(indices, np.int64).reshape(-1)
-    if indices.size and (indices.min() < 0 or indices.max() >= self.num_patches):
-      raise DataError(f'{self._where(field)}: bag row out of range [0, {self.num_patches})')
-    out = np.empty((indices.size, width), dtype)
-    chunk = indices // self.chunks.chunk_size
-    ks = np.unique(chunk)
-    for k, record in zip(ks, self._read(ks)):
-      where = np.flatnonzero(chunk == k)
-      out[where] = record[field][indices[where] - k * self.chunks.chunk_size]
-    return out
+  def read_rows(self, index: int, segment: int, field: str, rows: np.ndarray) -> np.ndarray:
+    return self._read(index, segment)[field][rows]
 
-  def features(self, indices: np.ndarray | None = None) -> np.ndarray:
-    """[n, D] float32 features of bag rows `indices` (any order, repeats allowed; None: all)."""
-    return self._gather('features', indices, self.feature_dim, np.float32)
-
-  def coords(self, indices: np.ndarray | None = None) -> np.ndarray:
-    """[n, 2] int32 level-0 (x, y) of bag rows `indices` (None: all)."""
-    return self._gather('coords', indices, 2, np.int32)
-
-  def read_into(self, features_out: np.ndarray, coords_out: np.ndarray) -> None:
-    """Reads the whole bag into rows [0, N) of features_out [>= N, D] and coords_out [>= N, 2]."""
-    size = self.chunks.chunk_size
-    n = int(self.chunks.num_chunks[self.index])
-    for lo in range(0, n, _READ_CHUNKS):
-      ks = list(range(lo, min(n, lo + _READ_CHUNKS)))
-      for k, record in zip(ks, self._read(ks)):
-        rows = record['features'].shape[0]
-        features_out[k * size:k * size + rows] = record['features']
-        coords_out[k * size:k * size + rows] = record['coords']
-
-
-@dataclasses.dataclass(frozen=True)
-class TfdsCohort(cohort_lib.Cohort):
-  """A `Cohort` whose bags are read from the ArrayRecord chunk records."""
-  chunks: PatchChunks = dataclasses.field(default=None, compare=False, repr=False)
-
-  def bag(self, index: int, check_finite: bool = True) -> ChunkedBag:
-    """The lazy bag of patient `index` (no record is read until asked)."""
-    return ChunkedBag(self.chunks, index, self.patients[index], self.feature_dim, check_finite)
+  def read_segment_into(self, index: int, segment: int, features_out: np.ndarray,
+                        coords_out: np.ndarray) -> None:
+    r = self._read(index, segment)
+    features_out[:] = r['features']
+    coords_out[:] = r['coords']
 
 
 def _patient_records(sources: Mapping, where: str) -> list[dict]:
@@ -229,7 +195,7 @@ def _patient_records(sources: Mapping, where: str) -> list[dict]:
 
 
 def load_cohort_from_tfds(data_dir: str, spec: cohort_lib.CohortSpec | None = None,
-                          normalizer: genes_lib.GeneNormalizer | None = None) -> TfdsCohort:
+                          normalizer: genes_lib.GeneNormalizer | None = None) -> cohort_lib.Cohort:
   """Loads a cohort prepared by `tfds_builder` (patient records now, chunks lazily).
 
   Args:
@@ -278,30 +244,7 @@ def load_cohort_from_tfds(data_dir: str, spec: cohort_lib.CohortSpec | None = No
                        np.asarray([int(r['chunk_start']) for r in records], np.int64),
                        np.asarray([int(r['num_chunks']) for r in records], np.int64),
                        int(meta['chunk_size']))
-  splits = {s: np.asarray([i for i, x in enumerate(split) if x == s], np.int64)
-            for s in cohort_lib.SPLITS}
-  return TfdsCohort(patients, tuple(meta['class_names']), splits, genes, normalizer,
-                    int(meta['feature_dim']), chunks)
-
-
-def grain_batches(make_batches: Callable[..., Iterator[dict]], num_batches: int, *,
-                  start_batch: int = 0, num_threads: int = 4, prefetch: int = 8
-                  ) -> Iterator[dict]:
-  """Batches [start_batch, num_batches) of a `pipeline` batch function, made by grain threads.
-
-  Batch b is `next(make_batches(start_batch=b))`, a pure function of (seed, epoch, b), so the
-  order and contents are those of iterating `make_batches()` itself; grain only makes up to
-  `prefetch` of them ahead in `num_threads` threads.
-
-  Args:
-    make_batches: e.g. `functools.partial(pipeline.pretrain_batches, cohort, 'train', ...)`
-      with every argument but `start_batch` bound.
-    num_batches: batches in the epoch (`pipeline.num_batches(...)`).
-    start_batch: first batch (resume).
-    num_threads: grain read threads.
-    prefetch: batches made ahead.
-  """
-  ds = grain.MapDataset.range(start_batch, num_batches).map(
-      lambda b: next(make_batches(start_batch=int(b))))
-  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                   prefetch_buffer_size=prefetch)))
+  return cohort_lib.Cohort(patients, tuple(meta['class_names']),
+                           cohort_lib.splits_from_column(split), genes, normalizer,
+                           int(meta['feature_dim']),
+                           RecordSource(chunks, patients, int(meta['feature_dim'])))

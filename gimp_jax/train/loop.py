@@ -15,7 +15,6 @@ import tqdm
 from gimp_jax import parallel
 from gimp_jax.losses import LossFn
 from gimp_jax.checkpoint import StageCheckpoints
-from gimp_jax.data import pipeline
 from gimp_jax.train import steps
 from gimp_jax.train.state import TrainState
 
@@ -82,7 +81,7 @@ class StageSpec:
 
 
 def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
-        writer: MetricsWriter, prefetch: int = 2, stop: Callable[[], bool] = lambda: False,
+        writer: MetricsWriter, stop: Callable[[], bool] = lambda: False,
         mesh=None, parallel_cfg=None) -> tuple[TrainState, dict[str, Any]]:
   """Runs (or resumes, or skips if finished) a stage; returns the final state and its meta.
 
@@ -143,7 +142,7 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
                      spec.name, epoch, meta.get("patience"))
         break
       position = meta["batch"] if epoch == meta["epoch"] else 0
-      for batch in pipeline.prefetch(spec.batches(epoch, position), prefetch):
+      for batch in spec.batches(epoch, position):
         state, metrics = step_fn(state, place(batch), jax.random.fold_in(key, state.step))
         position += 1
         metrics = {k: float(v) for k, v in metrics.items()}

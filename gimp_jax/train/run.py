@@ -72,7 +72,7 @@ class Run:
   def fit(self, spec: loop.StageSpec, state: TrainState,
           batch_size: int = 1) -> tuple[TrainState, dict]:
     state, meta = loop.fit(spec, state, workdir=self.workdir, key=self.stage_key(spec.name),
-                           writer=self.writer, prefetch=self.config.data.prefetch, stop=self.stop,
+                           writer=self.writer, stop=self.stop,
                            mesh=self.mesh_for(batch_size), parallel_cfg=self.config.parallel)
     self.results["stages"][spec.name] = {
         "steps": int(state.step), "wall_s": round(meta.get("wall_s", 0.0), 2),
@@ -186,7 +186,7 @@ def gene_pretrain(run: Run) -> None:
       name="gene_pretrain", loss_fn=supervised.gene_loss,
       batches=lambda e, s: pipeline.gene_batches(
           run.cohort, "train", batch_size=cfg.gene_pretrain.batch_size, seed=cfg.seed, epoch=e,
-          start_batch=s),
+          start_batch=s, prefetch=cfg.data.prefetch),
       steps_per_epoch=per_epoch, epochs=cfg.gene_pretrain.epochs,
       checkpoint_every=cfg.pretrain.checkpoint_every, on_epoch_end=on_epoch_end)
   try:
@@ -252,7 +252,8 @@ def pretrain_stage(run: Run) -> tuple[loop.StageSpec, TrainState, int]:
       name="pretrain", loss_fn=run.method.pretrain_loss(cfg),
       batches=lambda e, s: pipeline.pretrain_batches(
           run.cohort, "train", batch_size=bsz, window=cfg.pretrain.window,
-          ratio=cfg.pretrain.mask_ratio, seed=cfg.seed, epoch=e, start_batch=s),
+          ratio=cfg.pretrain.mask_ratio, seed=cfg.seed, epoch=e, start_batch=s,
+          prefetch=cfg.data.prefetch),
       steps_per_epoch=per_epoch, epochs=cfg.pretrain.epochs,
       checkpoint_every=cfg.pretrain.checkpoint_every, frozen=frozen,
       on_epoch_end=lambda state, epoch, meta: diagnose_pretrain(cfg.pretrain, epoch, meta))
@@ -297,9 +298,9 @@ def diagnose_pretrain(cfg: ml_collections.ConfigDict, epoch: int, meta: dict) ->
 def predict(run: Run, state: TrainState, split: str, *, with_attention: int = 0) -> dict:
   """Whole-bag predictions of a split: patient_id, label, probs [N, C], embedding [N, E]."""
   out = {"patient_id": [], "label": [], "probs": [], "embedding": []}
-  for batch in pipeline.prefetch(pipeline.bag_batches(
+  for batch in pipeline.bag_batches(
       run.cohort, split, batch_size=run.config.finetune.batch_size,
-      bucket_sizes=run.config.data.bucket_sizes), run.config.data.prefetch):
+      bucket_sizes=run.config.data.bucket_sizes, prefetch=run.config.data.prefetch):
     res = run.eval_step(state, loop.to_device(batch), jax.random.key(0))
     out["patient_id"].extend(str(p) for p in batch["patient_id"])
     out["label"].append(batch["label"])
@@ -333,7 +334,8 @@ def finetune(run: Run) -> None:
       name="finetune", loss_fn=run.method.finetune_loss(cfg),
       batches=lambda e, s: pipeline.bag_batches(
           run.cohort, "train", batch_size=cfg.finetune.batch_size, seed=cfg.seed, epoch=e,
-          shuffle=True, bucket_sizes=cfg.data.bucket_sizes, start_batch=s),
+          shuffle=True, bucket_sizes=cfg.data.bucket_sizes, start_batch=s,
+          prefetch=cfg.data.prefetch),
       steps_per_epoch=per_epoch, epochs=cfg.finetune.epochs,
       checkpoint_every=cfg.finetune.checkpoint_every, on_epoch_end=on_epoch_end, frozen=frozen)
   try:
