@@ -1,34 +1,17 @@
-"""gimp_jax against the PyTorch reference it replaces, side by side in one process.
-
-  python -m experiments.bench --size cpu --json experiments/results/bench_cpu.json
-  python -m experiments.bench --size paper --json experiments/results/bench_h100.json
-
-Workloads (`--workloads`): `pretrain` (one GiMP pre-training step: B windows of L patches, 60,480
-genes, frozen GroupMSA, AdamW), `slide_forward` (the aggregator over a whole slide),
-`finetune` (one fine-tuning step on a whole slide; gimp_jax also padded to its bucket),
-`memory_scaling` (whole-slide forward memory at 10k, 50k, 148,569 patches from XLA's buffer
-assignment, plus real runs up to `--scaling_run_max`), `loading` (patches/s from CLAM .h5 files
-through the real pipeline, with prefetch, against what the steps consume).
-
-Implementations (`--frameworks`): gimp_jax, torch_eager, torch_compile (the PyTorch model of
-`experiments/torch_reference.py`, initialised with gimp_jax's weights). Repeats are interleaved;
-each row gives the median and the quartiles of the wall time, the median process CPU time, the
-first call (compilation), peak memory, model FLOPs, achieved FLOP/s and fraction of peak
-(`--peak_tflops`, `--peak_gbps` override the device table; CPU peaks are rough).
-Writes `--json` and the Markdown table (`--markdown`, default: the JSON path with .md).
-"""
+"""Runs the benchmark: `python -m experiments.bench --size cpu` (see the package docstring)."""
 
 import dataclasses
 import gc
 import json
 import os
 import platform
+import tempfile
 import time
 
 # Both frameworks share the accelerator: JAX must not grab 75% of its memory up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from absl import app
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 from absl import logging
 import jax
@@ -36,30 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from experiments import bench_cost
-from experiments import bench_loading
-from experiments import bench_measure
-from experiments import bench_report
-from experiments import bench_workloads as wl
-from experiments import torch_reference as tr
-from gimp_jax.train import steps
+from experiments.bench import measure
+from experiments.bench import torch_reference as tr
+from experiments.bench import workloads as wl
+from gimp_jax import methods
 
-SIZES = {
-    "cpu": wl.Sizes(pretrain_batch=2, window=1000, genes=60480, slide_patches=20000,
-                    finetune_patches=20000, scaling_patches=(10000, 50000, 148569),
-                    scaling_run_max=50000, loading_patients=8, loading_patches=8000, repeats=5),
-    "paper": wl.Sizes(pretrain_batch=8, window=6000, genes=60480, slide_patches=148569,
-                      finetune_patches=148569, scaling_patches=(10000, 50000, 148569),
-                      scaling_run_max=148569, loading_patients=16, loading_patches=30000,
-                      repeats=10),
-    "smoke": wl.Sizes(pretrain_batch=2, window=300, genes=6048, slide_patches=3000,
-                      finetune_patches=3000, scaling_patches=(1000, 2000, 4000),
-                      scaling_run_max=2000, loading_patients=4, loading_patches=1000, repeats=2),
-}
 WORKLOADS = ("pretrain", "slide_forward", "finetune", "memory_scaling", "loading")
 FRAMEWORKS = ("gimp_jax", "torch_eager", "torch_compile")
 
-_SIZE = flags.DEFINE_enum("size", "cpu", list(SIZES), "Workload sizes (printed at start).")
+_SIZE = flags.DEFINE_enum("size", "cpu", list(wl.SIZES), "Workload sizes (printed at start).")
 _JSON = flags.DEFINE_string("json", "", "Write the results here.")
 _MARKDOWN = flags.DEFINE_string("markdown", "", "Markdown table path (default: JSON path .md).")
 _WORKLOADS = flags.DEFINE_list("workloads", list(WORKLOADS), f"Subset of {WORKLOADS}.")
@@ -93,7 +61,7 @@ def _setup() -> None:
   torch.manual_seed(0)
 
 
-def environment(peaks: bench_cost.Peaks) -> dict:
+def environment(peaks: measure.Peaks) -> dict:
   dev = jax.devices()[0]
   return {"device": peaks.name, "platform": dev.platform, "jax": jax.__version__,
           "torch": torch.__version__, "cpu_count": os.cpu_count(),
@@ -104,20 +72,23 @@ def environment(peaks: bench_cost.Peaks) -> dict:
 
 
 def check_parity() -> dict:
-  """Eval-mode losses of both models with the same weights on a small batch (800 patches, 600
-  genes): they must agree to float32 rounding, or the comparison is meaningless."""
+  """Eval-mode losses of both models with the same weights on a small pre-training batch (4
+  windows of 800 patches, 600 genes): they must agree to float32 rounding, or the comparison is
+  meaningless."""
   cfg = wl.model_config("float32")
   cfg.model.num_fragments = 24
-  sizes = dataclasses.replace(SIZES["cpu"], pretrain_batch=4, window=800, genes=600)
-  batch = wl.pretrain_batch(sizes)
-  model, flat = wl.model_and_params(cfg, sizes.genes)
+  cfg.pretrain.window = 800
+  method = methods.get(cfg.method)
+  with tempfile.TemporaryDirectory(prefix="gimp_bench_") as tmp:
+    batch = wl.pretrain_batch(wl.write_cohort(tmp, [cfg.pretrain.window] * 4, 600), cfg)
+  model, flat = wl.model_and_params(cfg, 600)
   model.eval()
-  tmodel = wl.torch_model(cfg, sizes.genes, flat).eval()
+  tmodel = wl.torch_model(cfg, 600, flat).eval()
   jb, tb = {k: jnp.asarray(v) for k, v in batch.items()}, tr.to_torch(batch)
-  out = {}
   p = cfg.pretrain
-  pretrain_loss = jax.jit(lambda m, b: steps.make_pretrain_loss(p)(m, b)[0])
-  finetune_loss = jax.jit(lambda m, b: steps.make_finetune_loss()(m, b)[0])
+  pretrain_loss = jax.jit(lambda m, b: method.pretrain_loss(cfg)(m, b)[0])
+  finetune_loss = jax.jit(lambda m, b: method.finetune_loss(cfg)(m, b)[0])
+  out = {}
   with torch.no_grad():
     out["pretrain_loss"] = (float(pretrain_loss(model, jb)),
                             float(tr.pretrain_loss(tmodel, tb, p.margin, p.mining)))
@@ -128,10 +99,10 @@ def check_parity() -> dict:
   return out
 
 
-def _row(name: str, runner: bench_measure.Runner, times: dict, memory: dict, flops: float,
-         peaks: bench_cost.Peaks, dtype: str) -> dict:
-  wall = bench_measure.summary(times["wall_s"])
-  row = {"impl": name, "wall_s": wall, "cpu_s": bench_measure.summary(times["cpu_s"]),
+def _row(name: str, runner: measure.Runner, times: dict, memory: dict, flops: float,
+         peaks: measure.Peaks, dtype: str) -> dict:
+  wall = measure.summary(times["wall_s"])
+  row = {"impl": name, "wall_s": wall, "cpu_s": measure.summary(times["cpu_s"]),
          "samples_wall_s": times["wall_s"], **memory,
          **{k: v for k, v in runner.info.items()}}
   if flops:
@@ -140,8 +111,8 @@ def _row(name: str, runner: bench_measure.Runner, times: dict, memory: dict, flo
   return row
 
 
-def run_workload(name: str, builder, sizes: wl.Sizes, dtype: str, repeats: int,
-                 peaks: bench_cost.Peaks) -> dict:
+def run_workload(name: str, cohort, sizes: wl.Sizes, dtype: str, repeats: int,
+                 peaks: measure.Peaks) -> dict:
   """Builds, warms up, times (interleaved) and measures the memory of every implementation."""
   start = time.perf_counter()
   frameworks, skipped = list(_FRAMEWORKS.value), {}
@@ -149,23 +120,23 @@ def run_workload(name: str, builder, sizes: wl.Sizes, dtype: str, repeats: int,
     skipped = {f: "PyTorch bfloat16 on CPU (see --torch_bf16_on_cpu)" for f in frameworks
                if f.startswith("torch")}
     frameworks = [f for f in frameworks if f not in skipped]
-  runners, shapes = builder(sizes, dtype, frameworks, _COMPILE_MODE.value)
+  runners, shapes = wl.BUILDERS[name](cohort, sizes, dtype, frameworks, _COMPILE_MODE.value)
   logging.info("%s %s %s: built and compiled in %.0f s", name, dtype, shapes,
                time.perf_counter() - start)
-  times = bench_measure.interleaved(runners, repeats, _BUDGET.value)
+  times = measure.interleaved(runners, repeats, _BUDGET.value)
   if name == "pretrain" and _PROFILE_DIR.value and runners[0].framework == "jax":
     with jax.profiler.trace(os.path.join(_PROFILE_DIR.value, f"pretrain_{dtype}")):
       runners[0].run()
-  memory = {r.name: bench_measure.peak_memory(r) if r.info["first_call_s"] < _BUDGET.value / 2
+  memory = {r.name: measure.peak_memory(r) if r.info["first_call_s"] < _BUDGET.value / 2
             else {"memory_method": "skipped (slow)"} for r in runners}
   jax_info = next((r.info for r in runners if r.framework == "jax"), {})
   flops = jax_info.get("model_flops", 0.0)
   rows = [_row(r.name, r, times[r.name], memory[r.name], flops, peaks, dtype) for r in runners]
   result = {"workload": name, "dtype": dtype, "shapes": shapes, "model_flops": flops,
-            "rows": rows, "ratios": bench_report.ratios(rows), "skipped": skipped}
+            "rows": rows, "ratios": measure.ratios(rows), "skipped": skipped}
   ours = next((r for r in rows if r["impl"] == "gimp_jax"), None)
   if ours and "xla_bytes_accessed" in ours:
-    bound = bench_cost.roofline_seconds(flops, ours["xla_bytes_accessed"], peaks, dtype)
+    bound = measure.roofline_seconds(flops, ours["xla_bytes_accessed"], peaks, dtype)
     result["roofline_s"] = bound
     result["gimp_jax_over_roofline"] = ours["wall_s"]["median"] / bound
   del runners
@@ -182,11 +153,10 @@ def memory_scaling(sizes: wl.Sizes, dtypes: list[str], run_max: int) -> dict:
     for n in sizes.scaling_patches:
       point = {"dtype": dtype, "patches": n, **wl.forward_memory(n, dtype)}
       if n <= run_max:
-        cfg = wl.model_config(dtype)
-        model, _ = wl.model_and_params(cfg, 8)
-        runner = wl.jax_slide_forward_runner(model, wl.slide_batch(n, 1)["patches"])
-        point["run_wall_s"] = bench_measure.timed(runner.run)[0]
-        point.update(bench_measure.peak_memory(runner))
+        model, _ = wl.model_and_params(wl.model_config(dtype), 8)
+        runner = wl.jax_slide_forward_runner(model, wl.random_patches(n))
+        point["run_wall_s"] = measure.timed(runner.run)[0]
+        point.update(measure.peak_memory(runner))
         del runner, model
         gc.collect()
       logging.info("memory scaling %s", point)
@@ -207,10 +177,10 @@ def memory_scaling(sizes: wl.Sizes, dtypes: list[str], run_max: int) -> dict:
 def main(argv):
   del argv
   _setup()
-  sizes = SIZES[_SIZE.value]
+  sizes = wl.SIZES[_SIZE.value]
   repeats = _REPEATS.value or sizes.repeats
   run_max = sizes.scaling_run_max if _SCALING_RUN_MAX.value < 0 else _SCALING_RUN_MAX.value
-  peaks = bench_cost.device_peaks(_PEAK_TFLOPS.value, _PEAK_GBPS.value)
+  peaks = measure.device_peaks(_PEAK_TFLOPS.value, _PEAK_GBPS.value)
   results = {"size": _SIZE.value, "sizes": dataclasses.asdict(sizes), "repeats": repeats,
              "environment": environment(peaks), "workloads": []}
   print(f"device: {peaks.name}; sizes ({_SIZE.value}): {dataclasses.asdict(sizes)}", flush=True)
@@ -218,24 +188,26 @@ def main(argv):
   if _CHECK.value:
     results["parity"] = check_parity()
     print(f"parity (gimp_jax, torch): {results['parity']}", flush=True)
-  builders = {"pretrain": wl.pretrain, "slide_forward": wl.slide_forward,
-              "finetune": wl.finetune}
-  for name in [w for w in WORKLOADS if w in _WORKLOADS.value and w in builders]:
-    for dtype in _DTYPES.value:
-      result = run_workload(name, builders[name], sizes, dtype, repeats, peaks)
-      results["workloads"].append(result)
-      print(bench_report.workload_table([result]), flush=True)
+  timed = [w for w in WORKLOADS if w in _WORKLOADS.value and w in wl.BUILDERS]
+  if timed:
+    with tempfile.TemporaryDirectory(prefix="gimp_bench_") as tmp:
+      cohort = wl.workload_cohort(tmp, sizes)  # CLAM files the timed batches are read from
+      for name in timed:
+        for dtype in _DTYPES.value:
+          result = run_workload(name, cohort, sizes, dtype, repeats, peaks)
+          results["workloads"].append(result)
+          print(measure.workload_table([result]), flush=True)
   if "memory_scaling" in _WORKLOADS.value:
     results["memory_scaling"] = memory_scaling(sizes, _DTYPES.value, run_max)
-    print(bench_report.scaling_table(results["memory_scaling"]), flush=True)
+    print(measure.scaling_table(results["memory_scaling"]), flush=True)
   if "loading" in _WORKLOADS.value:
-    results["loading"] = bench_loading.loading(
+    results["loading"] = wl.loading(
         sizes.loading_patients, sizes.loading_patches, sizes.pretrain_batch, sizes.window,
-        *bench_report.consumer_seconds(results, sizes))
-    print(bench_report.loading_table(results["loading"]), flush=True)
+        *measure.consumer_seconds(results, sizes))
+    print(measure.loading_table(results["loading"]), flush=True)
   results["bench_wall_s"] = time.perf_counter() - start
   results["environment"]["loadavg_end"] = os.getloadavg()
-  markdown = bench_report.markdown(results)
+  markdown = measure.markdown(results)
   print(markdown)
   if _JSON.value:
     os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)

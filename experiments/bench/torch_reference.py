@@ -1,4 +1,4 @@
-"""GiMP in PyTorch: the model a user would otherwise run, for `experiments/bench.py`.
+"""GiMP in PyTorch: the model a user would otherwise run, for `python -m experiments.bench`.
 
 The same architecture, shapes and losses as `gimp_jax` (attribute names mirror ours so that
 `load_gimp_params` can copy a gimp_jax parameter tree in and the two can be checked number for
@@ -283,11 +283,14 @@ def synchronize() -> None:
 
 
 def to_torch(batch: dict) -> dict:
-  """NumPy batch -> tensors on the device (bool stays bool, labels int64)."""
+  """The numeric arrays of a NumPy batch -> tensors on the device (bool stays bool, labels
+  int64; string IDs are dropped, as `gimp_jax.train.loop.to_device` does)."""
   out = {}
   for k, v in batch.items():
-    t = torch.from_numpy(np.asarray(v))
-    out[k] = (t.long() if k == "label" else t).to(_DEVICE)
+    v = np.asarray(v)
+    if v.dtype.kind in "biuf":
+      t = torch.from_numpy(np.array(v))  # a copy: pipeline arrays may be read-only
+      out[k] = (t.long() if k == "label" else t).to(_DEVICE)
   return out
 
 
