@@ -1,17 +1,10 @@
-"""CLAM-MB (Lu et al. 2021): attention pooling with one branch per class, fine-tuned with the bag CE plus
-the instance clustering loss."""
+"""CLAM-MB (Lu et al. 2021): CLAM-SB's model with one attention branch per class, fine-tuned with
+the bag CE plus the instance clustering loss."""
 
-import ml_collections
-from flax import nnx
+import functools
 
-from gimp_jax.models import mil
+from gimp_jax.methods import clam_sb
 from gimp_jax.objectives.mil import make_clam_loss as finetune_loss  # pylint: disable=unused-import
 
 pretrain_loss = None
-
-
-def build(config: ml_collections.ConfigDict, num_genes: int, num_classes: int, seed: int):
-  del num_genes
-  m = config.model
-  return mil.CLAM(config.data.feature_dim, m.dim, num_classes, multi_branch=True,
-                  dropout=m.head_dropout, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+build = functools.partial(clam_sb.build, multi_branch=True)

@@ -27,8 +27,8 @@ SPLIT_ORDER = ('test', 'val', 'train')
 SUMMARY_ORDER = ('accuracy', 'auc', 'f1', 'balanced_accuracy', 'num_examples')
 TABLE_ROWS = 50  # per-patient rows shown on the page; the CSV holds them all
 # Files that write_report owns in report_dir; stale ones from an earlier call are removed first.
-OWNED = re.compile(r'^((roc|confusion|tsne|heatmap)_.+\.png|(loss_curves|pretrain_diagnostics)\.png|predictions_.+\.csv|'
-                   r'report\.(md|html))$')
+OWNED = re.compile(r'^((roc|confusion|tsne|heatmap)_.+\.png|(loss_curves|pretrain_diagnostics)\.png|'
+                   r'predictions_.+\.csv|report\.(md|html))$')
 
 
 @dataclasses.dataclass(frozen=True)
