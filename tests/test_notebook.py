@@ -23,7 +23,7 @@ def notebook_script(path: str) -> str:
   return "\n".join(lines)
 
 
-def test_quickstart_notebook_runs_tiny(tmp_path):
+def test_quickstart_notebook_runs_tiny(tmp_path, run_numbers):
   script = tmp_path / "quickstart.py"
   # The notebook's last expressions and display() calls need an IPython display stub here.
   stub = ("import sys, types\n"
@@ -43,5 +43,5 @@ def test_quickstart_notebook_runs_tiny(tmp_path):
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "tsne_train.png" in proc.stdout
-  results = json.loads((tmp_path / "nb" / "run" / "results.json").read_text())
-  assert 0.0 <= results["test_accuracy"] <= 1.0
+  # results.json holds the numbers NumPy recomputes from the predictions the run wrote.
+  run_numbers(str(tmp_path / "nb" / "run"), str(tmp_path / "nb" / "cohort" / "labels.csv"))
