@@ -12,7 +12,7 @@ import pytest
 from configs import tiny
 from gimp_jax.models import build
 from gimp_jax.data import synthetic
-from gimp_jax.train import loop, optim, steps, transfer
+from gimp_jax.train import loop, optim, steps
 from gimp_jax.train import run as run_lib
 from gimp_jax.train.state import create_state
 from gimp_jax.objectives import gimp as gimp_objective
@@ -61,13 +61,6 @@ def test_frozen_leaves_unchanged_and_without_moments():
   assert sum(mu_sizes) == trainable
 
 
-def test_freeze_regex_must_match():
-  cfg = tiny.get_config()
-  params = create_state(build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)).params
-  with pytest.raises(ValueError, match="matched no parameter"):
-    optim.freeze_labels(params, r"^no_such_module/")
-
-
 def test_pretrain_step_lowers_loss():
   cfg = tiny.get_config()
   cfg.optim.learning_rate = 1e-3
@@ -83,49 +76,6 @@ def test_pretrain_step_lowers_loss():
   # labels by far more than the margin, so L_tri is mostly 0 here (see test_frozen_* below).
   assert np.mean(history[-5:]) < 0.85 * np.mean(history[:5]), history
   assert int(state.step) == 30
-
-
-def test_cosine_schedule_and_warmup():
-  cfg = tiny.get_config()
-  cfg.optim.warmup_epochs = 2
-  cfg.optim.grad_clip = 0.0
-  params = {"w": jnp.zeros(())}
-  tx = optim.make_optimizer(cfg.optim, params, total_steps=10, steps_per_epoch=1)
-  lrs = []
-  state = tx.init(params)
-  for _ in range(10):
-    # lr of AdamW with a constant gradient of 1: first update magnitude ~ lr
-    updates, state = tx.update({"w": jnp.ones(())}, state, params)
-    lrs.append(-float(updates["w"]))
-  assert lrs[0] == 0.0 and lrs[1] == pytest.approx(5e-5, rel=1e-3)
-  assert lrs[2] == pytest.approx(1e-4, rel=1e-2) and lrs[-1] < lrs[3]
-
-
-def test_gene_encoder_transfer_into_gimp():
-  cfg = tiny.get_config()
-  gene = create_state(build.build_gene_classifier(cfg, cfg.data.num_genes, 2, seed=5)).params
-  gimp = create_state(build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)).params
-  new, report = transfer.gene_encoder_into_gimp(gene, gimp)
-  src, dst, old = optim.flat_paths(gene), optim.flat_paths(new), optim.flat_paths(gimp)
-  assert report["copied"] and all(k.startswith("gene_encoder/") for k in report["copied"])
-  for k in report["copied"]:
-    np.testing.assert_array_equal(np.asarray(dst[k]), np.asarray(src[k]))
-  for k in report["fresh"]:
-    np.testing.assert_array_equal(np.asarray(dst[k]), np.asarray(old[k]))
-  assert "head/fc1/kernel" in report["fresh"]
-
-
-def test_pretrained_into_finetune_new_head_and_shape_mismatch():
-  cfg = tiny.get_config()
-  pre = create_state(build.build_gimp(cfg, cfg.data.num_genes, 2, seed=1)).params
-  fine = create_state(build.build_gimp(cfg, cfg.data.num_genes, 3, seed=2)).params
-  new, report = transfer.pretrained_into_finetune(pre, fine)
-  assert set(report["fresh"]) == {"head/fc1/bias", "head/fc1/kernel", "head/fc2/bias",
-                                  "head/fc2/kernel"}
-  np.testing.assert_array_equal(np.asarray(optim.flat_paths(new)["aggregator/embed/kernel"]),
-                                np.asarray(optim.flat_paths(pre)["aggregator/embed/kernel"]))
-  with pytest.raises(ValueError, match="shape"):
-    transfer.transfer_params(pre, fine)  # the 2-class head cannot go into a 3-class head
 
 
 def test_finetune_and_eval_steps_on_padded_bags():
