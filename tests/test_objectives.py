@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.methods import biovil_clip, itm as itm_config, mgca as mgca_config
-from configs.methods import refers as refers_config
+from gimp_jax.configs.methods import biovil_clip, itm as itm_config, mgca as mgca_config
+from gimp_jax.configs.methods import refers as refers_config
 from gimp_jax import methods
 from gimp_jax.objectives import clip, itm, mgca, mil, refers
 from gimp_jax.train import optim, steps

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import tiny
+from gimp_jax.configs import nsclc
 from gimp_jax import methods
 from gimp_jax.models import build
 from gimp_jax.train import optim, steps, transfer
@@ -33,7 +33,7 @@ def _pretrain_state(cfg, total_steps=30):
 
 
 def test_frozen_leaves_unchanged_and_without_moments():
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   state = _pretrain_state(cfg)
   before = jax.tree_util.tree_map(np.array, optim.flat_paths(state.params))
   step = steps.make_pretrain_step(cfg.pretrain)
@@ -56,14 +56,14 @@ def test_frozen_leaves_unchanged_and_without_moments():
 
 
 def test_freeze_regex_must_match():
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   params = create_state(build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)).params
   with pytest.raises(ValueError, match="matched no parameter"):
     optim.freeze_labels(params, r"^no_such_module/")
 
 
 def test_pretrain_step_lowers_loss():
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   cfg.optim.learning_rate = 1e-3
   state = _pretrain_state(cfg)
   step = steps.make_pretrain_step(cfg.pretrain)
@@ -78,7 +78,7 @@ def test_pretrain_step_lowers_loss():
 
 
 def test_cosine_schedule_and_warmup():
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   cfg.optim.warmup_epochs = 2
   cfg.optim.grad_clip = 0.0
   params = {"w": jnp.zeros(())}
@@ -94,7 +94,7 @@ def test_cosine_schedule_and_warmup():
 
 
 def test_gene_encoder_transfer_into_gimp():
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   gene = create_state(build.build_gene_classifier(cfg, cfg.data.num_genes, 2, seed=5)).params
   gimp = create_state(build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)).params
   new, report = transfer.gene_encoder_into_gimp(gene, gimp)
@@ -108,7 +108,7 @@ def test_gene_encoder_transfer_into_gimp():
 
 
 def test_pretrained_into_finetune_new_head_and_shape_mismatch():
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   pre = create_state(build.build_gimp(cfg, cfg.data.num_genes, 2, seed=1)).params
   fine = create_state(build.build_gimp(cfg, cfg.data.num_genes, 3, seed=2)).params
   new, report = transfer.pretrained_into_finetune(pre, fine)
@@ -121,7 +121,7 @@ def test_pretrained_into_finetune_new_head_and_shape_mismatch():
 
 
 def test_finetune_and_eval_steps_on_padded_bags():
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
   params = create_state(model).params
   tx = optim.make_optimizer(cfg.optim, params, total_steps=5, steps_per_epoch=1,
@@ -144,7 +144,7 @@ def test_finetune_and_eval_steps_on_padded_bags():
 
 
 def test_gene_pretrain_step():
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   model = build.build_gene_classifier(cfg, cfg.data.num_genes, 2, seed=0)
   params = create_state(model).params
   tx = optim.make_optimizer(cfg.optim, params, total_steps=5, steps_per_epoch=1)

@@ -1,9 +1,10 @@
 """ABMIL (Ilse et al. 2018): gated attention pooling, pathology only (Table 1)."""
 
-from configs.methods import sizes
+from gimp_jax.configs import methods
+from gimp_jax.configs import nsclc
 
 
-def get_config(size: str = "paper"):
-  c = sizes.image_only(sizes.base(size))
+def get_config(arg: str = "paper"):
+  c = methods.image_only(nsclc.get_config(arg))
   c.method = "abmil"
   return c

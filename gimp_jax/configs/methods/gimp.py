@@ -1,8 +1,8 @@
 """GiMP: supervised GroupMSA (frozen), MPM + gene-induced triplet pre-training, fine-tuning
-(Tables 1 and 2): configs/nsclc.py as it is."""
+(Table 1; Table 2, row 6): configs/nsclc.py as it is."""
 
-from configs.methods import sizes
+from gimp_jax.configs import nsclc
 
 
-def get_config(size: str = "paper"):
-  return sizes.base(size)
+def get_config(arg: str = "paper"):
+  return nsclc.get_config(arg)
