@@ -1,0 +1,1 @@
+"""Scripts that run the library (tables, sweeps, benchmarks): `python -m experiments.<name>`."""
