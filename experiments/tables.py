@@ -6,21 +6,27 @@ the best validation epoch kept, test). Without data paths a synthetic cohort is 
 `OUT/cohort` (`gimp_jax.data.synthetic.make_cohort`); with `--features_dir --expression --labels`
 the user's cohort is used.
 
-  python experiments/tables.py --out experiments/results/synthetic --seeds 0,1,2 --workers 2
-  python experiments/tables.py --out runs/nsclc --size paper --features_dir F --expression E \
+  python -m experiments.tables --out experiments/results/synthetic --seeds 0,1,2 --workers 2
+  python -m experiments.tables --out runs/nsclc --size paper --features_dir F --expression E \
       --labels L --methods table1
+  python -m experiments.tables --out runs/short --config.finetune.epochs=3 --synthetic.patients=200
+
+`--config.<field>=<value>` overrides a field of every run's config and `--synthetic.<field>=<value>`
+a `SyntheticConfig` field of the generated cohort, both parsed by ml_collections as
+`gimp_jax.main`'s `--config.` flags are.
 
 Writes `OUT/runs/<config>/seed_<s>/` (checkpoints, metrics, results.json of each run),
 `OUT/tables.md` (Markdown Tables 1 and 2) and `OUT/summary.json` (every run's numbers and every
-failure). Runs whose results.json exists are skipped, so an interrupted call resumes; configs that
-are identical (Table 2's GroupMSA row and full model are Table 1's GiMP rows) run once; a failed
-run is reported in the tables and the summary without stopping the others.
+failure). Runs whose results.json exists are skipped, so an interrupted call resumes; a config
+that several rows name (Table 2's GroupMSA row and full model are Table 1's GiMP rows,
+gimp_no_pretrain and gimp) runs once; a failed run is reported in the tables and the summary
+without stopping the others.
 """
 
 import argparse
-import ast
 import concurrent.futures as cf
 import contextlib
+import dataclasses
 import importlib
 import json
 import multiprocessing
@@ -29,11 +35,10 @@ import sys
 import time
 import traceback
 
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
 import numpy as np
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 # (modality, pre-training, method as printed, config, paper accuracy) [GiMP Table 1]
 TABLE1 = (
@@ -56,18 +61,23 @@ TABLE1 = (
 # (aggregator, gene encoder, triplet, MPM, config, paper accuracy) [GiMP Table 2]
 TABLE2 = (
     ("✓", "SNN", "", "", "snn", 0.9684),
-    ("✓", "✓", "", "", "group_msa", 0.9737),
+    ("✓", "✓", "", "", "gimp_no_pretrain", 0.9737),
     ("✓", "", "", "✓", "agg_mpm", 0.9579),
     ("✓", "", "✓", "", "agg_triplet_img", 0.9263),
     ("✓", "✓", "✓", "", "agg_groupmsa_triplet", 0.9526),
-    ("✓", "✓", "✓", "✓", "full", 0.9974),
+    ("✓", "✓", "✓", "✓", "gimp", 0.9974),
 )
 GROUPS = {"table1": [r[3] for r in TABLE1], "table2": [r[4] for r in TABLE2]}
 GROUPS["all"] = GROUPS["table1"] + [n for n in GROUPS["table2"] if n not in GROUPS["table1"]]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  """The script's options; the `--config.*` and `--synthetic.*` overrides in `.config` and
+  `.synthetic` (lists of those arguments, applied by `override`)."""
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                              epilog="--config.FIELD=VALUE: a config override for every run; "
+                                     "--synthetic.FIELD=VALUE: a synthetic cohort setting "
+                                     "(both repeatable)")
   p.add_argument("--out", required=True, help="output folder (runs, tables.md, summary.json)")
   p.add_argument("--methods", default="all",
                  help="'all', 'table1', 'table2' or comma-separated config names")
@@ -77,19 +87,30 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--features_dir", default="", help="CLAM feature folder (user cohort)")
   p.add_argument("--expression", default="", help="expression matrix or folder (user cohort)")
   p.add_argument("--labels", default="", help="labels CSV (user cohort)")
-  p.add_argument("--synthetic", default="",
-                 help="make_cohort keyword arguments for the default cohort, e.g. "
-                      "'patients=200,difficulty=1.2'")
-  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                 help="config override for every run, e.g. finetune.epochs=10 (repeatable)")
-  return p.parse_args(argv)
+  args, rest = p.parse_known_args(argv)
+  args.config = [a for a in rest if a.startswith("--config.")]
+  args.synthetic = [a for a in rest if a.startswith("--synthetic.")]
+  unknown = [a for a in rest if a not in args.config + args.synthetic]
+  if unknown:
+    p.error(f"unrecognized arguments: {' '.join(unknown)} (overrides are --config.FIELD=VALUE "
+            "and --synthetic.FIELD=VALUE)")
+  return args
 
 
-def _literal(text: str):
+def override(config: ml_collections.ConfigDict, args: list[str],
+             name: str = "config") -> ml_collections.ConfigDict:
+  """`config` with `--<name>.a.b=value` arguments applied by ml_collections' flag parser (types
+  checked against the field; tuples, booleans and strings as on `gimp_jax.main`'s command line)."""
+  if not args:
+    return config
+  values = flags.FlagValues()
   try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
+    config_flags.DEFINE_config_dict(name, config, flag_values=values, lock_config=False,
+                                   sys_argv=["tables", *args])
+    values(["tables", *args])
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    raise SystemExit(f"tables.py: bad override in {' '.join(args)}: {e}") from e
+  return values[name].value
 
 
 def method_names(spec: str) -> list[str]:
@@ -117,38 +138,34 @@ def cohort_paths(args) -> dict[str, str]:
            "expression": os.path.join(out, "expression.tsv"),
            "labels": os.path.join(out, "labels.csv")}
   if not os.path.exists(paths["labels"]):
-    kwargs = {k: _literal(v) for k, v in
-              (item.split("=", 1) for item in args.synthetic.split(",") if item)}
+    defaults = dataclasses.asdict(synthetic.SyntheticConfig())
+    chosen = override(ml_collections.ConfigDict(defaults), args.synthetic, "synthetic").to_dict()
+    kwargs = {k: v for k, v in chosen.items() if v != defaults[k]}
     print(f"Generating the synthetic cohort in {out} ({kwargs or 'defaults'})", flush=True)
     paths = synthetic.make_cohort(out, **kwargs)
   return paths
 
 
 def make_config(name: str, size: str, seed: int, paths: dict[str, str], overrides: list[str]):
-  """configs/methods/<name>.py at `size` with the cohort, the seed and the overrides."""
-  config = importlib.import_module(f"configs.methods.{name}").get_config(size)
+  """gimp_jax/configs/methods/<name>.py at `size` with the cohort, the seed and the overrides
+  (`--config.a.b=value` arguments)."""
+  config = importlib.import_module(f"gimp_jax.configs.methods.{name}").get_config(size)
   config.seed = seed
   for key, value in paths.items():
     config.data[key] = value
-  for item in overrides:
-    field, value = item.split("=", 1)
-    node = config
-    *parents, leaf = field.split(".")
-    for part in parents:
-      node = node[part]
-    node[leaf] = _literal(value)
-  return config
+  return override(config, overrides)
 
 
 def plan(names: list[str], seeds: list[int], args, paths) -> tuple[dict, dict]:
-  """(runs {(canonical, seed): config}, alias {name: canonical}); identical configs share runs."""
+  """(runs {(canonical, seed): config}, alias {name: canonical}); identical configs share runs
+  (so a --config override that makes two methods' configs equal runs them once)."""
   canonical_of, alias, runs = {}, {}, {}
   for name in names:
-    fingerprint = make_config(name, args.size, 0, paths, args.set).to_json(sort_keys=True)
+    fingerprint = make_config(name, args.size, 0, paths, args.config).to_json(sort_keys=True)
     alias[name] = canonical_of.setdefault(fingerprint, name)
   for name in sorted(set(alias.values()), key=names.index):
     for seed in seeds:
-      runs[(name, seed)] = make_config(name, args.size, seed, paths, args.set)
+      runs[(name, seed)] = make_config(name, args.size, seed, paths, args.config)
   return runs, alias
 
 
@@ -289,7 +306,7 @@ def main(argv=None) -> None:
   runs, alias = plan(names, seeds, args, paths)
   outcomes = run_all(runs, args.out, args.workers)
   wall = time.time() - start
-  cmd = " ".join(["python experiments/tables.py", *(argv if argv is not None else sys.argv[1:])])
+  cmd = " ".join(["python -m experiments.tables", *(argv if argv is not None else sys.argv[1:])])
   cohort = args.labels or f"synthetic, generated in {os.path.join(args.out, 'cohort')}"
   header = (f"# GiMP Tables 1 and 2 rerun\n\nCommand: `{cmd}`  \nCohort: {cohort}  \n"
             f"Config size: {args.size}; seeds: {', '.join(map(str, seeds))}; test accuracy and "

@@ -21,7 +21,7 @@ def cohort(tmp_path_factory):
 
 
 def tiny_overrides(paths, workdir):
-  return [f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}", f"--workdir={workdir}",
+  return [f"--config={os.path.join(ROOT, 'configs', 'nsclc.py')}:tiny", f"--workdir={workdir}",
           f"--config.data.features_dir={paths['features_dir']}",
           f"--config.data.expression={paths['expression']}",
           f"--config.data.labels={paths['labels']}"]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from configs import tiny
+from gimp_jax.configs import nsclc
 from gimp_jax import predict
 from gimp_jax import validate
 from gimp_jax.data import clam
@@ -99,7 +99,7 @@ def base(tmp_path_factory):
 
 
 def _config(root):
-  c = tiny.get_config()
+  c = nsclc.get_config("tiny")
   c.data.update(features_dir=os.path.join(root, "features"),
                 expression=os.path.join(root, "expression.tsv"),
                 labels=os.path.join(root, "labels.csv"), feature_dim=D, num_genes=0)
@@ -217,7 +217,7 @@ def test_fuzz_gdc_folders_raise_only_data_error(tmp_path, files, manifest, value
                                           b'{"cohort": {"class_names": "ab"}}'])))
 def test_fuzz_run_records_raise_only_data_error(tmp_path, name, content):
   workdir = tempfile.mkdtemp(dir=tmp_path)
-  good = {"config.json": json.dumps(tiny.get_config().to_dict()).encode(),
+  good = {"config.json": json.dumps(nsclc.get_config("tiny").to_dict()).encode(),
           "provenance.json": b'{"cohort": {"class_names": ["a", "b"]}}'}
   for n, data in good.items():
     with open(os.path.join(workdir, n), "wb") as f:

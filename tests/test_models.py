@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import nsclc
+from gimp_jax.configs import nsclc
 from gimp_jax.models import build
 from gimp_jax.models.aggregator import PatchAggregator
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.methods import biovil_clip, itm as itm_config, mgca as mgca_config
-from configs.methods import refers as refers_config
+from gimp_jax.configs.methods import biovil_clip, itm as itm_config, mgca as mgca_config
+from gimp_jax.configs.methods import refers as refers_config
 from gimp_jax import methods
 from gimp_jax.objectives import clip, itm, mgca, mil, refers
 from gimp_jax.train import optim, steps
@@ -322,10 +322,10 @@ def _np_batch_hard(emb, labels, margin):
 def test_gimp_pretrain_loss_terms_match_numpy(normalize, triplet_on, var_weight):
   """L_pre = w_tri (L_tri(CLS_pat) [+ L_tri(CLS_img)]) + w_rec L_rec [+ w_var var(CLS_img)], each
   term recomputed in NumPy from the model's CLS tokens."""
-  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from gimp_jax.configs import nsclc  # pylint: disable=g-import-not-at-top
   from gimp_jax.models import build  # pylint: disable=g-import-not-at-top
   from gimp_jax.objectives import gimp as gimp_objective  # pylint: disable=g-import-not-at-top
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   cfg.pretrain.triplet_normalize = normalize
   cfg.pretrain.triplet_on = triplet_on
   cfg.pretrain.img_variance_weight = var_weight

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
+from gimp_jax.configs import nsclc
 from gimp_jax import parallel
 from gimp_jax.models import build
 from gimp_jax.train import optim, steps
@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(use_triplet: bool = True, dropout: float = 0.1):
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   cfg.pretrain.use_triplet = use_triplet
   cfg.model.attn_dropout = cfg.model.gene_dropout = dropout
   return cfg

@@ -6,7 +6,7 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
-from configs import tiny
+from gimp_jax.configs import nsclc
 from gimp_jax.models import build
 from gimp_jax.models.nystrom import NystromAttention
 from gimp_jax.train import optim, steps
@@ -16,7 +16,7 @@ from flax import nnx
 
 
 def _config(dtype: str):
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   cfg.compute_dtype = dtype
   return cfg
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
+from gimp_jax.configs import nsclc
 from gimp_jax import methods
 from gimp_jax import predict
 from gimp_jax.data import pipeline
@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(paths):
-  c = tiny.get_config()
+  c = nsclc.get_config("tiny")
   c.data.update(features_dir=paths["features_dir"], expression=paths["expression"],
                 labels=paths["labels"])
   return c
@@ -133,7 +133,7 @@ def test_command_line(trained, tmp_path):
   lines = open(new["expression"]).read().splitlines()
   open(new["expression"], "w").write("\n".join(lines[:-1]) + "\n")  # one gene fewer
   args = [sys.executable, "-m", "gimp_jax.predict", f"--workdir={workdir}",
-          f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}",
+          f"--config={os.path.join(ROOT, 'configs', 'nsclc.py')}:tiny",
           f"--config.data.features_dir={new['features_dir']}",
           f"--config.data.expression={new['expression']}",
           f"--config.data.labels={new['labels']}", f"--out={tmp_path / 'p.csv'}"]

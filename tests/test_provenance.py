@@ -8,7 +8,7 @@ import os
 import jax
 import pytest
 
-from configs import tiny
+from gimp_jax.configs import nsclc
 from gimp_jax import provenance
 from gimp_jax import validate
 from gimp_jax.data import synthetic
@@ -18,7 +18,7 @@ from gimp_jax.data import synthetic
 def run_inputs(tmp_path):
   paths = synthetic.make_cohort(str(tmp_path / "in"), patients=6, genes=8, min_patches=3,
                                 max_patches=5, feature_dim=4, seed=2)
-  c = tiny.get_config()
+  c = nsclc.get_config("tiny")
   c.data.update(features_dir=paths["features_dir"], expression=paths["expression"],
                 labels=paths["labels"], feature_dim=4, num_genes=0)
   cohort, problems = validate.check(c)

@@ -26,7 +26,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import tiny
+from gimp_jax.configs import nsclc
 from gimp_jax.checkpoint import StageCheckpoints
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import genes as genes_lib
@@ -54,7 +54,7 @@ def inputs(tmp_path_factory):
 
 
 def flags(paths, workdir, *extra):
-  return [f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}", f"--workdir={workdir}",
+  return [f"--config={os.path.join(ROOT, 'configs', 'nsclc.py')}:tiny", f"--workdir={workdir}",
           f"--config.data.features_dir={paths['features_dir']}",
           f"--config.data.expression={paths['expression']}",
           f"--config.data.labels={paths['labels']}", "--config.report.tsne=False",
@@ -248,7 +248,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(inputs, tmp_pa
   root = tmp_path / "in"
   shutil.copytree(os.path.dirname(inputs["labels"]), root)
   paths = {k: v.replace(os.path.dirname(inputs["labels"]), str(root)) for k, v in inputs.items()}
-  c = tiny.get_config()
+  c = nsclc.get_config("tiny")
   c.data.update(labels=paths["labels"], features_dir=paths["features_dir"],
                 expression=paths["expression"])
   cohort = cohort_lib.load_cohort(cohort_lib.CohortSpec.from_mapping(c.data, seed=c.seed))

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import tiny
+from gimp_jax.configs import nsclc
 from gimp_jax.models import build
 from gimp_jax.data import synthetic
 from gimp_jax.train import loop, optim, steps
@@ -39,7 +39,7 @@ def _pretrain_state(cfg, total_steps=30):
 
 
 def test_frozen_leaves_unchanged_and_without_moments():
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   state = _pretrain_state(cfg)
   before = jax.tree_util.tree_map(np.array, optim.flat_paths(state.params))
   step = steps.make_train_step(gimp_objective.make_loss(cfg), cfg.pretrain.frozen)
@@ -62,7 +62,7 @@ def test_frozen_leaves_unchanged_and_without_moments():
 
 
 def test_pretrain_step_lowers_loss():
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   cfg.optim.learning_rate = 1e-3
   state = _pretrain_state(cfg)
   step = steps.make_train_step(gimp_objective.make_loss(cfg), cfg.pretrain.frozen)
@@ -79,7 +79,7 @@ def test_pretrain_step_lowers_loss():
 
 
 def test_finetune_and_eval_steps_on_padded_bags():
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
   params = create_state(model).params
   tx = optim.make_optimizer(cfg.optim, params, total_steps=5, steps_per_epoch=1,
@@ -102,7 +102,7 @@ def test_finetune_and_eval_steps_on_padded_bags():
 
 
 def test_gene_pretrain_step():
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   model = build.build_gene_classifier(cfg, cfg.data.num_genes, 2, seed=0)
   params = create_state(model).params
   tx = optim.make_optimizer(cfg.optim, params, total_steps=5, steps_per_epoch=1)
@@ -123,7 +123,7 @@ def pretrain_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("cohort")
   paths = synthetic.make_cohort(str(out), patients=16, genes=96, min_patches=40, max_patches=90,
                                 feature_dim=32, seed=0)
-  cfg = tiny.get_config()
+  cfg = nsclc.get_config("tiny")
   cfg.data.features_dir, cfg.data.expression, cfg.data.labels = (
       paths["features_dir"], paths["expression"], paths["labels"])
   cfg.gene_pretrain.epochs = 2

@@ -228,8 +228,9 @@ def test_command_line(tmp_path):
   synthetic.make_cohort(str(folder), seed=1, patients=10, genes=100, min_patches=5, max_patches=20,
                         feature_dim=32)
   out = tmp_path / 'tfds'
-  cmd = [sys.executable, '-m', 'gimp_jax.data.tfds_builder', f'--config={REPO}/configs/tiny.py',
-         f'--out={out}', f'--manual_dir={folder}', '--chunk_size=8']
+  cmd = [sys.executable, '-m', 'gimp_jax.data.tfds_builder',
+         f'--config={REPO}/configs/nsclc.py:tiny', f'--out={out}', f'--manual_dir={folder}',
+         '--chunk_size=8']
   done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr[-2000:]
   assert '10 patients' in done.stdout and '--config.data.source=tfds' in done.stdout

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
+from gimp_jax.configs import nsclc
 from gimp_jax import methods
 from gimp_jax import validate
 from gimp_jax.data import genes as genes_lib
@@ -37,7 +37,7 @@ def cohort(base, tmp_path):
   """A fresh copy of the clean cohort: (folder, config)."""
   root = tmp_path / "in"
   shutil.copytree(base, root)
-  c = tiny.get_config()
+  c = nsclc.get_config("tiny")
   c.data.features_dir = str(root / "features")
   c.data.expression = str(root / "expression.tsv")
   c.data.labels = str(root / "labels.csv")
@@ -326,7 +326,7 @@ def _cli(module, *args):
 
 
 def _flags(c, workdir):
-  return [f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}", f"--workdir={workdir}",
+  return [f"--config={os.path.join(ROOT, 'configs', 'nsclc.py')}:tiny", f"--workdir={workdir}",
           f"--config.data.features_dir={c.data.features_dir}",
           f"--config.data.expression={c.data.expression}",
           f"--config.data.labels={c.data.labels}", "--config.data.num_genes=0"]

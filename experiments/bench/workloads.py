@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import nsclc
+from gimp_jax.configs import nsclc
 from experiments.bench import measure
 from experiments.bench import torch_reference as tr
 from experiments.bench.measure import Runner

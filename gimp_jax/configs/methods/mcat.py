@@ -3,11 +3,12 @@
 
 import ml_collections
 
-from configs.methods import sizes
+from gimp_jax.configs import methods
+from gimp_jax.configs import nsclc
 
 
-def get_config(size: str = "paper"):
-  c = sizes.end_to_end(sizes.base(size))
+def get_config(arg: str = "paper"):
+  c = methods.end_to_end(nsclc.get_config(arg))
   c.method = "mcat"
   c.model.gene_encoder = "snn"                # documents the genomic branch (built by the method)
   c.mcat = ml_collections.ConfigDict()

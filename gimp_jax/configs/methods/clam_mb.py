@@ -2,11 +2,12 @@
 
 import ml_collections
 
-from configs.methods import sizes
+from gimp_jax.configs import methods
+from gimp_jax.configs import nsclc
 
 
-def get_config(size: str = "paper"):
-  c = sizes.image_only(sizes.base(size))
+def get_config(arg: str = "paper"):
+  c = methods.image_only(nsclc.get_config(arg))
   c.method = "clam_mb"
   c.clam = ml_collections.ConfigDict()
   c.clam.k_sample = 8                         # patches per pseudo-labelled set [CLAM]

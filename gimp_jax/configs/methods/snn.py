@@ -1,9 +1,9 @@
 """Table 2, row 1: GiMP without pre-training, GroupMSA replaced by an SNN (supervised, frozen)."""
 
-from configs.methods import gimp_no_pretrain
+from gimp_jax.configs.methods import gimp_no_pretrain
 
 
-def get_config(size: str = "paper"):
-  c = gimp_no_pretrain.get_config(size)
+def get_config(arg: str = "paper"):
+  c = gimp_no_pretrain.get_config(arg)
   c.model.gene_encoder = "snn"
   return c

@@ -2,11 +2,11 @@
 
 import ml_collections
 
-from configs.methods import sizes
+from gimp_jax.configs import nsclc
 
 
-def get_config(size: str = "paper"):
-  c = sizes.base(size)
+def get_config(arg: str = "paper"):
+  c = nsclc.get_config(arg)
   c.method = "refers"
   c.refers = ml_collections.ConfigDict()
   c.refers.views = 3                          # views per study [REFERS]: contiguous sub-windows

@@ -1,9 +1,9 @@
 """Table 2, row 5: aggregator + GroupMSA + triplet on CLS_pat, no MPM, in pre-training."""
 
-from configs.methods import sizes
+from gimp_jax.configs import nsclc
 
 
-def get_config(size: str = "paper"):
-  c = sizes.base(size)
+def get_config(arg: str = "paper"):
+  c = nsclc.get_config(arg)
   c.pretrain.use_mpm = False
   return c

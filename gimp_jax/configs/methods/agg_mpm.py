@@ -1,9 +1,9 @@
 """Table 2, row 3: aggregator + MPM: image-only pre-training (no triplet), multimodal fine-tuning."""
 
-from configs.methods import sizes
+from gimp_jax.configs import nsclc
 
 
-def get_config(size: str = "paper"):
-  c = sizes.base(size)
+def get_config(arg: str = "paper"):
+  c = nsclc.get_config(arg)
   c.pretrain.use_triplet = False
   return c

@@ -1,10 +1,10 @@
 """Table 2, row 4: aggregator + triplet on CLS_img alone (no genes, no MPM) in pre-training."""
 
-from configs.methods import sizes
+from gimp_jax.configs import nsclc
 
 
-def get_config(size: str = "paper"):
-  c = sizes.base(size)
+def get_config(arg: str = "paper"):
+  c = nsclc.get_config(arg)
   c.pretrain.use_mpm = False
   c.pretrain.triplet_on = "img"
   return c

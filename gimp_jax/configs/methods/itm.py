@@ -2,11 +2,11 @@
 
 import ml_collections
 
-from configs.methods import sizes
+from gimp_jax.configs import nsclc
 
 
-def get_config(size: str = "paper"):
-  c = sizes.base(size)
+def get_config(arg: str = "paper"):
+  c = nsclc.get_config(arg)
   c.method = "itm"
   c.itm = ml_collections.ConfigDict()
   c.itm.proj_dim = 128                        # 512 in TIMNet; 128 as the other objectives here

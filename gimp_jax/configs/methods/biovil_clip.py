@@ -2,11 +2,11 @@
 
 import ml_collections
 
-from configs.methods import sizes
+from gimp_jax.configs import nsclc
 
 
-def get_config(size: str = "paper"):
-  c = sizes.base(size)
+def get_config(arg: str = "paper"):
+  c = nsclc.get_config(arg)
   c.method = "clip"
   c.clip = ml_collections.ConfigDict()
   c.clip.proj_dim = 128                       # shared embedding width (MGCA/BioViL use 128)

@@ -2,14 +2,17 @@
 
 Values the paper leaves open are marked "choice" and discussed in the README.
 Run: python -m gimp_jax.main --config=configs/nsclc.py --workdir=runs/nsclc
+The argument picks the size (sizes.py): `configs/nsclc.py:cpu` is the demo on the synthetic cohort,
+`:tiny` the tests' model; the default is the paper's.
 """
 
 import ml_collections
 
 from gimp_jax import parallel
+from gimp_jax.configs import sizes
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0                                  # root PRNG seed; data order is a function of (seed, epoch)
   c.method = "gimp"                           # model/objective family (see gimp_jax.methods)
@@ -95,4 +98,4 @@ def get_config() -> ml_collections.ConfigDict:
   c.report = ml_collections.ConfigDict()
   c.report.heatmaps = 3                       # test slides drawn with CLS -> patch attention
   c.report.tsne = True                        # t-SNE of CLS_pat on the training set after pre-training
-  return c
+  return sizes.apply(c, arg)

@@ -2,16 +2,16 @@
 
 import ml_collections
 
-from configs.methods import sizes
+from gimp_jax.configs import nsclc
 
 
-def get_config(size: str = "paper"):
-  c = sizes.base(size)
+def get_config(arg: str = "paper"):
+  c = nsclc.get_config(arg)
   c.method = "mgca"
   c.mgca = ml_collections.ConfigDict()
   c.mgca.proj_dim = 128                       # d [MGCA]
-  c.mgca.num_prototypes = 500 if size == "paper" else 16  # K [MGCA]; small batches: fewer
-  c.mgca.num_tokens = 512 if size == "paper" else 64      # patch tokens per window in CTA
+  c.mgca.num_prototypes = 500 if arg == "paper" else 16  # K [MGCA]; small batches: fewer
+  c.mgca.num_tokens = 512 if arg == "paper" else 64      # patch tokens per window in CTA
   c.mgca.temperature_ita = 0.1                # tau1 [MGCA paper]
   c.mgca.temperature_cta = 0.07               # tau2 [MGCA paper]
   c.mgca.temperature_attn = 0.1               # parameter-free cross-attention [MGCA code]

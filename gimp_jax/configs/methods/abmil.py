@@ -1,0 +1,10 @@
+"""ABMIL (Ilse et al. 2018): gated attention pooling, pathology only (Table 1)."""
+
+from gimp_jax.configs import methods
+from gimp_jax.configs import nsclc
+
+
+def get_config(arg: str = "paper"):
+  c = methods.image_only(nsclc.get_config(arg))
+  c.method = "abmil"
+  return c

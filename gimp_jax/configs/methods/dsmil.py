@@ -1,0 +1,10 @@
+"""DSMIL (Li et al. 2021): max-instance + critical-instance attention streams, pathology only (Table 1)."""
+
+from gimp_jax.configs import methods
+from gimp_jax.configs import nsclc
+
+
+def get_config(arg: str = "paper"):
+  c = methods.image_only(nsclc.get_config(arg))
+  c.method = "dsmil"
+  return c
