@@ -67,6 +67,19 @@ TABLE2 = (
     ("✓", "✓", "✓", "", "agg_groupmsa_triplet", 0.9526),
     ("✓", "✓", "✓", "✓", "gimp", 0.9974),
 )
+# Reference rows of Table 1 (experiments/reference.py): logistic regression, same splits.
+REFERENCE = (("slide", "Pathology", "Logistic regression, mean-pooled features"),
+             ("genes", "Genomic", "Logistic regression, expression"),
+             ("both", "Pathology & Genomic", "Logistic regression, both"))
+# Cohorts and the config fields they need. paper_scale: the paper's 946 patients (567/189/190
+# with the 60/20/20 split), bags of 100 to 1,000 patches per slide (log-uniform), so that one test
+# patient is 0.5 point instead of 4.2; buckets that fit those bags with little padding.
+PRESETS = {
+    "default": ([], []),
+    "paper_scale": (["--synthetic.patients=946", "--synthetic.min_patches=100",
+                     "--synthetic.max_patches=1000"],
+                    ["--config.data.bucket_sizes=(512,1024,2048)"]),
+}
 GROUPS = {"table1": [r[3] for r in TABLE1], "table2": [r[4] for r in TABLE2]}
 GROUPS["all"] = GROUPS["table1"] + [n for n in GROUPS["table2"] if n not in GROUPS["table1"]]
 
@@ -87,9 +100,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--features_dir", default="", help="CLAM feature folder (user cohort)")
   p.add_argument("--expression", default="", help="expression matrix or folder (user cohort)")
   p.add_argument("--labels", default="", help="labels CSV (user cohort)")
+  p.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                 help="synthetic cohort preset (paper_scale: 946 patients, 100-1,000 patches)")
+  p.add_argument("--no_reference", action="store_true",
+                 help="skip the logistic-regression reference rows")
   args, rest = p.parse_known_args(argv)
-  args.config = [a for a in rest if a.startswith("--config.")]
-  args.synthetic = [a for a in rest if a.startswith("--synthetic.")]
+  synthetic, config = PRESETS[args.preset]
+  args.config = config + [a for a in rest if a.startswith("--config.")]
+  args.synthetic = synthetic + [a for a in rest if a.startswith("--synthetic.")]
   unknown = [a for a in rest if a not in args.config + args.synthetic]
   if unknown:
     p.error(f"unrecognized arguments: {' '.join(unknown)} (overrides are --config.FIELD=VALUE "
@@ -261,7 +279,7 @@ def _paper(value) -> str:
   return "—" if value is None else f"{value:.4f}"
 
 
-def markdown(names, alias, seeds, outcomes, header: str) -> str:
+def markdown(names, alias, seeds, outcomes, header: str, reference=None, paired=None) -> str:
   lines = [header, ""]
   rows1 = [r for r in TABLE1 if r[3] in names]
   if rows1:
@@ -271,7 +289,14 @@ def markdown(names, alias, seeds, outcomes, header: str) -> str:
     for modality, pre, label, name, paper in rows1:
       acc, auc, n = _row_stats(name, alias, seeds, outcomes)
       lines.append(f"| {modality} | {pre} | {label} | {acc} | {auc} | {_paper(paper)} | {n} |")
+    for key, modality, label in REFERENCE if reference else ():
+      got = [reference[s][key] for s in seeds if s in reference]
+      lines.append(f"| {modality} | reference | {label} | "
+                   f"{cell([g['test_accuracy'] for g in got], 0)} | "
+                   f"{cell([g['test_auc'] for g in got], 0)} | — | {len(got)} |")
     lines.append("")
+  if paired:
+    lines += paired_lines(paired)
   rows2 = [r for r in TABLE2 if r[4] in names]
   if rows2:
     lines += ["## Table 2: ablation study", "",
@@ -287,6 +312,71 @@ def markdown(names, alias, seeds, outcomes, header: str) -> str:
     lines += [f"- `{name}` seed {seed}: {o.get('error')}" for (name, seed), o in failures]
     lines.append("")
   return "\n".join(lines)
+
+
+def reference_rows(runs: dict, seeds: list[int], out: str) -> dict[int, dict]:
+  """{seed: reference.lr_rows} on each seed's split (that of any run of the seed), cached in
+  OUT/reference/seed_<s>.json."""
+  from experiments import reference  # pylint: disable=g-import-not-at-top
+  rows, cache = {}, os.path.join(out, "reference")
+  os.makedirs(cache, exist_ok=True)
+  for seed in seeds:
+    config = next((c for (_, s), c in runs.items() if s == seed), None)
+    if config is None:
+      continue
+    path = os.path.join(cache, f"seed_{seed}.json")
+    if not os.path.exists(path):
+      with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(reference.lr_rows(config, cache), f, indent=2, default=float)
+      os.replace(path + ".tmp", path)
+    with open(path, encoding="utf-8") as f:
+      rows[seed] = json.load(f)
+  return rows
+
+
+def _pretrain_diagnostics(workdir: str) -> dict:
+  """Mean active-anchor fraction over pre-training and the last epoch's CLS_img spread."""
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    history = json.load(f)["stages"].get("pretrain", {}).get("history", [])
+  if not history:
+    return {}
+  return {"tri_active": float(np.mean([h.get("tri_active", np.nan) for h in history])),
+          "img_spread_last": history[-1].get("img_spread")}
+
+
+def paired(alias, seeds, outcomes, out: str, a: str = "gimp", b: str = "gimp_no_pretrain"):
+  """GiMP with minus without pre-training on each seed (same split, same initialisation of what
+  both train), with the 95% interval, for test accuracy, test AUC and val accuracy."""
+  from experiments import reference  # pylint: disable=g-import-not-at-top
+  if a not in alias or b not in alias:
+    return None
+  result = {"a": a, "b": b}
+  for metric in ("test_accuracy", "test_auc", "val_accuracy"):
+    values = [{s: outcomes[(alias[m], s)][metric] for s in seeds
+               if outcomes.get((alias[m], s), {}).get("ok")} for m in (a, b)]
+    result[metric] = reference.paired_difference(*values)
+  result["diagnostics"] = {s: _pretrain_diagnostics(run_dir(out, alias[a], s)) for s in seeds
+                           if outcomes.get((alias[a], s), {}).get("ok")}
+  return result
+
+
+def paired_lines(p: dict) -> list[str]:
+  lines = [f"## Paired comparison: `{p['a']}` minus `{p['b']}` (same seed = same split)", "",
+           "| metric | mean difference | 95% interval (t) | std | seeds | per seed |",
+           "|---|---|---|---|---|---|"]
+  for metric in ("test_accuracy", "test_auc", "val_accuracy"):
+    d = p[metric]
+    ci = "—" if d["ci95"] is None else f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+    std = "—" if d["std"] is None else f"{d['std']:.4f}"
+    mean = "—" if d["mean"] is None else f"{d['mean']:+.4f}"
+    per = ", ".join(f"{s}: {v:+.3f}" for s, v in d["per_seed"].items())
+    lines.append(f"| {metric} | {mean} | {ci} | {std} | {d['n']} | {per} |")
+  lines += ["", f"Pre-training diagnostics of `{p['a']}` (per seed): mean fraction of anchors with "
+            "an active triplet hinge over pre-training; relative spread of CLS_img in the last "
+            "epoch (2 = independent slide tokens, 0 = collapsed).", ""]
+  lines += [f"- seed {s}: active {d.get('tri_active', float('nan')):.3f}, spread "
+            f"{d.get('img_spread_last') or float('nan'):.3f}" for s, d in p["diagnostics"].items()]
+  return lines + [""]
 
 
 def main(argv=None) -> None:
@@ -312,11 +402,14 @@ def main(argv=None) -> None:
             f"Config size: {args.size}; seeds: {', '.join(map(str, seeds))}; test accuracy and "
             f"AUC as mean ± sample std over seeds (each seed also draws its own split).  \n"
             f"Wall time of this call: {wall / 60:.1f} min with {args.workers} worker(s).")
-  text = markdown(names, alias, seeds, outcomes, header)
+  reference = None if args.no_reference else reference_rows(runs, seeds, args.out)
+  pairs = paired(alias, seeds, outcomes, args.out)
+  text = markdown(names, alias, seeds, outcomes, header, reference, pairs)
   with open(os.path.join(args.out, "tables.md"), "w", encoding="utf-8") as f:
     f.write(text + "\n")
   summary = {"command": cmd, "wall_s": wall, "seeds": seeds, "size": args.size, "alias": alias,
-             "runs": [{"config": n, "seed": s, **o} for (n, s), o in sorted(outcomes.items())]}
+             "runs": [{"config": n, "seed": s, **o} for (n, s), o in sorted(outcomes.items())],
+             "reference": reference, "paired": pairs}
   with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2, default=float)
   print(text, flush=True)
