@@ -40,8 +40,10 @@ _DTYPES = [np.float32, np.float16, np.float64, np.int8, np.int64, np.uint16, np.
 
 
 def _array(dtype, shape, fill):
-  if dtype == "vlen-str":
-    return np.array(np.full(shape, "x", dtype=object), dtype=h5py.string_dtype())
+  if dtype == "vlen-str":  # np.empty keeps the string dtype's metadata for empty shapes too
+    out = np.empty(shape, dtype=h5py.string_dtype())
+    out[...] = "x"
+    return out
   if dtype == "compound":
     return np.zeros(shape, dtype=[("a", np.float32), ("b", np.int32)])
   return np.full(shape, fill).astype(dtype)

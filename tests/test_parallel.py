@@ -76,7 +76,8 @@ def check_eight_devices() -> None:
     pstep = parallel.parallelize_step(step, state, mesh, pcfg)
     state, losses = _run_steps(pstep, state, batches, lambda b: parallel.shard_batch(b, mesh))
     assert all(leaf.sharding.num_devices == 8 for leaf in jax.tree_util.tree_leaves(state.params))
-    np.testing.assert_allclose(losses, single_losses, rtol=0, atol=1e-5)
+    # float32 losses of ~10-30 summed in another order over 8 devices: ~2e-6 relative apart.
+    np.testing.assert_allclose(losses, single_losses, rtol=1e-5, atol=1e-5)
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5),
         optim.flat_paths(state.params), optim.flat_paths(single.params))

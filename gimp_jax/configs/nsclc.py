@@ -35,7 +35,7 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.data.fold = 0
   c.data.drop_incomplete = False              # drop (with a warning) patients missing a modality
   c.data.bucket_sizes = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
-  c.data.prefetch = 2                         # batches prepared ahead by a background thread
+  c.data.prefetch = 2                         # batches grain reads ahead (read threads)
 
   c.model = ml_collections.ConfigDict()
   c.model.dim = 512                           # hidden size d (choice; TransMIL's 512)
