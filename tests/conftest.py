@@ -3,6 +3,7 @@ processes (the CLI tests start subprocesses that compile the same steps); and `r
 checks a finished run's results.json against a NumPy recomputation from the predictions it wrote."""
 
 import csv
+import glob
 import json
 import os
 import tempfile
@@ -79,3 +80,17 @@ def check_run_numbers(workdir: str, labels_csv: str) -> dict:
 def run_numbers():
   """`check_run_numbers` as a fixture (test modules do not import each other)."""
   return check_run_numbers
+
+
+def _damage(step_dir: str) -> None:
+  """A checkpoint step whose files lost their second half (a kill mid-delete, a power cut)."""
+  for path in glob.glob(os.path.join(step_dir, "**", "*"), recursive=True):
+    if os.path.isfile(path):
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+@pytest.fixture(scope="session")
+def damage():
+  """`_damage` as a fixture (test modules do not import each other)."""
+  return _damage

@@ -18,21 +18,25 @@ def np_masked_l1(pred, target, mask):
   return total / count if count else 0.0
 
 
-def np_triplet(emb, labels, margin, mining):
+def np_hinges(emb, labels, margin, mining):
+  """Per-anchor (batch_hard) or per-triplet (batch_all) hinge values, valid ones only."""
   n = len(labels)
   d = np.array([[np.sum((emb[i] - emb[j]) ** 2) for j in range(n)] for i in range(n)])
   if mining == "batch_hard":
-    vals = []
+    out = []
     for a in range(n):
       p = [d[a, j] for j in range(n) if j != a and labels[j] == labels[a]]
       q = [d[a, j] for j in range(n) if labels[j] != labels[a]]
       if p and q:
-        vals.append(max(0.0, max(p) + margin - min(q)))
-    return np.mean(vals) if vals else 0.0
-  vals = [max(0.0, d[a, p] + margin - d[a, q])
-          for a, p, q in itertools.product(range(n), repeat=3)
-          if p != a and labels[p] == labels[a] and labels[q] != labels[a]]
-  return np.mean(vals) if vals else 0.0
+        out.append(max(p) + margin - min(q))
+    return np.array(out)
+  return np.array([d[a, p] + margin - d[a, q] for a, p, q in itertools.product(range(n), repeat=3)
+                   if p != a and labels[p] == labels[a] and labels[q] != labels[a]])
+
+
+def np_triplet(emb, labels, margin, mining):
+  h = np_hinges(emb, labels, margin, mining)
+  return float(np.mean(np.maximum(h, 0.0))) if h.size else 0.0
 
 
 def test_masked_l1_matches_numpy():
@@ -89,22 +93,6 @@ def test_cross_entropy_matches_numpy(smoothing):
   expected = -(target * logp).sum(-1).mean()
   got = losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), smoothing)
   np.testing.assert_allclose(float(got), expected, rtol=1e-5)
-
-
-def np_hinges(emb, labels, margin, mining):
-  """Per-anchor (batch_hard) or per-triplet (batch_all) hinge values, valid ones only."""
-  n = len(labels)
-  d = np.array([[np.sum((emb[i] - emb[j]) ** 2) for j in range(n)] for i in range(n)])
-  if mining == "batch_hard":
-    out = []
-    for a in range(n):
-      p = [d[a, j] for j in range(n) if j != a and labels[j] == labels[a]]
-      q = [d[a, j] for j in range(n) if labels[j] != labels[a]]
-      if p and q:
-        out.append(max(p) + margin - min(q))
-    return np.array(out)
-  return np.array([d[a, p] + margin - d[a, q] for a, p, q in itertools.product(range(n), repeat=3)
-                   if p != a and labels[p] == labels[a] and labels[q] != labels[a]])
 
 
 @pytest.mark.parametrize("mining", ["batch_hard", "batch_all"])

@@ -125,16 +125,8 @@ def scores(results):
   return out
 
 
-def damage(step_dir):
-  """A step whose files lost their second half (a kill mid-delete, a power cut)."""
-  for path in glob.glob(os.path.join(step_dir, "**", "*"), recursive=True):
-    if os.path.isfile(path):
-      with open(path, "r+b") as f:
-        f.truncate(os.path.getsize(path) // 2)
-
-
 @pytest.fixture(scope="module")
-def runs(inputs, tmp_path_factory):
+def runs(inputs, tmp_path_factory, damage):
   """An uninterrupted run, and the same command interrupted three ways then finished."""
   base = tmp_path_factory.mktemp("runs")
   ref, wd = str(base / "uninterrupted"), str(base / "interrupted")
