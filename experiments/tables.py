@@ -104,6 +104,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="synthetic cohort preset (paper_scale: 946 patients, 100-1,000 patches)")
   p.add_argument("--no_reference", action="store_true",
                  help="skip the logistic-regression reference rows")
+  p.add_argument("--report_only", action="store_true",
+                 help="write the tables from the finished runs, run nothing (partial results of "
+                      "a call that outlasts a session)")
   args, rest = p.parse_known_args(argv)
   synthetic, config = PRESETS[args.preset]
   args.config = config + [a for a in rest if a.startswith("--config.")]
@@ -223,8 +226,9 @@ def read_result(workdir: str) -> dict | None:
           "val_accuracy": r.get("val_accuracy"), "train_wall_s": wall}
 
 
-def run_all(runs: dict, out: str, workers: int) -> dict:
-  """Runs the missing runs in `workers` spawned processes; returns {(name, seed): outcome}."""
+def run_all(runs: dict, out: str, workers: int, report_only: bool = False) -> dict:
+  """Runs the missing runs in `workers` spawned processes (none with `report_only`); returns
+  {(name, seed): outcome}."""
   outcomes, todo = {}, []
   for (name, seed), config in runs.items():
     done = read_result(run_dir(out, name, seed))
@@ -234,6 +238,9 @@ def run_all(runs: dict, out: str, workers: int) -> dict:
       todo.append((name, seed, config))
   print(f"{len(runs)} runs: {len(outcomes)} already done, {len(todo)} to run on {workers} "
         "worker(s).", flush=True)
+  if report_only:
+    outcomes.update({(name, seed): {"ok": False, "error": "not run yet"} for name, seed, _ in todo})
+    return outcomes
   if not todo:
     return outcomes
   ctx = multiprocessing.get_context("spawn")
@@ -308,7 +315,7 @@ def markdown(names, alias, seeds, outcomes, header: str, reference=None, paired=
     lines.append("")
   failures = [(k, o) for k, o in sorted(outcomes.items()) if not o.get("ok")]
   if failures:
-    lines += ["## Failed runs", ""]
+    lines += ["## Runs without a result (failed, or not run yet)", ""]
     lines += [f"- `{name}` seed {seed}: {o.get('error')}" for (name, seed), o in failures]
     lines.append("")
   return "\n".join(lines)
@@ -394,7 +401,7 @@ def main(argv=None) -> None:
   seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
   paths = cohort_paths(args)
   runs, alias = plan(names, seeds, args, paths)
-  outcomes = run_all(runs, args.out, args.workers)
+  outcomes = run_all(runs, args.out, args.workers, args.report_only)
   wall = time.time() - start
   cmd = " ".join(["python -m experiments.tables", *(argv if argv is not None else sys.argv[1:])])
   cohort = args.labels or f"synthetic, generated in {os.path.join(args.out, 'cohort')}"
