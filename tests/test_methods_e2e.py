@@ -88,4 +88,4 @@ def test_tables_script_resumes_and_reports_failures(cohort, tmp_path, monkeypatc
   assert not outcomes[("dsmil", 0)]["ok"] and "no.csv" in outcomes[("dsmil", 0)]["error"]
   table = tables.markdown(["abmil", "dsmil"], {"abmil": "abmil", "dsmil": "dsmil"}, [0], outcomes,
                           "# t")
-  assert "| DSMIL | — (1 failed) |" in table and "## Failed runs" in table
+  assert "| DSMIL | — (1 failed) |" in table and "## Runs without a result" in table
