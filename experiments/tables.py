@@ -80,6 +80,7 @@ PRESETS = {
                      "--synthetic.max_patches=1000"],
                     ["--config.data.bucket_sizes=(512,1024,2048)"]),
 }
+NOT_RUN = "not run yet"
 GROUPS = {"table1": [r[3] for r in TABLE1], "table2": [r[4] for r in TABLE2]}
 GROUPS["all"] = GROUPS["table1"] + [n for n in GROUPS["table2"] if n not in GROUPS["table1"]]
 
@@ -239,7 +240,7 @@ def run_all(runs: dict, out: str, workers: int, report_only: bool = False) -> di
   print(f"{len(runs)} runs: {len(outcomes)} already done, {len(todo)} to run on {workers} "
         "worker(s).", flush=True)
   if report_only:
-    outcomes.update({(name, seed): {"ok": False, "error": "not run yet"} for name, seed, _ in todo})
+    outcomes.update({(name, seed): {"ok": False, "error": NOT_RUN} for name, seed, _ in todo})
     return outcomes
   if not todo:
     return outcomes
@@ -264,21 +265,24 @@ def run_all(runs: dict, out: str, workers: int, report_only: bool = False) -> di
   return outcomes
 
 
-def cell(values: list, failures: int, digits: int = 4) -> str:
-  """'mean ± std' over seeds (sample std; '—' when nothing finished), with failures noted."""
+def cell(values: list, failures: int, digits: int = 4, pending: int = 0) -> str:
+  """'mean ± std' over seeds (sample std; '—' when nothing finished), with failures and runs not
+  run yet (`--report_only`) noted."""
   vals = [v for v in values if v is not None and np.isfinite(v)]
   text = "—"
   if vals:
     text = f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.{digits}f}"
-  return text + (f" ({failures} failed)" if failures else "")
+  return (text + (f" ({failures} failed)" if failures else "")
+          + (f" ({pending} not run yet)" if pending else ""))
 
 
 def _row_stats(name, alias, seeds, outcomes):
   key_name = alias[name]
   got = [outcomes.get((key_name, s), {"ok": False, "error": "not run"}) for s in seeds]
   ok = [g for g in got if g.get("ok")]
-  failed = len(got) - len(ok)
-  return (cell([g.get("test_accuracy") for g in ok], failed),
+  pending = sum(g.get("error") == NOT_RUN for g in got)
+  failed = len(got) - len(ok) - pending
+  return (cell([g.get("test_accuracy") for g in ok], failed, pending=pending),
           cell([g.get("test_auc") for g in ok], 0), len(ok))
 
 
