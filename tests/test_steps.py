@@ -1,6 +1,7 @@
 """The step factory: freezing (optimizer mask, stop_gradient, eval mode) on the real stage runner,
 the trainable-only gradient norm, validation selection and early stopping, the pure steps."""
 
+import copy
 import re
 
 import jax
@@ -132,9 +133,9 @@ def pretrain_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   r = run_lib.Run(cfg, workdir)
   run_lib.gene_pretrain(r)
-  spec, state, _ = run_lib.pretrain_stage(r)
+  spec, state, batch_size = run_lib.pretrain_stage(r)
   batch = loop.to_device(next(iter(spec.batches(0, 0))))
-  return r, spec, state, batch
+  return r, spec, state, batch, batch_size
 
 
 def _copy(state):
@@ -142,10 +143,10 @@ def _copy(state):
 
 
 def test_stage_runner_keeps_frozen_leaves_bit_identical(pretrain_run):
-  r, spec, state, _ = pretrain_run
+  r, spec, state, _, batch_size = pretrain_run
   assert spec.frozen == r"^gene_encoder/"
   before = {k: np.asarray(v) for k, v in optim.flat_paths(state.params).items()}
-  final, _ = r.fit(spec, _copy(state), batch_size=state_batch(r))
+  final, _ = r.fit(spec, _copy(state), batch_size=batch_size)
   after = optim.flat_paths(final.params)
   frozen = [k for k in before if k.startswith("gene_encoder/")]
   assert frozen and int(final.step) > 0
@@ -155,14 +156,11 @@ def test_stage_runner_keeps_frozen_leaves_bit_identical(pretrain_run):
              for k in before if k.startswith("aggregator/"))
 
 
-def state_batch(r):
-  return min(r.config.pretrain.batch_size, r.cohort.split("train").size)
-
 
 def test_frozen_gene_encoder_is_deterministic_in_the_step(pretrain_run):
   """CLS_ge (through the gene gap it determines) is the same for two step keys; without freezing,
   GroupMSA's dropout makes it differ, so the check can fail."""
-  _, spec, state, batch = pretrain_run
+  _, spec, state, batch, _ = pretrain_run
   genes = batch["genes"]
   enc = [state.model(jax.random.key(k), train=True, frozen=spec.frozen).gene_encoder(genes)
          for k in (1, 2)]
@@ -193,7 +191,7 @@ def _count(jaxpr, name: str) -> int:
 def test_no_gradient_is_computed_through_frozen_leaves(pretrain_run):
   """The step's program: freezing removes at least one matrix product per GroupMSA matrix product
   of the forward pass (its weight gradients)."""
-  _, spec, state, batch = pretrain_run
+  _, spec, state, batch, _ = pretrain_run
   key = jax.random.key(0)
   frozen = _count(jax.make_jaxpr(steps.make_train_step(spec.loss_fn, spec.frozen))(
       state, batch, key).jaxpr, "dot_general")
@@ -210,7 +208,7 @@ def test_grad_norm_is_over_trainable_parameters(pretrain_run):
   """Against jax.grad of the same loss with the model as the step builds it, norm taken over the
   leaves whose path does not match the stage's regex. A wide margin keeps every triplet hinge
   active, so the frozen GroupMSA does have a gradient to leave out."""
-  r, spec, state, batch = pretrain_run
+  r, spec, state, batch, _ = pretrain_run
   cfg = r.config.copy_and_resolve_references()
   cfg.pretrain.margin = 1e3
   loss_fn = gimp_objective.make_loss(cfg)
@@ -229,11 +227,12 @@ def test_grad_norm_is_over_trainable_parameters(pretrain_run):
 
 
 def test_keep_best_selects_on_the_configured_metric_and_stops_early(pretrain_run, tmp_path):
-  r, _, state, _ = pretrain_run
+  shared, _, state, _, _ = pretrain_run
   scripted = [{"accuracy": 0.5, "auc": 0.6}, {"accuracy": 0.5, "auc": 0.7},
               {"accuracy": 0.75, "auc": 0.55}, {"accuracy": 0.6, "auc": 0.65}]
   for metric, best_epoch, stops in (("val_auc", 1, [False, False, False, True]),
                                     ("val_accuracy", 2, [False, False, False, False])):
+    r = copy.copy(shared)  # the module's Run stays as the other tests expect it
     r.workdir = str(tmp_path / metric)
     it = iter(scripted)
     best, on_epoch_end = run_lib.keep_best(r, "probe", lambda s: next(it), metric, patience=2)
