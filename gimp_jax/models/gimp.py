@@ -57,6 +57,10 @@ class GiMP(nnx.Module):
     cls_ge = self.gene_encoder(genes) if self.gene_encoder is not None else None
     return cls_img, cls_ge, tokens
 
+  def embed_slide(self, patches: jax.Array, patch_mask: jax.Array | None = None) -> jax.Array:
+    """CLS_img, the slide embedding the probe reads: [B, N, in_dim] -> [B, d] (float32)."""
+    return self.aggregator(patches, patch_mask=patch_mask)[0]
+
   def reconstruct(self, tokens: jax.Array) -> jax.Array:
     """tokens: [B, N, d] -> reconstructed patch embeddings [B, N, in_dim] (float32)."""
     return self.decoder(tokens).astype(jnp.float32)

@@ -25,10 +25,10 @@ from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import pipeline
 from gimp_jax.models import build
 from gimp_jax.objectives import supervised
-from gimp_jax.train import loop, optim, steps, transfer
+from gimp_jax.train import loop, optim, probe, steps, transfer
 from gimp_jax.train.state import TrainState, create_state
 
-STAGES = ("gene_pretrain", "pretrain", "finetune", "test")
+STAGES = ("gene_pretrain", "pretrain", "finetune", "test", "probe")
 _STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
 
 
@@ -253,7 +253,7 @@ def pretrain_stage(run: Run) -> tuple[loop.StageSpec, TrainState, int]:
       batches=lambda e, s: pipeline.pretrain_batches(
           run.cohort, "train", batch_size=bsz, window=cfg.pretrain.window,
           ratio=cfg.pretrain.mask_ratio, seed=cfg.seed, epoch=e, start_batch=s,
-          prefetch=cfg.data.prefetch),
+          prefetch=cfg.data.prefetch, sampling=cfg.pretrain.sampling),
       steps_per_epoch=per_epoch, epochs=cfg.pretrain.epochs,
       checkpoint_every=cfg.pretrain.checkpoint_every, frozen=frozen,
       on_epoch_end=lambda state, epoch, meta: diagnose_pretrain(cfg.pretrain, epoch, meta))
@@ -434,7 +434,7 @@ def stage_records(workdir: str, stage: str) -> list[tuple[int, dict]]:
 
 
 STAGE_FNS = {"gene_pretrain": gene_pretrain, "pretrain": pretrain, "finetune": finetune,
-             "test": test}
+             "test": test, "probe": probe.probe}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
