@@ -14,6 +14,11 @@ them at once as one `DataError`; `scan_cohort` returns
 them after reading every feature file in full (for `python -m gimp_jax.validate`).
 With `drop_incomplete`, patients with problems of their own (a missing modality, a broken slide
 file, NaN in their expression) are dropped with a warning instead.
+
+With `allow_missing` (off by default), a patient without expression (no matching column) and a
+patient with an empty label are data: the first gets a NaN expression row, the second label -1;
+unlabelled patients join the training split (they can only serve pre-training) and the automatic
+split stratifies the labelled ones. `gimp_jax.train.partial` says which stage uses whom.
 """
 
 from collections.abc import Mapping, Sequence
@@ -52,6 +57,7 @@ class CohortSpec:
     num_folds: k > 1 switches the automatic split to k folds; `fold` is the test fold.
     fold: test fold index in [0, k).
     drop_incomplete: drop patients with problems of their own instead of failing.
+    allow_missing: keep patients without expression (NaN row) and with an empty label (-1).
     num_genes: length G of the gene list fitted on the training table (0: all genes; fewer: the
       most variable on the training split; more: padded with constant genes).
     strip_gene_versions: match genes without Ensembl version suffixes.
@@ -71,6 +77,7 @@ class CohortSpec:
   num_folds: int = 0
   fold: int = 0
   drop_incomplete: bool = False
+  allow_missing: bool = False
   num_genes: int = 0
   strip_gene_versions: bool = True
   log_transform: bool = True
@@ -111,11 +118,11 @@ class Patient:
 
   Attributes:
     patient_id: ID from the labels CSV.
-    label: class index.
+    label: class index (-1: unlabelled, `allow_missing`).
     slide_ids: the slides, in bag order.
     slide_paths: their `.h5` files.
     slide_patches: their patch counts.
-    expression_id: the matched expression sample/column.
+    expression_id: the matched expression sample/column ('' when it has none, `allow_missing`).
   """
   patient_id: str
   label: int
@@ -137,7 +144,7 @@ class Cohort:
     patients: [P] patients.
     class_names: [C] label strings, index = class.
     splits: 'train'/'val'/'test' -> sorted int64 patient indices (disjoint).
-    genes: [P, G] float32 normalised expression (row p = patients[p]).
+    genes: [P, G] float32 normalised expression (row p = patients[p]; NaN without expression).
     normalizer: the gene list and the statistics (fitted on train, or the stored ones).
     feature_dim: D.
     bags: where the bags are read from, `bags[p]` the lazy bag of patients[p]: the slides' CLAM
@@ -176,8 +183,11 @@ class Cohort:
     """[P] int64 patches per patient (all of its slides)."""
     return np.asarray([p.num_patches for p in self.patients], np.int64)
 
-  def split(self, name: str) -> np.ndarray:
-    """Patient indices of a split ('train', 'val', 'test'), or of all patients ('all')."""
+  def split(self, name: str | np.ndarray) -> np.ndarray:
+    """Patient indices of a split ('train', 'val', 'test'), or of all patients ('all'); an index
+    array (a stage's own selection, `train.partial`) is returned as is."""
+    if isinstance(name, np.ndarray):
+      return name
     if name == 'all':
       return np.arange(len(self.patients))
     if name not in self.splits:
@@ -189,8 +199,9 @@ class Cohort:
     return self.bags[index]
 
 
-def read_labels(path: str) -> list[LabelRow]:
-  """Reads the labels CSV; DataError listing every malformed row."""
+def read_labels(path: str, allow_unlabelled: bool = False) -> list[LabelRow]:
+  """Reads the labels CSV; DataError listing every malformed row (an empty label is one unless
+  `allow_unlabelled`)."""
   if not os.path.isfile(path):
     raise DataError(f'{path}: labels file not found')
   try:
@@ -217,7 +228,8 @@ def read_labels(path: str) -> list[LabelRow]:
       problems.append(f'{path}: line {line}: {len(r)} fields, the header has {len(cols)}')
       continue
     d = {c: x.strip() for c, x in zip(cols, r)}
-    empty = [c for c in ('patient_id', 'slide_id', 'label') if not d[c]]
+    empty = [c for c in ('patient_id', 'slide_id', 'label')
+             if not d[c] and not (c == 'label' and allow_unlabelled)]
     if empty:
       problems.append(f'{path}: line {line}: patient {d["patient_id"] or "?"}: empty '
                       f'{", ".join(empty)}')
@@ -258,8 +270,9 @@ def _group(rows: list[LabelRow], path: str, class_names: Sequence[str]
         what = 'two splits' if field == 'split' else f'conflicting {field}s'
         problems.append(f'{path}: lines {", ".join(str(r.line) for r in rs)}: patient {pid}: '
                         f'{field}: {what} ({", ".join(values)})')
-  names = tuple(class_names) or tuple(sorted({r.label for r in rows}))
-  unknown = sorted({r.label for r in rows} - set(names))
+  given = {r.label for r in rows} - {''}  # '' = unlabelled (allow_missing)
+  names = tuple(class_names) or tuple(sorted(given))
+  unknown = sorted(given - set(names))
   if unknown:
     problems.append(f'{path}: label: unknown value(s) {", ".join(unknown)} (classes: '
                     f'{", ".join(names)})')
@@ -358,9 +371,15 @@ def splits_from_column(split_col: Sequence[str]) -> dict[str, np.ndarray]:
 
 def _splits(spec: CohortSpec, split_col: list[str | None], labels: np.ndarray
             ) -> dict[str, np.ndarray]:
-  """The split column when given, else k folds or the stratified split from the seed."""
+  """The split column when given, else k folds or the stratified split from the seed (of the
+  labelled patients; the unlabelled ones, label -1, go to train)."""
   if split_col[0] is not None:
     return splits_from_column(split_col)
+  if (labels < 0).any():
+    known = np.flatnonzero(labels >= 0)
+    out = {k: known[v] for k, v in _splits(spec, [None] * known.size, labels[known]).items()}
+    out['train'] = np.sort(np.concatenate([out['train'], np.flatnonzero(labels < 0)]))
+    return out
   if spec.num_folds:
     return splits_lib.kfold_split(labels, spec.num_folds, spec.fold, spec.seed)
   return splits_lib.stratified_split(labels, spec.split_fractions, spec.seed)
@@ -369,7 +388,10 @@ def _splits(spec: CohortSpec, split_col: list[str | None], labels: np.ndarray
 def _normalise(spec: CohortSpec, raw: np.ndarray, genes: tuple[str, ...], train: np.ndarray,
                normalizer: genes_lib.GeneNormalizer | None
                ) -> tuple[np.ndarray, genes_lib.GeneNormalizer]:
-  """Fits the gene list and statistics on `train` rows unless given; -> ([P, G], normaliser)."""
+  """Fits the gene list and statistics on `train` rows unless given; -> ([P, G], normaliser).
+  Rows of NaN (no expression) stay NaN and take no part in the fit."""
+  present = np.isfinite(raw).all(1)
+  train = train[present[train]]
   if normalizer is None:
     if train.size == 0:
       raise DataError(f'{spec.labels}: split: no training patients to fit the normalisation on')
@@ -379,14 +401,16 @@ def _normalise(spec: CohortSpec, raw: np.ndarray, genes: tuple[str, ...], train:
     normalizer = genes_lib.GeneNormalizer.fit(
         raw[train], selected, log_transform=spec.log_transform,
         strip_versions=spec.strip_gene_versions, std_floor=spec.std_floor, source=spec.expression)
-  return normalizer.transform(raw, spec.expression), normalizer
+  out = np.full((raw.shape[0], normalizer.num_genes), np.nan, np.float32)
+  out[present] = normalizer.transform(raw[present], spec.expression)
+  return out, normalizer
 
 
 def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, scan: bool
               ) -> tuple[Cohort | None, list[str]]:
   """Builds the cohort; returns (cohort or None, every problem found)."""
   try:
-    rows = read_labels(spec.labels)
+    rows = read_labels(spec.labels, spec.allow_missing)
   except DataError as e:
     return None, str(e).split('\n')
   by_patient, class_names, problems = _group(rows, spec.labels, spec.class_names)
@@ -399,6 +423,9 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
   values, genes, matched, expr_problems, extra = _expression(
       spec, by_patient, normalizer.genes if normalizer else None, strip)
   problems += extra
+  if spec.allow_missing:  # a patient without expression is a slide-only patient, not a problem
+    expr_problems = {pid: ps for pid, ps in expr_problems.items()
+                     if not all(p.endswith('(no expression modality)') for p in ps)}
   for pid, ps in expr_problems.items():
     patient_problems.setdefault(pid, []).extend(ps)
   dims = {i.feature_dim for v in infos.values() for i in v}
@@ -413,15 +440,19 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
   kept = [pid for pid in by_patient if pid not in patient_problems]
   if not kept:
     return None, [f'{spec.labels}: no patient left with both modalities']
+  label_of = lambda pid: (class_names.index(by_patient[pid][0].label)
+                          if by_patient[pid][0].label else -1)
   patients = tuple(Patient(
-      pid, class_names.index(by_patient[pid][0].label),
+      pid, label_of(pid),
       tuple(r.slide_id for r in by_patient[pid]), tuple(i.path for i in infos[pid]),
-      tuple(i.num_patches for i in infos[pid]), matched[pid]) for pid in kept)
+      tuple(i.num_patches for i in infos[pid]), matched.get(pid, '') if pid in values else '')
+      for pid in kept)
+  missing = np.full(len(genes), np.nan, np.float32)
   try:
     splits = _splits(spec, [by_patient[pid][0].split for pid in kept],
                      np.asarray([p.label for p in patients]))
-    normalised, normalizer = _normalise(spec, np.stack([values[pid] for pid in kept]), genes,
-                                        splits['train'], normalizer)
+    normalised, normalizer = _normalise(spec, np.stack([values.get(pid, missing) for pid in kept]),
+                                        genes, splits['train'], normalizer)
   except DataError as e:
     return None, str(e).split('\n')
   return Cohort(patients, class_names, splits, normalised, normalizer, dims.pop()), []

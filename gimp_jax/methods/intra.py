@@ -8,3 +8,5 @@ from gimp_jax.objectives.supervised import finetune_loss  # pylint: disable=unus
 from gimp_jax.objectives.tangle import intra_loss as pretrain_loss  # pylint: disable=unused-import
 
 build = functools.partial(tangle.build, variant="intra")
+
+pretrain_uses = "slides"  # no expression needed (gimp_jax.train.partial)

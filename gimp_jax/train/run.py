@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from absl import logging
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,7 +26,7 @@ from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import pipeline
 from gimp_jax.models import build
 from gimp_jax.objectives import supervised
-from gimp_jax.train import loop, optim, probe, steps, transfer
+from gimp_jax.train import loop, optim, partial, probe, steps, transfer
 from gimp_jax.train.state import TrainState, create_state
 
 STAGES = ("gene_pretrain", "pretrain", "finetune", "test", "probe")
@@ -50,6 +51,16 @@ class Run:
     self.writer = loop.MetricsWriter(workdir)
     self.results: dict[str, Any] = {"stages": {}}
     self.eval_step = steps.make_eval_step()  # one compilation per bag shape
+
+  def patients(self, split: str, stage: str) -> np.ndarray | str:
+    """The patients of `split` that `stage` uses (`train.partial`): the split itself unless
+    data.allow_missing."""
+    if not self.config.data.get("allow_missing", False):
+      return split
+    model = nnx.eval_shape(self.build)  # its structure only: is there a missing-genes token?
+    return partial.stage_patients(
+        self.cohort, split, stage, pretrain_uses=getattr(self.method, "pretrain_uses", "pairs"),
+        model_needs_genes=partial.needs_genes(model))
 
   def stage_key(self, name: str) -> jax.Array:
     return jax.random.fold_in(self.key, _STAGE_IDS[name])
@@ -175,17 +186,19 @@ def gene_pretrain(run: Run) -> None:
   validation epoch is kept, with early stopping."""
   cfg = run.config
   model = build.build_gene_classifier(cfg, run.num_genes, run.num_classes, cfg.seed)
-  n_train = run.cohort.split("train").size
+  train = run.patients("train", "gene_pretrain")
+  n_train = run.cohort.split(train).size
   per_epoch = pipeline.num_batches(n_train, cfg.gene_pretrain.batch_size, False)
   state = _train_state(model, cfg.optim, steps_per_epoch=per_epoch,
                        epochs=cfg.gene_pretrain.epochs, frozen="")
   best, on_epoch_end = keep_best(
-      run, "gene_pretrain", lambda s: gene_only_scores(run, s.model(train=False), "val"),
+      run, "gene_pretrain",
+      lambda s: gene_only_scores(run, s.model(train=False), run.patients("val", "gene_pretrain")),
       cfg.gene_pretrain.select_metric, cfg.gene_pretrain.patience)
   spec = loop.StageSpec(
       name="gene_pretrain", loss_fn=supervised.gene_loss,
       batches=lambda e, s: pipeline.gene_batches(
-          run.cohort, "train", batch_size=cfg.gene_pretrain.batch_size, seed=cfg.seed, epoch=e,
+          run.cohort, train, batch_size=cfg.gene_pretrain.batch_size, seed=cfg.seed, epoch=e,
           start_batch=s, prefetch=cfg.data.prefetch),
       steps_per_epoch=per_epoch, epochs=cfg.gene_pretrain.epochs,
       checkpoint_every=cfg.pretrain.checkpoint_every, on_epoch_end=on_epoch_end)
@@ -200,7 +213,7 @@ def _gene_probs(model, genes: jax.Array) -> jax.Array:
   return jax.nn.softmax(model(genes), -1)
 
 
-def gene_only_scores(run: Run, model, split: str) -> dict:
+def gene_only_scores(run: Run, model, split: str | np.ndarray) -> dict:
   """classification_metrics of the supervised GroupMSA (genes only) on a split."""
   idx = run.cohort.split(split)
   return metrics_lib.classification_metrics(
@@ -241,7 +254,8 @@ def pretrain_stage(run: Run) -> tuple[loop.StageSpec, TrainState, int]:
     raise ValueError(f"Method {cfg.method!r} has no pre-training stage; remove it from stages.")
   model = run.build()
   params = _initial_params(run, model, "pretrain")
-  n_train = run.cohort.split("train").size
+  train = run.patients("train", "pretrain")
+  n_train = run.cohort.split(train).size
   bsz = min(cfg.pretrain.batch_size, n_train)
   per_epoch = pipeline.num_batches(n_train, bsz, True)
   frozen = _frozen_regex(cfg.pretrain.frozen, params)
@@ -251,7 +265,7 @@ def pretrain_stage(run: Run) -> tuple[loop.StageSpec, TrainState, int]:
   spec = loop.StageSpec(
       name="pretrain", loss_fn=run.method.pretrain_loss(cfg),
       batches=lambda e, s: pipeline.pretrain_batches(
-          run.cohort, "train", batch_size=bsz, window=cfg.pretrain.window,
+          run.cohort, train, batch_size=bsz, window=cfg.pretrain.window,
           ratio=cfg.pretrain.mask_ratio, seed=cfg.seed, epoch=e, start_batch=s,
           prefetch=cfg.data.prefetch, sampling=cfg.pretrain.sampling),
       steps_per_epoch=per_epoch, epochs=cfg.pretrain.epochs,
@@ -295,11 +309,13 @@ def diagnose_pretrain(cfg: ml_collections.ConfigDict, epoch: int, meta: dict) ->
   return {"warned": warned}
 
 
-def predict(run: Run, state: TrainState, split: str, *, with_attention: int = 0) -> dict:
-  """Whole-bag predictions of a split: patient_id, label, probs [N, C], embedding [N, E]."""
+def predict(run: Run, state: TrainState, split: str | np.ndarray, *, with_attention: int = 0,
+            cohort: cohort_lib.Cohort | None = None) -> dict:
+  """Whole-bag predictions of a split (or of patient indices) of `cohort` (default: the run's):
+  patient_id, label, probs [N, C], embedding [N, E]."""
   out = {"patient_id": [], "label": [], "probs": [], "embedding": []}
   for batch in pipeline.bag_batches(
-      run.cohort, split, batch_size=run.config.finetune.batch_size,
+      run.cohort if cohort is None else cohort, split, batch_size=run.config.finetune.batch_size,
       bucket_sizes=run.config.data.bucket_sizes, prefetch=run.config.data.prefetch):
     res = run.eval_step(state, loop.to_device(batch), jax.random.key(0))
     out["patient_id"].extend(str(p) for p in batch["patient_id"])
@@ -317,7 +333,8 @@ def finetune(run: Run) -> None:
   cfg = run.config
   model = run.build()
   params = _initial_params(run, model, "finetune")
-  n_train = run.cohort.split("train").size
+  train = run.patients("train", "finetune")
+  n_train = run.cohort.split(train).size
   per_epoch = pipeline.num_batches(n_train, cfg.finetune.batch_size, False)
   frozen = _frozen_regex(cfg.finetune.frozen, params)
   state = _train_state(model, cfg.optim, steps_per_epoch=per_epoch, epochs=cfg.finetune.epochs,
@@ -325,7 +342,7 @@ def finetune(run: Run) -> None:
   state = state.replace(params=params)
 
   def evaluate(state):
-    val = predict(run, state, "val")
+    val = predict(run, state, run.patients("val", "finetune"))
     return metrics_lib.classification_metrics(val["label"], val["probs"])
   best, on_epoch_end = keep_best(run, "finetune", evaluate, cfg.finetune.select_metric,
                                  cfg.finetune.patience)
@@ -333,7 +350,7 @@ def finetune(run: Run) -> None:
   spec = loop.StageSpec(
       name="finetune", loss_fn=run.method.finetune_loss(cfg),
       batches=lambda e, s: pipeline.bag_batches(
-          run.cohort, "train", batch_size=cfg.finetune.batch_size, seed=cfg.seed, epoch=e,
+          run.cohort, train, batch_size=cfg.finetune.batch_size, seed=cfg.seed, epoch=e,
           shuffle=True, bucket_sizes=cfg.data.bucket_sizes, start_batch=s,
           prefetch=cfg.data.prefetch),
       steps_per_epoch=per_epoch, epochs=cfg.finetune.epochs,
@@ -354,13 +371,20 @@ def test(run: Run) -> None:
   state = state.replace(params=params)
   predictions = {}
   for split in ("val", "test"):
-    predictions[split] = predict(run, state, split)
+    predictions[split] = predict(run, state, run.patients(split, "test"))
     scores = metrics_lib.classification_metrics(predictions[split]["label"],
                                                 predictions[split]["probs"])
     for k in ("accuracy", "auc", "f1"):
       run.results[f"{split}_{k}"] = float(scores[k])
     run.results[f"{split}_metrics"] = scores
   run.predictions = predictions
+  if getattr(model, "missing_genes", None) is not None:  # the same model from the slides alone
+    slides = partial.slide_only(run.cohort)
+    for split in ("val", "test"):
+      out = predict(run, state, run.patients(split, "test"), cohort=slides)
+      scores = metrics_lib.classification_metrics(out["label"], out["probs"])
+      for k in ("accuracy", "auc", "f1"):
+        run.results[f"{split}_slide_only_{k}"] = float(scores[k])
   if "gene_pretrain" in run.config.stages:  # the genes-only baseline of the same run
     gene_model = build.build_gene_classifier(run.config, run.num_genes, run.num_classes,
                                              run.config.seed)
@@ -448,6 +472,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if name not in STAGE_FNS:
       raise ValueError(f"Unknown stage {name!r} in config.stages; known: {STAGES}.")
   run = Run(config, workdir, stop, cohort=validate.preflight(config, workdir))
+  if config.data.get("allow_missing", False):
+    logging.info("Patients each stage uses (data.allow_missing):\n%s",
+                 validate.usage(config, run.cohort))
   provenance.record(workdir, config, run.cohort)
   provenance.write_json_atomic(os.path.join(workdir, "config.json"),
                                json.loads(config.to_json_best_effort()))
