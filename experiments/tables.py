@@ -87,6 +87,9 @@ TABLE3 = (("GiMP", "gimp"), ("TANGLE", "tangle"), ("TANGLE-Rec", "tangle_rec"),
           ("REFERS", "refers"), ("Image-gene matching (ITM)", "itm"),
           ("No pre-training", "gimp_no_pretrain"))
 PRETRAINING_STAGES = ("gene_pretrain", "pretrain")
+# Runs fine-tuned with modality dropout (`--config.model.modality_dropout=p`) also report the test
+# split from the slides alone.
+SLIDE_ONLY_KEYS = ("test_slide_only_accuracy", "test_slide_only_auc")
 NOT_RUN = "not run yet"
 GROUPS = {"table1": [r[3] for r in TABLE1], "table2": [r[4] for r in TABLE2],
           "table3": [r[1] for r in TABLE3]}
@@ -247,7 +250,8 @@ def read_result(workdir: str) -> dict | None:
     r = json.load(f)
   wall = sum(s.get("wall_s", 0.0) for s in r.get("stages", {}).values())
   return {"ok": True, "test_accuracy": r.get("test_accuracy"), "test_auc": r.get("test_auc"),
-          "val_accuracy": r.get("val_accuracy"), "train_wall_s": wall, "probe": r.get("probe")}
+          "val_accuracy": r.get("val_accuracy"), "train_wall_s": wall, "probe": r.get("probe"),
+          **{k: r[k] for k in SLIDE_ONLY_KEYS if k in r}}
 
 
 def run_all(runs: dict, out: str, workers: int, report_only: bool = False) -> dict:
@@ -341,12 +345,31 @@ def markdown(names, alias, seeds, outcomes, header: str, reference=None, paired=
       acc, auc, n = _row_stats(name, alias, seeds, outcomes)
       lines.append(f"| {agg} | {genes} | {tri} | {mpm} | {acc} | {auc} | {_paper(paper)} | {n} |")
     lines.append("")
+  lines += slide_only_lines(names, alias, seeds, outcomes)
   failures = [(k, o) for k, o in sorted(outcomes.items()) if not o.get("ok")]
   if failures:
     lines += ["## Runs without a result (failed, or not run yet)", ""]
     lines += [f"- `{name}` seed {seed}: {o.get('error')}" for (name, seed), o in failures]
     lines.append("")
   return "\n".join(lines)
+
+
+def slide_only_lines(names, alias, seeds, outcomes) -> list[str]:
+  """Both modalities beside the slide alone, for the runs that report both (modality dropout)."""
+  rows = []
+  for name in names:
+    ok = [o for o in (outcomes.get((alias[name], s), {}) for s in seeds)
+          if o.get("ok") and o.get("test_slide_only_accuracy") is not None]
+    if ok:
+      rows.append(f"| {name} | " + " | ".join(
+          cell([o[k] for o in ok], 0) for k in ("test_accuracy", "test_slide_only_accuracy",
+                                                "test_auc", "test_slide_only_auc"))
+                  + f" | {len(ok)} |")
+  if not rows:
+    return []
+  return ["## One model, both modalities or the slide alone (modality dropout)", "",
+          "| config | acc., slide + genes | acc., slide only | AUC, slide + genes | "
+          "AUC, slide only | runs |", "|---|---|---|---|---|---|", *rows, ""]
 
 
 def probe_markdown(names, alias, seeds, outcomes, header: str) -> str:

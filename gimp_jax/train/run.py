@@ -1,4 +1,5 @@
-"""The paper's stages from one call: gene_pretrain -> pretrain -> finetune -> test.
+"""The paper's stages from one call: gene_pretrain -> pretrain -> finetune -> test (-> probe,
+TANGLE's few-shot protocol on the frozen slide encoder, `train.probe`).
 
 Each stage reads the previous stage's checkpoint from the workdir; finished stages are skipped and
 an interrupted stage resumes from its last checkpoint.
