@@ -102,3 +102,29 @@ def test_probe_without_pretraining_uses_the_initial_gimp_aggregator(cohort, tmp_
   assert results["probe"]["encoder"].startswith("initialisation")
   assert results["probe"]["embedding_dim"] == config.model.dim  # CLS_img, not CLS_pat
   assert os.path.exists(tmp_path / probe.FILENAME)
+
+
+@pytest.mark.parametrize("config_name", ["tangle_rec", "intra"])
+def test_tangle_baselines_pretrain_and_probe(config_name, cohort, tmp_path):
+  from gimp_jax.configs.methods import intra, tangle_rec  # pylint: disable=g-import-not-at-top
+  config = _config({"tangle_rec": tangle_rec, "intra": intra}[config_name].get_config("tiny"),
+                   cohort)
+  config.pretrain.epochs = 1
+  results = run.train_and_evaluate(config, str(tmp_path))
+  assert results["stages"]["pretrain"]["steps"] > 0
+  assert np.isfinite(results["stages"]["pretrain"]["final_metrics"]["loss"])
+  assert results["probe"]["encoder"] == "pretrain" and "test" in results["probe"]["shots"]["all"]
+
+
+def test_third_table_reports_each_seeds_mean_over_draws():
+  from experiments import tables  # pylint: disable=g-import-not-at-top
+  shots = lambda v: {"shots": {k: {"test": {"balanced_accuracy": {"mean": v}, "auc": {"mean": v}}}
+                               for k in ("1", "all")}}
+  outcomes = {("tangle", 0): {"ok": True, "probe": shots(0.6)},
+              ("tangle", 1): {"ok": True, "probe": shots(0.8)},
+              ("intra", 0): {"ok": False, "error": tables.NOT_RUN},
+              ("intra", 1): {"ok": False, "error": tables.NOT_RUN}}
+  text = tables.probe_markdown(["tangle", "intra"], {"tangle": "tangle", "intra": "intra"}, [0, 1],
+                               outcomes, "# t")
+  assert "| TANGLE | 0.700 ± 0.141 | 0.700 ± 0.141 | 2 |" in text  # sample std of 0.6, 0.8
+  assert "| Intra | — (2 not run yet) |" in text

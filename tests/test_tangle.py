@@ -102,3 +102,20 @@ def test_uniform_patch_subsampling_draws_with_replacement_over_the_whole_bag():
   np.testing.assert_array_equal(rows, again)
   short = masking.sample_uniform(np.random.default_rng(0), 3, 50)
   assert set(short.tolist()) == {0, 1, 2}  # a bag shorter than the draw: repeats
+
+
+def test_uniform_pretrain_batches_read_the_drawn_rows(tmp_path):
+  from gimp_jax.data import cohort as cohort_lib  # pylint: disable=g-import-not-at-top
+  from gimp_jax.data import pipeline, synthetic  # pylint: disable=g-import-not-at-top
+  paths = synthetic.make_cohort(str(tmp_path), patients=6, genes=20, feature_dim=8, min_patches=5,
+                                max_patches=9, seed=0)
+  cohort = cohort_lib.load_cohort(cohort_lib.CohortSpec(**paths, feature_dim=8))
+  order = pipeline.epoch_order(cohort.split("train"), 1, 0)
+  batch = next(pipeline.pretrain_batches(cohort, "train", batch_size=2, window=40, ratio=0.5,
+                                         seed=1, epoch=0, prefetch=0, sampling="uniform"))
+  for position in range(2):
+    rng = masking.window_rng(1, 0, position)
+    masking.sample_mpm(rng, cohort.bag_sizes[order[position]], 40, 0.5)  # drawn first, as there
+    rows = masking.sample_uniform(rng, cohort.bag_sizes[order[position]], 40)
+    np.testing.assert_array_equal(batch["patches"][position],
+                                  cohort.bag(order[position]).features(rows))
