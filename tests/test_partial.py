@@ -5,6 +5,7 @@ slide-only patients and says which modality each prediction used."""
 import csv
 import math
 
+import jax
 import numpy as np
 import pytest
 
@@ -15,8 +16,17 @@ from gimp_jax.data import synthetic
 from gimp_jax.errors import DataError
 from gimp_jax.train import run
 
-SLIDE_ONLY = {0, 1, 2, 3, 4}      # patients whose expression column is removed
+SLIDE_ONLY = {0, 1, 2, 3, 4, 8, 9, 10, 11, 12}  # patients whose expression column is removed
 UNLABELLED = {3, 4, 5, 6, 7}      # patients whose label is emptied (3, 4: neither)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compilation():
+  """Tiny models run in microseconds; XLA's optimisation passes are most of their cost."""
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +94,7 @@ def test_mixed_cohort_trains_through_every_stage_each_using_what_it_can(mixed, t
   assert (cohort.labels[[ids.index(p) for p in unlabelled]] == -1).all()
   split = {s: {ids[i] for i in cohort.split(s)} for s in ("train", "val", "test")}
   assert unlabelled <= split["train"]  # unlabelled patients can only serve pre-training
+  assert slide_only & split["train"] and slide_only & split["test"]  # both kinds are exercised
   labelled = {s: split[s] - unlabelled for s in split}
   pairs = split["train"] - slide_only - unlabelled
   stages = results["stages"]
@@ -93,6 +104,7 @@ def test_mixed_cohort_trains_through_every_stage_each_using_what_it_can(mixed, t
   for s in ("val", "test"):
     assert results[f"{s}_metrics"]["num_examples"] == len(labelled[s])
     assert 0.0 <= results[f"{s}_slide_only_accuracy"] <= 1.0  # the same model, slides alone
+    assert 0.0 <= results[f"gene_only_{s}_accuracy"] <= 1.0  # GroupMSA: the patients with genes
   assert results["probe"]["train_patients"] == len(labelled["train"])
   table = validate.usage(config, cohort)
   expect = {"patients": [len(split[s]) for s in ("train", "val", "test")],

@@ -393,7 +393,7 @@ def test(run: Run) -> None:
     model = create_state(gene_model).replace(params=params).model(train=False)
     for split in ("val", "test"):
       run.results[f"gene_only_{split}_accuracy"] = float(
-          gene_only_scores(run, model, split)["accuracy"])
+          gene_only_scores(run, model, run.patients(split, "gene_pretrain"))["accuracy"])
 
 
 def cls_attention(run: Run, state: TrainState, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -427,7 +427,8 @@ def write_report(run: Run) -> str:
   model = run.build()
   if cfg.report.tsne and "pretrain" in cfg.stages:
     params = restore_params(run.workdir, "pretrain", model)
-    train = predict(run, create_state(model).replace(params=params), "train")
+    train = predict(run, create_state(model).replace(params=params),
+                    run.patients("train", "finetune"))
     tsne = (train["embedding"], train["label"])
   heatmaps = []
   best = create_state(model).replace(params=restore_params(run.workdir, "finetune_best", model))
