@@ -445,7 +445,7 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
   patients = tuple(Patient(
       pid, label_of(pid),
       tuple(r.slide_id for r in by_patient[pid]), tuple(i.path for i in infos[pid]),
-      tuple(i.num_patches for i in infos[pid]), matched.get(pid, '') if pid in values else '')
+      tuple(i.num_patches for i in infos[pid]), matched[pid] if pid in values else '')
       for pid in kept)
   missing = np.full(len(genes), np.nan, np.float32)
   try:

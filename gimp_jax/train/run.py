@@ -268,7 +268,7 @@ def pretrain_stage(run: Run) -> tuple[loop.StageSpec, TrainState, int]:
       batches=lambda e, s: pipeline.pretrain_batches(
           run.cohort, train, batch_size=bsz, window=cfg.pretrain.window,
           ratio=cfg.pretrain.mask_ratio, seed=cfg.seed, epoch=e, start_batch=s,
-          prefetch=cfg.data.prefetch, sampling=cfg.pretrain.sampling),
+          prefetch=cfg.data.prefetch, sampling=cfg.pretrain.get("sampling", "window")),
       steps_per_epoch=per_epoch, epochs=cfg.pretrain.epochs,
       checkpoint_every=cfg.pretrain.checkpoint_every, frozen=frozen,
       on_epoch_end=lambda state, epoch, meta: diagnose_pretrain(cfg.pretrain, epoch, meta))
