@@ -91,7 +91,7 @@ def check_parity() -> dict:
   out = {}
   with torch.no_grad():
     out["pretrain_loss"] = (float(pretrain_loss(model, jb)),
-                            float(tr.pretrain_loss(tmodel, tb, p.margin, p.mining)))
+                            float(tr.pretrain_loss(tmodel, tb, p)))
     out["finetune_loss"] = (float(finetune_loss(model, jb)), float(tr.finetune_loss(tmodel, tb)))
   out["max_abs_diff"] = max(abs(a - b) for a, b in out.values())
   if out["max_abs_diff"] > 1e-3:

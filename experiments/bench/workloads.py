@@ -269,7 +269,7 @@ def pretrain(cohort: Cohort, sizes: Sizes, dtype: str, frameworks: list[str],
     loss_fn = methods.get(cfg.method).pretrain_loss(cfg)
     runners.append(_jax_step_runner("gimp_jax", cfg, model, loss_fn, cfg.pretrain.frozen, batch))
   p = cfg.pretrain
-  loss_fn = lambda m, b: tr.pretrain_loss(m, b, p.margin, p.mining)  # noqa: E731
+  loss_fn = lambda m, b: tr.pretrain_loss(m, b, p)  # noqa: E731
   runners += _torch_step_runners(frameworks, compile_mode, cfg, sizes.genes, flat, loss_fn, batch)
   return runners, {"B": sizes.pretrain_batch, "L": sizes.window, "genes": sizes.genes}
 

@@ -76,7 +76,8 @@ class Run:
                            mesh=self.mesh_for(batch_size), parallel_cfg=self.config.parallel)
     self.results["stages"][spec.name] = {
         "steps": int(state.step), "wall_s": round(meta.get("wall_s", 0.0), 2),
-        "final_metrics": meta.get("last_metrics", {}), "history": meta.get("history", [])}
+        "final_metrics": meta.get("last_metrics", {}), "history": meta.get("history", []),
+        **loop.step_time_summary(stage_records(self.workdir, spec.name))}
     return state, meta
 
 
