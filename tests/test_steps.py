@@ -286,3 +286,27 @@ def test_every_step_records_its_time_and_throughput(pretrain_run, tmp_path):
   assert summary["median_patches_per_s"] == pytest.approx(
       np.median([row["patches_per_s"] for row in rows]))
   assert all("step_s" not in h for h in summary["history"])  # timing stays out of the curves
+
+
+def test_shuffling_the_evaluated_patients_changes_no_probability(pretrain_run):
+  """`run.predict` (the report's and `predict`'s path) batches several bags: each patient's
+  probabilities must not depend on its batch-mates. 64 landmarks on bags of 40-90 patches make the
+  pseudo-inverse iteration far from converged, so a batch-wide pinv scale would show."""
+  import dataclasses
+  shared = pretrain_run[0]
+  r = copy.copy(shared)
+  r.config = shared.config.copy_and_resolve_references()
+  r.config.model.num_landmarks = 64
+  r.config.finetune.batch_size = 4
+  state = create_state(r.build())
+  everyone = np.arange(len(r.cohort.patients))
+  probs = {}
+  for seed in (0, 1, 2):
+    order = np.random.default_rng(seed).permutation(everyone)
+    r.cohort = dataclasses.replace(shared.cohort, splits={**shared.cohort.splits, "test": order})
+    out = run_lib.predict(r, state, "test")
+    assert list(out["patient_id"]) == [shared.cohort.patients[i].patient_id for i in order]
+    probs[seed] = dict(zip(out["patient_id"], out["probs"]))
+  for seed in (1, 2):
+    for pid, p in probs[0].items():
+      np.testing.assert_allclose(probs[seed][pid], p, rtol=0, atol=1e-6, err_msg=pid)

@@ -43,6 +43,8 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.model.depth = 2                           # Nyström layers in the aggregator [paper 2.2]
   c.model.num_landmarks = 256                 # m = d / 2 (nystrom-attention default)
   c.model.attn_dropout = 0.1                  # dropout after the Nyström output projection (TransMIL)
+  c.model.pinv_grad = "unrolled"              # "unrolled": backprop through the 6 pinv iterations (the
+                                              # package); "implicit": gradient of the exact inverse
   c.model.gene_encoder = "group_msa"          # "group_msa" | "snn" | "none"
   c.model.num_fragments = 240                 # N_f: 240 x 252 = 60,480 genes (choice)
   c.model.num_groups = 8                      # N_gr (choice)
