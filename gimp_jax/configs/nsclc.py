@@ -6,6 +6,8 @@ The argument picks the size (sizes.py): `configs/nsclc.py:cpu` is the demo on th
 `:tiny` the tests' model; the default is the paper's.
 """
 
+import math
+
 import ml_collections
 
 from gimp_jax import parallel
@@ -34,7 +36,9 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.data.num_folds = 0                        # > 0: k-fold cross-validation instead of one split
   c.data.fold = 0
   c.data.drop_incomplete = False              # drop (with a warning) patients missing a modality
-  c.data.bucket_sizes = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
+  # Padded bag lengths (one compilation each): 1024 * 2^(k/4) rounded up to a multiple of 128, k =
+  # 0..32 (pipeline.default_buckets(262144, 1024)), choice: <= 19% padding (powers of two: 100%).
+  c.data.bucket_sizes = tuple(-(-math.ceil(1024 * 2 ** (k / 4)) // 128) * 128 for k in range(33))
   c.data.prefetch = 2                         # batches grain reads ahead (read threads)
 
   c.model = ml_collections.ConfigDict()

@@ -16,6 +16,7 @@ the batches an uninterrupted epoch yields from k on, and reads nothing for the b
 """
 
 from collections.abc import Callable, Iterator, Sequence
+import math
 
 from absl import logging
 import grain
@@ -26,7 +27,8 @@ from gimp_jax.data.cohort import Cohort
 from gimp_jax.errors import DataError
 
 _ORDER_STREAM = 0x6F7264
-BASE_BUCKET = 128  # default buckets: 128 * 2^k (real bags of 485+ patches start at 512)
+BASE_BUCKET = 128  # default buckets: 128 * 2^(k / 4), multiples of 128 (`default_buckets`)
+BUCKETS_PER_OCTAVE = 4
 NUM_THREADS = 2  # grain threads making batches ahead (when prefetch > 0)
 
 
@@ -111,11 +113,21 @@ def pretrain_batches(cohort: Cohort, split: str, *, batch_size: int, window: int
                   prefetch=prefetch)
 
 
-def default_buckets(max_patches: int, base: int = BASE_BUCKET) -> tuple[int, ...]:
-  """base * 2^k for k = 0, 1, ... up to the first size >= max_patches."""
-  buckets = [base]
+def default_buckets(max_patches: int, base: int = BASE_BUCKET,
+                    per_octave: int = BUCKETS_PER_OCTAVE) -> tuple[int, ...]:
+  """base * 2^(k / per_octave) rounded up to a multiple of 128, for k = 0, 1, ... up to the first
+  size >= max_patches.
+
+  Padding wastes at most 2^(1 / per_octave) - 1 of a bag's compute (19% at 4 per octave, against
+  100% for powers of two; ~9% against 44% on average over log-uniform bag sizes), for
+  `per_octave` times as many shapes, each compiled once per step function.
+  """
+  buckets, k = [base], 0
   while buckets[-1] < max_patches:
-    buckets.append(buckets[-1] * 2)
+    k += 1
+    size = -(-math.ceil(base * 2.0 ** (k / per_octave)) // 128) * 128
+    if size > buckets[-1]:
+      buckets.append(size)
   return tuple(buckets)
 
 
@@ -162,7 +174,7 @@ def bag_batches(cohort: Cohort, split: str, *, batch_size: int, seed: int = 0, e
     seed: run seed (with `epoch`, fixes the order when shuffling).
     epoch: epoch.
     shuffle: permute the patients (training) or keep the split's order (evaluation).
-    bucket_sizes: allowed padded lengths; None: 128 * 2^k up to the largest bag.
+    bucket_sizes: allowed padded lengths; None: `default_buckets` up to the largest bag.
     drop_remainder: skip the last partial batch (default: keep it, smaller).
     start_batch: first batch to yield (resume).
     prefetch: batches made ahead by grain threads.
