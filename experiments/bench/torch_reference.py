@@ -288,12 +288,12 @@ def make_train_step(model: GiMP, loss_fn, *, dtype: str, compile_mode: str | Non
 
 
 def make_forward(model: GiMP, *, dtype: str, compile_mode: str | None):
-  """forward(patches [B, N, D]) -> (cls [B, dim], tokens) in eval mode under no_grad."""
+  """forward(patches [B, N, D], genes [B, G]) -> logits [B, C] in eval mode under no_grad."""
   model.eval()
 
-  def forward(patches):
+  def forward(patches, genes):
     with torch.no_grad(), _autocast(dtype):
-      return model.aggregator(patches)
+      return model(patches, genes)
   return torch.compile(forward, mode=compile_mode) if compile_mode else forward
 
 
