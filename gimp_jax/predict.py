@@ -85,7 +85,7 @@ def merge_config(trained: ml_collections.ConfigDict, given: ml_collections.Confi
 def _labels_csv(path: str, placeholder: str, tmpdir: str) -> tuple[str, bool]:
   """(labels CSV to load, whether it has labels): unlabelled patients get a placeholder label."""
   try:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
       rows = list(csv.reader(f))
   except (OSError, UnicodeDecodeError, csv.Error):
     return path, True  # the cohort loader reports it
