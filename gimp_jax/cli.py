@@ -28,13 +28,15 @@ def fail(prog: str, message: str, code: int = EXIT_BAD_INPUT) -> None:
 def _one_line(error: Exception, argv: list[str]) -> str:
   """A flag or config error as one line; an unknown config field names the flag and a close match."""
   text = str(error)
-  unknown = re.search(r"'(\w+)'.*Did you mean \W*(\w+)", text, re.S)
-  if isinstance(error, (AttributeError, KeyError)) and unknown:
-    field, guess = unknown.groups()
+  field = re.search(r"\w+", text)
+  if isinstance(error, (AttributeError, KeyError)) and field:
+    guess = re.search(r"Did you mean \W*(\w+)\W* instead of \W*(\w+)", text)
+    field = guess.group(2) if guess else field.group()
     given = next((a for a in argv if re.search(rf"\.{field}(=|$)", a)), f"--config...{field}")
-    return f"{given}: unknown config field {field!r} (did you mean {guess!r}?)"
+    hint = f" (did you mean {guess.group(1)!r}?)" if guess else ""
+    return f"{given}: unknown config field {field!r}{hint}"
   lines = [x.strip() for x in text.replace("\\n", "\n").splitlines() if x.strip()]
-  if isinstance(error, flags.Error) and len(lines) > 1:  # config file errors carry a traceback
+  if len(lines) > 1:  # config file errors carry a traceback or the paths tried
     return f"{lines[0]} {lines[-1]}"
   return " ".join(lines) or type(error).__name__
 
@@ -44,7 +46,11 @@ def flags_parser(prog: str):
   and makes `--help` exit 0."""
   def parse(argv: list[str]) -> list[str]:
     try:
-      return flags.FLAGS(argv)
+      rest = flags.FLAGS(argv)
+      for name in ("config",):  # config files load lazily: load now, inside this guard
+        if name in flags.FLAGS and flags.FLAGS[name].value is not None:
+          flags.FLAGS[name].value.get("seed")
+      return rest
     except SystemExit as e:  # absl prints the help and exits 1
       if any(a.split("=")[0] in _HELP for a in argv[1:]):
         sys.exit(0)
@@ -65,8 +71,8 @@ def exit_code(error: BaseException) -> int | None:
   return None
 
 
-def message(error: BaseException) -> str:
-  """The line printed for an error with an `exit_code`."""
+def message(error: BaseException, where: str = "") -> str:
+  """The line printed for an error with an `exit_code` (`where`: the folder being written)."""
   if errors.disk_full(error):
-    return errors.disk_full_message(error)
+    return errors.disk_full_message(error, where)
   return str(error)

@@ -30,8 +30,8 @@ def disk_full(error: BaseException) -> bool:
              or any(t in str(e) for t in _DISK_FULL_TEXT) for e in _chain(error))
 
 
-def disk_full_message(error: BaseException) -> str:
-  """One line: which file could not be written, and what to do."""
-  where = next((e.filename for e in _chain(error) if isinstance(e, OSError) and e.filename), None)
-  return (f"{where or 'the workdir'}: disk full (No space left on device); nothing half-written "
+def disk_full_message(error: BaseException, where: str = "") -> str:
+  """One line: which file (else `where`) could not be written, and what to do."""
+  path = next((e.filename for e in _chain(error) if isinstance(e, OSError) and e.filename), None)
+  return (f"{path or where or 'the workdir'}: disk full (No space left on device); nothing half-written "
           "was kept: free some space and run the same command again to resume")

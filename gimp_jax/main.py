@@ -70,7 +70,7 @@ def main(argv):
   except Exception as e:  # pylint: disable=broad-except
     if cli.exit_code(e) is None:
       raise
-    cli.fail("gimp_jax", cli.message(e), cli.exit_code(e))
+    cli.fail("gimp_jax", cli.message(e, _WORKDIR.value), cli.exit_code(e))
   keys = ("test_accuracy", "test_auc", "test_f1", "val_accuracy")
   print(" ".join(f"{k}={results[k]:.4f}" for k in keys if k in results))
 

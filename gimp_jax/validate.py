@@ -28,6 +28,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from gimp_jax import cli
 from gimp_jax import methods
 from gimp_jax.checkpoint import MAX_TO_KEEP
 from gimp_jax.configs import checks
@@ -286,4 +287,4 @@ if __name__ == "__main__":  # flags only here: gimp_jax.main imports this module
   flags.DEFINE_string("workdir", None, "The run's workdir (optional): write access, disk room, "
                       "and its stored gene list are checked too.")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser("gimp_jax.validate"))

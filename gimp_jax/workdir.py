@@ -27,6 +27,7 @@ from typing import Any, Iterator
 from absl import logging
 import ml_collections
 
+from gimp_jax import provenance
 from gimp_jax.errors import DataError
 
 LOCK = "run.lock"
@@ -93,7 +94,8 @@ def lock(workdir: str) -> Iterator[str]:
     raise DataError(f"{workdir}: workdir: cannot be created ({e.strerror or e})") from e
   path = os.path.join(workdir, LOCK)
   me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()),
-        "time": time.time(), "command": " ".join(sys.argv)[:500]}
+        "time": time.time(),
+        "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:300]}
   with open(path + ".guard", "a", encoding="utf-8") as guard:
     fcntl.flock(guard, fcntl.LOCK_EX)
     try:
@@ -191,10 +193,7 @@ def record_config(workdir: str, config: ml_collections.ConfigDict, changes: list
     while os.path.exists(_previous(workdir, k)):
       k += 1
     os.replace(path, _previous(workdir, k))
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(as_json(config), f, indent=2)
-  os.replace(tmp, path)
+  provenance.write_json_atomic(path, as_json(config))
 
 
 def change_history(workdir: str) -> list[dict[str, Any]]:

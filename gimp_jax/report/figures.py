@@ -188,6 +188,21 @@ def _series(records: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[str, tuple
   return series
 
 
+def curve_panels(history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]],
+                 val_history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None
+                 ) -> dict[str, tuple[dict[str, tuple[list, list]], dict[str, tuple[list, list]]]]:
+  """stage -> ({loss: (steps, values)}, {validation metric: (epochs, values)}): what
+  `loss_curves_png` draws; stages with neither are left out."""
+  val_history = val_history or {}
+  stages = {}
+  for name in list(history) + [n for n in val_history if n not in history]:
+    losses = {m: v for m, v in _series(history.get(name, ())).items() if is_loss(m)}
+    val = _series(val_history.get(name, ()))
+    if losses or val:
+      stages[name] = (losses, val)
+  return stages
+
+
 def loss_curves_png(path: str | os.PathLike[str],
                     history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]],
                     val_history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None
@@ -208,13 +223,7 @@ def loss_curves_png(path: str | os.PathLike[str],
   Returns:
     `path`.
   """
-  val_history = val_history or {}
-  stages = {}
-  for name in list(history) + [n for n in val_history if n not in history]:
-    losses = {m: v for m, v in _series(history.get(name, ())).items() if is_loss(m)}
-    val = _series(val_history.get(name, ()))
-    if losses or val:
-      stages[name] = (losses, val)
+  stages = curve_panels(history, val_history)
   if not stages:
     raise ValueError('history holds no numeric metrics to plot')
   ncols = 2 if any(val for _, val in stages.values()) else 1

@@ -48,7 +48,7 @@ class MetricsWriter:
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     path = os.path.join(workdir, "metrics.jsonl")
     self._logged: dict[str, int] = {}
-    if os.path.exists(path):
+    if os.path.isfile(path):
       with open(path, "rb+") as f:
         data = f.read()
         if data and not data.endswith(b"\n"):  # half a line: a kill mid-write
@@ -195,6 +195,8 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
       means = {k: v / count for k, v in meta.pop("epoch_sums", {}).items()}
       meta.update(epoch=epoch + 1, batch=0)
       meta["history"].append({"epoch": epoch, **means})
+      logging.info("%s epoch %d: mean loss %.4f over %d steps", spec.name, epoch,
+                   means.get("loss", float("nan")), count)
       if spec.on_epoch_end is not None:
         meta.update(spec.on_epoch_end(state, epoch, meta))
       save()

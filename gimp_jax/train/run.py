@@ -97,8 +97,12 @@ def save_normalizer(cohort: cohort_lib.Cohort, workdir: str) -> None:
   path = os.path.join(workdir, validate.NORMALIZER)
   if not os.path.exists(path):
     tmp = os.path.join(workdir, f"normalizer.tmp-{os.getpid()}.npz")
-    cohort.normalizer.save(tmp)
-    os.replace(tmp, path)
+    try:
+      cohort.normalizer.save(tmp)
+      os.replace(tmp, path)
+    finally:  # a full disk: no half temporary file left behind
+      if os.path.exists(tmp):
+        os.remove(tmp)
 
 
 def _train_state(model, cfg_optim, *, steps_per_epoch: int, epochs: int, frozen: str):
