@@ -60,6 +60,7 @@ class CohortSpec:
     value_column: per-sample files: 0-based column index or header name (None: see expression.py).
     manifest: per-sample files: CSV/TSV mapping file names to sample IDs.
     preferred_sample_types: TCGA sample type codes accepted when matching by barcode prefix.
+    compute_dtype: the model's compute dtype: features must be finite once cast to it.
   """
   labels: str
   features_dir: str
@@ -78,6 +79,7 @@ class CohortSpec:
   value_column: int | str | None = None
   manifest: str | None = None
   preferred_sample_types: tuple[str, ...] | None = ('01',)
+  compute_dtype: str = 'float32'
 
   @classmethod
   def from_mapping(cls, m: Mapping, **overrides) -> 'CohortSpec':
@@ -189,12 +191,18 @@ class Cohort:
     return self.bags[index]
 
 
+def _plain_name(slide_id: str) -> bool:
+  """Whether `features_dir/<slide_id>.h5` stays inside features_dir."""
+  return (slide_id not in ('.', '..') and '/' not in slide_id and '\\' not in slide_id
+          and os.sep not in slide_id and not os.path.isabs(slide_id))
+
+
 def read_labels(path: str) -> list[LabelRow]:
   """Reads the labels CSV; DataError listing every malformed row."""
   if not os.path.isfile(path):
     raise DataError(f'{path}: labels file not found')
   try:
-    with open(path, newline='', encoding='utf-8') as f:
+    with open(path, newline='', encoding='utf-8-sig') as f:  # -sig: Excel's "CSV UTF-8" BOM
       reader = csv.reader(f)
       header = next(reader, None)
       table = [(reader.line_num, r) for r in reader]
@@ -221,6 +229,11 @@ def read_labels(path: str) -> list[LabelRow]:
     if empty:
       problems.append(f'{path}: line {line}: patient {d["patient_id"] or "?"}: empty '
                       f'{", ".join(empty)}')
+      continue
+    if not _plain_name(d['slide_id']):
+      problems.append(f'{path}: line {line}: patient {d["patient_id"]}: slide_id '
+                      f'{d["slide_id"]!r} is not a file name inside features_dir (no folders, no '
+                      '"..", not an absolute path)')
       continue
     split = None
     if 'split' in cols:
@@ -275,6 +288,12 @@ def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
     return {}, {}, [f'{spec.features_dir}: features_dir: no such folder']
   infos: dict[str, list[clam.SlideInfo]] = {}
   problems: dict[str, list[str]] = {}
+  with_ext = [r.slide_id for rows in by_patient.values() for r in rows
+              if r.slide_id.endswith('.h5') and os.path.isfile(os.path.join(spec.features_dir,
+                                                                            r.slide_id))]
+  if with_ext:  # one line for the cause instead of one per slide
+    return {}, {}, [f'{spec.labels}: slide_id: {len(with_ext)} slide ID(s) end in .h5 (first: '
+                    f'{", ".join(with_ext[:_SHOW])}); write them without the extension']
   for pid, rows in by_patient.items():
     for r in rows:
       path = clam.slide_path(spec.features_dir, r.slide_id)
@@ -282,7 +301,7 @@ def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
       if not os.path.isfile(path):
         problems.setdefault(pid, []).append(where + 'feature file missing (no image modality)')
         continue
-      found = clam.check_bag(path, spec.feature_dim) if scan else []
+      found = clam.check_bag(path, spec.feature_dim, spec.compute_dtype) if scan else []
       if not found:
         try:
           infos.setdefault(pid, []).append(clam.inspect_slide(path, spec.feature_dim))
@@ -305,10 +324,10 @@ def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
 
 
 def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
-                gene_list: Sequence[str] | None, strip: bool
+                gene_list: Sequence[str] | None, strip: bool, log: bool
                 ) -> tuple[dict[str, np.ndarray], tuple[str, ...], dict[str, str],
                            dict[str, list[str]], list[str]]:
-  """Matches and reads expression.
+  """Matches and reads expression (`log`: values must be >= 0 for log2(x + 1)).
 
   Returns:
     (patient -> raw values [G] aligned to `gene_list` (default: all the table's genes), the gene
@@ -322,6 +341,10 @@ def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
               if rows[0].expression_id}
   matched, unmatched = expr.match_samples(list(by_patient), source.sample_ids, explicit=explicit,
                                           preferred_types=spec.preferred_sample_types)
+  if not matched and isinstance(source, expr.MatrixSource) and _transposed(source, by_patient):
+    return {}, (), {}, {}, [f'{spec.expression}: the matrix looks transposed: patient IDs are in '
+                            'its first column; expected one row per gene and one column per '
+                            'sample (first column the gene IDs)']
   problems = {pid: [f'{spec.expression}: patient {pid}: column: {msg} (no expression modality)']
               for pid, msg in unmatched.items()}
   users: dict[str, list[str]] = {}
@@ -342,13 +365,32 @@ def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
   for pid, s in matched.items():
     v = values[rows[s]]
     bad = np.flatnonzero(~np.isfinite(v))
-    if bad.size:
+    if s in table.bad:
+      where, cells = table.bad[s]
+      problems.setdefault(pid, []).append(
+          f'{where}: patient {pid}: values: column {s}: {expr.describe_bad_cells(cells)}')
+    elif not bad.size and log and (v < 0).any():
+      neg = np.flatnonzero(v < 0)
+      problems.setdefault(pid, []).append(
+          f'{spec.expression}: patient {pid}: values: column {s} has {neg.size} negative values '
+          f'(first gene {genes[neg[0]]}: {v[neg[0]]:g}), so log2(x + 1) is undefined; if the '
+          'table is already log-transformed set data.log_transform=False')
+    elif bad.size:
       problems.setdefault(pid, []).append(
           f'{spec.expression}: patient {pid}: values: column {s} has {bad.size} NaN/Inf values '
           f'(first gene {genes[bad[0]]})')
     else:
       out[pid] = v
   return out, genes, matched, problems, []
+
+
+def _transposed(source: expr.MatrixSource, by_patient: Mapping[str, list[LabelRow]]) -> bool:
+  """Whether the patients are found in the matrix's first column (the genes' place)."""
+  try:
+    rows = source.gene_ids()
+  except DataError:
+    return False
+  return bool(expr.match_samples(list(by_patient), rows, preferred_types=None)[0])
 
 
 def splits_from_column(split_col: Sequence[str]) -> dict[str, np.ndarray]:
@@ -397,7 +439,8 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
   problems += extra
   strip = normalizer.strip_versions if normalizer else spec.strip_gene_versions
   values, genes, matched, expr_problems, extra = _expression(
-      spec, by_patient, normalizer.genes if normalizer else None, strip)
+      spec, by_patient, normalizer.genes if normalizer else None, strip,
+      normalizer.log_transform if normalizer else spec.log_transform)
   problems += extra
   for pid, ps in expr_problems.items():
     patient_problems.setdefault(pid, []).extend(ps)
@@ -418,8 +461,14 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
       tuple(r.slide_id for r in by_patient[pid]), tuple(i.path for i in infos[pid]),
       tuple(i.num_patches for i in infos[pid]), matched[pid]) for pid in kept)
   try:
-    splits = _splits(spec, [by_patient[pid][0].split for pid in kept],
-                     np.asarray([p.label for p in patients]))
+    # Drawn over every listed patient, then the dropped ones left out: dropping a patient does
+    # not move the others to another split.
+    everyone = list(by_patient)
+    drawn = _splits(spec, [by_patient[pid][0].split for pid in everyone],
+                    np.asarray([class_names.index(by_patient[pid][0].label) for pid in everyone]))
+    position = {pid: i for i, pid in enumerate(kept)}
+    splits = {k: np.asarray(sorted(position[everyone[j]] for j in v if everyone[j] in position),
+                            np.int64) for k, v in drawn.items()}
     normalised, normalizer = _normalise(spec, np.stack([values[pid] for pid in kept]), genes,
                                         splits['train'], normalizer)
   except DataError as e:

@@ -15,6 +15,7 @@ import html
 import math
 import os
 import re
+import shutil
 from typing import Any
 
 import numpy as np
@@ -197,9 +198,13 @@ def _heatmap_blocks(report_dir: str, heatmaps: Sequence[tuple[str, np.ndarray, n
   return blocks
 
 
-def _has_curves(history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]]) -> bool:
-  return any(figures.as_scalar(value) is not None for records in history.values()
-             for _, values in records for value in values.values())
+def _has_curves(history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]],
+                val_history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]]) -> bool:
+  """Whether `figures.loss_curves_png` has something to draw: a loss, or a validation metric."""
+  return any(figures.as_scalar(value) is not None and (figures.is_loss(name) or validation)
+             for curves, validation in ((history, False), (val_history, True))
+             for records in curves.values() for _, values in records
+             for name, value in values.items())
 
 
 def _clear(report_dir: str) -> None:
@@ -215,14 +220,17 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
                  tsne: tuple[np.ndarray, np.ndarray] | None = None,
                  heatmaps: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
                  history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None,
+                 val_history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None,
                  diagnostics: tuple[Sequence[tuple[int, Mapping[str, Any]]], float, float]
                  | None = None,
                  seed: int = 0, patch_size: int = 256) -> str:
   """Writes report.md, report.html, their PNGs and predictions_<split>.csv into `report_dir`.
 
   Args:
-    report_dir: the folder (created if missing). Files of an earlier report there (see `OWNED`)
-      are removed first, so the folder holds exactly what the page links.
+    report_dir: the folder (created if missing). Everything is written into a temporary sibling
+      folder first, then moved in, so a failure (a full disk) leaves the earlier report as it was;
+      files of an earlier report there (see `OWNED`) are then removed, so the folder holds exactly
+      what the page links.
     results: the run's results: scalar `<split>_<metric>` entries make the summary table;
       `results['stages'][name]` dicts (final losses, wall times, ...) the stage table;
       `results['versions']` (name -> version), when present, a line under the title.
@@ -231,7 +239,9 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
       gets a ROC curve, a confusion matrix and a CSV; 'test' also a table on the page.
     tsne: (embeddings [N, E], labels [N]) of the training set after pre-training, or None.
     heatmaps: (patient_id, coords [N, 2] level-0 x,y, attention [N]) per slide to draw.
-    history: stage -> [(step, {metric: scalar})] for the training curves, or None.
+    history: stage -> [(step, {metric: scalar})] for the training curves (losses per step), or
+      None.
+    val_history: stage -> [(epoch, {metric: scalar})], the validation metrics after each epoch.
     diagnostics: (pretrain [(step, {metric: scalar})], triplet margin, collapse threshold) for the
       pre-training diagnostics figure (`figures.pretrain_diagnostics_png`), or None.
     seed: the t-SNE random state.
@@ -240,9 +250,25 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
   Returns:
     The path of report.md.
   """
-  report_dir = os.fspath(report_dir)
-  os.makedirs(report_dir, exist_ok=True)
-  _clear(report_dir)
+  final = os.fspath(report_dir)
+  report_dir = f'{final.rstrip(os.sep)}.tmp-{os.getpid()}'  # a full disk leaves no half report
+  shutil.rmtree(report_dir, ignore_errors=True)
+  os.makedirs(report_dir)
+  try:
+    _compose(report_dir, results, class_names, predictions, tsne, heatmaps, history, val_history,
+             diagnostics, seed, patch_size)
+    os.makedirs(final, exist_ok=True)
+    _clear(final)
+    for name in sorted(os.listdir(report_dir), key=lambda n: (n.startswith('report.'), n)):
+      os.replace(os.path.join(report_dir, name), os.path.join(final, name))  # the page last
+  finally:
+    shutil.rmtree(report_dir, ignore_errors=True)
+  return os.path.join(final, 'report.md')
+
+
+def _compose(report_dir, results, class_names, predictions, tsne, heatmaps, history, val_history,
+             diagnostics, seed, patch_size) -> None:
+  """`write_report`'s files, written into `report_dir`."""
   names = list(class_names)
   checked = {split: _check_predictions(split, predictions[split], len(names))
              for split in _ordered_splits(predictions)}
@@ -265,8 +291,9 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
                Image('t-SNE of CLS_pat', os.path.basename(path))]
   if heatmaps:
     blocks += _heatmap_blocks(report_dir, heatmaps, patch_size)
-  if history and _has_curves(history):
-    path = figures.loss_curves_png(os.path.join(report_dir, 'loss_curves.png'), history)
+  if _has_curves(history or {}, val_history or {}):
+    path = figures.loss_curves_png(os.path.join(report_dir, 'loss_curves.png'), history or {},
+                                   val_history)
     blocks += [Heading('Training curves', 2), Image('Training curves', os.path.basename(path))]
   if diagnostics is not None and diagnostics[0]:
     path = figures.pretrain_diagnostics_png(os.path.join(report_dir, 'pretrain_diagnostics.png'),
@@ -293,10 +320,8 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
 
   with open(os.path.join(report_dir, 'report.html'), 'w') as f:
     f.write(to_html(blocks, report_dir))
-  md_path = os.path.join(report_dir, 'report.md')
-  with open(md_path, 'w') as f:
+  with open(os.path.join(report_dir, 'report.md'), 'w') as f:
     f.write(to_markdown(blocks))
-  return md_path
 
 
 def _md_text(text: str) -> str:

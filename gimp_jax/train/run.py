@@ -20,7 +20,10 @@ from gimp_jax import parallel
 from gimp_jax import provenance
 from gimp_jax import report as report_lib
 from gimp_jax import validate
+from gimp_jax import workdir as workdir_lib
 from gimp_jax.checkpoint import StageCheckpoints
+from gimp_jax.configs.checks import STAGES
+from gimp_jax.errors import DataError
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import pipeline
 from gimp_jax.models import build
@@ -28,7 +31,6 @@ from gimp_jax.objectives import supervised
 from gimp_jax.train import loop, optim, steps, transfer
 from gimp_jax.train.state import TrainState, create_state
 
-STAGES = ("gene_pretrain", "pretrain", "finetune", "test")
 _STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
 
 
@@ -96,8 +98,12 @@ def save_normalizer(cohort: cohort_lib.Cohort, workdir: str) -> None:
   path = os.path.join(workdir, validate.NORMALIZER)
   if not os.path.exists(path):
     tmp = os.path.join(workdir, f"normalizer.tmp-{os.getpid()}.npz")
-    cohort.normalizer.save(tmp)
-    os.replace(tmp, path)
+    try:
+      cohort.normalizer.save(tmp)
+      os.replace(tmp, path)
+    finally:  # a full disk: no half temporary file left behind
+      if os.path.exists(tmp):
+        os.remove(tmp)
 
 
 def _train_state(model, cfg_optim, *, steps_per_epoch: int, epochs: int, frozen: str):
@@ -116,7 +122,10 @@ def _frozen_regex(regex: str, params) -> str:
 
 
 def restore_params(workdir: str, stage: str, model) -> Any | None:
-  """The parameters of `stage`'s latest checkpoint in `workdir`, restored into `model`'s shapes."""
+  """The parameters of `stage`'s latest checkpoint in `workdir`, restored into `model`'s shapes;
+  None when there is none (no folder is created)."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints", stage)):
+    return None
   ckpt = StageCheckpoints(workdir, stage)
   try:
     return ckpt.restore_params(create_state(model).params)
@@ -296,12 +305,25 @@ def diagnose_pretrain(cfg: ml_collections.ConfigDict, epoch: int, meta: dict) ->
   return {"warned": warned}
 
 
-def predict(run: Run, state: TrainState, split: str, *, with_attention: int = 0) -> dict:
-  """Whole-bag predictions of a split: patient_id, label, probs [N, C], embedding [N, E]."""
+def check_stop(run: Run) -> None:
+  """Raises KeyboardInterrupt when a stop was requested (SIGTERM/SIGINT): for the stages that
+  save nothing (test, report), which the same command simply runs again."""
+  if run.stop():
+    logging.warning("Stopping on request.")
+    raise KeyboardInterrupt
+
+
+def predict(run: Run, state: TrainState, split: str, *, with_attention: int = 0,
+            stoppable: bool = False) -> dict:
+  """Whole-bag predictions of a split: patient_id, label, probs [N, C], embedding [N, E].
+
+  With `stoppable`, a stop request (`check_stop`) ends it between batches."""
   out = {"patient_id": [], "label": [], "probs": [], "embedding": []}
   for batch in pipeline.bag_batches(
       run.cohort, split, batch_size=run.config.finetune.batch_size,
       bucket_sizes=run.config.data.bucket_sizes, prefetch=run.config.data.prefetch):
+    if stoppable:
+      check_stop(run)
     res = run.eval_step(state, loop.to_device(batch), jax.random.key(0))
     out["patient_id"].extend(str(p) for p in batch["patient_id"])
     out["label"].append(batch["label"])
@@ -355,7 +377,7 @@ def test(run: Run) -> None:
   state = state.replace(params=params)
   predictions = {}
   for split in ("val", "test"):
-    predictions[split] = predict(run, state, split)
+    predictions[split] = predict(run, state, split, stoppable=True)
     scores = metrics_lib.classification_metrics(predictions[split]["label"],
                                                 predictions[split]["probs"])
     for k in ("accuracy", "auc", "f1"):
@@ -403,23 +425,28 @@ def write_report(run: Run) -> str:
   model = run.build()
   if cfg.report.tsne and "pretrain" in cfg.stages:
     params = restore_params(run.workdir, "pretrain", model)
-    train = predict(run, create_state(model).replace(params=params), "train")
+    train = predict(run, create_state(model).replace(params=params), "train", stoppable=True)
     tsne = (train["embedding"], train["label"])
   heatmaps = []
   best = create_state(model).replace(params=restore_params(run.workdir, "finetune_best", model))
   if hasattr(model, "aggregator"):
     for index in run.cohort.split("test")[:cfg.report.heatmaps]:
+      check_stop(run)
       coords, attention = cls_attention(run, best, int(index))
       heatmaps.append((run.cohort.patients[index].patient_id, coords, attention))
-  history = {name: [(h.get("epoch", i), h) for i, h in enumerate(stage["history"])]
-             for name, stage in run.results["stages"].items() if stage.get("history")}
+  history = {name: stage_records(run.workdir, name) for name in run.results["stages"]}
+  val_history = {name: [(epoch, scores) for epoch, (_, scores) in
+                        enumerate(stage_records(run.workdir, f"{name}_val"))]
+                 for name in run.results["stages"]}
+  check_stop(run)
   diagnostics = None
   if "pretrain" in cfg.stages:
     diagnostics = (stage_records(run.workdir, "pretrain"), cfg.pretrain.margin, COLLAPSE_SPREAD)
   return report_lib.write_report(
       os.path.join(run.workdir, "report"), results=run.results,
       class_names=list(run.cohort.class_names), predictions=run.predictions, tsne=tsne,
-      heatmaps=heatmaps, history=history or None, diagnostics=diagnostics, seed=cfg.seed)
+      heatmaps=heatmaps, history=history, val_history=val_history, diagnostics=diagnostics,
+      seed=cfg.seed)
 
 
 def stage_records(workdir: str, stage: str) -> list[tuple[int, dict]]:
@@ -439,34 +466,40 @@ STAGE_FNS = {"gene_pretrain": gene_pretrain, "pretrain": pretrain, "finetune": f
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop=lambda: False) -> dict[str, Any]:
+                       stop=lambda: False, allow_config_change: bool = False) -> dict[str, Any]:
   """Runs `config.stages` in order and writes `results.json` (and the report) to `workdir`.
 
-  Every input is checked first (`validate.preflight`: DataError listing every problem); the seed,
-  config, library versions and input checksums go to `provenance.json`.
+  The config is checked first, then the workdir is locked for this run (`workdir.lock`: another
+  run on it is refused), then a config that differs from the one the workdir was made with is
+  refused unless `allow_config_change`; then every input is checked (`validate.preflight`:
+  DataError listing every problem); the seed, config, library versions and input checksums go to
+  `provenance.json`.
   """
-  for name in config.stages:
-    if name not in STAGE_FNS:
-      raise ValueError(f"Unknown stage {name!r} in config.stages; known: {STAGES}.")
-  run = Run(config, workdir, stop, cohort=validate.preflight(config, workdir))
-  provenance.record(workdir, config, run.cohort)
-  provenance.write_json_atomic(os.path.join(workdir, "config.json"),
-                               json.loads(config.to_json_best_effort()))
-  try:
-    for name in config.stages:
-      if stop():
-        raise KeyboardInterrupt
-      logging.info("Stage %s", name)
-      STAGE_FNS[name](run)
-    if "test" in config.stages:
-      run.results["report"] = write_report(run)
-  finally:
-    run.writer.close()
-  results = dict(run.results, method=config.method, seed=config.seed,
-                 config=json.loads(config.to_json_best_effort()),
-                 versions=provenance.library_versions(),
-                 num_classes=run.num_classes, num_genes=run.num_genes,
-                 class_names=list(run.cohort.class_names),
-                 splits={k: int(v.size) for k, v in run.cohort.splits.items()})
-  provenance.write_json_atomic(os.path.join(workdir, "results.json"), results)
+  problems = validate.config_problems(config)
+  if problems:
+    raise DataError("\n".join(problems))
+  with workdir_lib.lock(workdir):
+    changes = workdir_lib.check_config(workdir, config, allow_config_change)
+    run = Run(config, workdir, stop, cohort=validate.preflight(config, workdir))
+    provenance.record(workdir, config, run.cohort)
+    workdir_lib.record_config(workdir, config, changes)
+    try:
+      for name in config.stages:
+        if stop():
+          raise KeyboardInterrupt
+        logging.info("Stage %s", name)
+        STAGE_FNS[name](run)
+      if "test" in config.stages:
+        run.results["report"] = write_report(run)
+        logging.info("Report: %s", run.results["report"])
+    finally:
+      run.writer.close()
+    results = dict(run.results, method=config.method, seed=config.seed,
+                   config=workdir_lib.as_json(config), versions=provenance.library_versions(),
+                   num_classes=run.num_classes, num_genes=run.num_genes,
+                   class_names=list(run.cohort.class_names),
+                   splits={k: int(v.size) for k, v in run.cohort.splits.items()})
+    if changes:
+      results["config_changes"] = workdir_lib.change_history(workdir)
+    provenance.write_json_atomic(os.path.join(workdir, "results.json"), results)
   return results
