@@ -17,8 +17,8 @@ from ml_collections import config_flags
 
 from gimp_jax import parallel
 from gimp_jax.errors import DataError
+from gimp_jax.train import folds
 from gimp_jax.train import loop
-from gimp_jax.train import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                           lock_config=True)
@@ -54,7 +54,7 @@ def main(argv):
   signal.signal(signal.SIGINT, stop)
   parallel.initialize_distributed(_CONFIG.value)  # no-op for a single process
   try:
-    results = run.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop=lambda: stop.requested)
+    results = folds.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop=lambda: stop.requested)
   except DataError as e:
     print(f"gimp_jax: error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -64,7 +64,7 @@ def main(argv):
   except KeyboardInterrupt:
     print("gimp_jax: stopped; run the same command again to resume.", file=sys.stderr)
     sys.exit(128 + int(stop.signum))
-  keys = ("test_accuracy", "test_auc", "test_f1", "val_accuracy")
+  keys = ("test_accuracy", "test_auc", "test_f1", "val_accuracy", "test_c_index", "val_c_index")
   print(" ".join(f"{k}={results[k]:.4f}" for k in keys if k in results))
 
 
