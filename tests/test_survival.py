@@ -217,3 +217,64 @@ def test_synthetic_survival_mode(cohort_files):
   assert 0.15 < censored.mean() < 0.45
   # Higher eta, earlier events: the oracle C-index is well above chance.
   assert metrics.survival_metrics(times, censored, eta)["c_index"] > 0.6
+
+
+@pytest.mark.parametrize("method", ["abmil", "dsmil", "clam_sb"])
+def test_cox_head_is_one_log_risk_and_its_loss_is_the_partial_likelihood(method):
+  import importlib  # pylint: disable=g-import-not-at-top
+  from gimp_jax import methods  # pylint: disable=g-import-not-at-top
+  cfg = importlib.import_module(f"gimp_jax.configs.methods.{method}").get_config("tiny")
+  cfg.task, cfg.survival.loss = "survival", "cox"
+  module = methods.get(method)
+  model = module.build(cfg, 96, survival.num_outputs(cfg, 4), 0)
+  batch = {"patches": jnp.asarray(RNG.normal(size=(6, 12, 32)), jnp.float32),
+           "patch_mask": jnp.ones((6, 12), bool), "genes": jnp.zeros((6, 96)),
+           "label": jnp.asarray([0, 1, 2, 3, 1, 0]),
+           "time": jnp.asarray([3.0, 5.0, 5.0, 8.0, 2.0, 9.0]),
+           "censorship": jnp.asarray([0, 1, 0, 0, 0, 1])}
+  model.eval()
+  logits, _ = model(batch["patches"], batch["genes"], batch["patch_mask"])
+  assert logits.shape == (6, 1)
+  loss, _ = module.finetune_loss(cfg)(model, batch)
+  want = np_cox(np.asarray(logits[:, 0], np.float64), np.asarray(batch["time"]),
+                np.asarray(batch["censorship"]))
+  if method == "abmil":  # the bag loss alone
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  else:  # DSMIL averages two streams, CLAM adds its instance loss: finite and not the bag term
+    assert np.isfinite(float(loss))
+
+
+def np_log_rank(t, c, group):
+  """Two-group log-rank test in NumPy: (O - E)^2 / V over the distinct event times -> p."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  o = e = v = 0.0
+  for time in np.unique(t[c == 0]):
+    at_risk = t >= time
+    n, n1 = at_risk.sum(), (at_risk & group).sum()
+    d = ((t == time) & (c == 0)).sum()
+    d1 = ((t == time) & (c == 0) & group).sum()
+    o, e = o + d1, e + d * n1 / n
+    v += d * (n1 / n) * (1 - n1 / n) * (n - d) / max(n - 1, 1)
+  return stats.chi2.sf((o - e) ** 2 / v, 1)
+
+
+def test_survival_report_splits_test_cases_at_the_training_median(tmp_path):
+  from gimp_jax.report import page  # pylint: disable=g-import-not-at-top
+  n = 40
+  t = RNG.exponential(10, n).round(1) + 0.1
+  c = (RNG.uniform(size=n) < 0.3).astype(int)
+  risk = -np.log(t) + RNG.normal(0, 0.5, n)
+  pred = {"patient_id": np.asarray([f"P{i}" for i in range(n)]), "time": t, "censorship": c,
+          "risk": risk, "label": np.zeros(n, int), "probs": np.full((n, 2), 0.5)}
+  cutoff = 0.1
+  md = page.write_report(str(tmp_path), results={"test_c_index": 0.7}, class_names=["a", "b"],
+                         predictions={"test": pred}, survival_cutoff=cutoff)
+  text = open(md, encoding="utf-8").read()
+  row = next(line for line in text.splitlines() if line.startswith("| test | 40 |"))
+  p_page = float(row.strip("| ").split("|")[-1])
+  np.testing.assert_allclose(p_page, np_log_rank(t, c, risk > cutoff), rtol=1e-3)
+  risks = pd.read_csv(tmp_path / "risk_test.csv")
+  np.testing.assert_allclose(risks.risk, risk, rtol=1e-5)
+  assert list(risks.group) == ["high" if r > cutoff else "low" for r in risk]
+  for name in ("km_test.png", "risk.png", "report.html"):
+    assert (tmp_path / name).exists(), name

@@ -187,17 +187,23 @@ def _survival_blocks(report_dir: str, predictions: Mapping[str, Mapping[str, Any
                 'high risk above it. Kaplan-Meier estimates and log-rank test from '
                 'scikit-survival.')]
   files: list[Block] = []
+  images: list[Block] = []
+  rows = []
   for split in _ordered_splits(predictions):
     pred = predictions[split]
     risk = np.asarray(pred['risk'], np.float64)
-    path, _ = survival.km_png(os.path.join(report_dir, f'km_{safe_name(split)}.png'),
+    path, p_value = survival.km_png(os.path.join(report_dir, f'km_{safe_name(split)}.png'),
                               pred['time'], pred['censorship'], risk > cutoff,
                               f'Kaplan-Meier, {split}')
-    blocks.append(Image(f'Kaplan-Meier curves, {split}', os.path.basename(path)))
+    images.append(Image(f'Kaplan-Meier curves, {split}', os.path.basename(path)))
+    events = np.asarray(pred['censorship']) == 0
+    rows.append([split, str(risk.size), str(int(events.sum())), str(int((risk > cutoff).sum())),
+                 fmt(p_value)])
     csv_path = survival.write_risk_csv(
         os.path.join(report_dir, f'risk_{safe_name(split)}.csv'), pred['patient_id'],
         pred['time'], pred['censorship'], risk, cutoff)
     files.append(FileLink(f'All {split} risks (CSV)', os.path.basename(csv_path)))
+  blocks += [Table(['split', 'cases', 'events', 'high risk', 'log-rank p'], rows)] + images
   path = survival.risk_png(os.path.join(report_dir, 'risk.png'),
                            {s: p['risk'] for s, p in predictions.items()}, cutoff)
   blocks.append(Image('Predicted risk', os.path.basename(path)))
