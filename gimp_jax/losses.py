@@ -41,36 +41,39 @@ def pairwise_sq_distances(x: jax.Array) -> jax.Array:
   return jnp.sum(diff * diff, axis=-1)
 
 
-def _pairs(labels: jax.Array, valid: jax.Array | None):
-  """(positive [B, B]: same label, not itself; negative [B, B]), both between valid examples."""
+def _pairs(labels: jax.Array, use: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """(positive pairs, negative pairs) [B, B]: same label and not itself / other label; rows and
+  columns of examples outside `use` [B] bool (None: all) are dropped."""
   same = labels[:, None] == labels[None, :]
-  both = (jnp.ones(labels.shape, bool) if valid is None else valid)
-  both = both[:, None] & both[None, :]
-  return same & ~jnp.eye(labels.shape[0], dtype=bool) & both, ~same & both
+  pos = same & ~jnp.eye(labels.shape[0], dtype=bool)
+  neg = ~same
+  if use is not None:
+    both = use[:, None] & use[None, :]
+    pos, neg = pos & both, neg & both
+  return pos, neg
 
 
-def _hardest(d: jax.Array, labels: jax.Array, valid: jax.Array | None = None):
-  """Batch-hard mining on squared distances d [B, B], among the `valid` [B] examples (all: None).
+def _hardest(d: jax.Array, labels: jax.Array, use: jax.Array | None = None):
+  """Batch-hard mining on squared distances d [B, B] (only examples in `use`, when given).
 
   Returns:
     (farthest positive [B], nearest negative [B], valid [B]: the anchor has a positive, i.e. a
     same-label other example, and a negative).
   """
-  pos, neg = _pairs(labels, valid)
+  pos, neg = _pairs(labels, use)
   hardest_pos = jnp.max(jnp.where(pos, d, -jnp.inf), axis=1)
   hardest_neg = jnp.min(jnp.where(neg, d, jnp.inf), axis=1)
   return hardest_pos, hardest_neg, jnp.any(pos, axis=1) & jnp.any(neg, axis=1)
 
 
-def _valid_triplets(labels: jax.Array, valid: jax.Array | None = None) -> jax.Array:
-  """[B, B, B] bool: (a, p, n) with p a positive of a (not a itself) and n a negative of a, all
-  three `valid`."""
-  pos, neg = _pairs(labels, valid)
+def _valid_triplets(labels: jax.Array, use: jax.Array | None = None) -> jax.Array:
+  """[B, B, B] bool: (a, p, n) with p a positive of a (not a itself) and n a negative of a."""
+  pos, neg = _pairs(labels, use)
   return pos[:, :, None] & neg[:, None, :]
 
 
 def triplet_loss(embeddings: jax.Array, labels: jax.Array, margin: float = 0.8,
-                 mining: str = "batch_hard", valid: jax.Array | None = None) -> jax.Array:
+                 mining: str = "batch_hard", use: jax.Array | None = None) -> jax.Array:
   """Gene-induced triplet loss on CLS_pat (GiMP Eq. 4), squared Euclidean distance.
 
   Args:
@@ -81,17 +84,17 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, margin: float = 0.8,
       one negative, relu(max_p d(a, p) + margin - min_n d(a, n)), averaged over those anchors (0 when
       there are none). "batch_all": mean of relu(d(a, p) + margin - d(a, n)) over all valid triplets
       (a, p, n), zeros included (0 when there are none).
-    valid: optional [B] bool: only these examples take part (anchors, positives and negatives);
-      the loss is then that of the valid examples alone (partial data: labelled pairs).
+    use: [B] bool, the examples that take part (None: all); survival uses the uncensored cases,
+      whose labels are their time bins.
 
   Returns:
     Scalar loss.
   """
-  return triplet_terms(embeddings, labels, margin, mining, valid)[0]
+  return triplet_terms(embeddings, labels, margin, mining, use)[0]
 
 
 def triplet_terms(embeddings: jax.Array, labels: jax.Array, margin: float = 0.8,
-                  mining: str = "batch_hard", valid: jax.Array | None = None
+                  mining: str = "batch_hard", use: jax.Array | None = None
                   ) -> tuple[jax.Array, jax.Array]:
   """(triplet loss as `triplet_loss`, fraction of its hinges that are active).
 
@@ -100,10 +103,10 @@ def triplet_terms(embeddings: jax.Array, labels: jax.Array, margin: float = 0.8,
   """
   d = pairwise_sq_distances(embeddings)
   if mining == "batch_hard":
-    hardest_pos, hardest_neg, valid = _hardest(d, labels, valid)
+    hardest_pos, hardest_neg, valid = _hardest(d, labels, use)
     hinge = jnp.where(valid, jax.nn.relu(hardest_pos + margin - hardest_neg), 0.0)
   elif mining == "batch_all":
-    valid = _valid_triplets(labels, valid)
+    valid = _valid_triplets(labels, use)
     hinge = jnp.where(valid, jax.nn.relu(d[:, :, None] + margin - d[:, None, :]), 0.0)
   else:
     raise ValueError(f"Unknown triplet mining {mining!r}; expected 'batch_hard' or 'batch_all'.")
@@ -111,15 +114,15 @@ def triplet_terms(embeddings: jax.Array, labels: jax.Array, margin: float = 0.8,
   return jnp.sum(hinge) / count, jnp.sum((hinge > 0) & valid) / count
 
 
-def separation_gap(embeddings: jax.Array, labels: jax.Array,
-                   valid: jax.Array | None = None) -> jax.Array:
+def separation_gap(embeddings: jax.Array, labels: jax.Array, use: jax.Array | None = None
+                   ) -> jax.Array:
   """Mean over valid anchors of (nearest negative - farthest positive), squared L2.
 
   On CLS_ge this is how far the gene half alone already satisfies the triplet constraint: when it
   exceeds the margin for every anchor, the hinge on [CLS_img; CLS_ge] is inactive before the image
   half contributes anything. embeddings: [B, E]; labels: [B] -> scalar (0 when no anchor is valid).
   """
-  hardest_pos, hardest_neg, valid = _hardest(pairwise_sq_distances(embeddings), labels, valid)
+  hardest_pos, hardest_neg, valid = _hardest(pairwise_sq_distances(embeddings), labels, use)
   gap = jnp.where(valid, hardest_neg - hardest_pos, 0.0)
   return jnp.sum(gap) / jnp.maximum(jnp.sum(valid), 1)
 

@@ -49,7 +49,6 @@ def test_matrix_layouts(tmp_path, values, name, delim, quote):
 
 @pytest.mark.parametrize('body,fragment', [
     ('Ensembl_ID\tA\tB\nG1\t1\t2\nG2\t3\n', 'line 3: 2 fields, the header has 3'),
-    ('Ensembl_ID\tA\tB\nG1\t1\tx\n', 'values:'),
     ('Ensembl_ID\tA\tA\nG1\t1\t2\n', 'duplicated IDs (first: A)'),
     ('Ensembl_ID\tA\tB\nG1\t1\t2\nG1\t3\t4\n', 'gene IDs: 1 duplicated IDs (first: G1)'),
     ('Ensembl_ID\tA\tB\n', 'no gene rows'),

@@ -261,7 +261,7 @@ def test_workdir_not_writable(cohort):
   assert problem.startswith("/proc/run: workdir: cannot be created in /proc ("), problem
 
 
-def test_no_disk_room_for_the_checkpoints(cohort, tmp_path, monkeypatch):
+def test_no_disk_room_for_the_checkpoints_and_the_report(cohort, tmp_path, monkeypatch):
   _, c = cohort
   real = validate.shutil.disk_usage
   monkeypatch.setattr(validate.shutil, "disk_usage",
@@ -271,11 +271,21 @@ def test_no_disk_room_for_the_checkpoints(cohort, tmp_path, monkeypatch):
   model = methods.get(c.method).build(c, 40, 2, 0)
   n = sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
   need = n * 3 * 4 * (2 * 3 + 1)  # 3 training stages x 2 kept + the best fine-tuned one
-  assert problem == (f"{tmp_path / 'run'}: disk: 1.0 MiB free but the checkpoints need about "
-                     f"{need / 2**20:.1f} MiB ({n:,} parameters x 3 (weights and two Adam "
-                     "moments) x 4 bytes x 7 checkpoints kept)")
+  # The report: ROC + confusion of val and test, curves, 1 heatmap, t-SNE, diagnostics = 8
+  # figures at 4 MiB, 2.5 times; 10 patients' CSV rows (64 B x (2 classes + 4)); 1 KiB per step
+  # of 2 epochs of each stage over 6 training patients (batches 16, 4, 2).
+  report = int(2.5 * 8 * (4 << 20)) + 64 * 6 * 10 + 1024 * 2 * (1 + 2 + 3)
+  assert problem == (f"{tmp_path / 'run'}: disk: 1.0 MiB free but the run needs about "
+                     f"{(need + report) / 2**20:.1f} MiB: checkpoints {need / 2**20:.1f} MiB "
+                     f"({n:,} parameters x 3 (weights and two Adam moments) x 4 bytes x 7 "
+                     "checkpoints kept), report and metrics "
+                     f"{report / 2**20:.1f} MiB (8 figures)")
+  # Room for the checkpoints alone is not enough: the report would fail after training.
   monkeypatch.setattr(validate.shutil, "disk_usage",
                       lambda p: real(p)._replace(free=need + 1))
+  assert len(problems_of(c, str(tmp_path / "run"))) == 1
+  monkeypatch.setattr(validate.shutil, "disk_usage",
+                      lambda p: real(p)._replace(free=need + report + 1))
   assert problems_of(c, str(tmp_path / "run")) == []
 
 
@@ -311,6 +321,7 @@ def test_drop_incomplete_drops_the_broken_patients(cohort, tmp_path):
   _break_many(root, c)
   os.remove(root / "features" / "orphan.h5")  # a global problem, never dropped
   c.data.drop_incomplete = True
+  c.stages = ("pretrain",)  # both validation patients are dropped: only pre-training can run
   result = validate.preflight(c, str(tmp_path / "run"))
   kept = {p.patient_id for p in result.patients}
   assert kept == {f"TCGA-SY-{i:04d}" for i in range(10)} - {P0, P2, "TCGA-SY-0003",

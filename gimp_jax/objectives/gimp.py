@@ -32,9 +32,11 @@ def triplet_inputs(cls_img: jax.Array, cls_ge: jax.Array | None,
 def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """L_pre over pre-training windows, either term switchable for the ablations.
 
-  Batch: patches [B, L, D], mpm_mask [B, L] bool, genes [B, G], label [B]. With partial data
+  Batch: patches [B, L, D], mpm_mask [B, L] bool, genes [B, G], label [B] (survival: the time bin,
+  with censorship [B]: the triplet then uses the uncensored cases only, the bins being their
+  classes; a censored case's bin is only a lower bound on its event time). With partial data
   (`data.allow_missing`) a row of NaN genes or a label of -1 takes part in L_rec and the variance
-  term only; the triplet terms see the labelled examples (with expression, for CLS_pat).
+  term only; the triplet terms see the labelled cases (with expression, for CLS_pat).
   Metrics: loss; rec_loss (L_rec); tri_loss (L_tri) and tri_active (fraction of anchors whose hinge
   is active); img_tri_loss with "pat+img"; gene_gap (mean nearest-negative minus
   farthest-positive squared distance of the CLS_ge half, to compare with the margin); img_spread
@@ -46,7 +48,9 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   def loss_fn(model, batch):
     labels = batch["label"]
     present, genes = gene_presence(batch["genes"])
-    labelled = labels >= 0
+    use = labels >= 0  # label -1: unlabelled (partial data)
+    if "censorship" in batch:
+      use = use & (batch["censorship"] == 0)
     mpm_mask = batch["mpm_mask"] if cfg.use_mpm else None
     cls_img, tokens = model.aggregator(batch["patches"], mpm_mask=mpm_mask)
     cls_ge = None
@@ -62,14 +66,14 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
     if cfg.use_triplet:
       terms = cfg.triplet_on.split("+")
       if ge is not None:
-        metrics["gene_gap"] = losses.separation_gap(ge, labels, labelled & present)
+        metrics["gene_gap"] = losses.separation_gap(ge, labels, use & present)
       main = cls_pat(img, ge) if "pat" in terms else img
-      valid = labelled & present if ge is not None and "pat" in terms else labelled
-      tri, active = losses.triplet_terms(main, labels, cfg.margin, cfg.mining, valid)
+      pairs = use & present if ge is not None and "pat" in terms else use
+      tri, active = losses.triplet_terms(main, labels, cfg.margin, cfg.mining, pairs)
       metrics.update(tri_loss=tri, tri_active=active)
       loss = loss + cfg.tri_weight * tri
       if "pat" in terms and "img" in terms:
-        img_tri = losses.triplet_loss(img, labels, cfg.margin, cfg.mining, labelled)
+        img_tri = losses.triplet_loss(img, labels, cfg.margin, cfg.mining, use)
         metrics["img_tri_loss"] = img_tri
         loss = loss + cfg.tri_weight * img_tri
     if cfg.img_variance_weight:

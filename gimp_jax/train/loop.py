@@ -29,21 +29,87 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
+def batch_patches(batch: dict) -> int | None:
+  """Real patches in a host batch: the bags' lengths summed (whole bags), B * L (pre-training
+  windows), or None (expression-only batches)."""
+  if "num_patches" in batch:
+    return int(np.sum(batch["num_patches"]))
+  if "patches" in batch:
+    return int(np.prod(np.shape(batch["patches"])[:2]))
+  return None
+
+
+def step_time_summary(records: list[tuple[int, dict]]) -> dict[str, float]:
+  """{"median_step_s", "median_patches_per_s"} of a stage's metrics records [(step, metrics)]
+  (the median skips the compilation of a stage's first step); {} without timed steps."""
+  out = {}
+  for name in ("step_s", "patches_per_s"):
+    values = [r[name] for _, r in records if name in r]
+    if values:
+      out[f"median_{name}"] = float(np.median(values))
+  return out
+
+
 def to_device(batch: dict) -> dict:
   """The array entries of a host batch as jax arrays (string IDs are dropped)."""
   return {k: jnp.asarray(v) for k, v in batch.items()
           if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"}
 
 
+def step_timing(wait_s: float, step_s: float, patches: int | None) -> dict[str, float]:
+  """The timing record of one training step, written beside its metrics (not averaged into the
+  epoch history).
+
+  Args:
+    wait_s: seconds the loop waited for the batch (input pipeline stall).
+    step_s: wall seconds of the step: placing the batch, the jitted update, reading its metrics
+      back (the first step of a stage includes the compilation).
+    patches: real patches in the batch (None: no patches).
+
+  Returns:
+    {"step_s", "wait_s"} and, with patches, "patches_per_s" = patches / step_s.
+  """
+  out = {"step_s": step_s, "wait_s": wait_s}
+  if patches is not None:
+    out["patches_per_s"] = patches / max(step_s, 1e-9)
+  return out
+
+
 class MetricsWriter:
-  """Metrics as JSON lines (`metrics.jsonl`) beside TensorBoard event files (`tb/`)."""
+  """Metrics as JSON lines (`metrics.jsonl`) beside TensorBoard event files (`tb/`).
+
+  A resumed stage replays the steps between its checkpoint and the interruption (identically:
+  the batches and keys are functions of the step); `resumed(stage)` makes the writer skip the steps
+  already recorded, so each step is in metrics.jsonl and TensorBoard once. A line cut short by a
+  kill is removed when the file is opened.
+  """
 
   def __init__(self, workdir: str):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    path = os.path.join(workdir, "metrics.jsonl")
+    self._logged: dict[str, int] = {}
+    if os.path.isfile(path):
+      with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):  # half a line: a kill mid-write
+          f.truncate(data.rfind(b"\n") + 1)
+          data = data[:data.rfind(b"\n") + 1]
+      for line in data.decode("utf-8").splitlines():
+        row = json.loads(line)
+        self._logged[row["stage"]] = max(self._logged.get(row["stage"], -1), row["step"])
+    self._skip: dict[str, int] = {}
+    self._jsonl = open(path, "a", encoding="utf-8")
     self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
+  def resumed(self, stage: str) -> None:
+    """`stage` resumed from a checkpoint: the steps it (and its validation) already recorded are
+    not written again."""
+    for name in (stage, f"{stage}_val"):
+      self._skip[name] = self._logged.get(name, -1)
+
   def write(self, stage: str, step: int, metrics: dict[str, float]) -> None:
+    if step <= self._skip.get(stage, -1):
+      return
     self._jsonl.write(json.dumps({"stage": stage, "step": step, **metrics}) + "\n")
     self._jsonl.flush()
     for k, v in metrics.items():
@@ -101,6 +167,7 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
   restored = ckpt.restore(state)
   if restored is not None:
     state, meta = restored
+    writer.resumed(spec.name)
     logging.info("%s: resuming at step %d (epoch %d, batch %d)%s", spec.name, int(state.step),
                  meta["epoch"], meta["batch"], ", already finished" if meta["done"] else "")
   if meta["done"]:
@@ -142,15 +209,18 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
                      spec.name, epoch, meta.get("patience"))
         break
       position = meta["batch"] if epoch == meta["epoch"] else 0
+      ready = time.perf_counter()
       for batch in spec.batches(epoch, position):
+        begin = time.perf_counter()
         state, metrics = step_fn(state, place(batch), jax.random.fold_in(key, state.step))
         position += 1
-        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics = {k: float(v) for k, v in metrics.items()}  # waits for the step to finish
+        timing = step_timing(begin - ready, time.perf_counter() - begin, batch_patches(batch))
         step = int(state.step)
         if not np.isfinite(metrics["loss"]) or not np.isfinite(metrics.get("grad_norm", 0.0)):
           raise non_finite(f"non-finite loss {metrics['loss']} (gradient norm "
                            f"{metrics.get('grad_norm')})", step, epoch)
-        writer.write(spec.name, step, metrics)
+        writer.write(spec.name, step, {**metrics, **timing})
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", epoch=epoch)
         sums = meta.setdefault("epoch_sums", {})
@@ -164,10 +234,13 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
           logging.warning("%s: stopping on request after step %d (checkpoint saved).",
                           spec.name, step)
           raise KeyboardInterrupt
+        ready = time.perf_counter()
       count = max(meta.pop("epoch_steps", 0), 1)
       means = {k: v / count for k, v in meta.pop("epoch_sums", {}).items()}
       meta.update(epoch=epoch + 1, batch=0)
       meta["history"].append({"epoch": epoch, **means})
+      logging.info("%s epoch %d: mean loss %.4f over %d steps", spec.name, epoch,
+                   means.get("loss", float("nan")), count)
       if spec.on_epoch_end is not None:
         meta.update(spec.on_epoch_end(state, epoch, meta))
       save()
