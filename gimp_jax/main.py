@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from gimp_jax import cli
 from gimp_jax import parallel
-from gimp_jax.train import run
+from gimp_jax.train import folds
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                           lock_config=True)
@@ -62,8 +62,8 @@ def main(argv):
   signal.signal(signal.SIGINT, stop)
   parallel.initialize_distributed(_CONFIG.value)  # no-op for a single process
   try:
-    results = run.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop=lambda: stop.requested,
-                                     allow_config_change=_ALLOW_CHANGE.value)
+    results = folds.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop=lambda: stop.requested,
+                                       allow_config_change=_ALLOW_CHANGE.value)
   except KeyboardInterrupt:
     print("gimp_jax: stopped; run the same command again to resume.", file=sys.stderr)
     sys.exit(128 + int(stop.signum))
@@ -71,7 +71,7 @@ def main(argv):
     if cli.exit_code(e) is None:
       raise
     cli.fail("gimp_jax", cli.message(e, _WORKDIR.value), cli.exit_code(e))
-  keys = ("test_accuracy", "test_auc", "test_f1", "val_accuracy")
+  keys = ("test_accuracy", "test_auc", "test_f1", "val_accuracy", "test_c_index", "val_c_index")
   print(" ".join(f"{k}={results[k]:.4f}" for k in keys if k in results))
 
 

@@ -72,6 +72,16 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
   if not (isinstance(config.data.feature_dim, int) and config.data.feature_dim > 0):
     problems.append(f"config: data.feature_dim: {config.data.feature_dim!r}, expected the width "
                     "of the features (e.g. 1024)")
+  task = config.get("task", "classification")
+  if task not in ("classification", "survival"):
+    problems.append(f"config: task: {task!r}, expected 'classification' or 'survival'")
+  elif task == "survival":
+    if config.survival.loss not in ("nll", "cox") or config.survival.num_bins < 1:
+      problems.append(f"config: survival: loss {config.survival.loss!r} (expected 'nll' or "
+                      f"'cox'), num_bins {config.survival.num_bins} (expected >= 1)")
+    if source == "tfds":
+      problems.append("config: data.source: 'tfds' datasets carry class labels only; survival "
+                      "reads the labels CSV (data.source='h5')")
   init_from = config.get("init_from", "")
   if init_from and not os.path.exists(os.path.join(init_from, NORMALIZER)):
     problems.append(f"{init_from}: init_from: no {NORMALIZER}, so the gene list its model was "
@@ -188,8 +198,7 @@ def disk_problems(workdir: str, config: ml_collections.ConfigDict,
 def _cohort(config: ml_collections.ConfigDict, normalizer: genes_lib.GeneNormalizer | None
             ) -> tuple[cohort_lib.Cohort | None, list[str]]:
   """The cohort with every feature file read in full, and every problem found."""
-  spec = cohort_lib.CohortSpec.from_mapping(config.data, seed=config.seed,
-                                            compute_dtype=config.get("compute_dtype", "float32"))
+  spec = cohort_lib.CohortSpec.from_config(config)
   if config.data.get("source", "h5") == "tfds":
     from gimp_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
     try:  # the builder checked the inputs; what is left is its settings and the gene list
@@ -262,7 +271,8 @@ def summary(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> str
   slides = sum(len(p.slide_ids) for p in cohort.patients)
   dropped = ""
   if config.data.get("source", "h5") != "tfds":
-    listed = {r.patient_id for r in cohort_lib.read_labels(config.data.labels)}
+    listed = {r.patient_id for r in cohort_lib.read_labels(
+        config.data.labels, config.get("task", "classification"))}
     if len(listed) > len(cohort.patients):
       dropped = f" ({len(listed) - len(cohort.patients)} dropped: drop_incomplete)"
   return (f"{len(cohort.patients)} patients{dropped} ({splits}), {slides} slides, "

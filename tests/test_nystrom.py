@@ -109,3 +109,51 @@ def test_depthwise_conv_gradients_match_autodiff_of_numpy_definition():
                              np.asarray(nystrom.depthwise_conv_seq(v, w)), atol=1e-5)
   for a, b in zip(ours, ref):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+def _softmax_rows(rng, shape, temperature=1.0):
+  x = rng.standard_normal(shape) * temperature
+  return np.exp(x) / np.exp(x).sum(-1, keepdims=True)
+
+
+def test_implicit_pinv_gradient():
+  """The implicit gradient is the exact inverse's, -Z^T G Z^T (NumPy, float64), once the iteration
+  has converged, as the unrolled gradient then is; the forward pass is iterative_pinv's. (At the
+  package's 6 iterations the two gradients differ: `python -m experiments.bench.profile` states by
+  how much on the paper model.)"""
+  rng = np.random.default_rng(0)
+  a = _softmax_rows(rng, (2, 3, 16, 16), 3.0)
+  g = rng.standard_normal(a.shape)
+  inv = np.linalg.inv(a)
+  exact = -np.swapaxes(inv, -1, -2) @ g @ np.swapaxes(inv, -1, -2)
+  aj, gj = jnp.asarray(a, jnp.float32), jnp.asarray(g, jnp.float32)
+  grad = lambda f, it: jax.grad(lambda x: jnp.sum(f(x, it) * gj))(aj)
+  np.testing.assert_array_equal(np.asarray(nystrom.implicit_pinv(aj, 6)),
+                                np.asarray(nystrom.iterative_pinv(aj, 6)))
+  np.testing.assert_allclose(np.asarray(grad(nystrom.implicit_pinv, 30)), exact, rtol=1e-3,
+                             atol=1e-3 * np.abs(exact).max())
+  unrolled30 = np.asarray(grad(nystrom.iterative_pinv, 30))
+  np.testing.assert_allclose(unrolled30, exact, rtol=1e-3, atol=1e-3 * np.abs(exact).max())
+
+
+def test_masked_batch_gives_each_bag_its_package_result_alone():
+  """Bags of different lengths and logit scales, padded into one batch: each bag's rows are the
+  package's output for that bag alone (batch size 1), whatever its batch-mates: the pinv scale is
+  per bag under a mask (a global scale couples them, see the batched parity test above)."""
+  ref, ours = _pair(landmarks=16)
+  rng = np.random.default_rng(5)
+  lengths, scales = (40, 100, 7), (1.0, 4.0, 0.3)
+  bags = [s * rng.standard_normal((n, 64)).astype(np.float32) for n, s in zip(lengths, scales)]
+  n_buf = 128
+  x = np.zeros((3, n_buf, 64), np.float32)
+  for i, bag in enumerate(bags):
+    x[i, :len(bag)] = bag
+  mask = np.arange(n_buf)[None] < np.asarray(lengths)[:, None]
+  run = jax.jit(lambda m, x, mask: m(x, mask))
+  got = np.asarray(run(ours, jnp.asarray(x), jnp.asarray(mask)))
+  for i, bag in enumerate(bags):
+    with torch.no_grad():
+      expected = ref(torch.from_numpy(bag[None])).numpy()[0]
+    np.testing.assert_allclose(got[i, :len(bag)], expected, atol=1e-4, rtol=0)
+  alone = np.asarray(run(ours, jnp.asarray(x[:1]), jnp.asarray(mask[:1])))
+  np.testing.assert_allclose(got[0], alone[0], atol=1e-6, rtol=0)

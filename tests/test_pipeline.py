@@ -117,8 +117,15 @@ def test_bucket_sizes():
   assert pl.bucket_size(1024, (2048, 1024)) == 1024
   assert pl.bucket_size(1025, (1024, 2048)) == 2048
   assert pl.bucket_size(5000, (1024, 2048)) == 6144  # past the largest: its next multiple
-  assert pl.default_buckets(148_569)[-1] == 262_144
   assert pl.default_buckets(100) == (128,)
+  for base in (128, 1024):
+    buckets = np.asarray(pl.default_buckets(148_569, base))
+    assert buckets[0] == base and buckets[-2] < 148_569 <= buckets[-1]
+    # Quarter octaves base * 2^(k/4), rounded up to multiples of 128, duplicates dropped.
+    sizes = np.ceil(base * 2.0 ** (np.arange(80) / 4) / 128) * 128
+    np.testing.assert_array_equal(buckets, np.unique(sizes)[:len(buckets)])
+    waste = buckets[1:] / (buckets[:-1] + 1)  # largest padding factor of a bag in each bucket
+    assert waste[-10:].max() < 2 ** 0.25 + 0.01
 
 
 def test_largest_paper_bag_batch_size_one(tmp_path):
@@ -134,7 +141,8 @@ def test_largest_paper_bag_batch_size_one(tmp_path):
                      {'train': np.array([0]), 'val': np.zeros(0, int), 'test': np.zeros(0, int)},
                      np.zeros((1, 3), np.float32), norm, d)
   (batch,) = pl.bag_batches(cohort, 'train', batch_size=1)
-  assert batch['patches'].shape == (1, 262_144, d) and batch['patch_mask'].sum() == n
+  assert batch['patches'].shape == (1, pl.bucket_size(n, pl.default_buckets(n)), d)
+  assert n <= batch['patches'].shape[1] < 1.2 * n and batch['patch_mask'].sum() == n
   np.testing.assert_array_equal(batch['patches'][0, :n], feats)
   np.testing.assert_array_equal(batch['coords'][0, :n], coords)
   (window,) = pl.pretrain_batches(cohort, 'train', batch_size=1, window=6000, ratio=0.5, seed=0,

@@ -109,7 +109,7 @@ def test_gene_pretrain_step():
   tx = optim.make_optimizer(cfg.optim, params, total_steps=5, steps_per_epoch=1)
   state = create_state(model, tx)
   b = _batch(cfg)
-  state, m = steps.make_train_step(supervised.gene_loss)(state, {"genes": b["genes"], "label": b["label"]},
+  state, m = steps.make_train_step(supervised.gene_loss(cfg))(state, {"genes": b["genes"], "label": b["label"]},
                                       jax.random.key(0))
   assert set(m) >= {"loss", "accuracy"} and np.isfinite(float(m["loss"]))
 
@@ -244,3 +244,69 @@ def test_keep_best_selects_on_the_configured_metric_and_stops_early(pretrain_run
     best.close()
   with pytest.raises(ValueError, match="select_metric"):
     run_lib.selection_key({"accuracy": 1.0, "auc": 1.0}, "val_loss")
+
+
+def test_every_step_records_its_time_and_throughput(pretrain_run, tmp_path):
+  """step_s, wait_s and patches/s of every step in metrics.jsonl; the stage summary's medians are
+  those of the records. A batch source that sleeps and a loss that sleeps on the host (inside the
+  jitted step) make the lower bounds checkable."""
+  import dataclasses
+  import json
+  import time
+  shared, spec, state, _, batch_size = pretrain_run
+  r = copy.copy(shared)
+  r.workdir = str(tmp_path)
+  r.writer = loop.MetricsWriter(r.workdir)
+  r.results = {"stages": {}}
+  pause = 0.05
+
+  def slow_batches(epoch, start):
+    for batch in spec.batches(epoch, start):
+      time.sleep(pause)
+      yield batch
+
+  def slow_loss(model, batch):
+    loss, metrics = spec.loss_fn(model, batch)
+    slept = jax.pure_callback(lambda: (time.sleep(pause), np.float32(0))[1],
+                              jax.ShapeDtypeStruct((), jnp.float32))
+    return loss + 0.0 * slept, metrics
+  timed = dataclasses.replace(spec, loss_fn=slow_loss, batches=slow_batches)
+  r.fit(timed, _copy(state), batch_size=batch_size)
+  r.writer.close()
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  rows = [row for row in rows if row["stage"] == "pretrain"]
+  assert len(rows) == spec.steps_per_epoch * spec.epochs > 1
+  window = r.config.pretrain.window
+  for row in rows:
+    assert row["step_s"] >= pause and row["wait_s"] >= pause
+    np.testing.assert_allclose(row["patches_per_s"], batch_size * window / row["step_s"],
+                               rtol=1e-6)
+  summary = r.results["stages"]["pretrain"]
+  assert summary["median_step_s"] == pytest.approx(np.median([row["step_s"] for row in rows]))
+  assert summary["median_patches_per_s"] == pytest.approx(
+      np.median([row["patches_per_s"] for row in rows]))
+  assert all("step_s" not in h for h in summary["history"])  # timing stays out of the curves
+
+
+def test_shuffling_the_evaluated_patients_changes_no_probability(pretrain_run):
+  """`run.predict` (the report's and `predict`'s path) batches several bags: each patient's
+  probabilities must not depend on its batch-mates. 64 landmarks on bags of 40-90 patches make the
+  pseudo-inverse iteration far from converged, so a batch-wide pinv scale would show."""
+  import dataclasses
+  shared = pretrain_run[0]
+  r = copy.copy(shared)
+  r.config = shared.config.copy_and_resolve_references()
+  r.config.model.num_landmarks = 64
+  r.config.finetune.batch_size = 4
+  state = create_state(r.build())
+  everyone = np.arange(len(r.cohort.patients))
+  probs = {}
+  for seed in (0, 1, 2):
+    order = np.random.default_rng(seed).permutation(everyone)
+    r.cohort = dataclasses.replace(shared.cohort, splits={**shared.cohort.splits, "test": order})
+    out = run_lib.predict(r, state, "test")
+    assert list(out["patient_id"]) == [shared.cohort.patients[i].patient_id for i in order]
+    probs[seed] = dict(zip(out["patient_id"], out["probs"]))
+  for seed in (1, 2):
+    for pid, p in probs[0].items():
+      np.testing.assert_allclose(probs[seed][pid], p, rtol=0, atol=1e-6, err_msg=pid)

@@ -2,9 +2,11 @@
 
 import dataclasses
 import gc
+import importlib.metadata
 import json
 import os
 import platform
+import subprocess
 import tempfile
 import time
 
@@ -28,11 +30,24 @@ WORKLOADS = ("pretrain", "slide_forward", "finetune", "memory_scaling", "loading
 FRAMEWORKS = ("gimp_jax", "torch_eager", "torch_compile")
 
 _SIZE = flags.DEFINE_enum("size", "cpu", list(wl.SIZES), "Workload sizes (printed at start).")
-_JSON = flags.DEFINE_string("json", "", "Write the results here.")
+_JSON = flags.DEFINE_string("json", None, "Write the results here (default: the size's; cpu: "
+                            "experiments/results/bench_cpu.json and .md).")
 _MARKDOWN = flags.DEFINE_string("markdown", "", "Markdown table path (default: JSON path .md).")
-_WORKLOADS = flags.DEFINE_list("workloads", list(WORKLOADS), f"Subset of {WORKLOADS}.")
-_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes.")
-_FRAMEWORKS = flags.DEFINE_list("frameworks", list(FRAMEWORKS), f"Subset of {FRAMEWORKS}.")
+_WORKLOADS = flags.DEFINE_list("workloads", [], f"Subset of {WORKLOADS} (default: the size's).")
+_DTYPES = flags.DEFINE_list("dtypes", [], "Compute dtypes (default: the size's).")
+_FRAMEWORKS = flags.DEFINE_list("frameworks", [], f"Subset of {FRAMEWORKS} (default: the size's).")
+# What `--size` runs unless the flags above say otherwise. cpu: the CLI's three float32 workloads
+# against PyTorch eager and the loader, in ~10 minutes on 2 cores (torch.compile and bfloat16 on
+# CPU would take longer than everything else together; see --torch_bf16_on_cpu).
+DEFAULTS = {
+    "cpu": {"workloads": ["pretrain", "slide_forward", "finetune", "loading"],
+            "dtypes": ["float32"], "frameworks": ["gimp_jax", "torch_eager"],
+            "json": "experiments/results/bench_cpu.json"},
+    "paper": {"workloads": list(WORKLOADS), "dtypes": ["float32", "bfloat16"],
+              "frameworks": list(FRAMEWORKS), "json": ""},
+    "smoke": {"workloads": list(WORKLOADS), "dtypes": ["float32"],
+              "frameworks": ["gimp_jax", "torch_eager"], "json": ""},
+}
 _REPEATS = flags.DEFINE_integer("repeats", 0, "Timed repeats (0 = the size's default).")
 _COMPILE_MODE = flags.DEFINE_string("compile_mode", "default", "torch.compile mode.")
 _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s (0 = table).")
@@ -61,14 +76,35 @@ def _setup() -> None:
   torch.manual_seed(0)
 
 
+def _uptime() -> str:
+  """The `uptime` line (load averages over 1, 5 and 15 minutes)."""
+  try:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                  platform.machine())
+  except OSError:
+    return platform.machine()
+
+
 def environment(peaks: measure.Peaks) -> dict:
   dev = jax.devices()[0]
+  versions = {name: importlib.metadata.version(name) for name in
+              ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "nystrom-attention", "grain")}
   return {"device": peaks.name, "platform": dev.platform, "jax": jax.__version__,
-          "torch": torch.__version__, "cpu_count": os.cpu_count(),
+          "torch": torch.__version__, "versions": versions, "cpu_count": os.cpu_count(),
+          "cpu_model": _cpu_model(),
           "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "peak_tflops": peaks.tflops, "peak_gbps": peaks.gbytes_per_s,
           "peaks_approximate": peaks.approximate, "matmul_precision": _PRECISION.value,
-          "loadavg_start": os.getloadavg()}
+          "loadavg_start": os.getloadavg(), "uptime_start": _uptime()}
 
 
 def check_parity() -> dict:
@@ -91,7 +127,7 @@ def check_parity() -> dict:
   out = {}
   with torch.no_grad():
     out["pretrain_loss"] = (float(pretrain_loss(model, jb)),
-                            float(tr.pretrain_loss(tmodel, tb, p.margin, p.mining)))
+                            float(tr.pretrain_loss(tmodel, tb, p)))
     out["finetune_loss"] = (float(finetune_loss(model, jb)), float(tr.finetune_loss(tmodel, tb)))
   out["max_abs_diff"] = max(abs(a - b) for a, b in out.values())
   if out["max_abs_diff"] > 1e-3:
@@ -111,11 +147,18 @@ def _row(name: str, runner: measure.Runner, times: dict, memory: dict, flops: fl
   return row
 
 
+def option(name: str):
+  """A flag's value, or the size's default (`DEFAULTS`) when the flag is not given."""
+  value = {"workloads": _WORKLOADS, "dtypes": _DTYPES, "frameworks": _FRAMEWORKS,
+           "json": _JSON}[name].value
+  return DEFAULTS[_SIZE.value][name] if value in (None, []) else value
+
+
 def run_workload(name: str, cohort, sizes: wl.Sizes, dtype: str, repeats: int,
                  peaks: measure.Peaks) -> dict:
   """Builds, warms up, times (interleaved) and measures the memory of every implementation."""
   start = time.perf_counter()
-  frameworks, skipped = list(_FRAMEWORKS.value), {}
+  frameworks, skipped = list(option("frameworks")), {}
   if dtype == "bfloat16" and jax.devices()[0].platform == "cpu" and not _TORCH_BF16_CPU.value:
     skipped = {f: "PyTorch bfloat16 on CPU (see --torch_bf16_on_cpu)" for f in frameworks
                if f.startswith("torch")}
@@ -188,32 +231,34 @@ def main(argv):
   if _CHECK.value:
     results["parity"] = check_parity()
     print(f"parity (gimp_jax, torch): {results['parity']}", flush=True)
-  timed = [w for w in WORKLOADS if w in _WORKLOADS.value and w in wl.BUILDERS]
+  workloads, dtypes, json_path = option("workloads"), option("dtypes"), option("json")
+  timed = [w for w in WORKLOADS if w in workloads and w in wl.BUILDERS]
   if timed:
     with tempfile.TemporaryDirectory(prefix="gimp_bench_") as tmp:
       cohort = wl.workload_cohort(tmp, sizes)  # CLAM files the timed batches are read from
       for name in timed:
-        for dtype in _DTYPES.value:
+        for dtype in dtypes:
           result = run_workload(name, cohort, sizes, dtype, repeats, peaks)
           results["workloads"].append(result)
           print(measure.workload_table([result]), flush=True)
-  if "memory_scaling" in _WORKLOADS.value:
-    results["memory_scaling"] = memory_scaling(sizes, _DTYPES.value, run_max)
+  if "memory_scaling" in workloads:
+    results["memory_scaling"] = memory_scaling(sizes, dtypes, run_max)
     print(measure.scaling_table(results["memory_scaling"]), flush=True)
-  if "loading" in _WORKLOADS.value:
+  if "loading" in workloads:
     results["loading"] = wl.loading(
         sizes.loading_patients, sizes.loading_patches, sizes.pretrain_batch, sizes.window,
         *measure.consumer_seconds(results, sizes))
     print(measure.loading_table(results["loading"]), flush=True)
   results["bench_wall_s"] = time.perf_counter() - start
   results["environment"]["loadavg_end"] = os.getloadavg()
+  results["environment"]["uptime_end"] = _uptime()
   markdown = measure.markdown(results)
   print(markdown)
-  if _JSON.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
-    with open(_JSON.value, "w", encoding="utf-8") as f:
+  if json_path:
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    with open(json_path, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=1, default=float)
-    md_path = _MARKDOWN.value or os.path.splitext(_JSON.value)[0] + ".md"
+    md_path = _MARKDOWN.value or os.path.splitext(json_path)[0] + ".md"
     with open(md_path, "w", encoding="utf-8") as f:
       f.write(markdown)
 

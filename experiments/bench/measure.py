@@ -364,6 +364,11 @@ def markdown(results: dict) -> str:
          f"Load average at start {env['loadavg_start'][0]:.1f}, at end "
          f"{env.get('loadavg_end', [float('nan')])[0]:.1f}. {results['repeats']} interleaved "
          f"repeats; bench took {results.get('bench_wall_s', 0) / 60:.1f} min.", "",
+         f"- uptime at start: `{env.get('uptime_start', '')}`",
+         f"- uptime at end: `{env.get('uptime_end', '')}`",
+         f"- versions: {', '.join(f'{k} {v}' for k, v in env.get('versions', {}).items())}; "
+         f"python {env['python']}; CPU {env.get('cpu_model', '')}; XLA_FLAGS "
+         f"`{env.get('xla_flags', '')}`", "",
          f"Sizes: {results['sizes']}", ""]
   out += ["Wall = median wall-clock seconds of one call [quartiles]; CPU = median process CPU "
           "seconds (less sensitive to other jobs, but counts spinning worker threads); start-up = "

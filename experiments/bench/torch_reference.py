@@ -10,7 +10,8 @@ number):
   projection, position embedding, group tokens, an intra-group and an inter-group pre-LN
   transformer block, LayerNorm);
 - decoder Linear(dim -> in) and the MLP head on [CLS_img; CLS_ge];
-- losses: masked L1 reconstruction + batch-hard (or batch-all) triplet loss; cross-entropy;
+- losses: the config's pre-training objective (masked L1 reconstruction, batch-hard or batch-all
+  triplet losses on the optionally L2-normalised halves, VICReg variance hinge); cross-entropy;
 - AdamW with global-norm clipping over the trainable parameters (GroupMSA frozen:
   `requires_grad=False`, run without a graph, as a PyTorch user would freeze it).
 
@@ -211,12 +212,31 @@ def triplet_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float, mining:
   return torch.where(valid, per, 0.0).sum() / torch.clamp(valid.sum(), min=1)
 
 
-def pretrain_loss(model: GiMP, batch: dict, margin: float, mining: str) -> torch.Tensor:
-  """L_rec + L_tri on [CLS_img; CLS_ge] (the frozen encoder runs without a graph)."""
+def variance_hinge(x: torch.Tensor, target: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+  """VICReg's variance term (gimp_jax.losses.variance_hinge): mean relu(target - std over batch)."""
+  std = torch.sqrt(x.float().var(0, unbiased=False) + eps)
+  return F.relu(target - std).mean()
+
+
+def pretrain_loss(model: GiMP, batch: dict, cfg) -> torch.Tensor:
+  """L_pre as `gimp_jax.objectives.gimp` computes it for the config block `cfg` (config.pretrain):
+  rec_weight L_rec + tri_weight (L_tri on [CLS_img; CLS_ge] (+ on CLS_img with "pat+img")), the
+  halves L2-normalised when `triplet_normalize`, + img_variance_weight x the variance hinge on
+  CLS_img (the frozen encoder runs without a graph)."""
   cls_img, tokens = model.aggregator(batch["patches"], batch["mpm_mask"])
   rec = masked_l1(model.decoder(tokens), batch["patches"], batch["mpm_mask"])
-  emb = torch.cat([cls_img.float(), model.encode_genes(batch["genes"])], dim=-1)
-  return rec + triplet_loss(emb, batch["label"], margin, mining)
+  img, ge = cls_img.float(), model.encode_genes(batch["genes"])
+  if cfg.triplet_normalize:
+    img, ge = F.normalize(img, dim=-1, eps=1e-12), F.normalize(ge, dim=-1, eps=1e-12)
+  terms = cfg.triplet_on.split("+")
+  main = torch.cat([img, ge], dim=-1) if "pat" in terms else img
+  loss = cfg.rec_weight * rec + cfg.tri_weight * triplet_loss(main, batch["label"], cfg.margin,
+                                                              cfg.mining)
+  if "pat" in terms and "img" in terms:
+    loss = loss + cfg.tri_weight * triplet_loss(img, batch["label"], cfg.margin, cfg.mining)
+  if cfg.img_variance_weight:
+    loss = loss + cfg.img_variance_weight * variance_hinge(cls_img)
+  return loss
 
 
 def finetune_loss(model: GiMP, batch: dict) -> torch.Tensor:
@@ -268,12 +288,12 @@ def make_train_step(model: GiMP, loss_fn, *, dtype: str, compile_mode: str | Non
 
 
 def make_forward(model: GiMP, *, dtype: str, compile_mode: str | None):
-  """forward(patches [B, N, D]) -> (cls [B, dim], tokens) in eval mode under no_grad."""
+  """forward(patches [B, N, D], genes [B, G]) -> logits [B, C] in eval mode under no_grad."""
   model.eval()
 
-  def forward(patches):
+  def forward(patches, genes):
     with torch.no_grad(), _autocast(dtype):
-      return model.aggregator(patches)
+      return model(patches, genes)
   return torch.compile(forward, mode=compile_mode) if compile_mode else forward
 
 

@@ -12,10 +12,11 @@ receives gimp_jax's initial parameters), one batch and one precision, already wa
 
 - `pretrain`: one GiMP pre-training step (MPM + triplet, frozen GroupMSA, AdamW) on B windows of
   L patches.
-- `slide_forward`: the aggregator over a whole slide in evaluation mode.
-- `finetune`: one fine-tuning step on a whole slide (cross-entropy, frozen GroupMSA):
-  `gimp_jax` on the bag at its own length (the PyTorch batch), `gimp_jax_bucketed` padded to
-  `config.data.bucket_sizes` with a key-padding mask, the batch the CLI trains on.
+- `slide_forward`: the evaluation forward over a whole slide (`steps.make_eval_step`, as `predict`
+  runs it, on the bag padded to `config.data.bucket_sizes`).
+- `finetune`: one fine-tuning step on a whole slide (cross-entropy, frozen GroupMSA), gimp_jax on
+  the bag padded to `config.data.bucket_sizes` with a key-padding mask, the batch the CLI trains
+  on; PyTorch (no padding needed at batch size 1) on the bag at its own length.
 - `loading`: patches/s of the two batch iterators from CLAM files, alone (no read threads) and
   with the pipeline's grain read-ahead, for a consumer as slow as the measured step.
 """
@@ -54,7 +55,6 @@ class Sizes:
   pretrain_batch: int
   window: int
   genes: int
-  slide_patches: int
   finetune_patches: int
   scaling_patches: tuple[int, ...]
   scaling_run_max: int
@@ -64,15 +64,12 @@ class Sizes:
 
 
 SIZES = {
-    "cpu": Sizes(pretrain_batch=2, window=1000, genes=60480, slide_patches=20000,
-                 finetune_patches=20000, scaling_patches=(10000, 50000, 148569),
+    "cpu": Sizes(pretrain_batch=2, window=1000, genes=60480, finetune_patches=20000, scaling_patches=(10000, 50000, 148569),
                  scaling_run_max=50000, loading_patients=8, loading_patches=8000, repeats=5),
-    "paper": Sizes(pretrain_batch=8, window=6000, genes=60480, slide_patches=148569,
-                   finetune_patches=148569, scaling_patches=(10000, 50000, 148569),
+    "paper": Sizes(pretrain_batch=8, window=6000, genes=60480, finetune_patches=148569, scaling_patches=(10000, 50000, 148569),
                    scaling_run_max=148569, loading_patients=16, loading_patches=30000,
                    repeats=10),
-    "smoke": Sizes(pretrain_batch=2, window=300, genes=6048, slide_patches=3000,
-                   finetune_patches=3000, scaling_patches=(1000, 2000, 4000),
+    "smoke": Sizes(pretrain_batch=2, window=300, genes=6048, finetune_patches=3000, scaling_patches=(1000, 2000, 4000),
                    scaling_run_max=2000, loading_patients=4, loading_patches=1000, repeats=2),
 }
 
@@ -213,6 +210,25 @@ def jax_slide_forward_runner(model, patches: np.ndarray) -> Runner:
   return Runner("gimp_jax", run, info, "jax")
 
 
+def jax_eval_runner(model, batch: dict) -> Runner:
+  """`steps.make_eval_step` (what `predict` and the report run) on a host bag batch."""
+  state = create_state(model)
+  step = steps.make_eval_step()
+  batch = loop.to_device(batch)
+  key = jax.random.key(0)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch, key).compile()
+  info = measure.xla_costs(compiled)
+  info["compile_s"] = time.perf_counter() - start
+  info["model_flops"] = measure.model_flops(step, state, batch, key)
+
+  def run():
+    return jax.block_until_ready(compiled(state, batch, key))
+  _, info["first_call_s"] = _first_call(run)
+  info["startup_s"] = info["compile_s"] + info["first_call_s"]
+  return Runner("gimp_jax", run, info, "jax")
+
+
 def forward_memory(num_patches: int, dtype: str) -> dict:
   """XLA's buffer assignment for the whole-slide forward at `num_patches` (compiled, not run)."""
   model, _ = model_and_params(model_config(dtype), 8)
@@ -269,34 +285,37 @@ def pretrain(cohort: Cohort, sizes: Sizes, dtype: str, frameworks: list[str],
     loss_fn = methods.get(cfg.method).pretrain_loss(cfg)
     runners.append(_jax_step_runner("gimp_jax", cfg, model, loss_fn, cfg.pretrain.frozen, batch))
   p = cfg.pretrain
-  loss_fn = lambda m, b: tr.pretrain_loss(m, b, p.margin, p.mining)  # noqa: E731
+  loss_fn = lambda m, b: tr.pretrain_loss(m, b, p)  # noqa: E731
   runners += _torch_step_runners(frameworks, compile_mode, cfg, sizes.genes, flat, loss_fn, batch)
   return runners, {"B": sizes.pretrain_batch, "L": sizes.window, "genes": sizes.genes}
 
 
 def slide_forward(cohort: Cohort, sizes: Sizes, dtype: str, frameworks: list[str],
                   compile_mode: str) -> tuple[list[Runner], dict]:
-  """Runners of the aggregator forward over one whole slide (evaluation mode)."""
-  del cohort  # the forward takes features only
+  """Runners of the whole-slide evaluation forward (logits of one bag), gimp_jax as `predict`
+  runs it: `steps.make_eval_step` on the bag from `pipeline.bag_batches`, padded to the config's
+  bucket; PyTorch on the bag at its own length, under no_grad."""
   cfg = model_config(dtype)
-  patches = random_patches(sizes.slide_patches)
-  model, flat = model_and_params(cfg, 8)
+  batch = bag_batch(cohort, cfg.data.bucket_sizes)
+  exact = bag_batch(cohort, (sizes.finetune_patches,))
+  model, flat = model_and_params(cfg, sizes.genes)
   runners = []
   if "gimp_jax" in frameworks:
-    runners.append(jax_slide_forward_runner(model, patches))
+    runners.append(jax_eval_runner(model, batch))
   for name in [f for f in frameworks if f.startswith("torch")]:
-    tmodel = torch_model(cfg, 8, flat)
-    tp = tr.to_torch({"patches": patches})["patches"]
+    tmodel = torch_model(cfg, sizes.genes, flat)
+    tb = tr.to_torch(exact)
     build_fn = lambda mode, m=tmodel: tr.make_forward(  # noqa: E731
         m, dtype=dtype, compile_mode=mode)
-    runners.append(_torch_runner(name, compile_mode, build_fn, lambda f, tp=tp: f(tp)))
-  return runners, {"patches": sizes.slide_patches}
+    runners.append(_torch_runner(name, compile_mode, build_fn,
+                                 lambda f, tb=tb: f(tb["patches"], tb["genes"])))
+  return runners, {"patches": sizes.finetune_patches, "bucket": batch["patches"].shape[1]}
 
 
 def finetune(cohort: Cohort, sizes: Sizes, dtype: str, frameworks: list[str],
              compile_mode: str) -> tuple[list[Runner], dict]:
-  """Runners of one fine-tuning step on the cohort's first (whole-slide) bag: at its own length,
-  and (gimp_jax) padded to the config's bucket as the CLI trains."""
+  """Runners of one fine-tuning step on the cohort's first (whole-slide) bag: gimp_jax as the CLI
+  trains, padded to the config's bucket with a key-padding mask; PyTorch at the bag's length."""
   cfg = model_config(dtype)
   n = sizes.finetune_patches
   exact = bag_batch(cohort, (n,))
@@ -305,10 +324,8 @@ def finetune(cohort: Cohort, sizes: Sizes, dtype: str, frameworks: list[str],
   runners = []
   if "gimp_jax" in frameworks:
     loss_fn = methods.get(cfg.method).finetune_loss(cfg)
-    runners.append(_jax_step_runner("gimp_jax", cfg, model, loss_fn, cfg.finetune.frozen, exact))
-    model_b, _ = model_and_params(cfg, sizes.genes)
-    runners.append(_jax_step_runner("gimp_jax_bucketed", cfg, model_b, loss_fn,
-                                    cfg.finetune.frozen, bucketed))
+    runners.append(_jax_step_runner("gimp_jax", cfg, model, loss_fn, cfg.finetune.frozen,
+                                    bucketed))
   runners += _torch_step_runners(frameworks, compile_mode, cfg, sizes.genes, flat,
                                  tr.finetune_loss, exact)
   return runners, {"patches": n, "bucket": bucketed["patches"].shape[1], "genes": sizes.genes}

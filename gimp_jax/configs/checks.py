@@ -18,7 +18,9 @@ _RANGES = {
     "data.feature_dim": ("int", 1, None, True, True),
     "data.num_genes": ("int", 0, None, True, True),
     "data.num_folds": ("int", 0, None, True, True),
-    "data.fold": ("int", 0, None, True, True),
+    "data.fold": ("int", -1, None, True, True),
+    "survival.num_bins": ("int", 2, None, True, True),
+    "survival.alpha": ("float", 0, 1, True, True),
     "data.prefetch": ("int", 0, None, True, True),
     "data.std_floor": ("float", 0, None, True, True),
     "model.dim": ("int", 1, None, True, True),
@@ -60,6 +62,8 @@ _RANGES = {
 }
 _CHOICES = {
     "compute_dtype": ("float32", "bfloat16", "float16"),
+    "task": ("classification", "survival"),
+    "survival.loss": ("nll", "cox"),
     "gene_pretrain.select_metric": SELECT,
     "finetune.select_metric": SELECT,
     "pretrain.mining": ("batch_hard", "batch_all"),
@@ -118,9 +122,9 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     out.append(f"config: model.heads: {heads} does not divide model.dim {dim}")
   present, folds = _get(config, "data.num_folds")
   _, fold = _get(config, "data.fold")
-  if present and folds and (folds < 3 or not 0 <= fold < folds):
+  if present and folds and (folds < 3 or not -1 <= fold < folds):
     out.append(f"config: data.num_folds/fold: {folds}/{fold}, expected num_folds >= 3 and "
-               "0 <= fold < num_folds (or num_folds 0: one split)")
+               "-1 <= fold < num_folds (-1: every fold; or num_folds 0: one split)")
   present, window = _get(config, "pretrain.window")
   _, ratio = _get(config, "pretrain.mask_ratio")
   _, mpm = _get(config, "pretrain.use_mpm")

@@ -3,10 +3,13 @@
 Inputs (issue 4): a labels CSV `patient_id,slide_id,label[,split][,expression_id]` (CLAM's
 `case_id` is accepted for `patient_id`; several rows per patient = several slides, concatenated in
 row order), a folder of CLAM `<slide_id>.h5` files, and an expression matrix or GDC folder
-(`expression.py`).
+(`expression.py`). For `task="survival"` the label column is replaced by `survival_months,
+censorship` (MCAT/PORPOISE) or `time,event` (`survival.py`), and each case's label is its time bin,
+fitted on the training split.
 
-Splits: the `split` column (train/val/test) when present; otherwise a seeded patient-level
-stratified split or k folds (`splits.py`). The gene list and the normalisation are fitted on the
+Splits: the `split` column (train/val/test) when present; a `splits_<fold>.csv` file of
+`splits_dir` (MCAT's); otherwise a seeded patient-level stratified split or k folds (`splits.py`;
+survival cases are stratified by censorship). The gene list and the normalisation are fitted on the
 training split only (`genes.py`), or taken from a stored `GeneNormalizer`.
 
 Every problem is one line naming the file, the patient and the field. `load_cohort` raises all of
@@ -29,6 +32,7 @@ from gimp_jax.data import expression as expr
 from gimp_jax.data import genes as genes_lib
 from gimp_jax.data import source
 from gimp_jax.data import splits as splits_lib
+from gimp_jax.data import survival
 from gimp_jax.errors import DataError
 
 SPLITS = splits_lib.SPLITS
@@ -50,7 +54,10 @@ class CohortSpec:
     seed: seed of the automatic split.
     split_fractions: train/val/test fractions of the automatic stratified split.
     num_folds: k > 1 switches the automatic split to k folds; `fold` is the test fold.
-    fold: test fold index in [0, k).
+    fold: test fold index in [0, k) (-1, "every fold" for the fold driver, reads fold 0).
+    splits_dir: folder of `splits_<fold>.csv` files (columns train, val[, test] of case IDs).
+    task: "classification" or "survival".
+    num_bins: survival time bins (k of NLL-surv).
     drop_incomplete: drop patients with problems of their own instead of failing.
     num_genes: length G of the gene list fitted on the training table (0: all genes; fewer: the
       most variable on the training split; more: padded with constant genes).
@@ -71,6 +78,9 @@ class CohortSpec:
   split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
   num_folds: int = 0
   fold: int = 0
+  splits_dir: str = ''
+  task: str = 'classification'
+  num_bins: int = 4
   drop_incomplete: bool = False
   num_genes: int = 0
   strip_gene_versions: bool = True
@@ -95,6 +105,15 @@ class CohortSpec:
         kw[k] = tuple(kw[k])
     return cls(**kw)
 
+  @classmethod
+  def from_config(cls, config: Mapping) -> 'CohortSpec':
+    """The spec of a run's config: `config.data` with its seed, task and survival bins."""
+    survival = config.get('survival') or {}
+    return cls.from_mapping(config.data, seed=config.seed,
+                            compute_dtype=config.get('compute_dtype', 'float32'),
+                            task=config.get('task', 'classification'),
+                            num_bins=survival.get('num_bins', 4))
+
 
 @dataclasses.dataclass(frozen=True)
 class LabelRow:
@@ -105,6 +124,8 @@ class LabelRow:
   label: str
   split: str | None = None
   expression_id: str | None = None
+  time: float | None = None
+  censorship: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +166,8 @@ class Cohort:
     bags: where the bags are read from, `bags[p]` the lazy bag of patients[p]: the slides' CLAM
       `.h5` files (`clam.H5Source`, the default) or the chunk records of a prepared TFDS dataset
       (`tfds_source.RecordSource`).
+    times: [P] float32 follow-up times (survival cohorts; None for classification).
+    censorship: [P] int32, 1 = censored (survival cohorts; None for classification).
   """
   patients: tuple[Patient, ...]
   class_names: tuple[str, ...]
@@ -153,6 +176,8 @@ class Cohort:
   normalizer: genes_lib.GeneNormalizer
   feature_dim: int
   bags: source.PatientSource = dataclasses.field(default=None, compare=False, repr=False)
+  times: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+  censorship: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
   def __post_init__(self):
     if self.bags is None:
@@ -163,6 +188,10 @@ class Cohort:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  @property
+  def task(self) -> str:
+    return 'classification' if self.times is None else 'survival'
 
   @property
   def num_genes(self) -> int:
@@ -197,8 +226,12 @@ def _plain_name(slide_id: str) -> bool:
           and os.sep not in slide_id and not os.path.isabs(slide_id))
 
 
-def read_labels(path: str) -> list[LabelRow]:
-  """Reads the labels CSV; DataError listing every malformed row."""
+def read_labels(path: str, task: str = 'classification') -> list[LabelRow]:
+  """Reads the labels CSV; DataError listing every malformed row.
+
+  For `task="survival"` the outcome columns (`survival.FORMS`) replace `label` (any `label`
+  column is ignored) and each row's time and censorship are checked.
+  """
   if not os.path.isfile(path):
     raise DataError(f'{path}: labels file not found')
   try:
@@ -212,7 +245,15 @@ def read_labels(path: str) -> list[LabelRow]:
     raise DataError(f'{path}: header: file is empty')
   cols = [h.strip().lower() for h in header]
   cols = ['patient_id' if c == 'case_id' else c for c in cols]
-  missing = [c for c in ('patient_id', 'slide_id', 'label') if c not in cols]
+  required = ('patient_id', 'slide_id', 'label')
+  outcome = None
+  if task == 'survival':
+    required = ('patient_id', 'slide_id')
+    outcome = survival.outcome_columns(cols)
+    if outcome is None:
+      raise DataError(f'{path}: header: survival needs columns survival_months,censorship '
+                      f'(1 = censored) or time,event (1 = observed) (got {header})')
+  missing = [c for c in required if c not in cols]
   if missing:
     raise DataError(f'{path}: header: missing column(s) {", ".join(missing)} (got {header})')
   if len(set(cols)) != len(cols):
@@ -225,7 +266,7 @@ def read_labels(path: str) -> list[LabelRow]:
       problems.append(f'{path}: line {line}: {len(r)} fields, the header has {len(cols)}')
       continue
     d = {c: x.strip() for c, x in zip(cols, r)}
-    empty = [c for c in ('patient_id', 'slide_id', 'label') if not d[c]]
+    empty = [c for c in required if not d[c]]
     if empty:
       problems.append(f'{path}: line {line}: patient {d["patient_id"] or "?"}: empty '
                       f'{", ".join(empty)}')
@@ -242,8 +283,15 @@ def read_labels(path: str) -> list[LabelRow]:
         problems.append(f'{path}: line {line}: patient {d["patient_id"]}: split: {d["split"]!r} is '
                         'not train/val/test')
         continue
-    rows.append(LabelRow(line, d['patient_id'], d['slide_id'], d['label'], split,
-                         d.get('expression_id') or None))
+    time = censored = None
+    if outcome is not None:
+      parsed = survival.parse_outcome(d, outcome, f'{path}: line {line}: patient {d["patient_id"]}')
+      if isinstance(parsed, str):
+        problems.append(parsed)
+        continue
+      time, censored = parsed
+    rows.append(LabelRow(line, d['patient_id'], d['slide_id'], d.get('label', '') if outcome is None
+                         else '', split, d.get('expression_id') or None, time, censored))
   if problems:
     raise DataError('\n'.join(problems))
   if not rows:
@@ -265,12 +313,14 @@ def _group(rows: list[LabelRow], path: str, class_names: Sequence[str]
     seen_slides[r.slide_id] = r
     by_patient.setdefault(r.patient_id, []).append(r)
   for pid, rs in by_patient.items():
-    for field in ('label', 'split', 'expression_id'):
+    for field in ('label', 'split', 'expression_id', 'time', 'censorship'):
       values = sorted({str(getattr(r, field)) for r in rs})
       if len(values) > 1:
         what = 'two splits' if field == 'split' else f'conflicting {field}s'
         problems.append(f'{path}: lines {", ".join(str(r.line) for r in rs)}: patient {pid}: '
                         f'{field}: {what} ({", ".join(values)})')
+  if rows[0].time is not None:  # survival: the classes are the time bins, fitted later
+    return by_patient, (), problems
   names = tuple(class_names) or tuple(sorted({r.label for r in rows}))
   unknown = sorted({r.label for r in rows} - set(names))
   if unknown:
@@ -398,13 +448,18 @@ def splits_from_column(split_col: Sequence[str]) -> dict[str, np.ndarray]:
   return {s: np.asarray([i for i, x in enumerate(split_col) if x == s], np.int64) for s in SPLITS}
 
 
-def _splits(spec: CohortSpec, split_col: list[str | None], labels: np.ndarray
-            ) -> dict[str, np.ndarray]:
-  """The split column when given, else k folds or the stratified split from the seed."""
+def _splits(spec: CohortSpec, split_col: list[str | None], labels: np.ndarray,
+            patient_ids: Sequence[str]) -> dict[str, np.ndarray]:
+  """The split column when given, else the fold's split file, k folds or the stratified split from
+  the seed (`labels`: [P] the classes, or the censorship, to stratify on)."""
   if split_col[0] is not None:
     return splits_from_column(split_col)
+  fold = max(spec.fold, 0)
+  if spec.splits_dir:
+    return splits_lib.read_split_file(splits_lib.split_file(spec.splits_dir, fold), patient_ids,
+                                      labels, spec.split_fractions, spec.seed)
   if spec.num_folds:
-    return splits_lib.kfold_split(labels, spec.num_folds, spec.fold, spec.seed)
+    return splits_lib.kfold_split(labels, spec.num_folds, fold, spec.seed)
   return splits_lib.stratified_split(labels, spec.split_fractions, spec.seed)
 
 
@@ -428,7 +483,7 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
               ) -> tuple[Cohort | None, list[str]]:
   """Builds the cohort; returns (cohort or None, every problem found)."""
   try:
-    rows = read_labels(spec.labels)
+    rows = read_labels(spec.labels, spec.task)
   except DataError as e:
     return None, str(e).split('\n')
   by_patient, class_names, problems = _group(rows, spec.labels, spec.class_names)
@@ -457,23 +512,48 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
   if not kept:
     return None, [f'{spec.labels}: no patient left with both modalities']
   patients = tuple(Patient(
-      pid, class_names.index(by_patient[pid][0].label),
+      pid, class_names.index(by_patient[pid][0].label) if class_names else 0,
       tuple(r.slide_id for r in by_patient[pid]), tuple(i.path for i in infos[pid]),
       tuple(i.num_patches for i in infos[pid]), matched[pid]) for pid in kept)
+  times = censorship = None
+  if spec.task == 'survival':
+    times = np.asarray([by_patient[pid][0].time for pid in kept], np.float32)
+    censorship = np.asarray([by_patient[pid][0].censorship for pid in kept], np.int32)
   try:
     # Drawn over every listed patient, then the dropped ones left out: dropping a patient does
     # not move the others to another split.
     everyone = list(by_patient)
-    drawn = _splits(spec, [by_patient[pid][0].split for pid in everyone],
-                    np.asarray([class_names.index(by_patient[pid][0].label) for pid in everyone]))
+    strata = np.asarray([class_names.index(by_patient[pid][0].label) for pid in everyone]
+                        if times is None else
+                        [by_patient[pid][0].censorship for pid in everyone])
+    drawn = _splits(spec, [by_patient[pid][0].split for pid in everyone], strata, everyone)
     position = {pid: i for i, pid in enumerate(kept)}
     splits = {k: np.asarray(sorted(position[everyone[j]] for j in v if everyone[j] in position),
                             np.int64) for k, v in drawn.items()}
+    if times is not None:
+      patients, class_names = _survival_bins(spec, patients, times, censorship, splits)
     normalised, normalizer = _normalise(spec, np.stack([values[pid] for pid in kept]), genes,
                                         splits['train'], normalizer)
   except DataError as e:
     return None, str(e).split('\n')
-  return Cohort(patients, class_names, splits, normalised, normalizer, dims.pop()), []
+  return Cohort(patients, class_names, splits, normalised, normalizer, dims.pop(),
+                times=times, censorship=censorship), []
+
+
+def _survival_bins(spec: CohortSpec, patients: tuple[Patient, ...], times: np.ndarray,
+                   censorship: np.ndarray, splits: dict[str, np.ndarray]
+                   ) -> tuple[tuple[Patient, ...], tuple[str, ...]]:
+  """Each case's label set to its time bin (bins fitted on the training split); the bin names."""
+  where = spec.splits_dir and splits_lib.split_file(spec.splits_dir, max(spec.fold, 0))
+  problems = survival.split_problems(splits, censorship, where or spec.labels)
+  if problems:
+    raise DataError('\n'.join(problems))
+  cuts = survival.fit_bins(times, censorship, splits['train'], spec.num_bins, spec.labels)
+  bins = survival.assign_bins(times, cuts)
+  logging.info('survival: %d bins, cut points %s (training uncensored times)', spec.num_bins,
+               np.round(cuts, 3).tolist())
+  return (tuple(dataclasses.replace(p, label=int(b)) for p, b in zip(patients, bins)),
+          survival.bin_names(cuts))
 
 
 def load_cohort(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None = None) -> Cohort:

@@ -11,11 +11,11 @@ class NystromLayer(nnx.Module):
   """x + NystromAttention(LayerNorm(x)), as TransMIL's TransLayer (no feed-forward block)."""
 
   def __init__(self, dim: int, *, heads: int, num_landmarks: int, dropout: float,
-               dtype: jnp.dtype, rngs: nnx.Rngs):
+               dtype: jnp.dtype, pinv_grad: str = "unrolled", rngs: nnx.Rngs):
     self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.attn = NystromAttention(dim, heads=heads, dim_head=dim // heads,
-                                 num_landmarks=num_landmarks, dropout=dropout, dtype=dtype,
-                                 rngs=rngs)
+                                 num_landmarks=num_landmarks, dropout=dropout,
+                                 pinv_grad=pinv_grad, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, return_attention=False):
     """x: [B, N, dim]; mask: optional [B, N] bool (True = real token, padding trailing)."""
@@ -27,11 +27,14 @@ class NystromLayer(nnx.Module):
 
 
 class PatchAggregator(nnx.Module):
-  """Linear(in -> dim) + ReLU, CLS token first, mask token, Nyström layers, final LayerNorm."""
+  """Linear(in -> dim) + ReLU, CLS token first, mask token, Nyström layers, final LayerNorm.
+
+  `pinv_grad`: how the layers differentiate the pseudo-inverse (`nystrom.NystromAttention`).
+  """
 
   def __init__(self, in_dim: int = 1024, dim: int = 512, *, depth: int = 2, heads: int = 8,
                num_landmarks: int = 256, dropout: float = 0.1, dtype: jnp.dtype = jnp.float32,
-               rngs: nnx.Rngs):
+               pinv_grad: str = "unrolled", rngs: nnx.Rngs):
     self.dtype = dtype
     self.embed = nnx.Linear(in_dim, dim, dtype=dtype, rngs=rngs)
     # CLS ~ N(0, 1) as TransMIL's randn; the mask token starts at zero (project default).
@@ -39,7 +42,7 @@ class PatchAggregator(nnx.Module):
     self.mask_token = nnx.Param(jnp.zeros((1, 1, dim)))
     self.layers = nnx.List([
         NystromLayer(dim, heads=heads, num_landmarks=num_landmarks, dropout=dropout, dtype=dtype,
-                     rngs=rngs) for _ in range(depth)])
+                     pinv_grad=pinv_grad, rngs=rngs) for _ in range(depth)])
     self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
   def __call__(self, patches: jax.Array, mpm_mask: jax.Array | None = None,

@@ -42,7 +42,8 @@ def build_gimp(config, num_genes: int, num_classes: int, seed: int) -> GiMP:
   rngs = nnx.Rngs(params=seed, dropout=seed + 1)
   aggregator = PatchAggregator(config.data.feature_dim, m.dim, depth=m.depth, heads=m.heads,
                                num_landmarks=m.num_landmarks, dropout=m.attn_dropout,
-                               dtype=compute_dtype(config), rngs=rngs)
+                               dtype=compute_dtype(config),
+                               pinv_grad=m.get("pinv_grad", "unrolled"), rngs=rngs)
   return GiMP(aggregator, build_gene_encoder(config, num_genes, rngs),
               in_dim=config.data.feature_dim, dim=m.dim, num_classes=num_classes,
               head_hidden=m.head_hidden, head_dropout=m.head_dropout, rngs=rngs)

@@ -12,15 +12,25 @@ for number, so TransMIL-style weights carry over (see `gimp_jax.interop.torch`):
 5. merge heads, output projection with bias, dropout, keep the last n rows.
 
 Key-padding mask (`mask` [B, N], True = real token). Padding must be trailing (real tokens first).
-The result for the real tokens is, up to float rounding, the result of the unpadded computation on
-those tokens alone: the front padding, the landmark grouping and the zero-logit padded keys are
-rebuilt from each example's own length, and trailing pad tokens are ignored entirely. The one
-coupling across a batch that remains is the package's global pinv scale (step 4); with batch size 1
-a padded bag gives the unpadded result. Rows of the output at padded positions are zero.
+Each example's real tokens get, up to float rounding, the package's result for that example alone
+(batch size 1, unpadded): the front padding, the landmark grouping and the zero-logit padded keys are
+rebuilt from each example's own length, trailing pad tokens are ignored entirely, and the pinv scale
+of step 4 is taken per example. So a bag's output (and a patient's prediction) does not depend on
+the other bags of its batch. Without a mask (pre-training windows) the scale stays global over the
+batch, number for number the package's batched result. Rows of the output at padded positions are
+zero.
+
+Gradient of the pseudo-inverse (`pinv_grad`): "unrolled" differentiates through the 6 iterations as
+PyTorch autograd does with the package (24 products of m x m per head in the forward pass, about 48
+more in the backward); "implicit" treats the result Z as the converged inverse of A and uses
+d(A^-1) = -Z dA Z, i.e. dL/dA = -Z^T (dL/dZ) Z^T: 2 products. The forward pass is unchanged; the
+gradient differs from the unrolled one by the iteration's distance from convergence (measured in
+`tests/test_nystrom.py::test_implicit_pinv_gradient`).
 
 Memory: O(N m) per head; nothing of size N x N is formed.
 """
 
+import functools
 import math
 
 from flax import nnx
@@ -28,19 +38,25 @@ import jax
 import jax.numpy as jnp
 
 
-def iterative_pinv(x: jax.Array, iterations: int = 6) -> jax.Array:
+def iterative_pinv(x: jax.Array, iterations: int = 6, per_example: bool = False) -> jax.Array:
   """Moore-Penrose pseudo-inverse by the iterative method of the Nyströmformer.
 
   Args:
-    x: [..., m, m] float32 (softmax matrices).
+    x: [B, ..., m, m] float32 (softmax matrices).
     iterations: number of Newton-Schulz-type iterations.
+    per_example: take the initial scale's maxima per leading index b (over heads and rows) instead
+      of over the whole tensor.
 
   Returns:
-    [..., m, m] approximation of pinv(x); initial z = x^T / (max_i sum_j |x_ij| * max_j sum_i |x_ij|)
-    with both maxima over the whole tensor.
+    [B, ..., m, m] approximation of pinv(x); initial z = x^T / (max_i sum_j |x_ij| * max_j sum_i
+    |x_ij|) with both maxima over the whole tensor (the package), or over each x[b].
   """
   abs_x = jnp.abs(x)
-  scale = jnp.max(jnp.sum(abs_x, axis=-1)) * jnp.max(jnp.sum(abs_x, axis=-2))
+  axes = tuple(range(1, x.ndim - 1)) if per_example else None
+  rows, cols = jnp.sum(abs_x, axis=-1), jnp.sum(abs_x, axis=-2)   # [B, ..., m]
+  scale = jnp.max(rows, axis=axes) * jnp.max(cols, axis=axes)     # [B] or []
+  if per_example:
+    scale = scale.reshape((-1,) + (1,) * (x.ndim - 1))
   z = jnp.swapaxes(x, -1, -2) / scale
   eye = jnp.eye(x.shape[-1], dtype=x.dtype)
 
@@ -48,6 +64,27 @@ def iterative_pinv(x: jax.Array, iterations: int = 6) -> jax.Array:
     xz = x @ z
     return 0.25 * z @ (13 * eye - xz @ (15 * eye - xz @ (7 * eye - xz)))
   return jax.lax.fori_loop(0, iterations, body, z)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def implicit_pinv(x: jax.Array, iterations: int = 6, per_example: bool = False) -> jax.Array:
+  """`iterative_pinv` whose gradient is that of the exact inverse at its result z:
+  dL/dx = -z^T (dL/dz) z^T (2 products of m x m instead of back-propagating the iterations)."""
+  return iterative_pinv(x, iterations, per_example)
+
+
+def _implicit_fwd(x, iterations, per_example):
+  z = iterative_pinv(x, iterations, per_example)
+  return z, z
+
+
+def _implicit_bwd(iterations, per_example, z, g):
+  del iterations, per_example
+  zt = jnp.swapaxes(z, -1, -2)
+  return (-(zt @ g) @ zt,)
+
+
+implicit_pinv.defvjp(_implicit_fwd, _implicit_bwd)
 
 
 def _shifted_sum(v: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -110,12 +147,17 @@ class NystromAttention(nnx.Module):
 
   Attributes mirror the PyTorch package: `to_qkv` [dim, 3 * heads * dim_head] without bias,
   `to_out` [heads * dim_head, dim] with bias, `res_conv` [heads, kernel] (depthwise, no bias).
+  `pinv_grad`: "unrolled" or "implicit" (module docstring).
   """
 
   def __init__(self, dim: int = 512, *, heads: int = 8, dim_head: int = 64,
                num_landmarks: int = 256, pinv_iterations: int = 6, residual_kernel: int = 33,
-               dropout: float = 0.0, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+               dropout: float = 0.0, pinv_grad: str = "unrolled",
+               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    if pinv_grad not in ("unrolled", "implicit"):
+      raise ValueError(f"pinv_grad: {pinv_grad!r}, expected 'unrolled' or 'implicit'")
     inner = heads * dim_head
+    self.pinv_grad = pinv_grad
     self.heads = heads
     self.dim_head = dim_head
     self.num_landmarks = num_landmarks
@@ -161,7 +203,8 @@ class NystromAttention(nnx.Module):
     q, k, v = self._heads(q), self._heads(k), self._heads(v)
     return q * self.dim_head ** -0.5, k, v
 
-  def _mix(self, attn1: jax.Array, attn2: jax.Array, attn3: jax.Array, v: jax.Array):
+  def _mix(self, attn1: jax.Array, attn2: jax.Array, attn3: jax.Array, v: jax.Array,
+           per_example: bool):
     """attn1 @ (pinv(attn2) @ (attn3 @ v)) in float32, plus the value convolution.
 
     The package computes (attn1 @ pinv) @ (attn3 @ v): N m^2 + 2 N m d multiply-adds per head.
@@ -171,7 +214,8 @@ class NystromAttention(nnx.Module):
     Returns:
       [B, N, H * d] merged heads, and (attn1, pinv(attn2), attn3).
     """
-    inv = iterative_pinv(attn2, self.pinv_iterations)
+    pinv = implicit_pinv if self.pinv_grad == "implicit" else iterative_pinv
+    inv = pinv(attn2, self.pinv_iterations, per_example)
     out = attn1 @ (inv @ (attn3 @ v.astype(jnp.float32)))
     out = out.astype(self.dtype) + depthwise_conv_seq(v, self.res_conv[...])
     b, h, n, d = out.shape
@@ -190,7 +234,7 @@ class NystromAttention(nnx.Module):
     attn1 = jax.nn.softmax(jnp.einsum("bhid,bhjd->bhij", f32(q), k_land), axis=-1)
     attn2 = jax.nn.softmax(jnp.einsum("bhid,bhjd->bhij", q_land, k_land), axis=-1)
     attn3 = jax.nn.softmax(jnp.einsum("bhid,bhjd->bhij", q_land, f32(k)), axis=-1)
-    out, (attn1, inv, attn3) = self._mix(attn1, attn2, attn3, v)
+    out, (attn1, inv, attn3) = self._mix(attn1, attn2, attn3, v, per_example=False)
     return out[:, pad:], (attn1[:, :, pad:], inv, attn3[..., pad:])
 
   def _masked(self, x: jax.Array, mask: jax.Array):
@@ -205,13 +249,16 @@ class NystromAttention(nnx.Module):
     group = (n + m - 1) // m                              # [B] tokens per landmark, ceil(n / m)
     pos = jnp.arange(n_buf, dtype=jnp.int32)[None, :]
     seg = jnp.where(mask, (pos + front[:, None]) // group[:, None], m)  # [B, N]; m = dropped
-    onehot = jax.nn.one_hot(seg, m, dtype=jnp.float32)    # [B, N, m]; padded rows are all zero
-
-    def landmarks(t):
-      sums = jnp.einsum("bnj,bhnd->bhjd", onehot, f32(t))
-      return sums / group[:, None, None, None].astype(jnp.float32)
-
-    q_land, k_land = landmarks(q), landmarks(k)
+    # Landmark means of q and k are means of x projected (q, k are linear in x without bias): one
+    # O(N dim) segment sum over x replaces two [N, m] one-hot products per layer.
+    ids = (seg + (m + 1) * jnp.arange(b, dtype=jnp.int32)[:, None]).reshape(-1)  # sorted
+    sums = jax.ops.segment_sum(f32(x).reshape(b * n_buf, -1), ids, num_segments=b * (m + 1),
+                               indices_are_sorted=True).reshape(b, m + 1, -1)[:, :m]
+    means = sums / group[:, None, None].astype(jnp.float32)              # [B, m, dim]
+    inner = self.heads * self.dim_head
+    qk_land = means @ f32(self.to_qkv.kernel[...][:, :2 * inner])       # [B, m, 2 * inner]
+    q_land, k_land = jnp.split(qk_land, 2, axis=-1)
+    q_land, k_land = self._heads(q_land) * self.dim_head ** -0.5, self._heads(k_land)
     attn1 = jax.nn.softmax(jnp.einsum("bhid,bhjd->bhij", f32(q), k_land), axis=-1)
     attn2 = jax.nn.softmax(jnp.einsum("bhid,bhjd->bhij", q_land, k_land), axis=-1)
     # Keys: real tokens, plus `front` virtual zero keys with logit 0 and value 0.
@@ -223,7 +270,7 @@ class NystromAttention(nnx.Module):
     expo = jnp.exp(logits3 - peak)
     denom = jnp.sum(expo, axis=-1, keepdims=True) + front[:, None, None, None] * jnp.exp(-peak)
     attn3 = expo / denom
-    return self._mix(attn1, attn2, attn3, v)
+    return self._mix(attn1, attn2, attn3, v, per_example=True)
 
 
 def attention_rows(factors: tuple[jax.Array, jax.Array], rows: jax.Array) -> jax.Array:

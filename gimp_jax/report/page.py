@@ -23,13 +23,14 @@ import numpy as np
 from gimp_jax import metrics
 from gimp_jax.report import figures
 from gimp_jax.report import heatmap
+from gimp_jax.report import survival
 
 SPLIT_ORDER = ('test', 'val', 'train')
 SUMMARY_ORDER = ('accuracy', 'auc', 'f1', 'balanced_accuracy', 'num_examples')
 TABLE_ROWS = 50  # per-patient rows shown on the page; the CSV holds them all
 # Files that write_report owns in report_dir; stale ones from an earlier call are removed first.
-OWNED = re.compile(r'^((roc|confusion|tsne|heatmap)_.+\.png|(loss_curves|pretrain_diagnostics)\.png|'
-                   r'predictions_.+\.csv|report\.(md|html))$')
+OWNED = re.compile(r'^((roc|confusion|tsne|heatmap|km)_.+\.png|(loss_curves|pretrain_diagnostics|'
+                   r'risk)\.png|(predictions|risk)_.+\.csv|report\.(md|html))$')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +178,49 @@ def _classification_blocks(report_dir: str, split: str, labels: np.ndarray, prob
           Image(f'Confusion matrix, {split}', os.path.basename(confusion))]
 
 
+def _survival_blocks(report_dir: str, predictions: Mapping[str, Mapping[str, Any]],
+                     cutoff: float) -> list[Block]:
+  """Kaplan-Meier curves at the training median risk with the log-rank p-value (val, test), the
+  risk distribution, the per-case risk CSVs and the test cases' risk table."""
+  blocks: list[Block] = [
+      Heading('Survival', 2),
+      Paragraph(f'Cases split at the median predicted risk of the training cases ({cutoff:.4g}): '
+                'high risk above it. Kaplan-Meier estimates and log-rank test from '
+                'scikit-survival.')]
+  files: list[Block] = []
+  images: list[Block] = []
+  rows = []
+  for split in _ordered_splits(predictions):
+    pred = predictions[split]
+    risk = np.asarray(pred['risk'], np.float64)
+    path, p_value = survival.km_png(os.path.join(report_dir, f'km_{safe_name(split)}.png'),
+                              pred['time'], pred['censorship'], risk > cutoff,
+                              f'Kaplan-Meier, {split}')
+    images.append(Image(f'Kaplan-Meier curves, {split}', os.path.basename(path)))
+    events = np.asarray(pred['censorship']) == 0
+    rows.append([split, str(risk.size), str(int(events.sum())), str(int((risk > cutoff).sum())),
+                 fmt(p_value)])
+    csv_path = survival.write_risk_csv(
+        os.path.join(report_dir, f'risk_{safe_name(split)}.csv'), pred['patient_id'],
+        pred['time'], pred['censorship'], risk, cutoff)
+    files.append(FileLink(f'All {split} risks (CSV)', os.path.basename(csv_path)))
+  blocks += [Table(['split', 'cases', 'events', 'high risk', 'log-rank p'], rows)] + images
+  path = survival.risk_png(os.path.join(report_dir, 'risk.png'),
+                           {s: p['risk'] for s, p in predictions.items()}, cutoff)
+  blocks.append(Image('Predicted risk', os.path.basename(path)))
+  if 'test' in predictions:
+    pred = predictions['test']
+    order = np.argsort(-np.asarray(pred['risk']), kind='stable')[:TABLE_ROWS]
+    blocks += [Heading('Test risks', 2),
+               Paragraph(f'Per-case predicted risk, highest first ({min(order.size, TABLE_ROWS)} '
+                         f'of {len(pred["risk"])} test cases).'),
+               Table(['patient', 'time', 'censored', 'risk', 'group'],
+                     [[str(pred['patient_id'][i]), fmt(float(pred['time'][i])),
+                       'yes' if pred['censorship'][i] else 'no', f'{pred["risk"][i]:.4f}',
+                       'high' if pred['risk'][i] > cutoff else 'low'] for i in order])]
+  return blocks + [Heading('Files', 2)] + files
+
+
 def _heatmap_blocks(report_dir: str, heatmaps: Sequence[tuple[str, np.ndarray, np.ndarray]],
                     patch_size: int) -> list[Block]:
   """One heatmap per slide, named after the patient (a second slide of a patient gets _2)."""
@@ -223,7 +267,8 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
                  val_history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None,
                  diagnostics: tuple[Sequence[tuple[int, Mapping[str, Any]]], float, float]
                  | None = None,
-                 seed: int = 0, patch_size: int = 256) -> str:
+                 seed: int = 0, patch_size: int = 256,
+                 survival_cutoff: float | None = None) -> str:
   """Writes report.md, report.html, their PNGs and predictions_<split>.csv into `report_dir`.
 
   Args:
@@ -246,6 +291,9 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
       pre-training diagnostics figure (`figures.pretrain_diagnostics_png`), or None.
     seed: the t-SNE random state.
     patch_size: level-0 patch size of the heatmaps' coordinates.
+    survival_cutoff: for a survival run, the median training risk: the predictions then hold
+      'patient_id', 'time', 'censorship' and 'risk' [N], and the page shows Kaplan-Meier curves,
+      the risk distribution and the per-case risks instead of ROC curves and confusion matrices.
 
   Returns:
     The path of report.md.
@@ -270,8 +318,9 @@ def _compose(report_dir, results, class_names, predictions, tsne, heatmaps, hist
              diagnostics, seed, patch_size) -> None:
   """`write_report`'s files, written into `report_dir`."""
   names = list(class_names)
-  checked = {split: _check_predictions(split, predictions[split], len(names))
-             for split in _ordered_splits(predictions)}
+  checked = {} if survival_cutoff is not None else {
+      split: _check_predictions(split, predictions[split], len(names))
+      for split in _ordered_splits(predictions)}
 
   blocks: list[Block] = [Heading('GiMP report', 1)]
   versions = results.get('versions')
@@ -289,6 +338,8 @@ def _compose(report_dir, results, class_names, predictions, tsne, heatmaps, hist
                             seed)
     blocks += [Heading('t-SNE of CLS_pat (training set, after pre-training)', 2),
                Image('t-SNE of CLS_pat', os.path.basename(path))]
+  if survival_cutoff is not None:
+    blocks += _survival_blocks(report_dir, predictions, survival_cutoff)
   if heatmaps:
     blocks += _heatmap_blocks(report_dir, heatmaps, patch_size)
   if _has_curves(history or {}, val_history or {}):

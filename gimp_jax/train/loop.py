@@ -29,10 +29,50 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
+def batch_patches(batch: dict) -> int | None:
+  """Real patches in a host batch: the bags' lengths summed (whole bags), B * L (pre-training
+  windows), or None (expression-only batches)."""
+  if "num_patches" in batch:
+    return int(np.sum(batch["num_patches"]))
+  if "patches" in batch:
+    return int(np.prod(np.shape(batch["patches"])[:2]))
+  return None
+
+
+def step_time_summary(records: list[tuple[int, dict]]) -> dict[str, float]:
+  """{"median_step_s", "median_patches_per_s"} of a stage's metrics records [(step, metrics)]
+  (the median skips the compilation of a stage's first step); {} without timed steps."""
+  out = {}
+  for name in ("step_s", "patches_per_s"):
+    values = [r[name] for _, r in records if name in r]
+    if values:
+      out[f"median_{name}"] = float(np.median(values))
+  return out
+
+
 def to_device(batch: dict) -> dict:
   """The array entries of a host batch as jax arrays (string IDs are dropped)."""
   return {k: jnp.asarray(v) for k, v in batch.items()
           if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"}
+
+
+def step_timing(wait_s: float, step_s: float, patches: int | None) -> dict[str, float]:
+  """The timing record of one training step, written beside its metrics (not averaged into the
+  epoch history).
+
+  Args:
+    wait_s: seconds the loop waited for the batch (input pipeline stall).
+    step_s: wall seconds of the step: placing the batch, the jitted update, reading its metrics
+      back (the first step of a stage includes the compilation).
+    patches: real patches in the batch (None: no patches).
+
+  Returns:
+    {"step_s", "wait_s"} and, with patches, "patches_per_s" = patches / step_s.
+  """
+  out = {"step_s": step_s, "wait_s": wait_s}
+  if patches is not None:
+    out["patches_per_s"] = patches / max(step_s, 1e-9)
+  return out
 
 
 class MetricsWriter:
@@ -169,15 +209,18 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
                      spec.name, epoch, meta.get("patience"))
         break
       position = meta["batch"] if epoch == meta["epoch"] else 0
+      ready = time.perf_counter()
       for batch in spec.batches(epoch, position):
+        begin = time.perf_counter()
         state, metrics = step_fn(state, place(batch), jax.random.fold_in(key, state.step))
         position += 1
-        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics = {k: float(v) for k, v in metrics.items()}  # waits for the step to finish
+        timing = step_timing(begin - ready, time.perf_counter() - begin, batch_patches(batch))
         step = int(state.step)
         if not np.isfinite(metrics["loss"]) or not np.isfinite(metrics.get("grad_norm", 0.0)):
           raise non_finite(f"non-finite loss {metrics['loss']} (gradient norm "
                            f"{metrics.get('grad_norm')})", step, epoch)
-        writer.write(spec.name, step, metrics)
+        writer.write(spec.name, step, {**metrics, **timing})
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", epoch=epoch)
         sums = meta.setdefault("epoch_sums", {})
@@ -191,6 +234,7 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
           logging.warning("%s: stopping on request after step %d (checkpoint saved).",
                           spec.name, step)
           raise KeyboardInterrupt
+        ready = time.perf_counter()
       count = max(meta.pop("epoch_steps", 0), 1)
       means = {k: v / count for k, v in meta.pop("epoch_sums", {}).items()}
       meta.update(epoch=epoch + 1, batch=0)

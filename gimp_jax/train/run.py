@@ -28,6 +28,7 @@ from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import pipeline
 from gimp_jax.models import build
 from gimp_jax.objectives import supervised
+from gimp_jax.objectives import survival
 from gimp_jax.train import loop, optim, steps, transfer
 from gimp_jax.train.state import TrainState, create_state
 
@@ -47,7 +48,7 @@ class Run:
     self.cohort = load_cohort(config, workdir) if cohort is None else cohort
     save_normalizer(self.cohort, workdir)
     self.num_genes = self.cohort.num_genes
-    self.num_classes = self.cohort.num_classes
+    self.num_classes = survival.num_outputs(config, self.cohort.num_classes)  # head outputs
     self.key = jax.random.key(config.seed)
     self.writer = loop.MetricsWriter(workdir)
     self.results: dict[str, Any] = {"stages": {}}
@@ -78,14 +79,15 @@ class Run:
                            mesh=self.mesh_for(batch_size), parallel_cfg=self.config.parallel)
     self.results["stages"][spec.name] = {
         "steps": int(state.step), "wall_s": round(meta.get("wall_s", 0.0), 2),
-        "final_metrics": meta.get("last_metrics", {}), "history": meta.get("history", [])}
+        "final_metrics": meta.get("last_metrics", {}), "history": meta.get("history", []),
+        **loop.step_time_summary(stage_records(self.workdir, spec.name))}
     return state, meta
 
 
 def load_cohort(config, workdir: str) -> cohort_lib.Cohort:
   """The cohort; the gene list fitted on the first run (or `init_from`'s) is reused."""
   normalizer, _ = validate.stored_normalizer(config, workdir)
-  spec = cohort_lib.CohortSpec.from_mapping(config.data, seed=config.seed)
+  spec = cohort_lib.CohortSpec.from_config(config)
   if config.data.source == "tfds":
     from gimp_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
     return tfds_source.load_cohort_from_tfds(config.data.tfds_dir, spec, normalizer)
@@ -139,16 +141,38 @@ COLLAPSE_SPREAD = 0.05  # relative spread of CLS_img below which the slide token
 
 
 def selection_key(scores: dict, select_metric: str) -> tuple[float, float]:
-  """(selected validation score, tie-breaker) from `metrics.classification_metrics` scores.
+  """(selected validation score, tie-breaker) from `metrics.classification_metrics` or
+  `metrics.survival_metrics` scores.
 
-  select_metric: "val_accuracy" (ties by AUC), "val_auc" or "val_f1" (ties by accuracy).
+  select_metric: "val_accuracy" (ties by AUC), "val_auc" or "val_f1" (ties by accuracy), or
+  "val_c_index" (survival; no tie-breaker: the earlier epoch stays).
   """
   name = select_metric.removeprefix("val_")
+  if name == "c_index":
+    return float(np.nan_to_num(scores[name])), 0.0
   if name not in ("accuracy", "auc", "f1"):
-    raise ValueError(f"Unknown select_metric {select_metric!r}; expected val_accuracy, val_auc "
-                     "or val_f1.")
+    raise ValueError(f"Unknown select_metric {select_metric!r}; expected val_accuracy, val_auc, "
+                     "val_f1 or val_c_index.")
   tie = "auc" if name == "accuracy" else "accuracy"
   return float(np.nan_to_num(scores[name])), float(np.nan_to_num(scores[tie]))
+
+
+def task_metric(run: Run, select_metric: str) -> str:
+  """The stage's selection metric: the config's, or the C-index for survival."""
+  return "val_c_index" if run.cohort.task == "survival" else select_metric
+
+
+def split_scores(run: Run, pred: dict) -> dict:
+  """The task's metrics of `predict`'s output for one split."""
+  if run.cohort.task == "survival":
+    return metrics_lib.survival_metrics(pred["time"], pred["censorship"], pred["risk"])
+  return metrics_lib.classification_metrics(pred["label"], pred["probs"])
+
+
+def _scalars(scores: dict) -> dict:
+  """The scalar entries of a scores dict, NaN as 0 (for metrics.jsonl and TensorBoard)."""
+  return {k: float(np.nan_to_num(v)) for k, v in scores.items()
+          if isinstance(v, (int, float)) and k != "num_examples"}
 
 
 def keep_best(run: Run, stage: str, evaluate, select_metric: str, patience: int):
@@ -156,7 +180,7 @@ def keep_best(run: Run, stage: str, evaluate, select_metric: str, patience: int)
   after `patience` epochs without a better score (0 = never).
 
   Args:
-    evaluate: state -> classification_metrics of the validation split.
+    evaluate: state -> the task's metrics of the validation split (`split_scores`).
 
   Returns:
     (the best-checkpoint manager, to close; the on_epoch_end callback of the stage).
@@ -166,10 +190,10 @@ def keep_best(run: Run, stage: str, evaluate, select_metric: str, patience: int)
   def on_epoch_end(state, epoch, meta):
     scores = evaluate(state)
     key = selection_key(scores, select_metric)
-    logging.info("%s epoch %d: val accuracy %.4f, AUC %.4f (%s %.4f)", stage, epoch,
-                 scores["accuracy"], np.nan_to_num(scores["auc"]), select_metric, key[0])
-    run.writer.write(f"{stage}_val", int(state.step),
-                     {"accuracy": scores["accuracy"], "auc": float(np.nan_to_num(scores["auc"]))})
+    shown = {k: v for k, v in _scalars(scores).items() if k in ("accuracy", "auc", "c_index")}
+    logging.info("%s epoch %d: val %s (%s %.4f)", stage, epoch,
+                 ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), select_metric, key[0])
+    run.writer.write(f"{stage}_val", int(state.step), shown)
     previous = best.meta()
     if previous is None or key > tuple(previous["score"]):
       best.save(state, {"epoch": epoch, "score": list(key)})
@@ -190,9 +214,9 @@ def gene_pretrain(run: Run) -> None:
                        epochs=cfg.gene_pretrain.epochs, frozen="")
   best, on_epoch_end = keep_best(
       run, "gene_pretrain", lambda s: gene_only_scores(run, s.model(train=False), "val"),
-      cfg.gene_pretrain.select_metric, cfg.gene_pretrain.patience)
+      task_metric(run, cfg.gene_pretrain.select_metric), cfg.gene_pretrain.patience)
   spec = loop.StageSpec(
-      name="gene_pretrain", loss_fn=supervised.gene_loss,
+      name="gene_pretrain", loss_fn=supervised.gene_loss(cfg),
       batches=lambda e, s: pipeline.gene_batches(
           run.cohort, "train", batch_size=cfg.gene_pretrain.batch_size, seed=cfg.seed, epoch=e,
           start_batch=s, prefetch=cfg.data.prefetch),
@@ -205,15 +229,19 @@ def gene_pretrain(run: Run) -> None:
 
 
 @jax.jit
-def _gene_probs(model, genes: jax.Array) -> jax.Array:
-  return jax.nn.softmax(model(genes), -1)
+def _gene_logits(model, genes: jax.Array) -> jax.Array:
+  return model(genes)
 
 
 def gene_only_scores(run: Run, model, split: str) -> dict:
-  """classification_metrics of the supervised GroupMSA (genes only) on a split."""
+  """The task's metrics of the supervised GroupMSA (genes only) on a split."""
   idx = run.cohort.split(split)
-  return metrics_lib.classification_metrics(
-      run.cohort.labels[idx], np.asarray(_gene_probs(model, jnp.asarray(run.cohort.genes[idx]))))
+  logits = _gene_logits(model, jnp.asarray(run.cohort.genes[idx]))
+  pred = {"label": run.cohort.labels[idx], "probs": np.asarray(jax.nn.softmax(logits, -1))}
+  if run.cohort.task == "survival":
+    pred.update(time=run.cohort.times[idx], censorship=run.cohort.censorship[idx],
+                risk=survival.risk(np.asarray(logits), run.config.survival.loss))
+  return split_scores(run, pred)
 
 
 def _initial_params(run: Run, model, stage: str):
@@ -314,10 +342,14 @@ def check_stop(run: Run) -> None:
 
 def predict(run: Run, state: TrainState, split: str, *, with_attention: int = 0,
             stoppable: bool = False) -> dict:
-  """Whole-bag predictions of a split: patient_id, label, probs [N, C], embedding [N, E].
+  """Whole-bag predictions of a split: patient_id, label, probs [N, C], embedding [N, E]; for
+  survival also logits [N, C], risk [N], time [N] and censorship [N].
 
   With `stoppable`, a stop request (`check_stop`) ends it between batches."""
+  surv = run.cohort.task == "survival"
   out = {"patient_id": [], "label": [], "probs": [], "embedding": []}
+  if surv:
+    out.update(logits=[], time=[], censorship=[])
   for batch in pipeline.bag_batches(
       run.cohort, split, batch_size=run.config.finetune.batch_size,
       bucket_sizes=run.config.data.bucket_sizes, prefetch=run.config.data.prefetch):
@@ -328,9 +360,16 @@ def predict(run: Run, state: TrainState, split: str, *, with_attention: int = 0,
     out["label"].append(batch["label"])
     out["probs"].append(np.asarray(res["probs"]))
     out["embedding"].append(np.asarray(res["embedding"]))
-  for k in ("label", "probs", "embedding"):
-    out[k] = np.concatenate(out[k]) if out[k] else np.zeros((0,))
+    if surv:
+      out["logits"].append(np.asarray(res["logits"]))
+      out["time"].append(batch["time"])
+      out["censorship"].append(batch["censorship"])
+  for k in out:
+    if k != "patient_id":
+      out[k] = np.concatenate(out[k]) if out[k] else np.zeros((0,))
   out["patient_id"] = np.asarray(out["patient_id"])
+  if surv:
+    out["risk"] = survival.risk(out["logits"], run.config.survival.loss)
   return out
 
 
@@ -346,10 +385,9 @@ def finetune(run: Run) -> None:
                        frozen=frozen)
   state = state.replace(params=params)
 
-  def evaluate(state):
-    val = predict(run, state, "val")
-    return metrics_lib.classification_metrics(val["label"], val["probs"])
-  best, on_epoch_end = keep_best(run, "finetune", evaluate, cfg.finetune.select_metric,
+  best, on_epoch_end = keep_best(run, "finetune",
+                                 lambda state: split_scores(run, predict(run, state, "val")),
+                                 task_metric(run, cfg.finetune.select_metric),
                                  cfg.finetune.patience)
 
   spec = loop.StageSpec(
@@ -375,13 +413,16 @@ def test(run: Run) -> None:
     raise FileNotFoundError(f"test: no fine-tuned checkpoint in {run.workdir}; run finetune first.")
   state = state.replace(params=params)
   predictions = {}
+  surv = run.cohort.task == "survival"
+  keys = ("c_index",) if surv else ("accuracy", "auc", "f1")
   for split in ("val", "test"):
     predictions[split] = predict(run, state, split, stoppable=True)
-    scores = metrics_lib.classification_metrics(predictions[split]["label"],
-                                                predictions[split]["probs"])
-    for k in ("accuracy", "auc", "f1"):
+    scores = split_scores(run, predictions[split])
+    for k in keys:
       run.results[f"{split}_{k}"] = float(scores[k])
     run.results[f"{split}_metrics"] = scores
+  if surv:  # the report splits the test cases at the median training risk
+    run.train_risk = predict(run, state, "train", stoppable=True)["risk"]
   run.predictions = predictions
   if "gene_pretrain" in run.config.stages:  # the genes-only baseline of the same run
     gene_model = build.build_gene_classifier(run.config, run.num_genes, run.num_classes,
@@ -389,8 +430,8 @@ def test(run: Run) -> None:
     params = restore_params(run.workdir, "gene_pretrain_best", gene_model)
     model = create_state(gene_model).replace(params=params).model(train=False)
     for split in ("val", "test"):
-      run.results[f"gene_only_{split}_accuracy"] = float(
-          gene_only_scores(run, model, split)["accuracy"])
+      run.results[f"gene_only_{split}_{keys[0]}"] = float(
+          gene_only_scores(run, model, split)[keys[0]])
 
 
 def cls_attention(run: Run, state: TrainState, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -441,11 +482,14 @@ def write_report(run: Run) -> str:
   diagnostics = None
   if "pretrain" in cfg.stages:
     diagnostics = (stage_records(run.workdir, "pretrain"), cfg.pretrain.margin, COLLAPSE_SPREAD)
+  survival_cutoff = None
+  if run.cohort.task == "survival":
+    survival_cutoff = float(np.median(run.train_risk))
   return report_lib.write_report(
       os.path.join(run.workdir, "report"), results=run.results,
       class_names=list(run.cohort.class_names), predictions=run.predictions, tsne=tsne,
       heatmaps=heatmaps, history=history, val_history=val_history, diagnostics=diagnostics,
-      seed=cfg.seed)
+      seed=cfg.seed, survival_cutoff=survival_cutoff)
 
 
 def stage_records(workdir: str, stage: str) -> list[tuple[int, dict]]:
