@@ -1,6 +1,8 @@
 """Command line: python -m gimp_jax.main --config=configs/nsclc.py --workdir=runs/nsclc
 
 Any config field can be overridden: --config.data.labels=labels.csv --config.pretrain.epochs=10.
+With data.num_folds=k or data.splits_dir (and data.fold=-1, the default) every fold runs in
+WORKDIR/fold_<i> and WORKDIR/summary.csv holds the mean and std over folds (train/folds.py).
 Exit codes: 0 done; 2 bad input (every problem one line, naming file, patient and field; nothing
 trained); 3 a NaN/Inf loss stopped training (the last good checkpoint is kept); 128 + signal number
 (130 SIGINT, 143 SIGTERM) after a checkpoint was saved on request. The same command resumes.
