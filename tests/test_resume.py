@@ -394,3 +394,44 @@ def test_no_pickle_anywhere_in_the_package():
     with open(path, encoding="utf-8") as f:
       found += pickle_uses(f.read(), os.path.relpath(path, ROOT))
   assert found == []
+
+
+def _tb_scalars(workdir):
+  """(tag, step) of every scalar in the TensorBoard event files (TFRecord framing, read here)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = []
+  for path in glob.glob(os.path.join(workdir, "tb", "events*")):
+    data = open(path, "rb").read()
+    i = 0
+    while i < len(data):
+      n = int.from_bytes(data[i:i + 8], "little")
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+      out += [(v.tag, event.step) for v in event.summary.value]
+      i += 12 + n + 4
+  return out
+
+
+def test_replayed_steps_are_recorded_once(tmp_path):
+  """Steps 1-5 recorded, a kill mid-line, a resume from the checkpoint at step 3: steps 4-5 are
+  replayed but neither metrics.jsonl nor TensorBoard gets them twice."""
+  writer = loop.MetricsWriter(str(tmp_path))
+  for step in range(1, 6):
+    writer.write("pretrain", step, {"loss": 1.0 / step})
+  writer.write("finetune_val", 1, {"accuracy": 0.5})
+  writer.close()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"stage": "pretrain", "st')  # half a line: killed mid-write
+  time.sleep(1.1)  # TensorBoard event files are named by the second: a new one for the new run
+  writer = loop.MetricsWriter(str(tmp_path))
+  writer.resumed("pretrain")
+  for step in range(4, 8):
+    writer.write("pretrain", step, {"loss": 1.0 / step})
+  writer.write("finetune", 1, {"loss": 0.3})  # another stage: not resumed, written
+  writer.close()
+  rows = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+  assert [(r["stage"], r["step"]) for r in rows] == (
+      [("pretrain", s) for s in range(1, 6)] + [("finetune_val", 1)]
+      + [("pretrain", 6), ("pretrain", 7), ("finetune", 1)])
+  scalars = _tb_scalars(str(tmp_path))
+  assert sorted(scalars) == sorted((f"{r['stage']}/{k}", r["step"]) for r in rows
+                                   for k in r if k not in ("stage", "step"))

@@ -568,30 +568,18 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
     position = {pid: i for i, pid in enumerate(kept)}
     splits = {k: np.asarray(sorted(position[everyone[j]] for j in v if everyone[j] in position),
                             np.int64) for k, v in drawn.items()}
-    if times is not None:
-      patients, class_names = _survival_bins(spec, patients, times, censorship, splits)
+    if times is not None:  # labels = time bins fitted on the training split
+      bins, class_names = survival.label_bins(
+          times, censorship, splits, spec.num_bins,
+          spec.splits_dir and splits_lib.split_file(spec.splits_dir, max(spec.fold, 0)),
+          spec.labels)
+      patients = tuple(dataclasses.replace(p, label=int(b)) for p, b in zip(patients, bins))
     normalised, normalizer = _normalise(spec, np.stack([values.get(pid, missing) for pid in kept]),
                                         genes, splits['train'], normalizer)
   except DataError as e:
     return None, str(e).split('\n')
   return Cohort(patients, class_names, splits, normalised, normalizer, dims.pop(),
                 times=times, censorship=censorship), []
-
-
-def _survival_bins(spec: CohortSpec, patients: tuple[Patient, ...], times: np.ndarray,
-                   censorship: np.ndarray, splits: dict[str, np.ndarray]
-                   ) -> tuple[tuple[Patient, ...], tuple[str, ...]]:
-  """Each case's label set to its time bin (bins fitted on the training split); the bin names."""
-  where = spec.splits_dir and splits_lib.split_file(spec.splits_dir, max(spec.fold, 0))
-  problems = survival.split_problems(splits, censorship, where or spec.labels)
-  if problems:
-    raise DataError('\n'.join(problems))
-  cuts = survival.fit_bins(times, censorship, splits['train'], spec.num_bins, spec.labels)
-  bins = survival.assign_bins(times, cuts)
-  logging.info('survival: %d bins, cut points %s (training uncensored times)', spec.num_bins,
-               np.round(cuts, 3).tolist())
-  return (tuple(dataclasses.replace(p, label=int(b)) for p, b in zip(patients, bins)),
-          survival.bin_names(cuts))
 
 
 def load_cohort(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None = None) -> Cohort:

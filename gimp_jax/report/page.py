@@ -304,7 +304,7 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
   os.makedirs(report_dir)
   try:
     _compose(report_dir, results, class_names, predictions, tsne, heatmaps, history, val_history,
-             diagnostics, seed, patch_size)
+             diagnostics, seed, patch_size, survival_cutoff)
     os.makedirs(final, exist_ok=True)
     _clear(final)
     for name in sorted(os.listdir(report_dir), key=lambda n: (n.startswith('report.'), n)):
@@ -315,7 +315,7 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
 
 
 def _compose(report_dir, results, class_names, predictions, tsne, heatmaps, history, val_history,
-             diagnostics, seed, patch_size) -> None:
+             diagnostics, seed, patch_size, survival_cutoff) -> None:
   """`write_report`'s files, written into `report_dir`."""
   names = list(class_names)
   checked = {} if survival_cutoff is not None else {

@@ -572,7 +572,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                    num_classes=run.num_classes, num_genes=run.num_genes,
                    class_names=list(run.cohort.class_names),
                    splits={k: int(v.size) for k, v in run.cohort.splits.items()})
-    if changes:
-      results["config_changes"] = workdir_lib.change_history(workdir)
+    history = workdir_lib.change_history(workdir)  # the workdir's earlier configs, if any
+    if history:
+      results["config_changes"] = history
     provenance.write_json_atomic(os.path.join(workdir, "results.json"), results)
   return results
