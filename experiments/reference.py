@@ -1,6 +1,7 @@
-"""What a statistician runs first: logistic regression on mean-pooled slide features, on the
-expression vector and on both (scikit-learn), on exactly the runs' splits; and the paired
-difference of two methods over seeds with its 95% interval.
+"""What a statistician runs first: logistic regression (scikit-learn; for survival an elastic-net
+Cox model, scikit-survival) on mean-pooled slide features, on the expression vector and on both,
+on exactly the runs' splits; and the paired difference of two methods over seeds with its 95%
+interval.
 
 For a config (data paths, seed), the cohort is loaded as a run loads it (same seeded split, gene
 list and normalisation fitted on the training split). Each patient's slide is its features'
@@ -56,8 +57,7 @@ def fit_and_score(x: np.ndarray, labels: np.ndarray, splits: dict[str, np.ndarra
 
 def lr_rows(config, cache_dir: str) -> dict[str, dict]:
   """{input: fit_and_score result} for the slide, genes and both, on `config`'s cohort and split."""
-  spec = cohort_lib.CohortSpec.from_mapping(config.data, seed=config.seed)
-  cohort = cohort_lib.load_cohort(spec)
+  cohort = cohort_lib.load_cohort(cohort_lib.CohortSpec.from_config(config))
   slide = mean_pooled(cohort, os.path.join(cache_dir, "mean_pooled.npy"))
   inputs = {"slide": slide, "genes": cohort.genes, "both": np.concatenate([slide, cohort.genes], 1)}
   splits = {k: cohort.split(k) for k in ("train", "val", "test")}
@@ -80,3 +80,34 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict:
     half = float(stats.t.ppf(0.975, d.size - 1)) * sd / np.sqrt(d.size)
     out.update(std=sd, ci95=(float(d.mean() - half), float(d.mean() + half)))
   return out
+
+
+def fit_cox(x: np.ndarray, times: np.ndarray, censorship: np.ndarray,
+            splits: dict[str, np.ndarray]) -> dict:
+  """Elastic-net Cox model (scikit-survival's CoxnetSurvivalAnalysis, l1_ratio 0.5, features
+  standardised on train) on x [P, F]: the penalty picked on the validation C-index along the
+  fitted path; {"alpha", "val_c_index", "test_c_index"}."""
+  from sksurv.linear_model import CoxnetSurvivalAnalysis  # pylint: disable=g-import-not-at-top
+  from sksurv.util import Surv  # pylint: disable=g-import-not-at-top
+  train, val, test = splits["train"], splits["val"], splits["test"]
+  scaler = StandardScaler().fit(x[train])
+  z = scaler.transform(x)
+  y = Surv.from_arrays(censorship[train] == 0, times[train])
+  model = CoxnetSurvivalAnalysis(l1_ratio=0.5, alpha_min_ratio=0.05, n_alphas=30, max_iter=2000)
+  model.fit(z[train], y)
+  score = lambda idx, a: metrics_lib.survival_metrics(times[idx], censorship[idx],
+                                                      model.predict(z[idx], alpha=a))["c_index"]
+  best = max(model.alphas_, key=lambda a: (np.nan_to_num(score(val, a)), a))
+  return {"alpha": float(best), "val_c_index": score(val, best),
+          "test_c_index": score(test, best)}
+
+
+def cox_rows(config, cache_dir: str) -> dict[str, dict]:
+  """{input: fit_cox result} for the slide, genes and both, on `config`'s survival cohort and
+  fold (the Cox reference rows of `experiments/tables.py --task survival`)."""
+  cohort = cohort_lib.load_cohort(cohort_lib.CohortSpec.from_config(config))
+  slide = mean_pooled(cohort, os.path.join(cache_dir, "mean_pooled.npy"))
+  inputs = {"slide": slide, "genes": cohort.genes, "both": np.concatenate([slide, cohort.genes], 1)}
+  splits = {k: cohort.split(k) for k in ("train", "val", "test")}
+  times = cohort.times.astype(np.float64)
+  return {name: fit_cox(x, times, cohort.censorship, splits) for name, x in inputs.items()}

@@ -105,6 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="synthetic cohort preset (paper_scale: 946 patients, 100-1,000 patches)")
   p.add_argument("--no_reference", action="store_true",
                  help="skip the logistic-regression reference rows")
+  p.add_argument("--task", default="classification", choices=("classification", "survival"),
+                 help="survival: C-index over --folds folds (experiments/survival_tables.py)")
+  p.add_argument("--folds", type=int, default=5, help="survival: folds (data.num_folds)")
   p.add_argument("--report_only", action="store_true",
                  help="write the tables from the finished runs, run nothing (partial results of "
                       "a call that outlasts a session)")
@@ -392,6 +395,10 @@ def paired_lines(p: dict) -> list[str]:
 
 def main(argv=None) -> None:
   args = parse_args(argv)
+  if args.task == "survival":
+    from experiments import survival_tables  # pylint: disable=g-import-not-at-top
+    survival_tables.main(args, argv)
+    return
   start = time.time()
   os.makedirs(args.out, exist_ok=True)
   # Every worker shares one persistent XLA cache (seeds compile identical programs) and one core.

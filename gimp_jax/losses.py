@@ -41,30 +41,39 @@ def pairwise_sq_distances(x: jax.Array) -> jax.Array:
   return jnp.sum(diff * diff, axis=-1)
 
 
-def _hardest(d: jax.Array, labels: jax.Array):
-  """Batch-hard mining on squared distances d [B, B].
+def _pairs(labels: jax.Array, use: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """(positive pairs, negative pairs) [B, B]: same label and not itself / other label; rows and
+  columns of examples outside `use` [B] bool (None: all) are dropped."""
+  same = labels[:, None] == labels[None, :]
+  pos = same & ~jnp.eye(labels.shape[0], dtype=bool)
+  neg = ~same
+  if use is not None:
+    both = use[:, None] & use[None, :]
+    pos, neg = pos & both, neg & both
+  return pos, neg
+
+
+def _hardest(d: jax.Array, labels: jax.Array, use: jax.Array | None = None):
+  """Batch-hard mining on squared distances d [B, B] (only examples in `use`, when given).
 
   Returns:
     (farthest positive [B], nearest negative [B], valid [B]: the anchor has a positive, i.e. a
     same-label other example, and a negative).
   """
-  same = labels[:, None] == labels[None, :]
-  pos = same & ~jnp.eye(labels.shape[0], dtype=bool)
-  neg = ~same
+  pos, neg = _pairs(labels, use)
   hardest_pos = jnp.max(jnp.where(pos, d, -jnp.inf), axis=1)
   hardest_neg = jnp.min(jnp.where(neg, d, jnp.inf), axis=1)
   return hardest_pos, hardest_neg, jnp.any(pos, axis=1) & jnp.any(neg, axis=1)
 
 
-def _valid_triplets(labels: jax.Array) -> jax.Array:
+def _valid_triplets(labels: jax.Array, use: jax.Array | None = None) -> jax.Array:
   """[B, B, B] bool: (a, p, n) with p a positive of a (not a itself) and n a negative of a."""
-  same = labels[:, None] == labels[None, :]
-  pos = same & ~jnp.eye(labels.shape[0], dtype=bool)
-  return pos[:, :, None] & ~same[:, None, :]
+  pos, neg = _pairs(labels, use)
+  return pos[:, :, None] & neg[:, None, :]
 
 
 def triplet_loss(embeddings: jax.Array, labels: jax.Array, margin: float = 0.8,
-                 mining: str = "batch_hard") -> jax.Array:
+                 mining: str = "batch_hard", use: jax.Array | None = None) -> jax.Array:
   """Gene-induced triplet loss on CLS_pat (GiMP Eq. 4), squared Euclidean distance.
 
   Args:
@@ -75,15 +84,18 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, margin: float = 0.8,
       one negative, relu(max_p d(a, p) + margin - min_n d(a, n)), averaged over those anchors (0 when
       there are none). "batch_all": mean of relu(d(a, p) + margin - d(a, n)) over all valid triplets
       (a, p, n), zeros included (0 when there are none).
+    use: [B] bool, the examples that take part (None: all); survival uses the uncensored cases,
+      whose labels are their time bins.
 
   Returns:
     Scalar loss.
   """
-  return triplet_terms(embeddings, labels, margin, mining)[0]
+  return triplet_terms(embeddings, labels, margin, mining, use)[0]
 
 
 def triplet_terms(embeddings: jax.Array, labels: jax.Array, margin: float = 0.8,
-                  mining: str = "batch_hard") -> tuple[jax.Array, jax.Array]:
+                  mining: str = "batch_hard", use: jax.Array | None = None
+                  ) -> tuple[jax.Array, jax.Array]:
   """(triplet loss as `triplet_loss`, fraction of its hinges that are active).
 
   The active fraction is over the valid anchors (batch_hard) or valid triplets (batch_all): 0 means
@@ -91,10 +103,10 @@ def triplet_terms(embeddings: jax.Array, labels: jax.Array, margin: float = 0.8,
   """
   d = pairwise_sq_distances(embeddings)
   if mining == "batch_hard":
-    hardest_pos, hardest_neg, valid = _hardest(d, labels)
+    hardest_pos, hardest_neg, valid = _hardest(d, labels, use)
     hinge = jnp.where(valid, jax.nn.relu(hardest_pos + margin - hardest_neg), 0.0)
   elif mining == "batch_all":
-    valid = _valid_triplets(labels)
+    valid = _valid_triplets(labels, use)
     hinge = jnp.where(valid, jax.nn.relu(d[:, :, None] + margin - d[:, None, :]), 0.0)
   else:
     raise ValueError(f"Unknown triplet mining {mining!r}; expected 'batch_hard' or 'batch_all'.")
@@ -102,14 +114,15 @@ def triplet_terms(embeddings: jax.Array, labels: jax.Array, margin: float = 0.8,
   return jnp.sum(hinge) / count, jnp.sum((hinge > 0) & valid) / count
 
 
-def separation_gap(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
+def separation_gap(embeddings: jax.Array, labels: jax.Array, use: jax.Array | None = None
+                   ) -> jax.Array:
   """Mean over valid anchors of (nearest negative - farthest positive), squared L2.
 
   On CLS_ge this is how far the gene half alone already satisfies the triplet constraint: when it
   exceeds the margin for every anchor, the hinge on [CLS_img; CLS_ge] is inactive before the image
   half contributes anything. embeddings: [B, E]; labels: [B] -> scalar (0 when no anchor is valid).
   """
-  hardest_pos, hardest_neg, valid = _hardest(pairwise_sq_distances(embeddings), labels)
+  hardest_pos, hardest_neg, valid = _hardest(pairwise_sq_distances(embeddings), labels, use)
   gap = jnp.where(valid, hardest_neg - hardest_pos, 0.0)
   return jnp.sum(gap) / jnp.maximum(jnp.sum(valid), 1)
 

@@ -1,4 +1,6 @@
-"""Classification metrics of a split: accuracy, ROC AUC, macro F1, balanced accuracy, confusion.
+"""Metrics of a split. Classification: accuracy, ROC AUC, macro F1, balanced accuracy, confusion.
+Survival: Harrell's censoring-aware concordance index (scikit-survival's
+`concordance_index_censored`), `survival_metrics`.
 
 The prediction is argmax over the class probabilities. AUC follows the paper's binary setting
 (LUAD vs LUSC): the ROC AUC of the positive class (column 1). With more classes it is the macro
@@ -84,3 +86,29 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, A
       'confusion_matrix': confusion.astype(int).tolist(),
       'num_examples': int(labels.size),
   }
+
+
+def survival_metrics(times: np.ndarray, censorship: np.ndarray, risk: np.ndarray
+                     ) -> dict[str, Any]:
+  """Harrell's C-index of a risk score (higher risk = earlier event).
+
+  Args:
+    times: [N] follow-up times.
+    censorship: [N] 1 = censored, 0 = event.
+    risk: [N] predicted risk.
+
+  Returns:
+    {'c_index': scikit-survival's `concordance_index_censored` (ties in risk count 1/2; NaN, with
+    a warning, when no pair is comparable, e.g. no event), 'num_examples', 'num_events'}.
+  """
+  from sksurv.metrics import concordance_index_censored  # pylint: disable=g-import-not-at-top
+  times, risk = np.asarray(times, np.float64), np.asarray(risk, np.float64)
+  event = np.asarray(censorship) == 0
+  if not np.all(np.isfinite(risk)):
+    raise ValueError('risk contains NaN or inf')
+  try:
+    c_index = float(concordance_index_censored(event, times, risk)[0])
+  except ValueError as e:  # sksurv: all samples censored / no comparable pairs
+    logging.warning('C-index is undefined (%s); C-index = NaN', e)
+    c_index = float('nan')
+  return {'c_index': c_index, 'num_examples': int(times.size), 'num_events': int(event.sum())}

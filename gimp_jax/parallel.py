@@ -98,7 +98,7 @@ def initialize_distributed(config=None, environ: Mapping[str, str] | None = None
   elif hint is not None:
     kwargs = {}
   else:
-    logging.info("Single process: jax.distributed not initialized.")
+    logging.debug("Single process: jax.distributed not initialized.")
     return False
   if p.local_device_ids:
     kwargs["local_device_ids"] = [int(i) for i in str(p.local_device_ids).split(",")]

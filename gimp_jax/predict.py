@@ -31,6 +31,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from gimp_jax import cli
 from gimp_jax import methods
 from gimp_jax import provenance
 from gimp_jax import validate
@@ -85,7 +86,7 @@ def merge_config(trained: ml_collections.ConfigDict, given: ml_collections.Confi
 def _labels_csv(path: str, placeholder: str, tmpdir: str) -> tuple[str, bool]:
   """(labels CSV to load, whether it has labels): unlabelled patients get a placeholder label."""
   try:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
       rows = list(csv.reader(f))
   except (OSError, UnicodeDecodeError, csv.Error):
     return path, True  # the cohort loader reports it
@@ -154,25 +155,45 @@ def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def write_csv(path: str, result: dict[str, Any]) -> None:
-  """One row per patient: ID, known label, predicted class (index and name), P(class)."""
+  """One row per patient: ID, known label, predicted class (index and name), P(class). Written
+  through a temporary file and a rename (a full disk leaves no half file)."""
   names = result["class_names"]
-  with open(path, "w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f)
-    writer.writerow(["patient_id", "label_name", "predicted", "predicted_name"] +
-                    [f"prob_{n}" for n in names])
-    for pid, y, p in zip(result["patient_id"], result["label"], result["probs"]):
-      k = int(np.argmax(p))
-      writer.writerow([pid, names[y] if y >= 0 else "", k, names[k]] + [f"{v:.9g}" for v in p])
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+      writer = csv.writer(f)
+      writer.writerow(["patient_id", "label_name", "predicted", "predicted_name"] +
+                      [f"prob_{n}" for n in names])
+      for pid, y, p in zip(result["patient_id"], result["label"], result["probs"]):
+        k = int(np.argmax(p))
+        writer.writerow([pid, names[y] if y >= 0 else "", k, names[k]] + [f"{v:.9g}" for v in p])
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def prepare_out(path: str) -> None:
+  """Creates the folder of the output CSV before any inference; DataError when it cannot be."""
+  folder = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise DataError(f"{path}: --out: cannot create the folder {folder} ({e.strerror or e})") from e
+  if os.path.isdir(path):
+    raise DataError(f"{path}: --out: is a folder; give the CSV file to write")
 
 
 def main(argv) -> None:
   del argv
   try:
+    prepare_out(flags.FLAGS.out)
     result = predict(flags.FLAGS.workdir, flags.FLAGS.config)
-  except DataError as e:
-    print(f"gimp_jax.predict: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  write_csv(flags.FLAGS.out, result)
+    write_csv(flags.FLAGS.out, result)
+  except Exception as e:  # pylint: disable=broad-except
+    if cli.exit_code(e) is None:
+      raise
+    cli.fail("gimp_jax.predict", cli.message(e, flags.FLAGS.out), cli.exit_code(e))
   print(f"gimp_jax.predict: {len(result['patient_id'])} patients -> {flags.FLAGS.out}")
 
 
@@ -182,4 +203,4 @@ if __name__ == "__main__":  # flags only here, as in gimp_jax.validate
   flags.DEFINE_string("workdir", None, "Workdir of the trained run.")
   flags.DEFINE_string("out", "predictions.csv", "Output CSV.")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser("gimp_jax.predict"))

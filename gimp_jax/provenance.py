@@ -114,13 +114,18 @@ def _changes(old: dict, new: dict) -> list[str]:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON through a temporary file and a rename (a kill never leaves half a file)."""
+  """Writes JSON through a temporary file and a rename (a kill or a full disk never leaves half a
+  file)."""
   tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, default=float)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=2, default=float)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:  # a full disk: no half temporary file left behind
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def record(workdir: str, config: ml_collections.ConfigDict,

@@ -28,8 +28,10 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from gimp_jax import cli
 from gimp_jax import methods
 from gimp_jax.checkpoint import MAX_TO_KEEP
+from gimp_jax.configs import checks
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import genes as genes_lib
 from gimp_jax.errors import DataError
@@ -59,7 +61,7 @@ def stored_normalizer(config: ml_collections.ConfigDict, workdir: str | None
 
 def config_problems(config: ml_collections.ConfigDict) -> list[str]:
   """Settings that cannot work, one line each."""
-  problems = []
+  problems = checks.problems(config)
   try:
     methods.get(config.method)
   except ValueError as e:
@@ -70,6 +72,16 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
   if not (isinstance(config.data.feature_dim, int) and config.data.feature_dim > 0):
     problems.append(f"config: data.feature_dim: {config.data.feature_dim!r}, expected the width "
                     "of the features (e.g. 1024)")
+  task = config.get("task", "classification")
+  if task not in ("classification", "survival"):
+    problems.append(f"config: task: {task!r}, expected 'classification' or 'survival'")
+  elif task == "survival":
+    if config.survival.loss not in ("nll", "cox") or config.survival.num_bins < 1:
+      problems.append(f"config: survival: loss {config.survival.loss!r} (expected 'nll' or "
+                      f"'cox'), num_bins {config.survival.num_bins} (expected >= 1)")
+    if source == "tfds":
+      problems.append("config: data.source: 'tfds' datasets carry class labels only; survival "
+                      "reads the labels CSV (data.source='h5')")
   init_from = config.get("init_from", "")
   if init_from and not os.path.exists(os.path.join(init_from, NORMALIZER)):
     problems.append(f"{init_from}: init_from: no {NORMALIZER}, so the gene list its model was "
@@ -100,6 +112,24 @@ def workdir_problems(workdir: str) -> list[str]:
   return []
 
 
+def split_problems(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> list[str]:
+  """The splits the stages need: train to train on, val to pick the best epoch on (gene_pretrain,
+  finetune) and to report, test to report."""
+  need = {"train": TRAINING_STAGES, "val": ("gene_pretrain", "finetune", "test"),
+          "test": ("test",)}
+  sizes = {k: int(v.size) for k, v in cohort.splits.items()}
+  how = f"{len(cohort.patients)} patients: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
+  where = config.data.labels or config.data.get("tfds_dir", "")
+  out = []
+  for split, stages in need.items():
+    users = [s for s in config.stages if s in stages]
+    if users and not sizes.get(split):
+      out.append(f"{where}: split: no {split} patients ({how}), but stage(s) "
+                 f"{', '.join(users)} need them: add patients, change data.split_fractions, or "
+                 "give a split column")
+  return out
+
+
 def parameter_count(config: ml_collections.ConfigDict, num_genes: int, num_classes: int) -> int:
   """Parameters of the run's model, from shapes only (nothing is allocated)."""
   model = nnx.eval_shape(
@@ -126,24 +156,49 @@ def _tree_bytes(path: str) -> int:
              for n in names)
 
 
-def disk_problems(workdir: str, config: ml_collections.ConfigDict, num_genes: int,
-                  num_classes: int) -> list[str]:
-  """Whether the workdir's disk has room for the checkpoints (those already there count)."""
-  need, params, kept = checkpoint_bytes(config, num_genes, num_classes)
+# Upper bounds of what a run writes beside its checkpoints. A report figure is a PNG of at most a
+# few hundred KiB (the largest of the tiny run: 140 KiB) and a heatmap grows with the slide; 4 MiB
+# each covers both, counted 2.5 times (the PNG, and base64 in report.html). A metrics record
+# (metrics.jsonl line and TensorBoard events) takes well under 1 KiB per step.
+REPORT_FIGURE_BYTES = 4 << 20
+METRICS_STEP_BYTES = 1 << 10
+
+
+def report_bytes(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> tuple[int, int]:
+  """(bytes, figures): disk the report, the prediction CSVs and the metrics need at most."""
+  if "test" not in config.stages:
+    return 0, 0
+  stages = config.stages
+  figures = 4 + 1 + int(config.report.heatmaps)  # ROC + confusion (val, test), training curves
+  figures += 2 * int("pretrain" in stages)  # t-SNE, pre-training diagnostics
+  csv = 64 * (cohort.num_classes + 4) * len(cohort.patients)
+  train = int(cohort.split("train").size)
+  steps = sum(int(config[s].epochs) * -(-train // max(int(config[s].batch_size), 1))
+              for s in TRAINING_STAGES if s in stages and s in config)
+  return int(2.5 * figures * REPORT_FIGURE_BYTES) + csv + steps * METRICS_STEP_BYTES, figures
+
+
+def disk_problems(workdir: str, config: ml_collections.ConfigDict,
+                  cohort: cohort_lib.Cohort) -> list[str]:
+  """Whether the workdir's disk has room for the checkpoints and the report (those already there
+  count)."""
+  need, params, kept = checkpoint_bytes(config, cohort.num_genes, cohort.num_classes)
+  report, figures = report_bytes(config, cohort)
   have = _tree_bytes(os.path.join(workdir, "checkpoints"))
   free = shutil.disk_usage(_existing_ancestor(workdir)).free
-  if free + have < need:
+  if free + have < need + report:
     there = f", {have / _MIB:.1f} MiB already there" if have else ""
-    return [f"{workdir}: disk: {free / _MIB:.1f} MiB free but the checkpoints need about "
-            f"{need / _MIB:.1f} MiB ({params:,} parameters x 3 (weights and two Adam moments) x 4 "
-            f"bytes x {kept} checkpoints kept{there})"]
+    return [f"{workdir}: disk: {free / _MIB:.1f} MiB free but the run needs about "
+            f"{(need + report) / _MIB:.1f} MiB: checkpoints {need / _MIB:.1f} MiB ({params:,} "
+            f"parameters x 3 (weights and two Adam moments) x 4 bytes x {kept} checkpoints "
+            f"kept{there}), report and metrics {report / _MIB:.1f} MiB ({figures} figures)"]
   return []
 
 
 def _cohort(config: ml_collections.ConfigDict, normalizer: genes_lib.GeneNormalizer | None
             ) -> tuple[cohort_lib.Cohort | None, list[str]]:
   """The cohort with every feature file read in full, and every problem found."""
-  spec = cohort_lib.CohortSpec.from_mapping(config.data, seed=config.seed)
+  spec = cohort_lib.CohortSpec.from_config(config)
   if config.data.get("source", "h5") == "tfds":
     from gimp_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
     try:  # the builder checked the inputs; what is left is its settings and the gene list
@@ -195,8 +250,10 @@ def check(config: ml_collections.ConfigDict, workdir: str | None = None
     normalizer, stored = None, None
   cohort, found = check_inputs(config, normalizer, stored)
   problems += found
+  if cohort is not None and not found:
+    problems += split_problems(config, cohort)
   if cohort is not None and workdir and not problems:
-    problems += disk_problems(workdir, config, cohort.num_genes, cohort.num_classes)
+    problems += disk_problems(workdir, config, cohort)
   return (None, problems) if problems else (cohort, [])
 
 
@@ -214,7 +271,8 @@ def summary(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> str
   slides = sum(len(p.slide_ids) for p in cohort.patients)
   dropped = ""
   if config.data.get("source", "h5") != "tfds":
-    listed = {r.patient_id for r in cohort_lib.read_labels(config.data.labels)}
+    listed = {r.patient_id for r in cohort_lib.read_labels(
+        config.data.labels, config.get("task", "classification"))}
     if len(listed) > len(cohort.patients):
       dropped = f" ({len(listed) - len(cohort.patients)} dropped: drop_incomplete)"
   return (f"{len(cohort.patients)} patients{dropped} ({splits}), {slides} slides, "
@@ -239,4 +297,4 @@ if __name__ == "__main__":  # flags only here: gimp_jax.main imports this module
   flags.DEFINE_string("workdir", None, "The run's workdir (optional): write access, disk room, "
                       "and its stored gene list are checked too.")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser("gimp_jax.validate"))

@@ -49,7 +49,6 @@ def test_matrix_layouts(tmp_path, values, name, delim, quote):
 
 @pytest.mark.parametrize('body,fragment', [
     ('Ensembl_ID\tA\tB\nG1\t1\t2\nG2\t3\n', 'line 3: 2 fields, the header has 3'),
-    ('Ensembl_ID\tA\tB\nG1\t1\tx\n', 'values:'),
     ('Ensembl_ID\tA\tA\nG1\t1\t2\n', 'duplicated IDs (first: A)'),
     ('Ensembl_ID\tA\tB\nG1\t1\t2\nG1\t3\t4\n', 'gene IDs: 1 duplicated IDs (first: G1)'),
     ('Ensembl_ID\tA\tB\n', 'no gene rows'),
@@ -188,3 +187,50 @@ def test_fuzz_tables_raise_only_data_error(tmp_path, text):
     assert len(genes) == vals.size
   except DataError:
     pass
+
+
+def test_matrix_cells_that_are_not_numbers_are_all_found(tmp_path, values):
+  """NA and empty cells read as NaN; every other non-number is listed with its line and gene."""
+  path = write_matrix(tmp_path / 'm.tsv', GENES, SAMPLES, values)
+  lines = open(path).read().splitlines()
+  cells = {(1, 1): 'NA', (2, 2): '', (3, 1): 'abc', (4, 3): '1,5'}  # (line index, column)
+  for (i, j), text in cells.items():
+    parts = lines[i].split('\t')
+    parts[j] = text
+    lines[i] = '\t'.join(parts)
+  open(path, 'w').write('\n'.join(lines) + '\n')
+  table = expr.open_expression(path).read()
+  want = values.copy()
+  want[0, 0] = want[1, 1] = want[0, 2] = want[2, 3] = np.nan
+  np.testing.assert_array_equal(table.values, want)
+  assert table.bad == {SAMPLES[0]: (path, ((4, GENES[2], 'abc'),)),
+                       SAMPLES[2]: (path, ((5, GENES[3], '1,5'),))}
+  many = [(n, f'G{n}', 'x') for n in range(1, 8)]
+  assert expr.describe_bad_cells(many) == (
+      "7 value(s) are not numbers: line 1: gene G1: value 'x' is not a number; line 2: gene G2: "
+      "value 'x' is not a number; line 3: gene G3: value 'x' is not a number; line 4: gene G4: "
+      "value 'x' is not a number; line 5: gene G5: value 'x' is not a number; and 2 more")
+
+
+def test_gdc_folder_reports_every_broken_file(tmp_path, values):
+  folder = tmp_path / 'gdc'
+  folder.mkdir()
+  _htseq(folder / f'{SAMPLES[0]}.htseq.counts', GENES, values[0])
+  (folder / f'{SAMPLES[1]}.htseq.counts').write_text('G1\t1\nG1\t2\n')  # duplicated gene
+  (folder / f'{SAMPLES[2]}.htseq.counts').write_text('# nothing\n')  # no gene rows
+  with pytest.raises(DataError) as e:
+    expr.open_expression(str(folder)).read()
+  assert str(e.value).split('\n') == [
+      f'{folder}/{SAMPLES[1]}.htseq.counts: gene IDs: 1 duplicated IDs (first: G1)',
+      f'{folder}/{SAMPLES[2]}.htseq.counts: no gene rows']
+  # Cells that are not numbers are kept per sample (the cohort drops or refuses the patient).
+  (folder / f'{SAMPLES[1]}.htseq.counts').unlink()
+  (folder / f'{SAMPLES[2]}.htseq.counts').unlink()
+  lines = (folder / f'{SAMPLES[0]}.htseq.counts').read_text().splitlines()
+  lines[1] = f'{GENES[1]}\tNA'
+  lines[2] = f'{GENES[2]}\tmany'
+  (folder / f'{SAMPLES[0]}.htseq.counts').write_text('\n'.join(lines) + '\n')
+  table = expr.open_expression(str(folder)).read()
+  assert table.bad == {SAMPLES[0]: (str(folder / f'{SAMPLES[0]}.htseq.counts'),
+                                    ((3, GENES[2], 'many'),))}
+  assert np.isnan(table.values[0, 1]) and np.isnan(table.values[0, 2])

@@ -9,6 +9,7 @@ import pytest
 
 from gimp_jax.configs.methods import biovil_clip, itm as itm_config, mgca as mgca_config
 from gimp_jax.configs.methods import refers as refers_config
+from gimp_jax.configs import nsclc
 from gimp_jax import methods
 from gimp_jax.objectives import clip, itm, mgca, mil, refers
 from gimp_jax.train import optim, steps
@@ -249,12 +250,24 @@ def test_clam_instance_loss_matches_numpy(kind, branches, subtyping):
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
+class _Streams:
+  """A stand-in DSMIL model whose two streams return fixed logits."""
+
+  def __init__(self, bag, mx):
+    self.out = (jnp.asarray(bag), jnp.asarray(mx), None)
+
+  def streams(self, patches, patch_mask):
+    del patches, patch_mask
+    return self.out
+
+
 def test_dsmil_loss_matches_numpy():
   bag, mx = RNG.standard_normal((2, 4, 3))
   y = np.array([0, 2, 1, 1])
   want = np.mean([0.5 * np_ce(bag[i], y[i]) + 0.5 * np_ce(mx[i], y[i]) for i in range(4)])
-  np.testing.assert_allclose(float(mil.dsmil_loss(jnp.asarray(bag), jnp.asarray(mx),
-                                                  jnp.asarray(y))), want, rtol=1e-5)
+  loss_fn = mil.make_dsmil_loss(nsclc.get_config("tiny"))
+  got, _ = loss_fn(_Streams(bag, mx), {"patches": jnp.zeros((4, 1, 1)), "label": jnp.asarray(y)})
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- train steps

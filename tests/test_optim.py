@@ -2,6 +2,8 @@
 moments; the first AdamW step, the warm-up + cosine schedule and gradient accumulation against
 NumPy formulas; a freezing regex that matches nothing is an error."""
 
+import logging
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -156,3 +158,11 @@ def test_a_freezing_regex_that_matches_nothing_raises():
   labels = optim.flat_paths(optim.freeze_labels(params, r"/bias$"))
   assert {k for k, v in labels.items() if v == optim.FROZEN} == {
       "gene_encoder/fc1/bias", "gene_encoder/norm/bias", "head/bias"}
+
+
+def test_no_warmup_builds_no_empty_schedule_piece(caplog):
+  """Warm-up 0 used to join an empty linear piece, which optax logs about on every stage."""
+  caplog.set_level(logging.DEBUG)
+  optim.make_optimizer(_config(warmup_epochs=0.0), {"w": jnp.zeros(())}, total_steps=4,
+                       steps_per_epoch=2)
+  assert not [r for r in caplog.records if "transition_steps" in r.getMessage()]

@@ -147,15 +147,39 @@ def test_command_line(trained, tmp_path):
   unlabelled = tmp_path / "unlabelled.csv"
   unlabelled.write_text("\n".join(",".join(r.split(",")[:2]) for r in
                                   open(paths["labels"]).read().split()) + "\n")
+  out = tmp_path / "not" / "yet" / "p.csv"  # a missing folder is created (issue 15)
   args = [a.replace(new["expression"], paths["expression"]).replace(new["labels"], str(unlabelled))
-          for a in args]
+          .replace(str(tmp_path / "p.csv"), str(out)) for a in args]
   ok = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert ok.returncode == 0, ok.stderr[-3000:]
-  assert ok.stdout.splitlines()[-1] == f"gimp_jax.predict: 20 patients -> {tmp_path / 'p.csv'}"
+  assert ok.stdout.splitlines()[-1] == f"gimp_jax.predict: 20 patients -> {out}"
   expected = predict.predict(workdir, _config(paths))
   names = list(expected["class_names"])
-  rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+  rows = list(csv.DictReader(open(out)))
   assert [r["patient_id"] for r in rows] == list(expected["patient_id"])
   for r, p in zip(rows, expected["probs"]):
     assert r["label_name"] == "" and r["predicted_name"] == names[int(np.argmax(p))]
     np.testing.assert_allclose([float(r[f"prob_{n}"]) for n in names], p, rtol=1e-7)
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_inference(tmp_path):
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(DataError, match=f"^{tmp_path}/file/p.csv: --out: cannot create the folder "
+                     f"{tmp_path}/file "):
+    predict.prepare_out(str(tmp_path / "file" / "p.csv"))
+  with pytest.raises(DataError, match="--out: is a folder"):
+    predict.prepare_out(str(tmp_path))
+
+
+def test_a_workdir_without_a_fine_tuned_model_is_left_as_it_was(trained, tmp_path):
+  workdir, paths = trained
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(copy / "checkpoints" / "finetune_best")
+  listing = sorted(os.path.relpath(os.path.join(r, n), copy)
+                   for r, ds, ns in os.walk(copy) for n in ds + ns)
+  with pytest.raises(DataError, match="finetune_best: no fine-tuned checkpoint; run the finetune "
+                     "stage first"):
+    predict.predict(str(copy), _config(paths))
+  assert sorted(os.path.relpath(os.path.join(r, n), copy)
+                for r, ds, ns in os.walk(copy) for n in ds + ns) == listing

@@ -292,3 +292,41 @@ def test_pretrain_diagnostics_figure_in_report(tmp_path):
   _assert_png(tmp_path / 'pretrain_diagnostics.png')
   report.write_report(tmp_path, results={}, class_names=['A', 'B'], predictions={'test': test})
   assert not (tmp_path / 'pretrain_diagnostics.png').exists()  # a report without pre-training
+
+
+def test_curves_plot_losses_per_step_and_validation_per_epoch():
+  """metrics.jsonl records: per-step training metrics and per-epoch validation (issue 15)."""
+  history = {'finetune': [(s, {'loss': 1 / s, 'grad_norm': 2.0, 'epoch': s // 3})
+                          for s in range(1, 7)]}
+  val = {'finetune': [(0, {'accuracy': 0.5, 'auc': 0.6}), (1, {'accuracy': 0.7, 'auc': 0.8})]}
+  panels = report.figures.curve_panels(history, val)
+  losses, validation = panels['finetune']
+  assert losses == {'loss': ([1, 2, 3, 4, 5, 6], [1 / s for s in range(1, 7)])}
+  assert validation == {'accuracy': ([0, 1], [0.5, 0.7]), 'auc': ([0, 1], [0.6, 0.8])}
+  assert report.figures.curve_panels({'pretrain': [(1, {'grad_norm': 1.0})]}) == {}
+
+
+def test_a_failed_report_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+  """A full disk half-way through the figures: the earlier report stays as it was, byte for
+  byte, and no temporary folder is left."""
+  rng = np.random.default_rng(4)
+  kwargs = dict(results={'test_accuracy': 0.5}, class_names=['A', 'B'],
+                predictions={'test': _predictions(rng, 20, 2)},
+                history={'finetune': [(s, {'loss': 1 / (s + 1)}) for s in range(5)]})
+  out = tmp_path / 'report'
+  report.write_report(out, **kwargs)
+  before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+  real, calls = report.figures.save_png, []
+
+  def full_disk(fig, path):
+    calls.append(path)
+    if len(calls) == 2:
+      with open(path, 'wb') as f:
+        f.write(PNG_SIGNATURE)  # half a file, then the disk is full
+      raise OSError(28, 'No space left on device', str(path))
+    return real(fig, path)
+  monkeypatch.setattr(report.figures, 'save_png', full_disk)
+  with pytest.raises(OSError, match='No space left'):
+    report.write_report(out, **kwargs)
+  assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+  assert os.listdir(tmp_path) == ['report']

@@ -60,7 +60,8 @@ def flags(paths, workdir, *extra):
           f"--config.data.labels={paths['labels']}", "--config.report.tsne=False",
           "--config.report.heatmaps=0", "--config.pretrain.checkpoint_every=2",
           "--config.finetune.checkpoint_every=1000",
-          "--config.stages=('pretrain','finetune','test')", *extra]
+          *([] if any(x.startswith("--config.stages=") for x in extra) else [
+              "--config.stages=('pretrain','finetune','test')"]), *extra]
 
 
 def start(args):
@@ -167,8 +168,9 @@ def test_sigkill_mid_stage_then_rerun_is_bit_identical(runs):
   # from the step after it rather than from the start.
   saved = runs["pretrain_after_kill"]
   assert saved and saved[-1] < 6
-  resumed = runs["pretrain_logged_after_restart"][runs["pretrain_logged_before_restart"]:]
-  assert resumed[0] == saved[-1] + 1 and resumed[-1] == 6
+  assert f"pretrain: resuming at step {saved[-1]} " in runs["term"][2]
+  # The steps replayed after the checkpoint are recorded once (issue 15).
+  assert runs["pretrain_logged_after_restart"] == list(range(1, 7))
   rc, out, err = runs["final"]
   assert rc == 0, err[-3000:]
   for stage in CHECKPOINTS:
@@ -205,9 +207,13 @@ def test_half_written_checkpoint_is_never_picked_up(runs):
   last = runs["finetune_after_term"][-1]
   d = os.path.join(runs["wd"], "checkpoints", "finetune")
   assert f"{d}: step {last} is damaged" in err
-  # It went on from the complete epoch-end checkpoint before the damaged one ...
-  assert runs["finetune_logged_by_final"] == list(range(FINETUNE_PER_EPOCH + 1,
-                                                        2 * FINETUNE_PER_EPOCH + 1))
+  # It went on from the complete epoch-end checkpoint before the damaged one (replaying steps
+  # the SIGTERM run had recorded, without recording them again) ...
+  assert f"finetune: resuming at step {FINETUNE_PER_EPOCH} " in err
+  assert runs["finetune_logged_by_final"] == list(range(last + 1, 2 * FINETUNE_PER_EPOCH + 1))
+  with open(os.path.join(runs["wd"], "metrics.jsonl")) as f:
+    rows = [(r["stage"], r["step"]) for r in map(json.loads, f)]
+  assert len(rows) == len(set(rows))
   # ... set the damaged one aside, and removed orbax's leftover temporary directory.
   assert [n.split("-")[0] for n in os.listdir(d + ".damaged")] == [str(last)]
   assert not [n for n in os.listdir(d) if "tmp" in n]
@@ -388,3 +394,44 @@ def test_no_pickle_anywhere_in_the_package():
     with open(path, encoding="utf-8") as f:
       found += pickle_uses(f.read(), os.path.relpath(path, ROOT))
   assert found == []
+
+
+def _tb_scalars(workdir):
+  """(tag, step) of every scalar in the TensorBoard event files (TFRecord framing, read here)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = []
+  for path in glob.glob(os.path.join(workdir, "tb", "events*")):
+    data = open(path, "rb").read()
+    i = 0
+    while i < len(data):
+      n = int.from_bytes(data[i:i + 8], "little")
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+      out += [(v.tag, event.step) for v in event.summary.value]
+      i += 12 + n + 4
+  return out
+
+
+def test_replayed_steps_are_recorded_once(tmp_path):
+  """Steps 1-5 recorded, a kill mid-line, a resume from the checkpoint at step 3: steps 4-5 are
+  replayed but neither metrics.jsonl nor TensorBoard gets them twice."""
+  writer = loop.MetricsWriter(str(tmp_path))
+  for step in range(1, 6):
+    writer.write("pretrain", step, {"loss": 1.0 / step})
+  writer.write("finetune_val", 1, {"accuracy": 0.5})
+  writer.close()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"stage": "pretrain", "st')  # half a line: killed mid-write
+  time.sleep(1.1)  # TensorBoard event files are named by the second: a new one for the new run
+  writer = loop.MetricsWriter(str(tmp_path))
+  writer.resumed("pretrain")
+  for step in range(4, 8):
+    writer.write("pretrain", step, {"loss": 1.0 / step})
+  writer.write("finetune", 1, {"loss": 0.3})  # another stage: not resumed, written
+  writer.close()
+  rows = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+  assert [(r["stage"], r["step"]) for r in rows] == (
+      [("pretrain", s) for s in range(1, 6)] + [("finetune_val", 1)]
+      + [("pretrain", 6), ("pretrain", 7), ("finetune", 1)])
+  scalars = _tb_scalars(str(tmp_path))
+  assert sorted(scalars) == sorted((f"{r['stage']}/{k}", r["step"]) for r in rows
+                                   for k in r if k not in ("stage", "step"))

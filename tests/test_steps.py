@@ -109,7 +109,7 @@ def test_gene_pretrain_step():
   tx = optim.make_optimizer(cfg.optim, params, total_steps=5, steps_per_epoch=1)
   state = create_state(model, tx)
   b = _batch(cfg)
-  state, m = steps.make_train_step(supervised.gene_loss)(state, {"genes": b["genes"], "label": b["label"]},
+  state, m = steps.make_train_step(supervised.gene_loss(cfg))(state, {"genes": b["genes"], "label": b["label"]},
                                       jax.random.key(0))
   assert set(m) >= {"loss", "accuracy"} and np.isfinite(float(m["loss"]))
 

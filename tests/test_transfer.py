@@ -2,6 +2,8 @@
 destination dtype), the rest stay as initialised; the report names both sets; a missing or
 misshapen source leaf, or a transfer that copies nothing, is an error."""
 
+import logging
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -97,3 +99,14 @@ def test_missing_misshapen_or_nothing_copied_is_an_error():
     transfer.transfer_params(two, gimp, exclude=r"^head/")
   with pytest.raises(ValueError, match="copied nothing"):
     transfer.transfer_params(two, three, include=r"^no_such/")
+
+
+def test_transfer_logs_counts_at_info_and_names_at_debug(caplog):
+  caplog.set_level(logging.DEBUG)
+  gene, gimp = _params(_GeneClassifier(nnx.Rngs(5))), _params(_Gimp(nnx.Rngs(0)))
+  _, report = transfer.gene_encoder_into_gimp(gene, gimp)
+  info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+  assert info == [f"Transfer: {len(report['copied'])} parameters copied, "
+                  f"{len(report['fresh'])} fresh."]
+  debug = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+  assert all(name in debug for name in report["copied"] + report["fresh"])

@@ -10,6 +10,7 @@ import sys
 from flax import nnx
 import h5py
 import jax
+from jax import numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,6 +19,8 @@ from gimp_jax import methods
 from gimp_jax import validate
 from gimp_jax.data import genes as genes_lib
 from gimp_jax.data import synthetic
+from gimp_jax.errors import DataError
+from gimp_jax.train import run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D = 32
@@ -261,7 +264,7 @@ def test_workdir_not_writable(cohort):
   assert problem.startswith("/proc/run: workdir: cannot be created in /proc ("), problem
 
 
-def test_no_disk_room_for_the_checkpoints(cohort, tmp_path, monkeypatch):
+def test_no_disk_room_for_the_checkpoints_and_the_report(cohort, tmp_path, monkeypatch):
   _, c = cohort
   real = validate.shutil.disk_usage
   monkeypatch.setattr(validate.shutil, "disk_usage",
@@ -271,11 +274,21 @@ def test_no_disk_room_for_the_checkpoints(cohort, tmp_path, monkeypatch):
   model = methods.get(c.method).build(c, 40, 2, 0)
   n = sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
   need = n * 3 * 4 * (2 * 3 + 1)  # 3 training stages x 2 kept + the best fine-tuned one
-  assert problem == (f"{tmp_path / 'run'}: disk: 1.0 MiB free but the checkpoints need about "
-                     f"{need / 2**20:.1f} MiB ({n:,} parameters x 3 (weights and two Adam "
-                     "moments) x 4 bytes x 7 checkpoints kept)")
+  # The report: ROC + confusion of val and test, curves, 1 heatmap, t-SNE, diagnostics = 8
+  # figures at 4 MiB, 2.5 times; 10 patients' CSV rows (64 B x (2 classes + 4)); 1 KiB per step
+  # of 2 epochs of each stage over 6 training patients (batches 16, 4, 2).
+  report = int(2.5 * 8 * (4 << 20)) + 64 * 6 * 10 + 1024 * 2 * (1 + 2 + 3)
+  assert problem == (f"{tmp_path / 'run'}: disk: 1.0 MiB free but the run needs about "
+                     f"{(need + report) / 2**20:.1f} MiB: checkpoints {need / 2**20:.1f} MiB "
+                     f"({n:,} parameters x 3 (weights and two Adam moments) x 4 bytes x 7 "
+                     "checkpoints kept), report and metrics "
+                     f"{report / 2**20:.1f} MiB (8 figures)")
+  # Room for the checkpoints alone is not enough: the report would fail after training.
   monkeypatch.setattr(validate.shutil, "disk_usage",
                       lambda p: real(p)._replace(free=need + 1))
+  assert len(problems_of(c, str(tmp_path / "run"))) == 1
+  monkeypatch.setattr(validate.shutil, "disk_usage",
+                      lambda p: real(p)._replace(free=need + report + 1))
   assert problems_of(c, str(tmp_path / "run")) == []
 
 
@@ -311,6 +324,7 @@ def test_drop_incomplete_drops_the_broken_patients(cohort, tmp_path):
   _break_many(root, c)
   os.remove(root / "features" / "orphan.h5")  # a global problem, never dropped
   c.data.drop_incomplete = True
+  c.stages = ("pretrain",)  # both validation patients are dropped: only pre-training can run
   result = validate.preflight(c, str(tmp_path / "run"))
   kept = {p.patient_id for p in result.patients}
   assert kept == {f"TCGA-SY-{i:04d}" for i in range(10)} - {P0, P2, "TCGA-SY-0003",
@@ -355,3 +369,160 @@ def test_training_refuses_bad_inputs_before_any_stage(cohort, tmp_path):
   lines = [x.removeprefix("gimp_jax: error: ") for x in proc.stderr.splitlines()]
   assert sorted(x for x in lines if x.startswith(str(root))) == sorted(expected)
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------- issue 15
+
+
+def with_splits(c, split_of):
+  """Adds a split column: split_of(patient_id) for every row."""
+  lines = open(c.data.labels).read().splitlines()
+  rows = [lines[0] + ",split"] + [f"{x},{split_of(x.split(',')[0])}" for x in lines[1:]]
+  with open(c.data.labels, "w") as f:
+    f.write("\n".join(rows) + "\n")
+
+
+def test_no_validation_or_test_patients_is_refused_before_training(cohort, tmp_path):
+  _, c = cohort
+  original = open(c.data.labels).read()
+  with_splits(c, lambda pid: "test" if pid in (P0, P1) else "train")
+  only(problems_of(c), f"{c.data.labels}: split: no val patients (10 patients: train 8, val 0, "
+       "test 2), but stage(s) gene_pretrain, finetune, test need them: add patients, change "
+       "data.split_fractions, or give a split column")
+  with pytest.raises(DataError, match="split: no val patients"):
+    run_lib.train_and_evaluate(c, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()
+  c.stages = ("pretrain",)  # pre-training needs training patients only
+  assert problems_of(c) == []
+  with open(c.data.labels, "w") as f:
+    f.write(original)
+  with_splits(c, lambda pid: "val" if pid in (P0, P1) else "train")
+  c.stages = ("pretrain", "finetune", "test")
+  assert any("split: no test patients" in p and "stage(s) test need them" in p
+             for p in problems_of(c))
+
+
+def test_the_automatic_split_of_a_tiny_cohort_is_refused(tmp_path):
+  paths = synthetic.make_cohort(str(tmp_path / "in"), patients=4, genes=40, min_patches=6,
+                                max_patches=12, feature_dim=D, seed=1)
+  c = nsclc.get_config("tiny")
+  c.data.update(num_genes=0, **paths)
+  # floor(0.6 x 4) = 2 train, floor(0.2 x 4) = 0 val, the other 2 test.
+  only(problems_of(c), f"{paths['labels']}: split: no val patients (4 patients: train 2, val 0, "
+       "test 2), but stage(s) gene_pretrain, finetune, test need them: add patients, change "
+       "data.split_fractions, or give a split column")
+
+
+def test_expression_cells_that_are_not_numbers_all_reported_and_droppable(cohort, tmp_path):
+  root, c = cohort
+  g1 = edit_expression(root, f"{P1}-01A", 7, "abc")
+  g2 = edit_expression(root, f"{P1}-01A", 9, "x?")
+  g3 = edit_expression(root, "TCGA-SY-0003-01A", 2, "NA")
+  g4 = edit_expression(root, "TCGA-SY-0004-01A", 3, "")
+  assert sorted(problems_of(c)) == sorted([
+      f"{c.data.expression}: patient {P1}: values: column {P1}-01A: 2 value(s) are not numbers: "
+      f"line 8: gene {g1}: value 'abc' is not a number; line 10: gene {g2}: value 'x?' is not a "
+      "number",
+      f"{c.data.expression}: patient TCGA-SY-0003: values: column TCGA-SY-0003-01A has 1 NaN/Inf "
+      f"values (first gene {genes_lib.strip_version(g3)})",
+      f"{c.data.expression}: patient TCGA-SY-0004: values: column TCGA-SY-0004-01A has 1 NaN/Inf "
+      f"values (first gene {genes_lib.strip_version(g4)})"])
+  c.data.drop_incomplete = True
+  c.stages = ("pretrain",)
+  kept = {p.patient_id for p in validate.preflight(c, str(tmp_path / "run")).patients}
+  assert kept == {f"TCGA-SY-{i:04d}" for i in range(10)} - {P1, "TCGA-SY-0003", "TCGA-SY-0004"}
+
+
+def test_negative_expression_names_patient_and_gene(cohort):
+  root, c = cohort
+  gene = edit_expression(root, f"{P1}-01A", 5, "-2.5")
+  only(problems_of(c), f"{c.data.expression}: patient {P1}: values: column {P1}-01A has 1 "
+       f"negative values (first gene {genes_lib.strip_version(gene)}: -2.5), so log2(x + 1) is "
+       "undefined; if the table is already log-transformed set data.log_transform=False")
+  c.data.log_transform = False
+  assert problems_of(c) == []
+
+
+def test_a_transposed_matrix_is_one_line_with_the_cause(cohort):
+  root, c = cohort
+  path = root / "expression.tsv"
+  table = [x.split("\t") for x in path.read_text().splitlines()]
+  path.write_text("\n".join("\t".join(col) for col in zip(*table)) + "\n")
+  only(problems_of(c), f"{path}: the matrix looks transposed: patient IDs are in its first "
+       "column; expected one row per gene and one column per sample (first column the gene IDs)")
+
+
+def test_excel_bom_is_accepted(cohort):
+  root, c = cohort
+  for path in (c.data.labels, c.data.expression):
+    text = open(path, encoding="utf-8").read()
+    with open(path, "w", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8"
+      f.write(text)
+    assert open(path, "rb").read(3) == b"\xef\xbb\xbf"
+  result, problems = validate.check(c)
+  assert problems == [] and len(result.patients) == 10
+
+
+@pytest.mark.parametrize("dtype,value,store", [("float32", 1e300, np.float64),
+                                               ("bfloat16", 3.4e38, np.float32)])
+def test_features_are_finite_after_the_cast_to_the_compute_dtype(cohort, dtype, value, store):
+  root, c = cohort
+  c.compute_dtype = dtype
+  with np.errstate(over="ignore"):  # the independent check: NumPy's (ml_dtypes') cast
+    assert np.isfinite(store(value)) and np.isinf(np.asarray(store(value)).astype(jnp.dtype(dtype)))
+  x = feats().astype(store)
+  x[4, 1] = value
+  write_h5(h5(root, P0), x, coords())
+  cast = "" if dtype == "float32" and store == np.float32 else (
+      f" as {dtype} (the file holds {np.dtype(store).name})")
+  only(problems_of(c), where(root, P0) + f"features: 1 rows contain NaN/Inf{cast} (first row 4)")
+
+
+@pytest.mark.parametrize("slide", ["../escape", "/etc/passwd", "sub/dir", ".."])
+def test_slide_ids_that_leave_features_dir_are_refused(cohort, slide):
+  _, c = cohort
+  with open(c.data.labels, "a") as f:
+    f.write(f"TCGA-SY-0100,{slide},class_0\n")
+  only(problems_of(c), f"{c.data.labels}: line 14: patient TCGA-SY-0100: slide_id {slide!r} is "
+       "not a file name inside features_dir (no folders, no \"..\", not an absolute path)")
+
+
+def test_slide_ids_ending_in_h5_are_one_line_with_the_cause(cohort):
+  _, c = cohort
+  text = open(c.data.labels).read().splitlines()
+  rows = [text[0]] + [x.replace("-01Z-00-DX1", "-01Z-00-DX1.h5").replace("-DX2", "-DX2.h5")
+                      for x in text[1:]]
+  with open(c.data.labels, "w") as f:
+    f.write("\n".join(rows) + "\n")
+  only(problems_of(c), f"{c.data.labels}: slide_id: 12 slide ID(s) end in .h5 (first: "
+       f"{P0}-01Z-00-DX1.h5, {P1}-01Z-00-DX1.h5, {P1}-01Z-00-DX2.h5, {P2}-01Z-00-DX1.h5, "
+       f"{P2}-01Z-00-DX2.h5); write them without the extension")
+
+
+def test_drop_incomplete_keeps_everyone_else_in_their_split(cohort):
+  root, c = cohort
+  before, _ = validate.check(c)
+  split_of = {before.patients[i].patient_id: k for k, idx in before.splits.items() for i in idx}
+  os.remove(h5(root, "TCGA-SY-0005"))
+  c.data.drop_incomplete = True
+  after, problems = validate.check(c)
+  assert problems == [] and len(after.patients) == 9
+  assert {after.patients[i].patient_id: k for k, idx in after.splits.items() for i in idx} == {
+      pid: k for pid, k in split_of.items() if pid != "TCGA-SY-0005"}
+
+
+def test_config_ranges_are_checked_before_any_input(cohort):
+  _, c = cohort
+  c.pretrain.window = 1  # round(0.5 x 1) = 0 or 1 patch masked: no visible or no masked patch
+  c.finetune.label_smoothing = 1.0
+  c.optim.learning_rate = 0.0
+  c.model.heads = 5  # does not divide dim 32
+  c.finetune.select_metric = "val_loss"
+  c.data.labels = "/absent.csv"  # not read: config problems come alone
+  assert problems_of(c) == [
+      "config: optim.learning_rate: 0.0, expected a number > 0",
+      "config: finetune.label_smoothing: 1.0, expected a number >= 0 and < 1",
+      "config: finetune.select_metric: 'val_loss', expected one of val_accuracy, val_auc, val_f1",
+      "config: model.heads: 5 does not divide model.dim 32",
+      "config: pretrain.mask_ratio: 0.5 of a window of 1 patches masks 0: L_rec needs at least "
+      "one masked and one visible patch"]

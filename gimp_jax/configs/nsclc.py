@@ -21,6 +21,12 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.stages = ("gene_pretrain", "pretrain", "finetune", "test")  # the paper's order
   c.compute_dtype = "float32"                 # "bfloat16" on accelerators; params stay float32
   c.init_from = ""                            # another run's workdir to start from (weights only)
+  c.task = "classification"                   # "classification" | "survival" (README, "Survival")
+
+  c.survival = ml_collections.ConfigDict()    # task == "survival"; validation selects on the C-index
+  c.survival.loss = "nll"                     # "nll": discrete-time NLL-surv (MCAT/PORPOISE); "cox"
+  c.survival.num_bins = 4                     # k bins: quantiles of uncensored training times
+  c.survival.alpha = 0.0                      # weight moved onto the uncensored term (MCAT's default 0.0)
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "h5"                        # "h5" (CLAM files) or "tfds" (ArrayRecord shards)
@@ -34,7 +40,8 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.data.strip_gene_versions = True           # match ENSG00000000003.13 and ENSG00000000003
   c.data.split_fractions = (0.6, 0.2, 0.2)    # 567/189/190 of 946 patients [paper 3.1]
   c.data.num_folds = 0                        # > 0: k-fold cross-validation instead of one split
-  c.data.fold = 0
+  c.data.fold = -1                            # -1: every fold in one command (workdir/fold_<i>); i: fold i
+  c.data.splits_dir = ""                      # folder of splits_<i>.csv (train,val[,test] case IDs; MCAT)
   c.data.drop_incomplete = False              # drop (with a warning) patients missing a modality
   # Padded bag lengths (one compilation each): 1024 * 2^(k/4) rounded up to a multiple of 128, k =
   # 0..32 (pipeline.default_buckets(262144, 1024)), choice: <= 19% padding (powers of two: 100%).

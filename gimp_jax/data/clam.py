@@ -16,6 +16,7 @@ import dataclasses
 import os
 
 import h5py
+from jax import numpy as jnp
 import numpy as np
 
 from gimp_jax.data import source
@@ -133,15 +134,17 @@ def inspect_slide(path: str, feature_dim: int | None = None) -> SlideInfo:
   return SlideInfo(path=path, num_patches=int(n), feature_dim=int(d))
 
 
-def check_bag(path: str, feature_dim: int | None = None) -> list[str]:
+def check_bag(path: str, feature_dim: int | None = None, dtype: str = 'float32') -> list[str]:
   """Every problem of one feature file, for a validator that reports all at once.
 
-  Checks the headers (as `inspect_slide`), then reads all features block by block for NaN/Inf and
-  all coords for readability (a truncated file can have intact headers and broken data).
+  Checks the headers (as `inspect_slide`), then reads all features block by block for NaN/Inf once
+  cast to `dtype` (float64 values beyond its range become Inf there), and all coords for
+  readability (a truncated file can have intact headers and broken data).
 
   Args:
     path: the `.h5` file.
     feature_dim: the expected width D, or None to accept any.
+    dtype: the compute dtype ('float32', 'bfloat16').
 
   Returns:
     Problem lines `'<file>: <dataset>: <what>'`; empty when the file is fine.
@@ -156,9 +159,11 @@ def check_bag(path: str, feature_dim: int | None = None) -> list[str]:
       return problems
     n = f[FEATURES].shape[0]
     bad_rows, first_bad = 0, None
+    cast = jnp.dtype(dtype)  # bfloat16 too
     try:
       for lo in range(0, n, _SCAN_ROWS):
-        block = f[FEATURES][lo:lo + _SCAN_ROWS]
+        with np.errstate(over='ignore'):
+          block = f[FEATURES][lo:lo + _SCAN_ROWS].astype(cast).astype(np.float32)
         rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
         if rows.size and first_bad is None:
           first_bad = lo + int(rows[0])
@@ -166,7 +171,10 @@ def check_bag(path: str, feature_dim: int | None = None) -> list[str]:
     except Exception as e:  # corrupt chunk or truncated data
       return [f'{path}: features: cannot read data ({e})']
     if bad_rows:
-      problems.append(f'{path}: features: {bad_rows} rows contain NaN/Inf (first row {first_bad})')
+      held = f[FEATURES].dtype
+      cast_note = '' if held == cast else f' as {dtype} (the file holds {held})'
+      problems.append(f'{path}: features: {bad_rows} rows contain NaN/Inf{cast_note} (first row '
+                      f'{first_bad})')
     try:
       f[COORDS][:]
     except Exception as e:
@@ -267,6 +275,9 @@ class H5Source(source.PatientSource):
     path = self.slide_paths[index][segment]
     width = self.feature_dim if field == FEATURES else 2
     out = read_rows(path, field, rows)
+    if field == FEATURES:  # the dtype the pipeline hands on: float64 beyond its range is Inf
+      with np.errstate(over='ignore'):
+        out = out.astype(np.float32, copy=False)
     if out.shape[1:] != (width,):
       raise DataError(f'{path}: {field}: rows of shape {out.shape[1:]}, expected ({width},) '
                       '(file changed since the cohort was loaded?)')

@@ -3,10 +3,13 @@
 Inputs (issue 4): a labels CSV `patient_id,slide_id,label[,split][,expression_id]` (CLAM's
 `case_id` is accepted for `patient_id`; several rows per patient = several slides, concatenated in
 row order), a folder of CLAM `<slide_id>.h5` files, and an expression matrix or GDC folder
-(`expression.py`).
+(`expression.py`). For `task="survival"` the label column is replaced by `survival_months,
+censorship` (MCAT/PORPOISE) or `time,event` (`survival.py`), and each case's label is its time bin,
+fitted on the training split.
 
-Splits: the `split` column (train/val/test) when present; otherwise a seeded patient-level
-stratified split or k folds (`splits.py`). The gene list and the normalisation are fitted on the
+Splits: the `split` column (train/val/test) when present; a `splits_<fold>.csv` file of
+`splits_dir` (MCAT's); otherwise a seeded patient-level stratified split or k folds (`splits.py`;
+survival cases are stratified by censorship). The gene list and the normalisation are fitted on the
 training split only (`genes.py`), or taken from a stored `GeneNormalizer`.
 
 Every problem is one line naming the file, the patient and the field. `load_cohort` raises all of
@@ -29,6 +32,7 @@ from gimp_jax.data import expression as expr
 from gimp_jax.data import genes as genes_lib
 from gimp_jax.data import source
 from gimp_jax.data import splits as splits_lib
+from gimp_jax.data import survival
 from gimp_jax.errors import DataError
 
 SPLITS = splits_lib.SPLITS
@@ -50,7 +54,10 @@ class CohortSpec:
     seed: seed of the automatic split.
     split_fractions: train/val/test fractions of the automatic stratified split.
     num_folds: k > 1 switches the automatic split to k folds; `fold` is the test fold.
-    fold: test fold index in [0, k).
+    fold: test fold index in [0, k) (-1, "every fold" for the fold driver, reads fold 0).
+    splits_dir: folder of `splits_<fold>.csv` files (columns train, val[, test] of case IDs).
+    task: "classification" or "survival".
+    num_bins: survival time bins (k of NLL-surv).
     drop_incomplete: drop patients with problems of their own instead of failing.
     num_genes: length G of the gene list fitted on the training table (0: all genes; fewer: the
       most variable on the training split; more: padded with constant genes).
@@ -60,6 +67,7 @@ class CohortSpec:
     value_column: per-sample files: 0-based column index or header name (None: see expression.py).
     manifest: per-sample files: CSV/TSV mapping file names to sample IDs.
     preferred_sample_types: TCGA sample type codes accepted when matching by barcode prefix.
+    compute_dtype: the model's compute dtype: features must be finite once cast to it.
   """
   labels: str
   features_dir: str
@@ -70,6 +78,9 @@ class CohortSpec:
   split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
   num_folds: int = 0
   fold: int = 0
+  splits_dir: str = ''
+  task: str = 'classification'
+  num_bins: int = 4
   drop_incomplete: bool = False
   num_genes: int = 0
   strip_gene_versions: bool = True
@@ -78,6 +89,7 @@ class CohortSpec:
   value_column: int | str | None = None
   manifest: str | None = None
   preferred_sample_types: tuple[str, ...] | None = ('01',)
+  compute_dtype: str = 'float32'
 
   @classmethod
   def from_mapping(cls, m: Mapping, **overrides) -> 'CohortSpec':
@@ -93,6 +105,15 @@ class CohortSpec:
         kw[k] = tuple(kw[k])
     return cls(**kw)
 
+  @classmethod
+  def from_config(cls, config: Mapping) -> 'CohortSpec':
+    """The spec of a run's config: `config.data` with its seed, task and survival bins."""
+    survival = config.get('survival') or {}
+    return cls.from_mapping(config.data, seed=config.seed,
+                            compute_dtype=config.get('compute_dtype', 'float32'),
+                            task=config.get('task', 'classification'),
+                            num_bins=survival.get('num_bins', 4))
+
 
 @dataclasses.dataclass(frozen=True)
 class LabelRow:
@@ -103,6 +124,8 @@ class LabelRow:
   label: str
   split: str | None = None
   expression_id: str | None = None
+  time: float | None = None
+  censorship: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +166,8 @@ class Cohort:
     bags: where the bags are read from, `bags[p]` the lazy bag of patients[p]: the slides' CLAM
       `.h5` files (`clam.H5Source`, the default) or the chunk records of a prepared TFDS dataset
       (`tfds_source.RecordSource`).
+    times: [P] float32 follow-up times (survival cohorts; None for classification).
+    censorship: [P] int32, 1 = censored (survival cohorts; None for classification).
   """
   patients: tuple[Patient, ...]
   class_names: tuple[str, ...]
@@ -151,6 +176,8 @@ class Cohort:
   normalizer: genes_lib.GeneNormalizer
   feature_dim: int
   bags: source.PatientSource = dataclasses.field(default=None, compare=False, repr=False)
+  times: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+  censorship: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
   def __post_init__(self):
     if self.bags is None:
@@ -161,6 +188,10 @@ class Cohort:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  @property
+  def task(self) -> str:
+    return 'classification' if self.times is None else 'survival'
 
   @property
   def num_genes(self) -> int:
@@ -189,12 +220,22 @@ class Cohort:
     return self.bags[index]
 
 
-def read_labels(path: str) -> list[LabelRow]:
-  """Reads the labels CSV; DataError listing every malformed row."""
+def _plain_name(slide_id: str) -> bool:
+  """Whether `features_dir/<slide_id>.h5` stays inside features_dir."""
+  return (slide_id not in ('.', '..') and '/' not in slide_id and '\\' not in slide_id
+          and os.sep not in slide_id and not os.path.isabs(slide_id))
+
+
+def read_labels(path: str, task: str = 'classification') -> list[LabelRow]:
+  """Reads the labels CSV; DataError listing every malformed row.
+
+  For `task="survival"` the outcome columns (`survival.FORMS`) replace `label` (any `label`
+  column is ignored) and each row's time and censorship are checked.
+  """
   if not os.path.isfile(path):
     raise DataError(f'{path}: labels file not found')
   try:
-    with open(path, newline='', encoding='utf-8') as f:
+    with open(path, newline='', encoding='utf-8-sig') as f:  # -sig: Excel's "CSV UTF-8" BOM
       reader = csv.reader(f)
       header = next(reader, None)
       table = [(reader.line_num, r) for r in reader]
@@ -204,7 +245,15 @@ def read_labels(path: str) -> list[LabelRow]:
     raise DataError(f'{path}: header: file is empty')
   cols = [h.strip().lower() for h in header]
   cols = ['patient_id' if c == 'case_id' else c for c in cols]
-  missing = [c for c in ('patient_id', 'slide_id', 'label') if c not in cols]
+  required = ('patient_id', 'slide_id', 'label')
+  outcome = None
+  if task == 'survival':
+    required = ('patient_id', 'slide_id')
+    outcome = survival.outcome_columns(cols)
+    if outcome is None:
+      raise DataError(f'{path}: header: survival needs columns survival_months,censorship '
+                      f'(1 = censored) or time,event (1 = observed) (got {header})')
+  missing = [c for c in required if c not in cols]
   if missing:
     raise DataError(f'{path}: header: missing column(s) {", ".join(missing)} (got {header})')
   if len(set(cols)) != len(cols):
@@ -217,10 +266,15 @@ def read_labels(path: str) -> list[LabelRow]:
       problems.append(f'{path}: line {line}: {len(r)} fields, the header has {len(cols)}')
       continue
     d = {c: x.strip() for c, x in zip(cols, r)}
-    empty = [c for c in ('patient_id', 'slide_id', 'label') if not d[c]]
+    empty = [c for c in required if not d[c]]
     if empty:
       problems.append(f'{path}: line {line}: patient {d["patient_id"] or "?"}: empty '
                       f'{", ".join(empty)}')
+      continue
+    if not _plain_name(d['slide_id']):
+      problems.append(f'{path}: line {line}: patient {d["patient_id"]}: slide_id '
+                      f'{d["slide_id"]!r} is not a file name inside features_dir (no folders, no '
+                      '"..", not an absolute path)')
       continue
     split = None
     if 'split' in cols:
@@ -229,8 +283,15 @@ def read_labels(path: str) -> list[LabelRow]:
         problems.append(f'{path}: line {line}: patient {d["patient_id"]}: split: {d["split"]!r} is '
                         'not train/val/test')
         continue
-    rows.append(LabelRow(line, d['patient_id'], d['slide_id'], d['label'], split,
-                         d.get('expression_id') or None))
+    time = censored = None
+    if outcome is not None:
+      parsed = survival.parse_outcome(d, outcome, f'{path}: line {line}: patient {d["patient_id"]}')
+      if isinstance(parsed, str):
+        problems.append(parsed)
+        continue
+      time, censored = parsed
+    rows.append(LabelRow(line, d['patient_id'], d['slide_id'], d.get('label', '') if outcome is None
+                         else '', split, d.get('expression_id') or None, time, censored))
   if problems:
     raise DataError('\n'.join(problems))
   if not rows:
@@ -252,12 +313,14 @@ def _group(rows: list[LabelRow], path: str, class_names: Sequence[str]
     seen_slides[r.slide_id] = r
     by_patient.setdefault(r.patient_id, []).append(r)
   for pid, rs in by_patient.items():
-    for field in ('label', 'split', 'expression_id'):
+    for field in ('label', 'split', 'expression_id', 'time', 'censorship'):
       values = sorted({str(getattr(r, field)) for r in rs})
       if len(values) > 1:
         what = 'two splits' if field == 'split' else f'conflicting {field}s'
         problems.append(f'{path}: lines {", ".join(str(r.line) for r in rs)}: patient {pid}: '
                         f'{field}: {what} ({", ".join(values)})')
+  if rows[0].time is not None:  # survival: the classes are the time bins, fitted later
+    return by_patient, (), problems
   names = tuple(class_names) or tuple(sorted({r.label for r in rows}))
   unknown = sorted({r.label for r in rows} - set(names))
   if unknown:
@@ -275,6 +338,12 @@ def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
     return {}, {}, [f'{spec.features_dir}: features_dir: no such folder']
   infos: dict[str, list[clam.SlideInfo]] = {}
   problems: dict[str, list[str]] = {}
+  with_ext = [r.slide_id for rows in by_patient.values() for r in rows
+              if r.slide_id.endswith('.h5') and os.path.isfile(os.path.join(spec.features_dir,
+                                                                            r.slide_id))]
+  if with_ext:  # one line for the cause instead of one per slide
+    return {}, {}, [f'{spec.labels}: slide_id: {len(with_ext)} slide ID(s) end in .h5 (first: '
+                    f'{", ".join(with_ext[:_SHOW])}); write them without the extension']
   for pid, rows in by_patient.items():
     for r in rows:
       path = clam.slide_path(spec.features_dir, r.slide_id)
@@ -282,7 +351,7 @@ def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
       if not os.path.isfile(path):
         problems.setdefault(pid, []).append(where + 'feature file missing (no image modality)')
         continue
-      found = clam.check_bag(path, spec.feature_dim) if scan else []
+      found = clam.check_bag(path, spec.feature_dim, spec.compute_dtype) if scan else []
       if not found:
         try:
           infos.setdefault(pid, []).append(clam.inspect_slide(path, spec.feature_dim))
@@ -305,10 +374,10 @@ def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
 
 
 def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
-                gene_list: Sequence[str] | None, strip: bool
+                gene_list: Sequence[str] | None, strip: bool, log: bool
                 ) -> tuple[dict[str, np.ndarray], tuple[str, ...], dict[str, str],
                            dict[str, list[str]], list[str]]:
-  """Matches and reads expression.
+  """Matches and reads expression (`log`: values must be >= 0 for log2(x + 1)).
 
   Returns:
     (patient -> raw values [G] aligned to `gene_list` (default: all the table's genes), the gene
@@ -322,6 +391,10 @@ def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
               if rows[0].expression_id}
   matched, unmatched = expr.match_samples(list(by_patient), source.sample_ids, explicit=explicit,
                                           preferred_types=spec.preferred_sample_types)
+  if not matched and isinstance(source, expr.MatrixSource) and _transposed(source, by_patient):
+    return {}, (), {}, {}, [f'{spec.expression}: the matrix looks transposed: patient IDs are in '
+                            'its first column; expected one row per gene and one column per '
+                            'sample (first column the gene IDs)']
   problems = {pid: [f'{spec.expression}: patient {pid}: column: {msg} (no expression modality)']
               for pid, msg in unmatched.items()}
   users: dict[str, list[str]] = {}
@@ -342,7 +415,17 @@ def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
   for pid, s in matched.items():
     v = values[rows[s]]
     bad = np.flatnonzero(~np.isfinite(v))
-    if bad.size:
+    if s in table.bad:
+      where, cells = table.bad[s]
+      problems.setdefault(pid, []).append(
+          f'{where}: patient {pid}: values: column {s}: {expr.describe_bad_cells(cells)}')
+    elif not bad.size and log and (v < 0).any():
+      neg = np.flatnonzero(v < 0)
+      problems.setdefault(pid, []).append(
+          f'{spec.expression}: patient {pid}: values: column {s} has {neg.size} negative values '
+          f'(first gene {genes[neg[0]]}: {v[neg[0]]:g}), so log2(x + 1) is undefined; if the '
+          'table is already log-transformed set data.log_transform=False')
+    elif bad.size:
       problems.setdefault(pid, []).append(
           f'{spec.expression}: patient {pid}: values: column {s} has {bad.size} NaN/Inf values '
           f'(first gene {genes[bad[0]]})')
@@ -351,18 +434,32 @@ def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
   return out, genes, matched, problems, []
 
 
+def _transposed(source: expr.MatrixSource, by_patient: Mapping[str, list[LabelRow]]) -> bool:
+  """Whether the patients are found in the matrix's first column (the genes' place)."""
+  try:
+    rows = source.gene_ids()
+  except DataError:
+    return False
+  return bool(expr.match_samples(list(by_patient), rows, preferred_types=None)[0])
+
+
 def splits_from_column(split_col: Sequence[str]) -> dict[str, np.ndarray]:
   """'train'/'val'/'test' -> sorted int64 indices of the patients whose split is that name."""
   return {s: np.asarray([i for i, x in enumerate(split_col) if x == s], np.int64) for s in SPLITS}
 
 
-def _splits(spec: CohortSpec, split_col: list[str | None], labels: np.ndarray
-            ) -> dict[str, np.ndarray]:
-  """The split column when given, else k folds or the stratified split from the seed."""
+def _splits(spec: CohortSpec, split_col: list[str | None], labels: np.ndarray,
+            patient_ids: Sequence[str]) -> dict[str, np.ndarray]:
+  """The split column when given, else the fold's split file, k folds or the stratified split from
+  the seed (`labels`: [P] the classes, or the censorship, to stratify on)."""
   if split_col[0] is not None:
     return splits_from_column(split_col)
+  fold = max(spec.fold, 0)
+  if spec.splits_dir:
+    return splits_lib.read_split_file(splits_lib.split_file(spec.splits_dir, fold), patient_ids,
+                                      labels, spec.split_fractions, spec.seed)
   if spec.num_folds:
-    return splits_lib.kfold_split(labels, spec.num_folds, spec.fold, spec.seed)
+    return splits_lib.kfold_split(labels, spec.num_folds, fold, spec.seed)
   return splits_lib.stratified_split(labels, spec.split_fractions, spec.seed)
 
 
@@ -386,7 +483,7 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
               ) -> tuple[Cohort | None, list[str]]:
   """Builds the cohort; returns (cohort or None, every problem found)."""
   try:
-    rows = read_labels(spec.labels)
+    rows = read_labels(spec.labels, spec.task)
   except DataError as e:
     return None, str(e).split('\n')
   by_patient, class_names, problems = _group(rows, spec.labels, spec.class_names)
@@ -397,7 +494,8 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
   problems += extra
   strip = normalizer.strip_versions if normalizer else spec.strip_gene_versions
   values, genes, matched, expr_problems, extra = _expression(
-      spec, by_patient, normalizer.genes if normalizer else None, strip)
+      spec, by_patient, normalizer.genes if normalizer else None, strip,
+      normalizer.log_transform if normalizer else spec.log_transform)
   problems += extra
   for pid, ps in expr_problems.items():
     patient_problems.setdefault(pid, []).extend(ps)
@@ -414,17 +512,36 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
   if not kept:
     return None, [f'{spec.labels}: no patient left with both modalities']
   patients = tuple(Patient(
-      pid, class_names.index(by_patient[pid][0].label),
+      pid, class_names.index(by_patient[pid][0].label) if class_names else 0,
       tuple(r.slide_id for r in by_patient[pid]), tuple(i.path for i in infos[pid]),
       tuple(i.num_patches for i in infos[pid]), matched[pid]) for pid in kept)
+  times = censorship = None
+  if spec.task == 'survival':
+    times = np.asarray([by_patient[pid][0].time for pid in kept], np.float32)
+    censorship = np.asarray([by_patient[pid][0].censorship for pid in kept], np.int32)
   try:
-    splits = _splits(spec, [by_patient[pid][0].split for pid in kept],
-                     np.asarray([p.label for p in patients]))
+    # Drawn over every listed patient, then the dropped ones left out: dropping a patient does
+    # not move the others to another split.
+    everyone = list(by_patient)
+    strata = np.asarray([class_names.index(by_patient[pid][0].label) for pid in everyone]
+                        if times is None else
+                        [by_patient[pid][0].censorship for pid in everyone])
+    drawn = _splits(spec, [by_patient[pid][0].split for pid in everyone], strata, everyone)
+    position = {pid: i for i, pid in enumerate(kept)}
+    splits = {k: np.asarray(sorted(position[everyone[j]] for j in v if everyone[j] in position),
+                            np.int64) for k, v in drawn.items()}
+    if times is not None:  # labels = time bins fitted on the training split
+      bins, class_names = survival.label_bins(
+          times, censorship, splits, spec.num_bins,
+          spec.splits_dir and splits_lib.split_file(spec.splits_dir, max(spec.fold, 0)),
+          spec.labels)
+      patients = tuple(dataclasses.replace(p, label=int(b)) for p, b in zip(patients, bins))
     normalised, normalizer = _normalise(spec, np.stack([values[pid] for pid in kept]), genes,
                                         splits['train'], normalizer)
   except DataError as e:
     return None, str(e).split('\n')
-  return Cohort(patients, class_names, splits, normalised, normalizer, dims.pop()), []
+  return Cohort(patients, class_names, splits, normalised, normalizer, dims.pop(),
+                times=times, censorship=censorship), []
 
 
 def load_cohort(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None = None) -> Cohort:

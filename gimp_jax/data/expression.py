@@ -30,6 +30,9 @@ _STAR_FPKM = 'fpkm_unstranded'
 # Files of a GDC download folder that are not expression files.
 _GDC_EXTRAS = ('MANIFEST.txt', 'annotations.txt')
 _SHOW = 5  # how many items an error message lists
+# Cells read as NaN (missing values, as R and pandas write them); the cohort then treats the
+# sample as having NaN values (refused, or dropped with drop_incomplete).
+_MISSING = ('', 'na', 'n/a', 'nan', 'null', 'none')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,20 +43,39 @@ class ExpressionTable:
     path: where they were read from (for messages).
     genes: [G] gene IDs as in the file.
     samples: [S] sample IDs.
-    values: [S, G] float32, raw (not normalised).
+    values: [S, G] float32, raw (not normalised); NaN where a cell is missing or not a number.
+    bad: sample -> (file, ((line, gene, text), ...)) of its cells that are not numbers.
   """
   path: str
   genes: tuple[str, ...]
   samples: tuple[str, ...]
   values: np.ndarray
+  bad: dict[str, tuple[str, tuple[tuple[int, str, str], ...]]] = dataclasses.field(
+      default_factory=dict)
+
+
+def _cell(text: str) -> float | None:
+  """A cell's value: a float, NaN for a missing value (`NA`, empty, ...), None if not a number."""
+  text = _unquote(text)
+  try:
+    return float(text)
+  except ValueError:
+    return float('nan') if text.lower() in _MISSING else None
+
+
+def describe_bad_cells(cells: Sequence[tuple[int, str, str]]) -> str:
+  """'2 values are not numbers: line 3: gene G2: value 'abc' is not a number; ...' (capped)."""
+  shown = '; '.join(f'line {n}: gene {g}: value {t!r} is not a number' for n, g, t in cells[:_SHOW])
+  more = f'; and {len(cells) - _SHOW} more' if len(cells) > _SHOW else ''
+  return f'{len(cells)} value(s) are not numbers: {shown}{more}'
 
 
 def _open_text(path: str) -> TextIO:
   """Opens a text file, gzip-compressed when the name ends in .gz."""
   try:
     if path.endswith('.gz'):
-      return gzip.open(path, 'rt', encoding='utf-8', newline='')
-    return open(path, 'r', encoding='utf-8', newline='')
+      return gzip.open(path, 'rt', encoding='utf-8-sig', newline='')
+    return open(path, 'r', encoding='utf-8-sig', newline='')  # -sig: a BOM (Excel) is dropped
   except OSError as e:
     raise DataError(f'{path}: cannot open ({e})') from e
 
@@ -164,13 +186,36 @@ class MatrixSource:
     try:
       values = np.loadtxt(self.path, dtype=np.float32, delimiter=self._delim,
                           skiprows=self._header_line, usecols=[index[s] + 1 for s in samples],
-                          ndmin=2, encoding='utf-8', quotechar='"', comments='#')
-    except Exception as e:  # ValueError for non-numbers, with numpy's row and column
+                          ndmin=2, encoding='utf-8-sig', quotechar='"', comments='#')
+    except ValueError:  # a cell that is not a number: read again, finding every one
+      return self._read_cells(genes, samples, index)
+    except Exception as e:  # pylint: disable=broad-except
       raise DataError(f'{self.path}: values: {e}') from e
     if values.shape != (len(genes), len(samples)):
       raise DataError(f'{self.path}: values: read {values.shape[0]} rows for {len(genes)} gene IDs '
                       '(a "#" inside a line?)')
     return ExpressionTable(self.path, genes, samples, np.ascontiguousarray(values.T))
+
+  def _read_cells(self, genes: tuple[str, ...], samples: tuple[str, ...],
+                  index: dict[str, int]) -> ExpressionTable:
+    """`read` cell by cell: missing cells are NaN, the others that are not numbers are listed."""
+    cols = [index[s] + 1 for s in samples]
+    values = np.empty((len(samples), len(genes)), np.float32)
+    bad: dict[str, list] = {}
+    row = 0
+    for n, line in _data_lines(self.path):
+      if n <= self._header_line:
+        continue
+      parts = line.split(self._delim)
+      for j, c in enumerate(cols):
+        v = _cell(parts[c])
+        if v is None:
+          bad.setdefault(samples[j], []).append((n, genes[row], _unquote(parts[c])))
+          v = float('nan')
+        values[j, row] = v
+      row += 1
+    return ExpressionTable(self.path, genes, samples, values,
+                           {s: (self.path, tuple(c)) for s, c in bad.items()})
 
 
 def _read_manifest(path: str) -> dict[str, str]:
@@ -211,18 +256,9 @@ def _value_column(parts: list[str], value_column: int | str | None,
   return probe, is_header
 
 
-def read_sample_file(path: str, value_column: int | str | None = None
-                     ) -> tuple[tuple[str, ...], np.ndarray]:
-  """Reads one GDC per-sample file.
-
-  Args:
-    path: the file (.gz allowed).
-    value_column: 0-based column index or header name; None = `fpkm_unstranded` when the file has a
-      header with that column, else column 1 (the second).
-
-  Returns:
-    (gene IDs [G], values [G] float32), summary rows (`__*`, `N_*`) and `#` lines skipped.
-  """
+def _sample_file_cells(path: str, value_column: int | str | None
+                       ) -> tuple[tuple[str, ...], np.ndarray, list[tuple[int, str, str]]]:
+  """`read_sample_file`, with the cells that are not numbers returned (their values NaN)."""
   lines = _all_data_lines(path)
   if not lines:
     raise DataError(f'{path}: no gene rows')
@@ -236,14 +272,37 @@ def read_sample_file(path: str, value_column: int | str | None = None
   for n, p in rows:
     if not -len(p) <= col < len(p):
       raise DataError(f'{path}: line {n}: gene {_unquote(p[0])}: no value column {col}')
-  try:
-    values = np.asarray(list(map(float, (p[col] for _, p in rows))), np.float32)
-  except ValueError:
-    n, p = next((n, p) for n, p in rows if not _is_number(p[col]))
-    raise DataError(f'{path}: line {n}: gene {_unquote(p[0])}: value {p[col]!r} is not a '
-                    'number') from None
   genes = tuple(_unquote(p[0]) for _, p in rows)
   _check_unique(genes, path, 'gene IDs')
+  try:
+    return genes, np.asarray(list(map(float, (p[col] for _, p in rows))), np.float32), []
+  except ValueError:
+    cells = [_cell(p[col]) for _, p in rows]
+  bad = [(n, _unquote(p[0]), _unquote(p[col])) for (n, p), v in zip(rows, cells) if v is None]
+  values = np.asarray([np.nan if v is None else v for v in cells], np.float32)
+  return genes, values, bad
+
+
+def read_sample_file(path: str, value_column: int | str | None = None
+                     ) -> tuple[tuple[str, ...], np.ndarray]:
+  """Reads one GDC per-sample file.
+
+  Args:
+    path: the file (.gz allowed).
+    value_column: 0-based column index or header name; None = `fpkm_unstranded` when the file has a
+      header with that column, else column 1 (the second).
+
+  Returns:
+    (gene IDs [G], values [G] float32), summary rows (`__*`, `N_*`) and `#` lines skipped; missing
+    values (`NA`, empty) are NaN.
+
+  Raises:
+    DataError: listing the cells that are not numbers (capped, with their count), or another
+      problem of the file.
+  """
+  genes, values, bad = _sample_file_cells(path, value_column)
+  if bad:
+    raise DataError(f'{path}: values: {describe_bad_cells(bad)}')
   return genes, values
 
 
@@ -289,24 +348,37 @@ class FolderSource:
     return read_sample_file(self._file(self.sample_ids[0]), self.value_column)[0]
 
   def read(self, samples: Sequence[str] | None = None) -> ExpressionTable:
-    """Reads `samples` (default all) on the gene order of the first one read."""
+    """Reads `samples` (default all) on the gene order of the first one read.
+
+    Raises:
+      DataError: listing every file that cannot be read (not only the first).
+    """
     samples = tuple(self.sample_ids if samples is None else samples)
-    genes, rows = None, []
+    genes, rows, bad, problems = None, [], {}, []
     for s in samples:
-      path = self._file(s)
-      g, v = read_sample_file(path, self.value_column)
+      try:
+        path = self._file(s)
+        g, v, cells = _sample_file_cells(path, self.value_column)
+      except DataError as e:
+        problems.append(str(e))
+        continue
+      if cells:
+        bad[s] = (path, tuple(cells))
       if genes is None:
-        genes, index = g, {x: i for i, x in enumerate(g)}
+        genes, index, first = g, {x: i for i, x in enumerate(g)}, path
       elif g != genes:
         if set(g) != set(genes):
-          raise DataError(f'{path}: gene IDs differ from those of {self._file(samples[0])} '
+          problems.append(f'{path}: gene IDs differ from those of {first} '
                           f'({len(set(genes) - set(g))} missing, {len(set(g) - set(genes))} extra)')
+          continue
         v = v[np.argsort([index[x] for x in g])]
       rows.append(v)
+    if problems:
+      raise DataError('\n'.join(problems))
     if genes is None:
       genes = self.gene_ids()
     values = np.stack(rows) if rows else np.zeros((0, len(genes)), np.float32)
-    return ExpressionTable(self.path, genes, samples, values)
+    return ExpressionTable(self.path, genes, samples, values, bad)
 
 
 def open_expression(path: str, value_column: int | str | None = None,

@@ -68,13 +68,22 @@ def _batches(order: np.ndarray, make_example: Callable[[int, int], dict], *, bat
                                                    prefetch_buffer_size=prefetch)))
 
 
+def outcome(cohort: Cohort, p: int) -> dict[str, np.ndarray]:
+  """A survival case's {'time': float32, 'censorship': int32} (batched to [B]); {} otherwise."""
+  if cohort.times is None:
+    return {}
+  return {'time': cohort.times[p], 'censorship': cohort.censorship[p]}
+
+
 def gene_batches(cohort: Cohort, split: str, *, batch_size: int, seed: int = 0, epoch: int = 0,
                  shuffle: bool = True, drop_remainder: bool = False, start_batch: int = 0,
                  prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
-  """Expression-only batches: {'genes': float32 [B, G] normalised, 'label': int32 [B]}."""
+  """Expression-only batches: {'genes': float32 [B, G] normalised, 'label': int32 [B]} (+ the
+  `outcome` entries of a survival cohort)."""
   labels = cohort.labels
   return _batches(epoch_order(cohort.split(split), seed, epoch, shuffle),
-                  lambda _, p: {'genes': cohort.genes[p], 'label': labels[p]},
+                  lambda _, p: {'genes': cohort.genes[p], 'label': labels[p],
+                                **outcome(cohort, p)},
                   batch_size=batch_size, drop_remainder=drop_remainder, start_batch=start_batch,
                   prefetch=prefetch)
 
@@ -98,7 +107,7 @@ def pretrain_batches(cohort: Cohort, split: str, *, batch_size: int, window: int
 
   Returns:
     An iterator of {'patches': float32 [B, L, D], 'mpm_mask': bool [B, L] (True = masked),
-    'genes': float32 [B, G], 'label': int32 [B]}.
+    'genes': float32 [B, G], 'label': int32 [B]} (+ the `outcome` entries of a survival cohort).
   """
   labels, sizes = cohort.labels, cohort.bag_sizes
 
@@ -106,7 +115,7 @@ def pretrain_batches(cohort: Cohort, split: str, *, batch_size: int, window: int
     rows, mask = masking.sample_mpm(masking.window_rng(seed, epoch, position), sizes[p], window,
                                     ratio)
     return {'patches': cohort.bags[p].features(rows), 'mpm_mask': mask, 'genes': cohort.genes[p],
-            'label': labels[p]}
+            'label': labels[p], **outcome(cohort, p)}
 
   return _batches(epoch_order(cohort.split(split), seed, epoch), make_window,
                   batch_size=batch_size, drop_remainder=drop_remainder, start_batch=start_batch,
@@ -154,11 +163,15 @@ def _pad_bags(examples: Sequence[dict]) -> dict[str, np.ndarray]:
     for j, e in enumerate(examples):
       n = e['patches'].shape[0]
       patches[j, :n], coords[j, :n] = e['patches'], e['coords']
-  return {'patches': patches, 'patch_mask': np.arange(n_pad)[None] < num[:, None],
-          'coords': coords, 'num_patches': num,
-          'genes': np.stack([e['genes'] for e in examples]),
-          'label': np.asarray([e['label'] for e in examples], np.int32),
-          'patient_id': np.asarray([e['patient_id'] for e in examples], dtype=np.str_)}
+  batch = {'patches': patches, 'patch_mask': np.arange(n_pad)[None] < num[:, None],
+           'coords': coords, 'num_patches': num,
+           'genes': np.stack([e['genes'] for e in examples]),
+           'label': np.asarray([e['label'] for e in examples], np.int32),
+           'patient_id': np.asarray([e['patient_id'] for e in examples], dtype=np.str_)}
+  for key in ('time', 'censorship'):
+    if key in examples[0]:
+      batch[key] = np.asarray([e[key] for e in examples])
+  return batch
 
 
 def bag_batches(cohort: Cohort, split: str, *, batch_size: int, seed: int = 0, epoch: int = 0,
@@ -183,8 +196,8 @@ def bag_batches(cohort: Cohort, split: str, *, batch_size: int, seed: int = 0, e
     An iterator of {'patches': float32 [B, N_pad, D], 'patch_mask': bool [B, N_pad] (True = real
     patch; real patches first, padding after), 'coords': int32 [B, N_pad, 2] (0 on padding),
     'num_patches': int32 [B], 'genes': float32 [B, G], 'label': int32 [B],
-    'patient_id': str array [B] (drop it before passing the batch to jax.jit)}, with N_pad the
-    smallest bucket >= the largest bag of the batch.
+    'patient_id': str array [B] (drop it before passing the batch to jax.jit)} (+ the `outcome`
+    entries of a survival cohort), with N_pad the smallest bucket >= the largest bag of the batch.
   """
   labels, sizes = cohort.labels, cohort.bag_sizes
   if bucket_sizes is None:
@@ -197,7 +210,7 @@ def bag_batches(cohort: Cohort, split: str, *, batch_size: int, seed: int = 0, e
     cohort.bags[p].read_into(patches, coords)
     return {'patches': patches, 'coords': coords, 'num_patches': sizes[p],
             'genes': cohort.genes[p], 'label': labels[p],
-            'patient_id': cohort.patients[p].patient_id}
+            'patient_id': cohort.patients[p].patient_id, **outcome(cohort, p)}
 
   return _batches(epoch_order(cohort.split(split), seed, epoch, shuffle), make_bag,
                   batch_size=batch_size, drop_remainder=drop_remainder, start_batch=start_batch,

@@ -18,6 +18,16 @@ The generative model (all noise scales multiply by `difficulty`):
 - Genes are log-normal FPKM-like values: a per-gene baseline, 10 noisy co-expression programmes,
   one module of co-expressed genes per class driven by m_i, and per-gene noise. A few patients
   also have a normal-tissue sample (`-11A`) without the class signal.
+
+Survival mode (`--survival`): the same slides and genes, and the labels CSV in MCAT's columns
+`case_id,slide_id,survival_months,censorship` (plus the class as an extra, ignored `label`). Each
+case's log hazard is eta_i = beta (v_i + m_i) . (e_1 - e_0) / 2 (both modalities' evidence; for
+C > 2 classes, e_1 - e_0 still), its event time is exponential with rate lambda_0 exp(eta_i)
+(median 24 months at eta = 0), censoring is an independent exponential time (rate
+`censor_rate` lambda_0) capped at 120 months (administrative censoring), and the observed time
+is the earlier one. eta is what the generator knows and a model can at best recover from the
+inputs (the slides and genes are generated from v_i and m_i), so Harrell's C-index of eta on a
+split is the Bayes-optimal value to compare against; `survival_truth.csv` holds eta per case.
 """
 
 import argparse
@@ -58,6 +68,9 @@ class SyntheticConfig:
   seed: int = 0
   two_slide_fraction: float = 0.15
   normal_sample_fraction: float = 0.05
+  survival: bool = False
+  hazard_scale: float = 1.5  # beta of the survival mode's log hazard
+  censor_rate: float = 0.5  # censoring rate over lambda_0 (about 30% of cases censored)
 
 
 def _smooth_maps(rng: np.random.Generator, size: int, scale: float, count: int) -> np.ndarray:
@@ -158,6 +171,9 @@ def make_cohort(out_dir: str, **kwargs) -> dict[str, str]:
   num_slides = np.ones(cfg.patients, np.int64)
   num_slides[rng.permutation(cfg.patients)[:round(cfg.two_slide_fraction * cfg.patients)]] = 2
   rows = ['patient_id,slide_id,label']
+  if cfg.survival:
+    times, censored, eta = _survival_times(rng, slide_ev, gene_ev, cfg)
+    rows = ['case_id,slide_id,survival_months,censorship,label']
   for i, pid in enumerate(ids):
     for k in range(num_slides[i]):
       slide_id = f'{pid}-01Z-00-DX{k + 1}'
@@ -168,7 +184,8 @@ def make_cohort(out_dir: str, **kwargs) -> dict[str, str]:
         f.create_dataset('features', data=feats, chunks=(32, cfg.feature_dim),
                          maxshape=(None, cfg.feature_dim))
         f.create_dataset('coords', data=coords, chunks=(32, 2), maxshape=(None, 2))
-      rows.append(f'{pid},{slide_id},{names[labels[i]]}')
+      rows.append(f'{pid},{slide_id},{times[i]:.4f},{censored[i]},{names[labels[i]]}'
+                  if cfg.survival else f'{pid},{slide_id},{names[labels[i]]}')
   normals = np.flatnonzero(rng.uniform(size=cfg.patients) < cfg.normal_sample_fraction)
   samples = [f'{p}-01A' for p in ids] + [f'{ids[i]}-11A' for i in normals]
   evidence = np.concatenate([gene_ev, np.zeros((normals.size, cfg.classes))])
@@ -184,7 +201,23 @@ def make_cohort(out_dir: str, **kwargs) -> dict[str, str]:
   labels_path = os.path.join(out_dir, 'labels.csv')
   with open(labels_path, 'w', encoding='utf-8') as f:
     f.write('\n'.join(rows) + '\n')
-  return {'features_dir': features_dir, 'expression': expression, 'labels': labels_path}
+  out = {'features_dir': features_dir, 'expression': expression, 'labels': labels_path}
+  if cfg.survival:
+    out['truth'] = os.path.join(out_dir, 'survival_truth.csv')
+    with open(out['truth'], 'w', encoding='utf-8') as f:
+      f.write('case_id,eta\n' + ''.join(f'{p},{e:.6f}\n' for p, e in zip(ids, eta)))
+  return out
+
+
+def _survival_times(rng: np.random.Generator, slide_ev: np.ndarray, gene_ev: np.ndarray,
+                    cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(observed months [P], censorship [P] 1 = censored, log hazard eta [P]) (module docstring)."""
+  eta = cfg.hazard_scale * ((slide_ev + gene_ev) @ (np.eye(cfg.classes)[1] - np.eye(cfg.classes)[0])
+                            ) / 2
+  rate = np.log(2) / 24.0
+  event_time = rng.exponential(1.0 / (rate * np.exp(eta)))
+  censor_time = np.minimum(rng.exponential(1.0 / (cfg.censor_rate * rate), eta.size), 120.0)
+  return (np.minimum(event_time, censor_time), (censor_time < event_time).astype(int), eta)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -193,8 +226,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--out', required=True, help='output folder')
   for field in dataclasses.fields(SyntheticConfig):
-    p.add_argument(f'--{field.name}', type=type(getattr(defaults, field.name)),
-                   default=getattr(defaults, field.name))
+    default = getattr(defaults, field.name)
+    if isinstance(default, bool):  # --survival / --no-survival
+      p.add_argument(f'--{field.name}', action=argparse.BooleanOptionalAction, default=default)
+    else:
+      p.add_argument(f'--{field.name}', type=type(default), default=default)
   args = vars(p.parse_args(argv))
   paths = make_cohort(args.pop('out'), **args)
   for k, v in paths.items():

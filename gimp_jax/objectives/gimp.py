@@ -31,7 +31,9 @@ def triplet_inputs(cls_img: jax.Array, cls_ge: jax.Array | None,
 def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """L_pre over pre-training windows, either term switchable for the ablations.
 
-  Batch: patches [B, L, D], mpm_mask [B, L] bool, genes [B, G], label [B].
+  Batch: patches [B, L, D], mpm_mask [B, L] bool, genes [B, G], label [B] (survival: the time bin,
+  with censorship [B]: the triplet then uses the uncensored cases only, the bins being their
+  classes; a censored case's bin is only a lower bound on its event time).
   Metrics: loss; rec_loss (L_rec); tri_loss (L_tri) and tri_active (fraction of anchors whose hinge
   is active); img_tri_loss with "pat+img"; gene_gap (mean nearest-negative minus
   farthest-positive squared distance of the CLS_ge half, to compare with the margin); img_spread
@@ -42,6 +44,7 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
 
   def loss_fn(model, batch):
     labels = batch["label"]
+    use = batch["censorship"] == 0 if "censorship" in batch else None
     mpm_mask = batch["mpm_mask"] if cfg.use_mpm else None
     cls_img, tokens = model.aggregator(batch["patches"], mpm_mask=mpm_mask)
     cls_ge = None
@@ -57,13 +60,13 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
     if cfg.use_triplet:
       terms = cfg.triplet_on.split("+")
       if ge is not None:
-        metrics["gene_gap"] = losses.separation_gap(ge, labels)
+        metrics["gene_gap"] = losses.separation_gap(ge, labels, use)
       main = cls_pat(img, ge) if "pat" in terms else img
-      tri, active = losses.triplet_terms(main, labels, cfg.margin, cfg.mining)
+      tri, active = losses.triplet_terms(main, labels, cfg.margin, cfg.mining, use)
       metrics.update(tri_loss=tri, tri_active=active)
       loss = loss + cfg.tri_weight * tri
       if "pat" in terms and "img" in terms:
-        img_tri = losses.triplet_loss(img, labels, cfg.margin, cfg.mining)
+        img_tri = losses.triplet_loss(img, labels, cfg.margin, cfg.mining, use)
         metrics["img_tri_loss"] = img_tri
         loss = loss + cfg.tri_weight * img_tri
     if cfg.img_variance_weight:

@@ -8,7 +8,8 @@ L = bag_weight * CE(bag) + (1 - bag_weight) * L_inst with bag_weight 0.7 and k =
 instance loss is the smooth top-1 SVM of Berrada et al. (the `topk` package, alpha = tau = 1);
 cross-entropy is its `--inst_loss ce` option. Both are here.
 
-DSMIL (Li et al. 2021): L = 0.5 CE(bag stream) + 0.5 CE(max-instance stream). The authors use BCE
+DSMIL (Li et al. 2021): L = 0.5 CE(bag stream) + 0.5 CE(max-instance stream) (for survival, the
+survival loss of `objectives/survival.py` on each stream). The authors use BCE
 on one-hot targets; this library's classification heads use softmax cross-entropy throughout.
 """
 
@@ -18,6 +19,7 @@ import ml_collections
 import optax
 
 from gimp_jax import losses
+from gimp_jax.objectives import survival
 
 
 def smooth_top1_svm(logits: jax.Array, labels: jax.Array, alpha: float = 1.0,
@@ -94,37 +96,35 @@ def clam_instance_loss(instance_logits: jax.Array, attention: jax.Array, mask: j
   return jnp.mean(total)
 
 
-def dsmil_loss(bag_logits: jax.Array, max_logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """0.5 CE(bag_logits) + 0.5 CE(max_logits); logits [B, C], labels [B] -> scalar."""
-  return 0.5 * losses.cross_entropy(bag_logits, labels) + 0.5 * losses.cross_entropy(
-      max_logits, labels)
-
-
 def make_clam_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """bag_weight * CE(bag) + (1 - bag_weight) * instance loss (config.clam: bag_weight, k_sample,
   instance_loss, subtyping)."""
   cfg = config.clam
+  head_loss = survival.bag_loss(config, config.finetune.label_smoothing)
 
   def loss_fn(model, batch):
     mask = batch.get("patch_mask")
     if mask is None:
       mask = jnp.ones(batch["patches"].shape[:2], bool)
     logits, attention, h, _ = model.attend(batch["patches"], mask)
-    bag = losses.cross_entropy(logits, batch["label"], config.finetune.label_smoothing)
+    bag, bag_metrics = head_loss(logits, batch)
     inst = clam_instance_loss(model.instance_logits(h), attention, mask, batch["label"],
                               k=cfg.k_sample, loss=cfg.instance_loss, subtyping=cfg.subtyping)
     loss = cfg.bag_weight * bag + (1.0 - cfg.bag_weight) * inst
-    return loss, {"loss": loss, "bag_loss": bag, "instance_loss": inst,
-                  "accuracy": losses.accuracy(logits, batch["label"])}
+    return loss, {"loss": loss, "bag_loss": bag, "instance_loss": inst, **bag_metrics}
   return loss_fn
 
 
 def make_dsmil_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
-  """DSMIL's 0.5 bag + 0.5 max-instance cross-entropy."""
-  del config
+  """DSMIL's 0.5 bag + 0.5 max-instance loss: cross-entropy (`dsmil_loss`), or for survival the
+  task's survival loss on each stream."""
+  head_loss = survival.bag_loss(config)
 
   def loss_fn(model, batch):
     bag_logits, max_logits, _ = model.streams(batch["patches"], batch.get("patch_mask"))
-    loss = dsmil_loss(bag_logits, max_logits, batch["label"])
-    return loss, {"loss": loss, "accuracy": losses.accuracy(bag_logits + max_logits, batch["label"])}
+    bag, metrics = head_loss(bag_logits, batch)
+    loss = 0.5 * bag + 0.5 * head_loss(max_logits, batch)[0]
+    if "accuracy" in metrics:
+      metrics["accuracy"] = losses.accuracy(bag_logits + max_logits, batch["label"])
+    return loss, {"loss": loss, **metrics}
   return loss_fn

@@ -1,25 +1,31 @@
-"""Supervised objectives: cross-entropy of a classifier on patient labels (fine-tuning of every
-method, and GiMP's supervised GroupMSA pre-training)."""
+"""Supervised objectives: the bag loss of `config.task` (cross-entropy on patient labels, or a
+survival loss, `objectives/survival.py`) for the fine-tuning of every method and for the
+supervised pre-training of the gene encoder."""
 
 import ml_collections
 
 from gimp_jax import losses
+from gimp_jax.objectives import survival
 
 
 def finetune_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
-  """Cross-entropy of the logits of `model(patches, genes, patch_mask) -> (logits, embedding)`
+  """The task's loss on the logits of `model(patches, genes, patch_mask) -> (logits, embedding)`
   over whole (padded) bags."""
-  smoothing = config.finetune.label_smoothing
+  head_loss = survival.bag_loss(config, config.finetune.label_smoothing)
 
   def loss_fn(model, batch):
     logits, _ = model(batch["patches"], batch.get("genes"), batch.get("patch_mask"))
-    loss = losses.cross_entropy(logits, batch["label"], smoothing)
-    return loss, {"loss": loss, "accuracy": losses.accuracy(logits, batch["label"])}
+    loss, metrics = head_loss(logits, batch)
+    return loss, {"loss": loss, **metrics}
   return loss_fn
 
 
-def gene_loss(model, batch):
-  """Supervised cross-entropy of GroupMSA + linear head: genes [B, G], label [B]."""
-  logits = model(batch["genes"])
-  loss = losses.cross_entropy(logits, batch["label"])
-  return loss, {"loss": loss, "accuracy": losses.accuracy(logits, batch["label"])}
+def gene_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
+  """The task's loss of GroupMSA + linear head on genes [B, G] (label [B], and for survival
+  censorship / time [B])."""
+  head_loss = survival.bag_loss(config)
+
+  def loss_fn(model, batch):
+    loss, metrics = head_loss(model(batch["genes"]), batch)
+    return loss, {"loss": loss, **metrics}
+  return loss_fn

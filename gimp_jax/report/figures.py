@@ -161,7 +161,7 @@ def tsne_png(path: str | os.PathLike[str], embeddings: np.ndarray, labels: np.nd
   return save_png(fig, path)
 
 
-def _is_loss(name: str) -> bool:
+def is_loss(name: str) -> bool:
   return 'loss' in name or name.startswith('l_')
 
 
@@ -188,43 +188,62 @@ def _series(records: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[str, tuple
   return series
 
 
-def loss_curves_png(path: str | os.PathLike[str],
-                    history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]]) -> str:
-  """Training curves: one row per stage; losses on the left, the other metrics on the right.
+def curve_panels(history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]],
+                 val_history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None
+                 ) -> dict[str, tuple[dict[str, tuple[list, list]], dict[str, tuple[list, list]]]]:
+  """stage -> ({loss: (steps, values)}, {validation metric: (epochs, values)}): what
+  `loss_curves_png` draws; stages with neither are left out."""
+  val_history = val_history or {}
+  stages = {}
+  for name in list(history) + [n for n in val_history if n not in history]:
+    losses = {m: v for m, v in _series(history.get(name, ())).items() if is_loss(m)}
+    val = _series(val_history.get(name, ()))
+    if losses or val:
+      stages[name] = (losses, val)
+  return stages
 
-  A metric is a loss when its name contains 'loss' or starts with 'l_' (l_rec, l_tri). The loss
-  axis turns logarithmic when the positive losses span more than two decades. Non-numeric values
-  are left out; NaN shows as a gap.
+
+def loss_curves_png(path: str | os.PathLike[str],
+                    history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]],
+                    val_history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None
+                    ) -> str:
+  """Training curves: one row per stage; its losses per step on the left, its validation metrics
+  per epoch on the right.
+
+  A metric is a loss when its name contains 'loss' or starts with 'l_' (l_rec, l_tri); the other
+  per-step metrics (gradient norm, diagnostics) are left out. The loss axis turns logarithmic when
+  the positive losses span more than two decades. Non-numeric values are left out; NaN shows as a
+  gap.
 
   Args:
     path: the PNG to write.
     history: stage name -> [(step, {metric name: scalar})], e.g. the metrics JSON lines.
+    val_history: stage name -> [(epoch, {metric name: scalar})] of the validation after each epoch.
 
   Returns:
     `path`.
   """
-  stages = {name: _series(records) for name, records in history.items()}
-  stages = {name: series for name, series in stages.items() if series}
+  stages = curve_panels(history, val_history)
   if not stages:
     raise ValueError('history holds no numeric metrics to plot')
-  with_other = any(not _is_loss(m) for series in stages.values() for m in series)
-  ncols = 2 if with_other else 1
+  ncols = 2 if any(val for _, val in stages.values()) else 1
   fig = Figure(figsize=(5.2 * ncols, 2.8 * len(stages)), layout='constrained')
   axes = fig.subplots(len(stages), ncols, squeeze=False)
-  for row, (stage, series) in enumerate(stages.items()):
-    for col, want_loss in enumerate((True, False)[:ncols]):
+  for row, (stage, panels) in enumerate(stages.items()):
+    for col, (series, x, what) in enumerate(zip(panels, ('step', 'epoch'),
+                                                ('losses', 'validation'))):
+      if col >= ncols:
+        break
       ax = axes[row, col]
-      names = [m for m in series if _is_loss(m) == want_loss]
-      if not names:
+      if not series:
         ax.axis('off')
         continue
-      for name in names:
-        steps, ys = series[name]
-        ax.plot(steps, ys, lw=1.5, marker='.' if len(ys) < 30 else None, label=name)
-      positive = [y for m in names for y in series[m][1] if math.isfinite(y) and y > 0]
-      if want_loss and positive and max(positive) > 100 * min(positive):
+      for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, lw=1.5, marker='.' if len(ys) < 30 else None, label=name)
+      positive = [y for _, ys in series.values() for y in ys if math.isfinite(y) and y > 0]
+      if col == 0 and positive and max(positive) > 100 * min(positive):
         ax.set_yscale('log')
-      ax.set(xlabel='step', title=f'{stage}: {"losses" if want_loss else "metrics"}')
+      ax.set(xlabel=x, title=f'{stage}: {what}')
       ax.grid(alpha=0.3)
       ax.legend(fontsize='small')
   return save_png(fig, path)

@@ -15,6 +15,7 @@ import html
 import math
 import os
 import re
+import shutil
 from typing import Any
 
 import numpy as np
@@ -22,13 +23,14 @@ import numpy as np
 from gimp_jax import metrics
 from gimp_jax.report import figures
 from gimp_jax.report import heatmap
+from gimp_jax.report import survival
 
 SPLIT_ORDER = ('test', 'val', 'train')
 SUMMARY_ORDER = ('accuracy', 'auc', 'f1', 'balanced_accuracy', 'num_examples')
 TABLE_ROWS = 50  # per-patient rows shown on the page; the CSV holds them all
 # Files that write_report owns in report_dir; stale ones from an earlier call are removed first.
-OWNED = re.compile(r'^((roc|confusion|tsne|heatmap)_.+\.png|(loss_curves|pretrain_diagnostics)\.png|'
-                   r'predictions_.+\.csv|report\.(md|html))$')
+OWNED = re.compile(r'^((roc|confusion|tsne|heatmap|km)_.+\.png|(loss_curves|pretrain_diagnostics|'
+                   r'risk)\.png|(predictions|risk)_.+\.csv|report\.(md|html))$')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +178,49 @@ def _classification_blocks(report_dir: str, split: str, labels: np.ndarray, prob
           Image(f'Confusion matrix, {split}', os.path.basename(confusion))]
 
 
+def _survival_blocks(report_dir: str, predictions: Mapping[str, Mapping[str, Any]],
+                     cutoff: float) -> list[Block]:
+  """Kaplan-Meier curves at the training median risk with the log-rank p-value (val, test), the
+  risk distribution, the per-case risk CSVs and the test cases' risk table."""
+  blocks: list[Block] = [
+      Heading('Survival', 2),
+      Paragraph(f'Cases split at the median predicted risk of the training cases ({cutoff:.4g}): '
+                'high risk above it. Kaplan-Meier estimates and log-rank test from '
+                'scikit-survival.')]
+  files: list[Block] = []
+  images: list[Block] = []
+  rows = []
+  for split in _ordered_splits(predictions):
+    pred = predictions[split]
+    risk = np.asarray(pred['risk'], np.float64)
+    path, p_value = survival.km_png(os.path.join(report_dir, f'km_{safe_name(split)}.png'),
+                              pred['time'], pred['censorship'], risk > cutoff,
+                              f'Kaplan-Meier, {split}')
+    images.append(Image(f'Kaplan-Meier curves, {split}', os.path.basename(path)))
+    events = np.asarray(pred['censorship']) == 0
+    rows.append([split, str(risk.size), str(int(events.sum())), str(int((risk > cutoff).sum())),
+                 fmt(p_value)])
+    csv_path = survival.write_risk_csv(
+        os.path.join(report_dir, f'risk_{safe_name(split)}.csv'), pred['patient_id'],
+        pred['time'], pred['censorship'], risk, cutoff)
+    files.append(FileLink(f'All {split} risks (CSV)', os.path.basename(csv_path)))
+  blocks += [Table(['split', 'cases', 'events', 'high risk', 'log-rank p'], rows)] + images
+  path = survival.risk_png(os.path.join(report_dir, 'risk.png'),
+                           {s: p['risk'] for s, p in predictions.items()}, cutoff)
+  blocks.append(Image('Predicted risk', os.path.basename(path)))
+  if 'test' in predictions:
+    pred = predictions['test']
+    order = np.argsort(-np.asarray(pred['risk']), kind='stable')[:TABLE_ROWS]
+    blocks += [Heading('Test risks', 2),
+               Paragraph(f'Per-case predicted risk, highest first ({min(order.size, TABLE_ROWS)} '
+                         f'of {len(pred["risk"])} test cases).'),
+               Table(['patient', 'time', 'censored', 'risk', 'group'],
+                     [[str(pred['patient_id'][i]), fmt(float(pred['time'][i])),
+                       'yes' if pred['censorship'][i] else 'no', f'{pred["risk"][i]:.4f}',
+                       'high' if pred['risk'][i] > cutoff else 'low'] for i in order])]
+  return blocks + [Heading('Files', 2)] + files
+
+
 def _heatmap_blocks(report_dir: str, heatmaps: Sequence[tuple[str, np.ndarray, np.ndarray]],
                     patch_size: int) -> list[Block]:
   """One heatmap per slide, named after the patient (a second slide of a patient gets _2)."""
@@ -197,9 +242,13 @@ def _heatmap_blocks(report_dir: str, heatmaps: Sequence[tuple[str, np.ndarray, n
   return blocks
 
 
-def _has_curves(history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]]) -> bool:
-  return any(figures.as_scalar(value) is not None for records in history.values()
-             for _, values in records for value in values.values())
+def _has_curves(history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]],
+                val_history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]]) -> bool:
+  """Whether `figures.loss_curves_png` has something to draw: a loss, or a validation metric."""
+  return any(figures.as_scalar(value) is not None and (figures.is_loss(name) or validation)
+             for curves, validation in ((history, False), (val_history, True))
+             for records in curves.values() for _, values in records
+             for name, value in values.items())
 
 
 def _clear(report_dir: str) -> None:
@@ -215,14 +264,18 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
                  tsne: tuple[np.ndarray, np.ndarray] | None = None,
                  heatmaps: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
                  history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None,
+                 val_history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None,
                  diagnostics: tuple[Sequence[tuple[int, Mapping[str, Any]]], float, float]
                  | None = None,
-                 seed: int = 0, patch_size: int = 256) -> str:
+                 seed: int = 0, patch_size: int = 256,
+                 survival_cutoff: float | None = None) -> str:
   """Writes report.md, report.html, their PNGs and predictions_<split>.csv into `report_dir`.
 
   Args:
-    report_dir: the folder (created if missing). Files of an earlier report there (see `OWNED`)
-      are removed first, so the folder holds exactly what the page links.
+    report_dir: the folder (created if missing). Everything is written into a temporary sibling
+      folder first, then moved in, so a failure (a full disk) leaves the earlier report as it was;
+      files of an earlier report there (see `OWNED`) are then removed, so the folder holds exactly
+      what the page links.
     results: the run's results: scalar `<split>_<metric>` entries make the summary table;
       `results['stages'][name]` dicts (final losses, wall times, ...) the stage table;
       `results['versions']` (name -> version), when present, a line under the title.
@@ -231,21 +284,43 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
       gets a ROC curve, a confusion matrix and a CSV; 'test' also a table on the page.
     tsne: (embeddings [N, E], labels [N]) of the training set after pre-training, or None.
     heatmaps: (patient_id, coords [N, 2] level-0 x,y, attention [N]) per slide to draw.
-    history: stage -> [(step, {metric: scalar})] for the training curves, or None.
+    history: stage -> [(step, {metric: scalar})] for the training curves (losses per step), or
+      None.
+    val_history: stage -> [(epoch, {metric: scalar})], the validation metrics after each epoch.
     diagnostics: (pretrain [(step, {metric: scalar})], triplet margin, collapse threshold) for the
       pre-training diagnostics figure (`figures.pretrain_diagnostics_png`), or None.
     seed: the t-SNE random state.
     patch_size: level-0 patch size of the heatmaps' coordinates.
+    survival_cutoff: for a survival run, the median training risk: the predictions then hold
+      'patient_id', 'time', 'censorship' and 'risk' [N], and the page shows Kaplan-Meier curves,
+      the risk distribution and the per-case risks instead of ROC curves and confusion matrices.
 
   Returns:
     The path of report.md.
   """
-  report_dir = os.fspath(report_dir)
-  os.makedirs(report_dir, exist_ok=True)
-  _clear(report_dir)
+  final = os.fspath(report_dir)
+  report_dir = f'{final.rstrip(os.sep)}.tmp-{os.getpid()}'  # a full disk leaves no half report
+  shutil.rmtree(report_dir, ignore_errors=True)
+  os.makedirs(report_dir)
+  try:
+    _compose(report_dir, results, class_names, predictions, tsne, heatmaps, history, val_history,
+             diagnostics, seed, patch_size, survival_cutoff)
+    os.makedirs(final, exist_ok=True)
+    _clear(final)
+    for name in sorted(os.listdir(report_dir), key=lambda n: (n.startswith('report.'), n)):
+      os.replace(os.path.join(report_dir, name), os.path.join(final, name))  # the page last
+  finally:
+    shutil.rmtree(report_dir, ignore_errors=True)
+  return os.path.join(final, 'report.md')
+
+
+def _compose(report_dir, results, class_names, predictions, tsne, heatmaps, history, val_history,
+             diagnostics, seed, patch_size, survival_cutoff) -> None:
+  """`write_report`'s files, written into `report_dir`."""
   names = list(class_names)
-  checked = {split: _check_predictions(split, predictions[split], len(names))
-             for split in _ordered_splits(predictions)}
+  checked = {} if survival_cutoff is not None else {
+      split: _check_predictions(split, predictions[split], len(names))
+      for split in _ordered_splits(predictions)}
 
   blocks: list[Block] = [Heading('GiMP report', 1)]
   versions = results.get('versions')
@@ -263,10 +338,13 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
                             seed)
     blocks += [Heading('t-SNE of CLS_pat (training set, after pre-training)', 2),
                Image('t-SNE of CLS_pat', os.path.basename(path))]
+  if survival_cutoff is not None:
+    blocks += _survival_blocks(report_dir, predictions, survival_cutoff)
   if heatmaps:
     blocks += _heatmap_blocks(report_dir, heatmaps, patch_size)
-  if history and _has_curves(history):
-    path = figures.loss_curves_png(os.path.join(report_dir, 'loss_curves.png'), history)
+  if _has_curves(history or {}, val_history or {}):
+    path = figures.loss_curves_png(os.path.join(report_dir, 'loss_curves.png'), history or {},
+                                   val_history)
     blocks += [Heading('Training curves', 2), Image('Training curves', os.path.basename(path))]
   if diagnostics is not None and diagnostics[0]:
     path = figures.pretrain_diagnostics_png(os.path.join(report_dir, 'pretrain_diagnostics.png'),
@@ -293,10 +371,8 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
 
   with open(os.path.join(report_dir, 'report.html'), 'w') as f:
     f.write(to_html(blocks, report_dir))
-  md_path = os.path.join(report_dir, 'report.md')
-  with open(md_path, 'w') as f:
+  with open(os.path.join(report_dir, 'report.md'), 'w') as f:
     f.write(to_markdown(blocks))
-  return md_path
 
 
 def _md_text(text: str) -> str:

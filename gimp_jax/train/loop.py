@@ -76,14 +76,40 @@ def step_timing(wait_s: float, step_s: float, patches: int | None) -> dict[str, 
 
 
 class MetricsWriter:
-  """Metrics as JSON lines (`metrics.jsonl`) beside TensorBoard event files (`tb/`)."""
+  """Metrics as JSON lines (`metrics.jsonl`) beside TensorBoard event files (`tb/`).
+
+  A resumed stage replays the steps between its checkpoint and the interruption (identically:
+  the batches and keys are functions of the step); `resumed(stage)` makes the writer skip the steps
+  already recorded, so each step is in metrics.jsonl and TensorBoard once. A line cut short by a
+  kill is removed when the file is opened.
+  """
 
   def __init__(self, workdir: str):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    path = os.path.join(workdir, "metrics.jsonl")
+    self._logged: dict[str, int] = {}
+    if os.path.isfile(path):
+      with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):  # half a line: a kill mid-write
+          f.truncate(data.rfind(b"\n") + 1)
+          data = data[:data.rfind(b"\n") + 1]
+      for line in data.decode("utf-8").splitlines():
+        row = json.loads(line)
+        self._logged[row["stage"]] = max(self._logged.get(row["stage"], -1), row["step"])
+    self._skip: dict[str, int] = {}
+    self._jsonl = open(path, "a", encoding="utf-8")
     self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
+  def resumed(self, stage: str) -> None:
+    """`stage` resumed from a checkpoint: the steps it (and its validation) already recorded are
+    not written again."""
+    for name in (stage, f"{stage}_val"):
+      self._skip[name] = self._logged.get(name, -1)
+
   def write(self, stage: str, step: int, metrics: dict[str, float]) -> None:
+    if step <= self._skip.get(stage, -1):
+      return
     self._jsonl.write(json.dumps({"stage": stage, "step": step, **metrics}) + "\n")
     self._jsonl.flush()
     for k, v in metrics.items():
@@ -141,6 +167,7 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
   restored = ckpt.restore(state)
   if restored is not None:
     state, meta = restored
+    writer.resumed(spec.name)
     logging.info("%s: resuming at step %d (epoch %d, batch %d)%s", spec.name, int(state.step),
                  meta["epoch"], meta["batch"], ", already finished" if meta["done"] else "")
   if meta["done"]:
@@ -212,6 +239,8 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
       means = {k: v / count for k, v in meta.pop("epoch_sums", {}).items()}
       meta.update(epoch=epoch + 1, batch=0)
       meta["history"].append({"epoch": epoch, **means})
+      logging.info("%s epoch %d: mean loss %.4f over %d steps", spec.name, epoch,
+                   means.get("loss", float("nan")), count)
       if spec.on_epoch_end is not None:
         meta.update(spec.on_epoch_end(state, epoch, meta))
       save()

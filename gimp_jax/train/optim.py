@@ -60,10 +60,14 @@ def make_optimizer(cfg: ml_collections.ConfigDict, params, *, total_steps: int,
     frozen_regex: parameters whose path matches are frozen.
   """
   warmup = int(cfg.warmup_epochs * steps_per_epoch)
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0 if warmup else cfg.learning_rate, peak_value=cfg.learning_rate,
-      warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
-      end_value=cfg.learning_rate * cfg.end_lr_fraction)
+  if warmup:
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=cfg.learning_rate * cfg.end_lr_fraction)
+  else:  # the same values without an empty warm-up piece (optax logs about it on every stage)
+    schedule = optax.cosine_decay_schedule(cfg.learning_rate, decay_steps=max(total_steps, 1),
+                                           alpha=cfg.end_lr_fraction)
   chain = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
   chain.append(optax.adamw(schedule, weight_decay=cfg.weight_decay))
   tx = optax.chain(*chain)

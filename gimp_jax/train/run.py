@@ -20,15 +20,18 @@ from gimp_jax import parallel
 from gimp_jax import provenance
 from gimp_jax import report as report_lib
 from gimp_jax import validate
+from gimp_jax import workdir as workdir_lib
 from gimp_jax.checkpoint import StageCheckpoints
+from gimp_jax.configs.checks import STAGES
+from gimp_jax.errors import DataError
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import pipeline
 from gimp_jax.models import build
 from gimp_jax.objectives import supervised
+from gimp_jax.objectives import survival
 from gimp_jax.train import loop, optim, steps, transfer
 from gimp_jax.train.state import TrainState, create_state
 
-STAGES = ("gene_pretrain", "pretrain", "finetune", "test")
 _STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
 
 
@@ -45,7 +48,7 @@ class Run:
     self.cohort = load_cohort(config, workdir) if cohort is None else cohort
     save_normalizer(self.cohort, workdir)
     self.num_genes = self.cohort.num_genes
-    self.num_classes = self.cohort.num_classes
+    self.num_classes = survival.num_outputs(config, self.cohort.num_classes)  # head outputs
     self.key = jax.random.key(config.seed)
     self.writer = loop.MetricsWriter(workdir)
     self.results: dict[str, Any] = {"stages": {}}
@@ -84,7 +87,7 @@ class Run:
 def load_cohort(config, workdir: str) -> cohort_lib.Cohort:
   """The cohort; the gene list fitted on the first run (or `init_from`'s) is reused."""
   normalizer, _ = validate.stored_normalizer(config, workdir)
-  spec = cohort_lib.CohortSpec.from_mapping(config.data, seed=config.seed)
+  spec = cohort_lib.CohortSpec.from_config(config)
   if config.data.source == "tfds":
     from gimp_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
     return tfds_source.load_cohort_from_tfds(config.data.tfds_dir, spec, normalizer)
@@ -96,8 +99,12 @@ def save_normalizer(cohort: cohort_lib.Cohort, workdir: str) -> None:
   path = os.path.join(workdir, validate.NORMALIZER)
   if not os.path.exists(path):
     tmp = os.path.join(workdir, f"normalizer.tmp-{os.getpid()}.npz")
-    cohort.normalizer.save(tmp)
-    os.replace(tmp, path)
+    try:
+      cohort.normalizer.save(tmp)
+      os.replace(tmp, path)
+    finally:  # a full disk: no half temporary file left behind
+      if os.path.exists(tmp):
+        os.remove(tmp)
 
 
 def _train_state(model, cfg_optim, *, steps_per_epoch: int, epochs: int, frozen: str):
@@ -116,7 +123,10 @@ def _frozen_regex(regex: str, params) -> str:
 
 
 def restore_params(workdir: str, stage: str, model) -> Any | None:
-  """The parameters of `stage`'s latest checkpoint in `workdir`, restored into `model`'s shapes."""
+  """The parameters of `stage`'s latest checkpoint in `workdir`, restored into `model`'s shapes;
+  None when there is none (no folder is created)."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints", stage)):
+    return None
   ckpt = StageCheckpoints(workdir, stage)
   try:
     return ckpt.restore_params(create_state(model).params)
@@ -131,16 +141,38 @@ COLLAPSE_SPREAD = 0.05  # relative spread of CLS_img below which the slide token
 
 
 def selection_key(scores: dict, select_metric: str) -> tuple[float, float]:
-  """(selected validation score, tie-breaker) from `metrics.classification_metrics` scores.
+  """(selected validation score, tie-breaker) from `metrics.classification_metrics` or
+  `metrics.survival_metrics` scores.
 
-  select_metric: "val_accuracy" (ties by AUC), "val_auc" or "val_f1" (ties by accuracy).
+  select_metric: "val_accuracy" (ties by AUC), "val_auc" or "val_f1" (ties by accuracy), or
+  "val_c_index" (survival; no tie-breaker: the earlier epoch stays).
   """
   name = select_metric.removeprefix("val_")
+  if name == "c_index":
+    return float(np.nan_to_num(scores[name])), 0.0
   if name not in ("accuracy", "auc", "f1"):
-    raise ValueError(f"Unknown select_metric {select_metric!r}; expected val_accuracy, val_auc "
-                     "or val_f1.")
+    raise ValueError(f"Unknown select_metric {select_metric!r}; expected val_accuracy, val_auc, "
+                     "val_f1 or val_c_index.")
   tie = "auc" if name == "accuracy" else "accuracy"
   return float(np.nan_to_num(scores[name])), float(np.nan_to_num(scores[tie]))
+
+
+def task_metric(run: Run, select_metric: str) -> str:
+  """The stage's selection metric: the config's, or the C-index for survival."""
+  return "val_c_index" if run.cohort.task == "survival" else select_metric
+
+
+def split_scores(run: Run, pred: dict) -> dict:
+  """The task's metrics of `predict`'s output for one split."""
+  if run.cohort.task == "survival":
+    return metrics_lib.survival_metrics(pred["time"], pred["censorship"], pred["risk"])
+  return metrics_lib.classification_metrics(pred["label"], pred["probs"])
+
+
+def _scalars(scores: dict) -> dict:
+  """The scalar entries of a scores dict, NaN as 0 (for metrics.jsonl and TensorBoard)."""
+  return {k: float(np.nan_to_num(v)) for k, v in scores.items()
+          if isinstance(v, (int, float)) and k != "num_examples"}
 
 
 def keep_best(run: Run, stage: str, evaluate, select_metric: str, patience: int):
@@ -148,7 +180,7 @@ def keep_best(run: Run, stage: str, evaluate, select_metric: str, patience: int)
   after `patience` epochs without a better score (0 = never).
 
   Args:
-    evaluate: state -> classification_metrics of the validation split.
+    evaluate: state -> the task's metrics of the validation split (`split_scores`).
 
   Returns:
     (the best-checkpoint manager, to close; the on_epoch_end callback of the stage).
@@ -158,10 +190,10 @@ def keep_best(run: Run, stage: str, evaluate, select_metric: str, patience: int)
   def on_epoch_end(state, epoch, meta):
     scores = evaluate(state)
     key = selection_key(scores, select_metric)
-    logging.info("%s epoch %d: val accuracy %.4f, AUC %.4f (%s %.4f)", stage, epoch,
-                 scores["accuracy"], np.nan_to_num(scores["auc"]), select_metric, key[0])
-    run.writer.write(f"{stage}_val", int(state.step),
-                     {"accuracy": scores["accuracy"], "auc": float(np.nan_to_num(scores["auc"]))})
+    shown = {k: v for k, v in _scalars(scores).items() if k in ("accuracy", "auc", "c_index")}
+    logging.info("%s epoch %d: val %s (%s %.4f)", stage, epoch,
+                 ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), select_metric, key[0])
+    run.writer.write(f"{stage}_val", int(state.step), shown)
     previous = best.meta()
     if previous is None or key > tuple(previous["score"]):
       best.save(state, {"epoch": epoch, "score": list(key)})
@@ -182,9 +214,9 @@ def gene_pretrain(run: Run) -> None:
                        epochs=cfg.gene_pretrain.epochs, frozen="")
   best, on_epoch_end = keep_best(
       run, "gene_pretrain", lambda s: gene_only_scores(run, s.model(train=False), "val"),
-      cfg.gene_pretrain.select_metric, cfg.gene_pretrain.patience)
+      task_metric(run, cfg.gene_pretrain.select_metric), cfg.gene_pretrain.patience)
   spec = loop.StageSpec(
-      name="gene_pretrain", loss_fn=supervised.gene_loss,
+      name="gene_pretrain", loss_fn=supervised.gene_loss(cfg),
       batches=lambda e, s: pipeline.gene_batches(
           run.cohort, "train", batch_size=cfg.gene_pretrain.batch_size, seed=cfg.seed, epoch=e,
           start_batch=s, prefetch=cfg.data.prefetch),
@@ -197,15 +229,19 @@ def gene_pretrain(run: Run) -> None:
 
 
 @jax.jit
-def _gene_probs(model, genes: jax.Array) -> jax.Array:
-  return jax.nn.softmax(model(genes), -1)
+def _gene_logits(model, genes: jax.Array) -> jax.Array:
+  return model(genes)
 
 
 def gene_only_scores(run: Run, model, split: str) -> dict:
-  """classification_metrics of the supervised GroupMSA (genes only) on a split."""
+  """The task's metrics of the supervised GroupMSA (genes only) on a split."""
   idx = run.cohort.split(split)
-  return metrics_lib.classification_metrics(
-      run.cohort.labels[idx], np.asarray(_gene_probs(model, jnp.asarray(run.cohort.genes[idx]))))
+  logits = _gene_logits(model, jnp.asarray(run.cohort.genes[idx]))
+  pred = {"label": run.cohort.labels[idx], "probs": np.asarray(jax.nn.softmax(logits, -1))}
+  if run.cohort.task == "survival":
+    pred.update(time=run.cohort.times[idx], censorship=run.cohort.censorship[idx],
+                risk=survival.risk(np.asarray(logits), run.config.survival.loss))
+  return split_scores(run, pred)
 
 
 def _initial_params(run: Run, model, stage: str):
@@ -296,20 +332,44 @@ def diagnose_pretrain(cfg: ml_collections.ConfigDict, epoch: int, meta: dict) ->
   return {"warned": warned}
 
 
-def predict(run: Run, state: TrainState, split: str, *, with_attention: int = 0) -> dict:
-  """Whole-bag predictions of a split: patient_id, label, probs [N, C], embedding [N, E]."""
+def check_stop(run: Run) -> None:
+  """Raises KeyboardInterrupt when a stop was requested (SIGTERM/SIGINT): for the stages that
+  save nothing (test, report), which the same command simply runs again."""
+  if run.stop():
+    logging.warning("Stopping on request.")
+    raise KeyboardInterrupt
+
+
+def predict(run: Run, state: TrainState, split: str, *, with_attention: int = 0,
+            stoppable: bool = False) -> dict:
+  """Whole-bag predictions of a split: patient_id, label, probs [N, C], embedding [N, E]; for
+  survival also logits [N, C], risk [N], time [N] and censorship [N].
+
+  With `stoppable`, a stop request (`check_stop`) ends it between batches."""
+  surv = run.cohort.task == "survival"
   out = {"patient_id": [], "label": [], "probs": [], "embedding": []}
+  if surv:
+    out.update(logits=[], time=[], censorship=[])
   for batch in pipeline.bag_batches(
       run.cohort, split, batch_size=run.config.finetune.batch_size,
       bucket_sizes=run.config.data.bucket_sizes, prefetch=run.config.data.prefetch):
+    if stoppable:
+      check_stop(run)
     res = run.eval_step(state, loop.to_device(batch), jax.random.key(0))
     out["patient_id"].extend(str(p) for p in batch["patient_id"])
     out["label"].append(batch["label"])
     out["probs"].append(np.asarray(res["probs"]))
     out["embedding"].append(np.asarray(res["embedding"]))
-  for k in ("label", "probs", "embedding"):
-    out[k] = np.concatenate(out[k]) if out[k] else np.zeros((0,))
+    if surv:
+      out["logits"].append(np.asarray(res["logits"]))
+      out["time"].append(batch["time"])
+      out["censorship"].append(batch["censorship"])
+  for k in out:
+    if k != "patient_id":
+      out[k] = np.concatenate(out[k]) if out[k] else np.zeros((0,))
   out["patient_id"] = np.asarray(out["patient_id"])
+  if surv:
+    out["risk"] = survival.risk(out["logits"], run.config.survival.loss)
   return out
 
 
@@ -325,10 +385,9 @@ def finetune(run: Run) -> None:
                        frozen=frozen)
   state = state.replace(params=params)
 
-  def evaluate(state):
-    val = predict(run, state, "val")
-    return metrics_lib.classification_metrics(val["label"], val["probs"])
-  best, on_epoch_end = keep_best(run, "finetune", evaluate, cfg.finetune.select_metric,
+  best, on_epoch_end = keep_best(run, "finetune",
+                                 lambda state: split_scores(run, predict(run, state, "val")),
+                                 task_metric(run, cfg.finetune.select_metric),
                                  cfg.finetune.patience)
 
   spec = loop.StageSpec(
@@ -354,13 +413,16 @@ def test(run: Run) -> None:
     raise FileNotFoundError(f"test: no fine-tuned checkpoint in {run.workdir}; run finetune first.")
   state = state.replace(params=params)
   predictions = {}
+  surv = run.cohort.task == "survival"
+  keys = ("c_index",) if surv else ("accuracy", "auc", "f1")
   for split in ("val", "test"):
-    predictions[split] = predict(run, state, split)
-    scores = metrics_lib.classification_metrics(predictions[split]["label"],
-                                                predictions[split]["probs"])
-    for k in ("accuracy", "auc", "f1"):
+    predictions[split] = predict(run, state, split, stoppable=True)
+    scores = split_scores(run, predictions[split])
+    for k in keys:
       run.results[f"{split}_{k}"] = float(scores[k])
     run.results[f"{split}_metrics"] = scores
+  if surv:  # the report splits the test cases at the median training risk
+    run.train_risk = predict(run, state, "train", stoppable=True)["risk"]
   run.predictions = predictions
   if "gene_pretrain" in run.config.stages:  # the genes-only baseline of the same run
     gene_model = build.build_gene_classifier(run.config, run.num_genes, run.num_classes,
@@ -368,8 +430,8 @@ def test(run: Run) -> None:
     params = restore_params(run.workdir, "gene_pretrain_best", gene_model)
     model = create_state(gene_model).replace(params=params).model(train=False)
     for split in ("val", "test"):
-      run.results[f"gene_only_{split}_accuracy"] = float(
-          gene_only_scores(run, model, split)["accuracy"])
+      run.results[f"gene_only_{split}_{keys[0]}"] = float(
+          gene_only_scores(run, model, split)[keys[0]])
 
 
 def cls_attention(run: Run, state: TrainState, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -403,23 +465,31 @@ def write_report(run: Run) -> str:
   model = run.build()
   if cfg.report.tsne and "pretrain" in cfg.stages:
     params = restore_params(run.workdir, "pretrain", model)
-    train = predict(run, create_state(model).replace(params=params), "train")
+    train = predict(run, create_state(model).replace(params=params), "train", stoppable=True)
     tsne = (train["embedding"], train["label"])
   heatmaps = []
   best = create_state(model).replace(params=restore_params(run.workdir, "finetune_best", model))
   if hasattr(model, "aggregator"):
     for index in run.cohort.split("test")[:cfg.report.heatmaps]:
+      check_stop(run)
       coords, attention = cls_attention(run, best, int(index))
       heatmaps.append((run.cohort.patients[index].patient_id, coords, attention))
-  history = {name: [(h.get("epoch", i), h) for i, h in enumerate(stage["history"])]
-             for name, stage in run.results["stages"].items() if stage.get("history")}
+  history = {name: stage_records(run.workdir, name) for name in run.results["stages"]}
+  val_history = {name: [(epoch, scores) for epoch, (_, scores) in
+                        enumerate(stage_records(run.workdir, f"{name}_val"))]
+                 for name in run.results["stages"]}
+  check_stop(run)
   diagnostics = None
   if "pretrain" in cfg.stages:
     diagnostics = (stage_records(run.workdir, "pretrain"), cfg.pretrain.margin, COLLAPSE_SPREAD)
+  survival_cutoff = None
+  if run.cohort.task == "survival":
+    survival_cutoff = float(np.median(run.train_risk))
   return report_lib.write_report(
       os.path.join(run.workdir, "report"), results=run.results,
       class_names=list(run.cohort.class_names), predictions=run.predictions, tsne=tsne,
-      heatmaps=heatmaps, history=history or None, diagnostics=diagnostics, seed=cfg.seed)
+      heatmaps=heatmaps, history=history, val_history=val_history, diagnostics=diagnostics,
+      seed=cfg.seed, survival_cutoff=survival_cutoff)
 
 
 def stage_records(workdir: str, stage: str) -> list[tuple[int, dict]]:
@@ -439,34 +509,41 @@ STAGE_FNS = {"gene_pretrain": gene_pretrain, "pretrain": pretrain, "finetune": f
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop=lambda: False) -> dict[str, Any]:
+                       stop=lambda: False, allow_config_change: bool = False) -> dict[str, Any]:
   """Runs `config.stages` in order and writes `results.json` (and the report) to `workdir`.
 
-  Every input is checked first (`validate.preflight`: DataError listing every problem); the seed,
-  config, library versions and input checksums go to `provenance.json`.
+  The config is checked first, then the workdir is locked for this run (`workdir.lock`: another
+  run on it is refused), then a config that differs from the one the workdir was made with is
+  refused unless `allow_config_change`; then every input is checked (`validate.preflight`:
+  DataError listing every problem); the seed, config, library versions and input checksums go to
+  `provenance.json`.
   """
-  for name in config.stages:
-    if name not in STAGE_FNS:
-      raise ValueError(f"Unknown stage {name!r} in config.stages; known: {STAGES}.")
-  run = Run(config, workdir, stop, cohort=validate.preflight(config, workdir))
-  provenance.record(workdir, config, run.cohort)
-  provenance.write_json_atomic(os.path.join(workdir, "config.json"),
-                               json.loads(config.to_json_best_effort()))
-  try:
-    for name in config.stages:
-      if stop():
-        raise KeyboardInterrupt
-      logging.info("Stage %s", name)
-      STAGE_FNS[name](run)
-    if "test" in config.stages:
-      run.results["report"] = write_report(run)
-  finally:
-    run.writer.close()
-  results = dict(run.results, method=config.method, seed=config.seed,
-                 config=json.loads(config.to_json_best_effort()),
-                 versions=provenance.library_versions(),
-                 num_classes=run.num_classes, num_genes=run.num_genes,
-                 class_names=list(run.cohort.class_names),
-                 splits={k: int(v.size) for k, v in run.cohort.splits.items()})
-  provenance.write_json_atomic(os.path.join(workdir, "results.json"), results)
+  problems = validate.config_problems(config)
+  if problems:
+    raise DataError("\n".join(problems))
+  with workdir_lib.lock(workdir):
+    changes = workdir_lib.check_config(workdir, config, allow_config_change)
+    run = Run(config, workdir, stop, cohort=validate.preflight(config, workdir))
+    provenance.record(workdir, config, run.cohort)
+    workdir_lib.record_config(workdir, config, changes)
+    try:
+      for name in config.stages:
+        if stop():
+          raise KeyboardInterrupt
+        logging.info("Stage %s", name)
+        STAGE_FNS[name](run)
+      if "test" in config.stages:
+        run.results["report"] = write_report(run)
+        logging.info("Report: %s", run.results["report"])
+    finally:
+      run.writer.close()
+    results = dict(run.results, method=config.method, seed=config.seed,
+                   config=workdir_lib.as_json(config), versions=provenance.library_versions(),
+                   num_classes=run.num_classes, num_genes=run.num_genes,
+                   class_names=list(run.cohort.class_names),
+                   splits={k: int(v.size) for k, v in run.cohort.splits.items()})
+    history = workdir_lib.change_history(workdir)  # the workdir's earlier configs, if any
+    if history:
+      results["config_changes"] = history
+    provenance.write_json_atomic(os.path.join(workdir, "results.json"), results)
   return results

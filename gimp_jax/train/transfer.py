@@ -42,8 +42,10 @@ def transfer_params(src, dst, *, include: str = r".*", exclude: str = r"^$"):
   params = jax.tree_util.tree_map_with_path(pick, dst)
   if not report["copied"]:
     raise ValueError(f"Transfer copied nothing (include={include!r}, exclude={exclude!r}).")
+  logging.info("Transfer: %d parameters copied, %d fresh.", len(report["copied"]),
+               len(report["fresh"]))
   for kind in ("copied", "fresh"):
-    logging.info("Transfer: %d %s parameters: %s", len(report[kind]), kind, ", ".join(report[kind]))
+    logging.debug("Transfer: %s: %s", kind, ", ".join(report[kind]))
   return params, report
 
 

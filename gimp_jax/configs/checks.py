@@ -1,0 +1,136 @@
+"""The config's fields that have a valid range or set of values, checked before anything runs.
+
+`problems(config)` returns one line per field out of range (`config: pretrain.window: 0, expected
+an integer >= 1`), so that `gimp_jax.main` exits with code 2 before reading any input. Fields a
+config does not have (a method's config without a stage block) are skipped.
+"""
+
+import math
+from typing import Any
+
+import ml_collections
+
+STAGES = ("gene_pretrain", "pretrain", "finetune", "test")  # the order they run in
+SELECT = ("val_accuracy", "val_auc", "val_f1")
+
+# field -> (kind, low, high, low included, high included); kind "int" or "float".
+_RANGES = {
+    "data.feature_dim": ("int", 1, None, True, True),
+    "data.num_genes": ("int", 0, None, True, True),
+    "data.num_folds": ("int", 0, None, True, True),
+    "data.fold": ("int", -1, None, True, True),
+    "survival.num_bins": ("int", 2, None, True, True),
+    "survival.alpha": ("float", 0, 1, True, True),
+    "data.prefetch": ("int", 0, None, True, True),
+    "data.std_floor": ("float", 0, None, True, True),
+    "model.dim": ("int", 1, None, True, True),
+    "model.heads": ("int", 1, None, True, True),
+    "model.depth": ("int", 1, None, True, True),
+    "model.num_landmarks": ("int", 1, None, True, True),
+    "model.attn_dropout": ("float", 0, 1, True, False),
+    "model.num_fragments": ("int", 1, None, True, True),
+    "model.num_groups": ("int", 1, None, True, True),
+    "model.gene_dropout": ("float", 0, 1, True, False),
+    "model.snn_depth": ("int", 1, None, True, True),
+    "model.snn_dropout": ("float", 0, 1, True, False),
+    "model.head_hidden": ("int", 1, None, True, True),
+    "model.head_dropout": ("float", 0, 1, True, False),
+    "optim.learning_rate": ("float", 0, None, False, True),
+    "optim.weight_decay": ("float", 0, None, True, True),
+    "optim.warmup_epochs": ("float", 0, None, True, True),
+    "optim.end_lr_fraction": ("float", 0, 1, True, True),
+    "optim.grad_clip": ("float", 0, None, True, True),
+    "optim.grad_accum_steps": ("int", 1, None, True, True),
+    "gene_pretrain.epochs": ("int", 1, None, True, True),
+    "gene_pretrain.batch_size": ("int", 1, None, True, True),
+    "gene_pretrain.patience": ("int", 0, None, True, True),
+    "pretrain.epochs": ("int", 1, None, True, True),
+    "pretrain.batch_size": ("int", 1, None, True, True),
+    "pretrain.window": ("int", 1, None, True, True),
+    "pretrain.mask_ratio": ("float", 0, 1, False, False),
+    "pretrain.margin": ("float", 0, None, True, True),
+    "pretrain.tri_weight": ("float", 0, None, True, True),
+    "pretrain.rec_weight": ("float", 0, None, True, True),
+    "pretrain.img_variance_weight": ("float", 0, None, True, True),
+    "pretrain.checkpoint_every": ("int", 1, None, True, True),
+    "finetune.epochs": ("int", 1, None, True, True),
+    "finetune.batch_size": ("int", 1, None, True, True),
+    "finetune.label_smoothing": ("float", 0, 1, True, False),
+    "finetune.patience": ("int", 0, None, True, True),
+    "finetune.checkpoint_every": ("int", 1, None, True, True),
+    "report.heatmaps": ("int", 0, None, True, True),
+}
+_CHOICES = {
+    "compute_dtype": ("float32", "bfloat16", "float16"),
+    "task": ("classification", "survival"),
+    "survival.loss": ("nll", "cox"),
+    "gene_pretrain.select_metric": SELECT,
+    "finetune.select_metric": SELECT,
+    "pretrain.mining": ("batch_hard", "batch_all"),
+    "pretrain.triplet_on": ("pat", "img", "pat+img"),
+}
+
+
+def _get(config: ml_collections.ConfigDict, field: str) -> tuple[bool, Any]:
+  node = config
+  for part in field.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return False, None
+    node = node[part]
+  return True, node
+
+
+def _expected(kind: str, low, high, low_in: bool, high_in: bool) -> str:
+  what = "an integer" if kind == "int" else "a number"
+  lo = f"{'>=' if low_in else '>'} {low}" if low is not None else ""
+  hi = f"{'<=' if high_in else '<'} {high}" if high is not None else ""
+  return f"{what} {lo}{' and ' if lo and hi else ''}{hi}"
+
+
+def _in_range(value, kind: str, low, high, low_in: bool, high_in: bool) -> bool:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return False
+  if kind == "int" and not isinstance(value, int) or not math.isfinite(value):
+    return False
+  if low is not None and (value < low or (value == low and not low_in)):
+    return False
+  return high is None or value < high or (value == high and high_in)
+
+
+def problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Every field out of its range or set, one line each (empty when all are fine)."""
+  out = []
+  stages = tuple(config.get("stages", ()))
+  unknown = [s for s in stages if s not in STAGES]
+  if unknown or not stages:
+    out.append(f"config: stages: {stages!r}: unknown stage(s) {', '.join(map(repr, unknown))}; "
+               f"known: {', '.join(STAGES)}" if unknown else "config: stages: empty")
+  elif list(stages) != sorted(stages, key=STAGES.index) or len(set(stages)) != len(stages):
+    out.append(f"config: stages: {stages!r}: each stage at most once, in the order "
+               f"{', '.join(STAGES)}")
+  for field, spec in _RANGES.items():
+    present, value = _get(config, field)
+    if present and not _in_range(value, *spec):
+      out.append(f"config: {field}: {value!r}, expected {_expected(*spec)}")
+  for field, choices in _CHOICES.items():
+    present, value = _get(config, field)
+    if present and value not in choices:
+      out.append(f"config: {field}: {value!r}, expected one of {', '.join(choices)}")
+  present, heads = _get(config, "model.heads")
+  _, dim = _get(config, "model.dim")
+  if present and isinstance(heads, int) and isinstance(dim, int) and heads > 0 and dim % heads:
+    out.append(f"config: model.heads: {heads} does not divide model.dim {dim}")
+  present, folds = _get(config, "data.num_folds")
+  _, fold = _get(config, "data.fold")
+  if present and folds and (folds < 3 or not -1 <= fold < folds):
+    out.append(f"config: data.num_folds/fold: {folds}/{fold}, expected num_folds >= 3 and "
+               "-1 <= fold < num_folds (-1: every fold; or num_folds 0: one split)")
+  present, window = _get(config, "pretrain.window")
+  _, ratio = _get(config, "pretrain.mask_ratio")
+  _, mpm = _get(config, "pretrain.use_mpm")
+  if (present and mpm and "pretrain" in stages and isinstance(window, int) and window >= 1
+      and isinstance(ratio, (int, float)) and 0 < ratio < 1
+      and not 1 <= round(ratio * window) <= window - 1):
+    out.append(f"config: pretrain.mask_ratio: {ratio} of a window of {window} patches masks "
+               f"{round(ratio * window)}: L_rec needs at least one masked and one visible patch")
+  return out

@@ -1,0 +1,122 @@
+"""Every fold of a cross-validation in one command, and the summary over folds (CLAM's `--k` and
+`summary.csv`).
+
+With `data.fold = -1` (the default) and either `data.num_folds = k` or `data.splits_dir` (k =
+the number of `splits_<i>.csv` files there), fold i runs in `<workdir>/fold_<i>` exactly as a
+single run (`run.train_and_evaluate` with `data.fold = i`, resumable), then `<workdir>/summary.csv`
+(one row per fold, then the mean and the standard deviation over folds, ddof = 1), `summary.json`
+and `summary.md` are written. Otherwise this is `run.train_and_evaluate` itself.
+"""
+
+import csv
+import json
+import os
+import re
+from typing import Any
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from gimp_jax import provenance
+from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import splits as splits_lib
+from gimp_jax.data import survival as survival_lib
+from gimp_jax.errors import DataError
+from gimp_jax.train import run as run_lib
+
+SUMMARY_KEY = re.compile(r'^(gene_only_)?(val|test)_[a-z_0-9]+$')
+
+
+def num_folds(config: ml_collections.ConfigDict) -> int:
+  """k when the config asks for every fold in one command, else 0."""
+  if config.data.get('fold', -1) >= 0:
+    return 0
+  if config.data.get('splits_dir', ''):
+    return splits_lib.count_split_files(config.data.splits_dir)
+  return int(config.data.get('num_folds', 0))
+
+
+def split_file_problems(config: ml_collections.ConfigDict, k: int) -> list[str]:
+  """Every fold's split file checked against the labels CSV before any fold trains: unknown or
+  repeated cases, and (survival) a split without an event; one line each."""
+  task = config.get('task', 'classification')
+  try:
+    rows = cohort_lib.read_labels(config.data.labels, task)
+  except DataError as e:
+    return str(e).split('\n')
+  first = {}
+  for r in rows:
+    first.setdefault(r.patient_id, r)
+  ids = list(first)
+  censorship = np.asarray([first[i].censorship or 0 for i in ids])
+  problems = []
+  for fold in range(k):
+    path = splits_lib.split_file(config.data.splits_dir, fold)
+    try:
+      split = splits_lib.read_split_file(path, ids, censorship, config.data.split_fractions,
+                                         config.seed)
+    except DataError as e:
+      problems += str(e).split('\n')
+      continue
+    if task == 'survival':
+      problems += survival_lib.split_problems(split, censorship, path)
+  return problems
+
+
+def summarize(per_fold: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
+  """(metric names, [k, M] values) of the scalar `val_*`, `test_*` and `gene_only_*` results
+  present in every fold."""
+  names = [k for k in per_fold[0] if SUMMARY_KEY.match(k)
+           and all(isinstance(r.get(k), (int, float)) for r in per_fold)]
+  return names, np.asarray([[float(r[k]) for k in names] for r in per_fold], np.float64)
+
+
+def write_summary(workdir: str, names: list[str], values: np.ndarray) -> dict[str, Any]:
+  """summary.csv / .json / .md of [k, M] fold values; returns {metric: mean, metric_std: std}."""
+  mean = np.nanmean(values, 0)
+  std = np.nanstd(values, 0, ddof=1) if values.shape[0] > 1 else np.zeros(len(names))
+  with open(os.path.join(workdir, 'summary.csv'), 'w', newline='', encoding='utf-8') as f:
+    writer = csv.writer(f)
+    writer.writerow(['fold'] + names)
+    for i, row in enumerate(values):
+      writer.writerow([i] + [f'{v:.6g}' for v in row])
+    writer.writerow(['mean'] + [f'{v:.6g}' for v in mean])
+    writer.writerow(['std'] + [f'{v:.6g}' for v in std])
+  lines = ['| fold | ' + ' | '.join(names) + ' |', '|---' * (len(names) + 1) + '|']
+  lines += [f'| {i} | ' + ' | '.join(f'{v:.4f}' for v in row) + ' |' for i, row in enumerate(values)]
+  lines.append('| mean ± std | ' + ' | '.join(f'{m:.4f} ± {s:.4f}' for m, s in zip(mean, std))
+               + ' |')
+  with open(os.path.join(workdir, 'summary.md'), 'w', encoding='utf-8') as f:
+    f.write('\n'.join(lines) + '\n')
+  out = {k: float(m) for k, m in zip(names, mean)}
+  out.update({f'{k}_std': float(s) for k, s in zip(names, std)})
+  provenance.write_json_atomic(os.path.join(workdir, 'summary.json'), {
+      'folds': values.shape[0], 'mean': {k: float(m) for k, m in zip(names, mean)},
+      'std': {k: float(s) for k, s in zip(names, std)},
+      'per_fold': [dict(zip(names, map(float, row))) for row in values]})
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop=lambda: False, allow_config_change: bool = False) -> dict[str, Any]:
+  """Every fold (module docstring), or the single run; returns the mean results over folds."""
+  k = num_folds(config)
+  if not k:
+    return run_lib.train_and_evaluate(config, workdir, stop, allow_config_change)
+  if config.data.get('splits_dir', ''):
+    problems = split_file_problems(config, k)
+    if problems:
+      raise DataError('\n'.join(problems))
+  per_fold = []
+  for fold in range(k):
+    cfg = config.copy_and_resolve_references()
+    cfg.data.fold = fold
+    logging.info('Fold %d of %d', fold + 1, k)
+    per_fold.append(run_lib.train_and_evaluate(cfg, os.path.join(workdir, f'fold_{fold}'), stop,
+                                               allow_config_change))
+  names, values = summarize(per_fold)
+  summary = write_summary(workdir, names, values)
+  logging.info('Summary over %d folds (%s):\n%s', k, os.path.join(workdir, 'summary.csv'),
+               json.dumps(summary, indent=1))
+  return summary
