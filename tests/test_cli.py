@@ -42,7 +42,7 @@ def test_help_exits_0():
     (["--config.gene_pretrain.batch_size=0", "--config.pretrain.window=0",
       "--config.pretrain.mask_ratio=1.5", "--config.stages=('pretrain','pretrain_x')"],
      ["gimp_jax: error: config: stages: ('pretrain', 'pretrain_x'): unknown stage(s) 'pretrain_x'; "
-      "known: gene_pretrain, pretrain, finetune, test",
+      "known: gene_pretrain, pretrain, finetune, test, probe",
       "config: gene_pretrain.batch_size: 0, expected an integer >= 1",
       "config: pretrain.window: 0, expected an integer >= 1",
       "config: pretrain.mask_ratio: 1.5, expected a number > 0 and < 1"]),
