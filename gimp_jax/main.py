@@ -1,6 +1,8 @@
 """Command line: python -m gimp_jax.main --config=configs/nsclc.py --workdir=runs/nsclc
 
 Any config field can be overridden: --config.data.labels=labels.csv --config.pretrain.epochs=10.
+With data.num_folds=k or data.splits_dir (and data.fold=-1, the default) every fold runs in
+WORKDIR/fold_<i> and WORKDIR/summary.csv holds the mean and std over folds (train/folds.py).
 Exit codes (gimp_jax.cli): 0 done; 2 bad input or config (every problem one line, naming file,
 patient and field; nothing trained), or another run holds the workdir, or the config differs from
 the one the workdir was made with (--allow_config_change goes on with it); 3 a NaN/Inf loss

@@ -102,3 +102,25 @@ def test_summary_over_folds_matches_numpy(tmp_path):
   np.testing.assert_allclose(out["test_accuracy_std"], np.std([0.5, 0.75, 1.0], ddof=1))
   saved = json.loads((tmp_path / "summary.json").read_text())
   assert saved["folds"] == 3 and saved["per_fold"][1] == {"test_accuracy": 0.75, "val_auc": 0.9}
+
+
+def test_every_split_file_is_checked_before_any_fold_trains(mcat_cohort, tmp_path):
+  """A bad fold 3 stops the command before fold 0 trains: exit 2, one line per problem."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  splits = tmp_path / "splits"
+  shutil.copytree(mcat_cohort["splits_dir"], splits)
+  with open(splits / "splits_3.csv", "a", encoding="utf-8") as f:
+    f.write("99,TCGA-XX-0000,\n")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  proc = subprocess.run(
+      [sys.executable, "-m", "gimp_jax.main",
+       f"--config={os.path.join(ROOT, 'configs', 'methods', 'abmil.py')}:tiny",
+       f"--workdir={tmp_path / 'run'}", "--config.task=survival",
+       f"--config.data.features_dir={mcat_cohort['features_dir']}",
+       f"--config.data.expression={mcat_cohort['expression']}",
+       f"--config.data.labels={mcat_cohort['labels']}", f"--config.data.splits_dir={splits}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "splits_3.csv: line" in proc.stderr and "case TCGA-XX-0000: train: not in the cohort" \
+      in proc.stderr
+  assert not (tmp_path / "run" / "fold_0").exists()

@@ -11,7 +11,8 @@ receives gimp_jax's initial parameters), one batch and one precision, already wa
 (compiled); the first call's time is `info["first_call_s"]`.
 
 - `pretrain`: one GiMP pre-training step (MPM + triplet, frozen GroupMSA, AdamW) on B windows of
-  L patches.
+  L patches; also with the implicit pseudo-inverse gradient (`model.pinv_grad = "implicit"`, an
+  option: its gradient error is in `experiments.bench.profile`'s output).
 - `slide_forward`: the evaluation forward over a whole slide (`steps.make_eval_step`, as `predict`
   runs it, on the bag padded to `config.data.bucket_sizes`).
 - `finetune`: one fine-tuning step on a whole slide (cross-entropy, frozen GroupMSA), gimp_jax on
@@ -159,7 +160,7 @@ def _first_call(fn) -> tuple[object, float]:
   return out, time.perf_counter() - start
 
 
-def _jax_step_runner(name: str, cfg, model, loss_fn, frozen: str, batch: dict) -> Runner:
+def jax_step_runner(name: str, cfg, model, loss_fn, frozen: str, batch: dict) -> Runner:
   """The CLI's train step, donating its state: the state lives in a box replaced by every call."""
   step_fn = steps.make_train_step(loss_fn, frozen)
   params = nnx.state(model, nnx.Param)
@@ -283,7 +284,14 @@ def pretrain(cohort: Cohort, sizes: Sizes, dtype: str, frameworks: list[str],
   runners = []
   if "gimp_jax" in frameworks:
     loss_fn = methods.get(cfg.method).pretrain_loss(cfg)
-    runners.append(_jax_step_runner("gimp_jax", cfg, model, loss_fn, cfg.pretrain.frozen, batch))
+    runners.append(jax_step_runner("gimp_jax", cfg, model, loss_fn, cfg.pretrain.frozen, batch))
+    if cfg.model.pinv_grad != "implicit":  # the option (`model.pinv_grad`), beside the default
+      option = cfg.copy_and_resolve_references()
+      option.model.pinv_grad = "implicit"
+      runners.append(jax_step_runner("gimp_jax_implicit_pinv", option,
+                                     model_and_params(option, sizes.genes)[0],
+                                     methods.get(cfg.method).pretrain_loss(option),
+                                     cfg.pretrain.frozen, batch))
   p = cfg.pretrain
   loss_fn = lambda m, b: tr.pretrain_loss(m, b, p)  # noqa: E731
   runners += _torch_step_runners(frameworks, compile_mode, cfg, sizes.genes, flat, loss_fn, batch)
@@ -324,7 +332,7 @@ def finetune(cohort: Cohort, sizes: Sizes, dtype: str, frameworks: list[str],
   runners = []
   if "gimp_jax" in frameworks:
     loss_fn = methods.get(cfg.method).finetune_loss(cfg)
-    runners.append(_jax_step_runner("gimp_jax", cfg, model, loss_fn, cfg.finetune.frozen,
+    runners.append(jax_step_runner("gimp_jax", cfg, model, loss_fn, cfg.finetune.frozen,
                                     bucketed))
   runners += _torch_step_runners(frameworks, compile_mode, cfg, sizes.genes, flat,
                                  tr.finetune_loss, exact)

@@ -14,6 +14,7 @@ range, falls in a bin. Nothing but the training split's times sets them.
 
 from collections.abc import Mapping, Sequence
 
+from absl import logging
 import numpy as np
 
 from gimp_jax.errors import DataError
@@ -92,3 +93,20 @@ def split_problems(splits: Mapping[str, np.ndarray], censorship: np.ndarray, whe
   """One line per non-empty split without an event (its C-index and bins are undefined)."""
   return [f'{where}: split {name}: no event among its {idx.size} cases (every case censored)'
           for name, idx in splits.items() if idx.size and not np.any(censorship[idx] == 0)]
+
+
+def label_bins(times: np.ndarray, censorship: np.ndarray, splits: Mapping[str, np.ndarray],
+               num_bins: int, splits_file: str, labels_file: str
+               ) -> tuple[np.ndarray, tuple[str, ...]]:
+  """Each case's time bin [P] (bins fitted on the training split) and the bin names.
+
+  Raises:
+    DataError: a split without an event (named after `splits_file`, or `labels_file`).
+  """
+  problems = split_problems(splits, censorship, splits_file or labels_file)
+  if problems:
+    raise DataError('\n'.join(problems))
+  cuts = fit_bins(times, censorship, splits['train'], num_bins, labels_file)
+  logging.info('survival: %d bins, cut points %s (training uncensored times)', num_bins,
+               np.round(cuts, 3).tolist())
+  return assign_bins(times, cuts), bin_names(cuts)

@@ -1,0 +1,158 @@
+"""Where the CLI's steps spend their time: sub-parts timed side by side, and the options' costs.
+
+  python -m experiments.bench.profile --size cpu [--repeats 3] [--markdown PATH]
+
+On the bench's batches (`workloads`: the CLI's pipeline, the paper model), interleaved repeats of:
+- pre-training: the whole step (`steps.make_train_step`, as `loop.fit` builds it) with the
+  pseudo-inverse differentiated through its iterations ("unrolled", the package) and with the
+  implicit gradient; the loss forward alone; the pseudo-inverse alone (forward; forward and backward
+  both ways; per layer, all heads and windows); the frozen gene encoder forward;
+- fine-tuning: the whole step on the bag padded to the config's quarter-octave bucket and to the
+  power-of-two bucket the config used before; the evaluation forward.
+It also states the gradient error of `model.pinv_grad = "implicit"` on the pre-training batch at
+initialisation: the relative L2 distance to the unrolled gradient, over all trainable parameters.
+Times are process CPU seconds (the machine may be shared) and wall seconds, medians.
+"""
+
+import os
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.bench import measure
+from experiments.bench import workloads as wl
+from gimp_jax import methods
+from gimp_jax.models import nystrom
+from gimp_jax.train import loop, optim
+from gimp_jax.train.state import create_state
+
+_SIZE = flags.DEFINE_enum("size", "cpu", list(wl.SIZES), "Workload sizes.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Interleaved repeats.")
+_MARKDOWN = flags.DEFINE_string("markdown", "", "Also write the table here.")
+
+
+def _jitted_runner(name: str, fn, *args) -> measure.Runner:
+  compiled = jax.jit(fn).lower(*args).compile()
+  run = lambda: jax.block_until_ready(compiled(*args))  # noqa: E731
+  run()
+  return measure.Runner(name, run, {"model_flops": measure.model_flops(fn, *args)})
+
+
+def pretrain_parts(cohort, sizes) -> list[measure.Runner]:
+  cfg = wl.model_config("float32")
+  cfg.pretrain.window = sizes.window
+  batch = wl.pretrain_batch(cohort, cfg)
+  loss_fn = methods.get(cfg.method).pretrain_loss(cfg)
+  runners = []
+  for mode in ("unrolled", "implicit"):
+    cfg.model.pinv_grad = mode
+    model, _ = wl.model_and_params(cfg, sizes.genes)
+    runners.append(wl.jax_step_runner(f"pretrain step, pinv_grad={mode}", cfg, model, loss_fn,
+                                cfg.pretrain.frozen, batch))
+  cfg.model.pinv_grad = "unrolled"
+  model, _ = wl.model_and_params(cfg, sizes.genes)
+  state = create_state(model)
+  dev = loop.to_device(batch)
+  runners.append(_jitted_runner(
+      "pretrain loss forward (train mode)",
+      lambda s, b: loss_fn(s.model(jax.random.key(0), train=True), b)[0], state, dev))
+  runners.append(_jitted_runner(
+      "gene encoder forward (frozen)",
+      lambda s, g: s.model(train=False).gene_encoder(g), state, dev["genes"]))
+  m, heads, depth = cfg.model.num_landmarks, cfg.model.heads, cfg.model.depth
+  rng = np.random.default_rng(0)
+  logits = rng.standard_normal((sizes.pretrain_batch, heads, m, m)).astype(np.float32)
+  a = jax.nn.softmax(jnp.asarray(logits) * 0.1, -1)  # near-uniform rows, as at initialisation
+  g = jnp.asarray(rng.standard_normal(a.shape).astype(np.float32))
+  runners.append(_jitted_runner(
+      f"pinv forward x{depth} layers",
+      lambda a: [nystrom.iterative_pinv(a + i) for i in range(depth)], a))
+  for name, fn in (("unrolled", nystrom.iterative_pinv), ("implicit", nystrom.implicit_pinv)):
+    runners.append(_jitted_runner(
+        f"pinv forward+backward ({name}) x{depth} layers",
+        lambda a, g, fn=fn: [jax.grad(lambda a: jnp.sum(fn(a) * g))(a + i) for i in range(depth)],
+        a, g))
+  return runners
+
+
+def implicit_gradient_error(cohort, sizes) -> float:
+  """|g_implicit - g_unrolled| / |g_unrolled| over the trainable parameters (pre-training loss,
+  eval mode, initial parameters)."""
+  cfg = wl.model_config("float32")
+  cfg.pretrain.window = sizes.window
+  batch = loop.to_device(wl.pretrain_batch(cohort, cfg))
+  loss_fn = methods.get(cfg.method).pretrain_loss(cfg)
+  grads = {}
+  for mode in ("unrolled", "implicit"):
+    cfg.model.pinv_grad = mode
+    model, _ = wl.model_and_params(cfg, sizes.genes)
+    state = create_state(model)
+    grads[mode] = optim.flat_paths(jax.jit(jax.grad(
+        lambda p, s=state: loss_fn(s.replace(params=p).model(train=False), batch)[0]))(
+            state.params))
+  keys = [k for k in grads["unrolled"] if not k.startswith("gene_encoder/")]
+  num = sum(float(jnp.sum((grads["unrolled"][k] - grads["implicit"][k]) ** 2)) for k in keys)
+  den = sum(float(jnp.sum(grads["unrolled"][k] ** 2)) for k in keys)
+  return (num / den) ** 0.5
+
+
+def finetune_parts(cohort, sizes) -> list[measure.Runner]:
+  cfg = wl.model_config("float32")
+  loss_fn = methods.get(cfg.method).finetune_loss(cfg)
+  runners = []
+  n = sizes.finetune_patches
+  pow2 = tuple(1024 * 2 ** k for k in range(9))
+  for label, buckets in (("quarter-octave", cfg.data.bucket_sizes), ("power-of-two", pow2)):
+    batch = wl.bag_batch(cohort, buckets)
+    model, _ = wl.model_and_params(cfg, sizes.genes)
+    runners.append(wl.jax_step_runner(
+        f"finetune step, N={n} in the {label} bucket {batch['patches'].shape[1]}", cfg, model,
+        loss_fn, cfg.finetune.frozen, batch))
+  model, _ = wl.model_and_params(cfg, sizes.genes)
+  runners.append(wl.jax_eval_runner(model, wl.bag_batch(cohort, cfg.data.bucket_sizes)))
+  runners[-1].name = "evaluation forward (predict), quarter-octave bucket"
+  return runners
+
+
+def table(runners, times) -> str:
+  lines = ["| part | CPU s (median) | wall s (median) | matmul GFLOP |", "|---|---|---|---|"]
+  for r in runners:
+    t = times[r.name]
+    lines.append(f"| {r.name} | {np.median(t['cpu_s']):.3f} | {np.median(t['wall_s']):.3f} | "
+                 f"{r.info.get('model_flops', 0.0) / 1e9:.1f} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  jax.config.update("jax_default_matmul_precision", "highest")
+  sizes = wl.SIZES[_SIZE.value]
+  start = time.perf_counter()
+  out = [f"# Profile of the CLI's steps ({_SIZE.value} sizes)", "",
+         f"`uptime` at start: load {os.getloadavg()}", ""]
+  with tempfile.TemporaryDirectory(prefix="gimp_profile_") as tmp:
+    cohort = wl.workload_cohort(tmp, sizes)
+    for title, build in (("Pre-training", pretrain_parts), ("Fine-tuning", finetune_parts)):
+      runners = build(cohort, sizes)
+      times = measure.interleaved(runners, _REPEATS.value)
+      out += [f"## {title}", "", table(runners, times), ""]
+      print("\n".join(out[-4:]), flush=True)
+      del runners
+    err = implicit_gradient_error(cohort, sizes)
+  out += [f"Implicit pinv gradient against the unrolled one (pre-training loss, initial "
+          f"parameters, trainable leaves): relative L2 error {err:.4f}.", "",
+          f"Load at end {os.getloadavg()}; took {(time.perf_counter() - start) / 60:.1f} min."]
+  text = "\n".join(out)
+  print(text)
+  if _MARKDOWN.value:
+    with open(_MARKDOWN.value, "w", encoding="utf-8") as f:
+      f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
