@@ -68,6 +68,7 @@ _CHOICES = {
     "finetune.select_metric": SELECT,
     "pretrain.mining": ("batch_hard", "batch_all"),
     "pretrain.triplet_on": ("pat", "img", "pat+img"),
+    "model.pinv_grad": ("unrolled", "implicit"),
 }
 
 
