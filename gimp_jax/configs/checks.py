@@ -75,6 +75,7 @@ _CHOICES = {
     "pretrain.mining": ("batch_hard", "batch_all"),
     "pretrain.triplet_on": ("pat", "img", "pat+img"),
     "pretrain.sampling": ("window", "uniform"),
+    "model.pinv_grad": ("unrolled", "implicit"),
 }
 
 
