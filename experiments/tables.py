@@ -80,8 +80,19 @@ PRESETS = {
                      "--synthetic.max_patches=1000"],
                     ["--config.data.bucket_sizes=(512,1024,2048)"]),
 }
+# (method as printed, config) [the third table, `--probe`: TANGLE's few-shot protocol on the slide
+# encoder each pre-training leaves; "no pre-training" probes GiMP's freshly initialised aggregator]
+TABLE3 = (("GiMP", "gimp"), ("TANGLE", "tangle"), ("TANGLE-Rec", "tangle_rec"),
+          ("Intra", "intra"), ("MGCA", "mgca"), ("CLIP InfoNCE (BioViL)", "biovil_clip"),
+          ("REFERS", "refers"), ("Image-gene matching (ITM)", "itm"),
+          ("No pre-training", "gimp_no_pretrain"))
+PRETRAINING_STAGES = ("gene_pretrain", "pretrain")
+# Runs fine-tuned with modality dropout (`--config.model.modality_dropout=p`) also report the test
+# split from the slides alone.
+SLIDE_ONLY_KEYS = ("test_slide_only_accuracy", "test_slide_only_auc")
 NOT_RUN = "not run yet"
-GROUPS = {"table1": [r[3] for r in TABLE1], "table2": [r[4] for r in TABLE2]}
+GROUPS = {"table1": [r[3] for r in TABLE1], "table2": [r[4] for r in TABLE2],
+          "table3": [r[1] for r in TABLE3]}
 GROUPS["all"] = GROUPS["table1"] + [n for n in GROUPS["table2"] if n not in GROUPS["table1"]]
 
 
@@ -105,6 +116,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="synthetic cohort preset (paper_scale: 946 patients, 100-1,000 patches)")
   p.add_argument("--no_reference", action="store_true",
                  help="skip the logistic-regression reference rows")
+  p.add_argument("--probe", action="store_true",
+                 help="the third table: each method's pre-training stages, then the probe stage "
+                      "(few-shot logistic regression on the frozen slide encoder); --methods "
+                      "defaults to table3")
   p.add_argument("--task", default="classification", choices=("classification", "survival"),
                  help="survival: C-index over --folds folds (experiments/survival_tables.py)")
   p.add_argument("--folds", type=int, default=5, help="survival: folds (data.num_folds)")
@@ -142,7 +157,7 @@ def method_names(spec: str) -> list[str]:
   if spec in GROUPS:
     return list(GROUPS[spec])
   names = [n.strip() for n in spec.split(",") if n.strip()]
-  known = set(GROUPS["all"])
+  known = set(GROUPS["all"]) | set(GROUPS["table3"])
   unknown = [n for n in names if n not in known]
   if unknown:
     raise SystemExit(f"tables.py: unknown method config(s) {unknown}; known: {sorted(known)}")
@@ -181,6 +196,15 @@ def make_config(name: str, size: str, seed: int, paths: dict[str, str], override
   return override(config, overrides)
 
 
+def probe_config(config):
+  """`config` with its pre-training stages followed by the probe stage (the third table); the
+  supervised gene pre-training is left out where no pre-training follows (it does not touch the
+  slide encoder)."""
+  stages = tuple(s for s in config.stages if s in PRETRAINING_STAGES)
+  config.stages = (stages if "pretrain" in stages else ()) + ("probe",)
+  return config
+
+
 def plan(names: list[str], seeds: list[int], args, paths) -> tuple[dict, dict]:
   """(runs {(canonical, seed): config}, alias {name: canonical}); identical configs share runs
   (so a --config override that makes two methods' configs equal runs them once)."""
@@ -188,9 +212,11 @@ def plan(names: list[str], seeds: list[int], args, paths) -> tuple[dict, dict]:
   for name in names:
     fingerprint = make_config(name, args.size, 0, paths, args.config).to_json(sort_keys=True)
     alias[name] = canonical_of.setdefault(fingerprint, name)
-  for name in sorted(set(alias.values()), key=names.index):
-    for seed in seeds:
-      runs[(name, seed)] = make_config(name, args.size, seed, paths, args.config)
+  # Seed-major: a call cut short has every method at the first seeds rather than some at all.
+  for seed in seeds:
+    for name in sorted(set(alias.values()), key=names.index):
+      config = make_config(name, args.size, seed, paths, args.config)
+      runs[(name, seed)] = probe_config(config) if getattr(args, "probe", False) else config
   return runs, alias
 
 
@@ -227,7 +253,8 @@ def read_result(workdir: str) -> dict | None:
     r = json.load(f)
   wall = sum(s.get("wall_s", 0.0) for s in r.get("stages", {}).values())
   return {"ok": True, "test_accuracy": r.get("test_accuracy"), "test_auc": r.get("test_auc"),
-          "val_accuracy": r.get("val_accuracy"), "train_wall_s": wall}
+          "val_accuracy": r.get("val_accuracy"), "train_wall_s": wall, "probe": r.get("probe"),
+          **{k: r[k] for k in SLIDE_ONLY_KEYS if k in r}}
 
 
 def run_all(runs: dict, out: str, workers: int, report_only: bool = False) -> dict:
@@ -260,7 +287,8 @@ def run_all(runs: dict, out: str, workers: int, report_only: bool = False) -> di
         outcome = {"ok": False, "error": f"{type(e).__name__}: {e}"}
       if outcome["ok"]:
         outcome.update(read_result(run_dir(out, *key)) or {})
-        status = f"acc {outcome['test_accuracy']:.4f}, {outcome['wall_s']:.0f} s"
+        acc = outcome.get("test_accuracy")
+        status = f"{'' if acc is None else f'acc {acc:.4f}, '}{outcome['wall_s']:.0f} s"
       else:
         status = f"FAILED: {outcome['error']}"
       print(f"[{i}/{len(todo)}] {key[0]} seed {key[1]}: {status}", flush=True)
@@ -319,6 +347,52 @@ def markdown(names, alias, seeds, outcomes, header: str, reference=None, paired=
     for agg, genes, tri, mpm, name, paper in rows2:
       acc, auc, n = _row_stats(name, alias, seeds, outcomes)
       lines.append(f"| {agg} | {genes} | {tri} | {mpm} | {acc} | {auc} | {_paper(paper)} | {n} |")
+    lines.append("")
+  lines += slide_only_lines(names, alias, seeds, outcomes)
+  failures = [(k, o) for k, o in sorted(outcomes.items()) if not o.get("ok")]
+  if failures:
+    lines += ["## Runs without a result (failed, or not run yet)", ""]
+    lines += [f"- `{name}` seed {seed}: {o.get('error')}" for (name, seed), o in failures]
+    lines.append("")
+  return "\n".join(lines)
+
+
+def slide_only_lines(names, alias, seeds, outcomes) -> list[str]:
+  """Both modalities beside the slide alone, for the runs that report both (modality dropout)."""
+  rows = []
+  for name in names:
+    ok = [o for o in (outcomes.get((alias[name], s), {}) for s in seeds)
+          if o.get("ok") and o.get("test_slide_only_accuracy") is not None]
+    if ok:
+      rows.append(f"| {name} | " + " | ".join(
+          cell([o[k] for o in ok], 0) for k in ("test_accuracy", "test_slide_only_accuracy",
+                                                "test_auc", "test_slide_only_auc"))
+                  + f" | {len(ok)} |")
+  if not rows:
+    return []
+  return ["## One model, both modalities or the slide alone (modality dropout)", "",
+          "| config | acc., slide + genes | acc., slide only | AUC, slide + genes | "
+          "AUC, slide only | runs |", "|---|---|---|---|---|---|", *rows, ""]
+
+
+def probe_markdown(names, alias, seeds, outcomes, header: str) -> str:
+  """The third table: per method and k, the test balanced accuracy and AUC of the probe (each
+  seed's mean over its draws), mean ± sample std over seeds."""
+  rows = [r for r in TABLE3 if r[1] in names]
+  found = [o["probe"]["shots"] for o in outcomes.values() if o.get("ok") and o.get("probe")]
+  shots = list(found[0]) if found else ["1", "5", "10", "25", "all"]
+  lines = [header, ""]
+  for metric, title in (("balanced_accuracy", "balanced accuracy"), ("auc", "AUC")):
+    lines += [f"## Table 3: slide-only few-shot probing, test {title}", "",
+              "| Pre-training | " + " | ".join(f"k = {k}" for k in shots) + " | runs |",
+              "|---|" + "---|" * (len(shots) + 1)]
+    for label, name in rows:
+      got = [outcomes.get((alias[name], s), {"ok": False, "error": "not run"}) for s in seeds]
+      ok = [g for g in got if g.get("ok") and g.get("probe")]
+      pending = sum(g.get("error") == NOT_RUN for g in got)
+      cells = [cell([g["probe"]["shots"][k].get("test", {}).get(metric, {}).get("mean")
+                     for g in ok], len(got) - len(ok) - pending, 3, pending) for k in shots]
+      lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(ok)} |")
     lines.append("")
   failures = [(k, o) for k, o in sorted(outcomes.items()) if not o.get("ok")]
   if failures:
@@ -408,7 +482,7 @@ def main(argv=None) -> None:
   if args.workers > 1:
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
                                        "intra_op_parallelism_threads=1")
-  names = method_names(args.methods)
+  names = method_names("table3" if args.probe and args.methods == "all" else args.methods)
   seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
   paths = cohort_paths(args)
   runs, alias = plan(names, seeds, args, paths)
@@ -420,9 +494,18 @@ def main(argv=None) -> None:
             f"Config size: {args.size}; seeds: {', '.join(map(str, seeds))}; test accuracy and "
             f"AUC as mean ± sample std over seeds (each seed also draws its own split).  \n"
             f"Wall time of this call: {wall / 60:.1f} min with {args.workers} worker(s).")
-  reference = None if args.no_reference else reference_rows(runs, seeds, args.out)
-  pairs = paired(alias, seeds, outcomes, args.out)
-  text = markdown(names, alias, seeds, outcomes, header, reference, pairs)
+  if args.probe:
+    header = header.replace("# GiMP Tables 1 and 2 rerun", "# Slide-only few-shot probing of the "
+                            "pre-trained slide encoders (TANGLE's protocol)")
+    header += ("  \nEach cell: the probe's test score (k training patients per class, mean over "
+               "its draws; k = all: one fit on every training patient), mean ± sample std over "
+               "seeds.")
+    reference = pairs = None
+    text = probe_markdown(names, alias, seeds, outcomes, header)
+  else:
+    reference = None if args.no_reference else reference_rows(runs, seeds, args.out)
+    pairs = paired(alias, seeds, outcomes, args.out)
+    text = markdown(names, alias, seeds, outcomes, header, reference, pairs)
   with open(os.path.join(args.out, "tables.md"), "w", encoding="utf-8") as f:
     f.write(text + "\n")
   summary = {"command": cmd, "wall_s": wall, "seeds": seeds, "size": args.size, "alias": alias,

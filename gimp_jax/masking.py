@@ -46,3 +46,13 @@ def sample_mpm(rng: np.random.Generator, num_patches: int, window: int = 6000,
   indices = (start + np.arange(window, dtype=np.int64)) % n
   mask = rng.permutation(window) < num_masked(window, ratio)
   return indices, mask
+
+
+def sample_uniform(rng: np.random.Generator, num_patches: int, count: int) -> np.ndarray:
+  """TANGLE's patch subsampling: `count` patch indices [count] int64 drawn uniformly with
+  replacement from [0, num_patches), sorted (the order does not matter to attention pooling and
+  sorted rows read faster)."""
+  n = int(num_patches)
+  if n < 1:
+    raise ValueError(f'num_patches: {n}, expected >= 1')
+  return np.sort(rng.integers(0, n, size=count, dtype=np.int64))

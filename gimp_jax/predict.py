@@ -13,7 +13,13 @@ Every input is checked first, as `gimp_jax.validate` does: an expression table t
 the stored list, feature files of another width than the model's, or any other bad input is
 refused with every problem on its own line and exit code 2.
 
-Output CSV: patient_id, label_name (empty when unknown), predicted, predicted_name, prob_<class>.
+Slide-only patients (no expression column) are predicted from the slide alone when the model can:
+a slide-only model, or a multimodal one fine-tuned with modality dropout (`model.modality_dropout` >
+0, its learned missing-genes token stands for the expression); a multimodal model without one
+refuses them, naming each patient.
+
+Output CSV: patient_id, label_name (empty when unknown), predicted, predicted_name, modality (what
+the prediction used: "slide+genes" or "slide"), prob_<class>.
 """
 
 import csv
@@ -37,6 +43,7 @@ from gimp_jax import provenance
 from gimp_jax import validate
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.errors import DataError
+from gimp_jax.train import partial
 from gimp_jax.train import run as run_lib
 from gimp_jax.train import steps
 from gimp_jax.train.state import create_state
@@ -120,6 +127,7 @@ def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
   if int(given.data.feature_dim) != width:
     problems.append(f"config: data.feature_dim: {given.data.feature_dim}, but the model in "
                     f"{workdir} was trained on features of width {width}")
+  config.data.allow_missing = True  # slide-only patients: refused below only if the model needs genes
   original = config.data.labels
   config.data.labels, labelled = _labels_csv(original, class_names[0], tmpdir)
   cohort, found = validate.check_inputs(config, normalizer, stored)
@@ -146,27 +154,39 @@ def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
   if params is None:
     raise DataError(f"{os.path.join(workdir, 'checkpoints', BEST)}: no fine-tuned checkpoint; "
                     "run the finetune stage first")
-  logging.info("predict: %d patients, model of %s", len(cohort.patients), workdir)
+  genes = partial.has_genes(cohort)
+  if partial.needs_genes(model) and not genes.all():
+    raise DataError("\n".join(
+        f"{config.data.expression}: patient {cohort.patients[i].patient_id}: no expression, and the "
+        f"model in {workdir} needs it (fine-tuned without model.modality_dropout): it cannot "
+        "predict from the slide alone" for i in np.flatnonzero(~genes)))
+  logging.info("predict: %d patients (%d slide-only), model of %s", len(cohort.patients),
+               int((~genes).sum()), workdir)
   evaluation = _Evaluation(config, cohort, steps.make_eval_step())
   out = run_lib.predict(evaluation, create_state(model).replace(params=params), "all")
   labels = out["label"] if labelled else np.full(len(out["patient_id"]), -1)
+  uses_genes = getattr(model, "gene_encoder", None) is not None
+  modality = np.where(genes & uses_genes, "slide+genes", "slide")
   return {"patient_id": out["patient_id"], "label": labels, "probs": out["probs"],
-          "class_names": cohort.class_names}
+          "modality": modality, "class_names": cohort.class_names}
 
 
 def write_csv(path: str, result: dict[str, Any]) -> None:
-  """One row per patient: ID, known label, predicted class (index and name), P(class). Written
+  """One row per patient: ID, known label, predicted class (index and name), the modality the
+  prediction used, P(class). Written
   through a temporary file and a rename (a full disk leaves no half file)."""
   names = result["class_names"]
   tmp = f"{path}.tmp-{os.getpid()}"
   try:
     with open(tmp, "w", newline="", encoding="utf-8") as f:
       writer = csv.writer(f)
-      writer.writerow(["patient_id", "label_name", "predicted", "predicted_name"] +
+      writer.writerow(["patient_id", "label_name", "predicted", "predicted_name", "modality"] +
                       [f"prob_{n}" for n in names])
-      for pid, y, p in zip(result["patient_id"], result["label"], result["probs"]):
+      for pid, y, m, p in zip(result["patient_id"], result["label"], result["modality"],
+                              result["probs"]):
         k = int(np.argmax(p))
-        writer.writerow([pid, names[y] if y >= 0 else "", k, names[k]] + [f"{v:.9g}" for v in p])
+        writer.writerow([pid, names[y] if y >= 0 else "", k, names[k], m] +
+                        [f"{v:.9g}" for v in p])
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

@@ -35,6 +35,7 @@ from gimp_jax.configs import checks
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import genes as genes_lib
 from gimp_jax.errors import DataError
+from gimp_jax.train import partial
 
 NORMALIZER = "normalizer.npz"
 TRAINING_STAGES = ("gene_pretrain", "pretrain", "finetune")
@@ -272,12 +273,23 @@ def summary(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> str
   dropped = ""
   if config.data.get("source", "h5") != "tfds":
     listed = {r.patient_id for r in cohort_lib.read_labels(
-        config.data.labels, config.get("task", "classification"))}
+        config.data.labels, config.get("task", "classification"),
+        config.data.get("allow_missing", False))}
     if len(listed) > len(cohort.patients):
       dropped = f" ({len(listed) - len(cohort.patients)} dropped: drop_incomplete)"
   return (f"{len(cohort.patients)} patients{dropped} ({splits}), {slides} slides, "
           f"{cohort.num_classes} classes, {cohort.num_genes} genes, feature width "
           f"{cohort.feature_dim}: no problems found")
+
+
+def usage(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> str:
+  """With data.allow_missing: the table of the patients each stage of the run will use."""
+  method = methods.get(config.method)
+  model = nnx.eval_shape(lambda: method.build(config, cohort.num_genes, cohort.num_classes,
+                                              config.seed))
+  return partial.usage_table(cohort, config.stages,
+                             pretrain_uses=getattr(method, "pretrain_uses", "pairs"),
+                             model_needs_genes=partial.needs_genes(model))
 
 
 def main(argv) -> None:
@@ -290,6 +302,8 @@ def main(argv) -> None:
     print(f"gimp_jax.validate: {len(problems)} problem(s)", file=sys.stderr)
     sys.exit(2)
   print(f"gimp_jax.validate: {summary(config, cohort)}")
+  if config.data.get("allow_missing", False):
+    print(usage(config, cohort))
 
 
 if __name__ == "__main__":  # flags only here: gimp_jax.main imports this module for `preflight`

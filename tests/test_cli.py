@@ -12,6 +12,7 @@ import pytest
 from gimp_jax import cli
 from gimp_jax import errors
 from gimp_jax import main as main_lib
+from gimp_jax.configs import checks
 from gimp_jax.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +43,7 @@ def test_help_exits_0():
     (["--config.gene_pretrain.batch_size=0", "--config.pretrain.window=0",
       "--config.pretrain.mask_ratio=1.5", "--config.stages=('pretrain','pretrain_x')"],
      ["gimp_jax: error: config: stages: ('pretrain', 'pretrain_x'): unknown stage(s) 'pretrain_x'; "
-      "known: gene_pretrain, pretrain, finetune, test",
+      f"known: {', '.join(checks.STAGES)}",
       "config: gene_pretrain.batch_size: 0, expected an integer >= 1",
       "config: pretrain.window: 0, expected an integer >= 1",
       "config: pretrain.mask_ratio: 1.5, expected a number > 0 and < 1"]),

@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-STAGES = ("gene_pretrain", "pretrain", "finetune", "test")  # the order they run in
+STAGES = ("gene_pretrain", "pretrain", "finetune", "test", "probe")  # the order they run in
 SELECT = ("val_accuracy", "val_auc", "val_f1")
 
 # field -> (kind, low, high, low included, high included); kind "int" or "float".
@@ -35,6 +35,12 @@ _RANGES = {
     "model.snn_dropout": ("float", 0, 1, True, False),
     "model.head_hidden": ("int", 1, None, True, True),
     "model.head_dropout": ("float", 0, 1, True, False),
+    "model.modality_dropout": ("float", 0, 1, True, False),
+    "probe.draws": ("int", 1, None, True, True),
+    "probe.max_iter": ("int", 1, None, True, True),
+    "tangle.n_tokens": ("int", 1, None, True, True),
+    "tangle.temperature": ("float", 0, None, False, True),
+    "tangle.gene_hidden": ("int", 0, None, True, True),
     "optim.learning_rate": ("float", 0, None, False, True),
     "optim.weight_decay": ("float", 0, None, True, True),
     "optim.warmup_epochs": ("float", 0, None, True, True),
@@ -68,6 +74,7 @@ _CHOICES = {
     "finetune.select_metric": SELECT,
     "pretrain.mining": ("batch_hard", "batch_all"),
     "pretrain.triplet_on": ("pat", "img", "pat+img"),
+    "pretrain.sampling": ("window", "uniform"),
     "model.pinv_grad": ("unrolled", "implicit"),
 }
 

@@ -43,6 +43,8 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.data.fold = -1                            # -1: every fold in one command (workdir/fold_<i>); i: fold i
   c.data.splits_dir = ""                      # folder of splits_<i>.csv (train,val[,test] case IDs; MCAT)
   c.data.drop_incomplete = False              # drop (with a warning) patients missing a modality
+  c.data.allow_missing = False                # keep slide-only and unlabelled patients; each stage
+                                              # uses those it can (README "Partial data")
   # Padded bag lengths (one compilation each): 1024 * 2^(k/4) rounded up to a multiple of 128, k =
   # 0..32 (pipeline.default_buckets(262144, 1024)), choice: <= 19% padding (powers of two: 100%).
   c.data.bucket_sizes = tuple(-(-math.ceil(1024 * 2 ** (k / 4)) // 128) * 128 for k in range(33))
@@ -65,6 +67,9 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.model.snn_dropout = 0.25                  # alpha-dropout of the "snn" encoder (PORPOISE)
   c.model.head_hidden = 512                   # MLP head 2d -> 512 -> classes (choice)
   c.model.head_dropout = 0.25                 # CLAM's default dropout (choice)
+  c.model.modality_dropout = 0.0              # P(gene embedding -> learned "missing" token) per
+                                              # patient in fine-tuning; > 0 allows slide-only
+                                              # prediction (0 = GiMP as published)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4                # [paper 3.1]
@@ -85,6 +90,8 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.pretrain.batch_size = 8                   # choice: B windows per step
   c.pretrain.window = 6000                    # L [paper 2.3]
   c.pretrain.mask_ratio = 0.5                 # [paper 2.3]
+  c.pretrain.sampling = "window"              # "window": contiguous MPM window [paper 2.3];
+                                              # "uniform": patches drawn with replacement (TANGLE)
   c.pretrain.margin = 0.8                     # delta in Eq. 4 [paper 2.3]
   c.pretrain.mining = "batch_hard"            # choice: "batch_hard" | "batch_all"
   c.pretrain.use_mpm = True                   # L_rec (Table 2 ablations switch these)
@@ -111,6 +118,11 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.finetune.select_metric = "val_accuracy"   # [paper 3.1] evaluate on val every epoch, keep the best
   c.finetune.patience = 0                     # epochs without a better val score before stopping (0 = never)
   c.finetune.checkpoint_every = 200
+
+  c.probe = ml_collections.ConfigDict()       # stage "probe": frozen slide encoder + logistic
+  c.probe.shots = (1, 5, 10, 25)              # regression on k training cases per class [TANGLE]
+  c.probe.draws = 10                          # repeated draws per k [TANGLE: 10 seeds]
+  c.probe.max_iter = 10000                    # sklearn LogisticRegression, C = 1 [TANGLE]
 
   c.parallel = parallel.default_config()     # device mesh / multi-host (docs/scaling.md)
 

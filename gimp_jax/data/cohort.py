@@ -17,6 +17,11 @@ them at once as one `DataError`; `scan_cohort` returns
 them after reading every feature file in full (for `python -m gimp_jax.validate`).
 With `drop_incomplete`, patients with problems of their own (a missing modality, a broken slide
 file, NaN in their expression) are dropped with a warning instead.
+
+With `allow_missing` (off by default), a patient without expression (no matching column) and a
+patient with an empty label are data: the first gets a NaN expression row, the second label -1;
+unlabelled patients join the training split (they can only serve pre-training) and the automatic
+split stratifies the labelled ones. `gimp_jax.train.partial` says which stage uses whom.
 """
 
 from collections.abc import Mapping, Sequence
@@ -59,6 +64,7 @@ class CohortSpec:
     task: "classification" or "survival".
     num_bins: survival time bins (k of NLL-surv).
     drop_incomplete: drop patients with problems of their own instead of failing.
+    allow_missing: keep patients without expression (NaN row) and with an empty label (-1).
     num_genes: length G of the gene list fitted on the training table (0: all genes; fewer: the
       most variable on the training split; more: padded with constant genes).
     strip_gene_versions: match genes without Ensembl version suffixes.
@@ -82,6 +88,7 @@ class CohortSpec:
   task: str = 'classification'
   num_bins: int = 4
   drop_incomplete: bool = False
+  allow_missing: bool = False
   num_genes: int = 0
   strip_gene_versions: bool = True
   log_transform: bool = True
@@ -134,11 +141,11 @@ class Patient:
 
   Attributes:
     patient_id: ID from the labels CSV.
-    label: class index.
+    label: class index (-1: unlabelled, `allow_missing`).
     slide_ids: the slides, in bag order.
     slide_paths: their `.h5` files.
     slide_patches: their patch counts.
-    expression_id: the matched expression sample/column.
+    expression_id: the matched expression sample/column ('' when it has none, `allow_missing`).
   """
   patient_id: str
   label: int
@@ -160,7 +167,7 @@ class Cohort:
     patients: [P] patients.
     class_names: [C] label strings, index = class.
     splits: 'train'/'val'/'test' -> sorted int64 patient indices (disjoint).
-    genes: [P, G] float32 normalised expression (row p = patients[p]).
+    genes: [P, G] float32 normalised expression (row p = patients[p]; NaN without expression).
     normalizer: the gene list and the statistics (fitted on train, or the stored ones).
     feature_dim: D.
     bags: where the bags are read from, `bags[p]` the lazy bag of patients[p]: the slides' CLAM
@@ -207,8 +214,11 @@ class Cohort:
     """[P] int64 patches per patient (all of its slides)."""
     return np.asarray([p.num_patches for p in self.patients], np.int64)
 
-  def split(self, name: str) -> np.ndarray:
-    """Patient indices of a split ('train', 'val', 'test'), or of all patients ('all')."""
+  def split(self, name: str | np.ndarray) -> np.ndarray:
+    """Patient indices of a split ('train', 'val', 'test'), or of all patients ('all'); an index
+    array (a stage's own selection, `train.partial`) is returned as is."""
+    if isinstance(name, np.ndarray):
+      return name
     if name == 'all':
       return np.arange(len(self.patients))
     if name not in self.splits:
@@ -226,8 +236,10 @@ def _plain_name(slide_id: str) -> bool:
           and os.sep not in slide_id and not os.path.isabs(slide_id))
 
 
-def read_labels(path: str, task: str = 'classification') -> list[LabelRow]:
-  """Reads the labels CSV; DataError listing every malformed row.
+def read_labels(path: str, task: str = 'classification', allow_unlabelled: bool = False
+                ) -> list[LabelRow]:
+  """Reads the labels CSV; DataError listing every malformed row (an empty label is one unless
+  `allow_unlabelled`, `data.allow_missing`).
 
   For `task="survival"` the outcome columns (`survival.FORMS`) replace `label` (any `label`
   column is ignored) and each row's time and censorship are checked.
@@ -266,7 +278,7 @@ def read_labels(path: str, task: str = 'classification') -> list[LabelRow]:
       problems.append(f'{path}: line {line}: {len(r)} fields, the header has {len(cols)}')
       continue
     d = {c: x.strip() for c, x in zip(cols, r)}
-    empty = [c for c in required if not d[c]]
+    empty = [c for c in required if not d[c] and not (c == 'label' and allow_unlabelled)]
     if empty:
       problems.append(f'{path}: line {line}: patient {d["patient_id"] or "?"}: empty '
                       f'{", ".join(empty)}')
@@ -321,8 +333,9 @@ def _group(rows: list[LabelRow], path: str, class_names: Sequence[str]
                         f'{field}: {what} ({", ".join(values)})')
   if rows[0].time is not None:  # survival: the classes are the time bins, fitted later
     return by_patient, (), problems
-  names = tuple(class_names) or tuple(sorted({r.label for r in rows}))
-  unknown = sorted({r.label for r in rows} - set(names))
+  given = {r.label for r in rows} - {''}  # '' = unlabelled (allow_missing)
+  names = tuple(class_names) or tuple(sorted(given))
+  unknown = sorted(given - set(names))
   if unknown:
     problems.append(f'{path}: label: unknown value(s) {", ".join(unknown)} (classes: '
                     f'{", ".join(names)})')
@@ -451,9 +464,16 @@ def splits_from_column(split_col: Sequence[str]) -> dict[str, np.ndarray]:
 def _splits(spec: CohortSpec, split_col: list[str | None], labels: np.ndarray,
             patient_ids: Sequence[str]) -> dict[str, np.ndarray]:
   """The split column when given, else the fold's split file, k folds or the stratified split from
-  the seed (`labels`: [P] the classes, or the censorship, to stratify on)."""
+  the seed (`labels`: [P] the classes, or the censorship, to stratify on; the unlabelled patients,
+  label -1, go to train)."""
   if split_col[0] is not None:
     return splits_from_column(split_col)
+  if (labels < 0).any():  # unlabelled patients (label -1): the labelled ones are split, they train
+    known = np.flatnonzero(labels >= 0)
+    out = {k: known[v] for k, v in _splits(spec, [None] * known.size, labels[known],
+                                           [patient_ids[j] for j in known]).items()}
+    out['train'] = np.sort(np.concatenate([out['train'], np.flatnonzero(labels < 0)]))
+    return out
   fold = max(spec.fold, 0)
   if spec.splits_dir:
     return splits_lib.read_split_file(splits_lib.split_file(spec.splits_dir, fold), patient_ids,
@@ -466,7 +486,10 @@ def _splits(spec: CohortSpec, split_col: list[str | None], labels: np.ndarray,
 def _normalise(spec: CohortSpec, raw: np.ndarray, genes: tuple[str, ...], train: np.ndarray,
                normalizer: genes_lib.GeneNormalizer | None
                ) -> tuple[np.ndarray, genes_lib.GeneNormalizer]:
-  """Fits the gene list and statistics on `train` rows unless given; -> ([P, G], normaliser)."""
+  """Fits the gene list and statistics on `train` rows unless given; -> ([P, G], normaliser).
+  Rows of NaN (no expression) stay NaN and take no part in the fit."""
+  present = np.isfinite(raw).all(1)
+  train = train[present[train]]
   if normalizer is None:
     if train.size == 0:
       raise DataError(f'{spec.labels}: split: no training patients to fit the normalisation on')
@@ -476,14 +499,16 @@ def _normalise(spec: CohortSpec, raw: np.ndarray, genes: tuple[str, ...], train:
     normalizer = genes_lib.GeneNormalizer.fit(
         raw[train], selected, log_transform=spec.log_transform,
         strip_versions=spec.strip_gene_versions, std_floor=spec.std_floor, source=spec.expression)
-  return normalizer.transform(raw, spec.expression), normalizer
+  out = np.full((raw.shape[0], normalizer.num_genes), np.nan, np.float32)
+  out[present] = normalizer.transform(raw[present], spec.expression)
+  return out, normalizer
 
 
 def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, scan: bool
               ) -> tuple[Cohort | None, list[str]]:
   """Builds the cohort; returns (cohort or None, every problem found)."""
   try:
-    rows = read_labels(spec.labels, spec.task)
+    rows = read_labels(spec.labels, spec.task, spec.allow_missing)
   except DataError as e:
     return None, str(e).split('\n')
   by_patient, class_names, problems = _group(rows, spec.labels, spec.class_names)
@@ -497,6 +522,9 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
       spec, by_patient, normalizer.genes if normalizer else None, strip,
       normalizer.log_transform if normalizer else spec.log_transform)
   problems += extra
+  if spec.allow_missing:  # a patient without expression is a slide-only patient, not a problem
+    expr_problems = {pid: ps for pid, ps in expr_problems.items()
+                     if not all(p.endswith('(no expression modality)') for p in ps)}
   for pid, ps in expr_problems.items():
     patient_problems.setdefault(pid, []).extend(ps)
   dims = {i.feature_dim for v in infos.values() for i in v}
@@ -511,10 +539,20 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
   kept = [pid for pid in by_patient if pid not in patient_problems]
   if not kept:
     return None, [f'{spec.labels}: no patient left with both modalities']
+
+  def label_of(pid: str) -> int:
+    """Class index; -1 unlabelled (allow_missing); 0 for survival (its time bin is set below)."""
+    label = by_patient[pid][0].label
+    if not class_names:
+      return 0
+    return class_names.index(label) if label else -1
+
   patients = tuple(Patient(
-      pid, class_names.index(by_patient[pid][0].label) if class_names else 0,
+      pid, label_of(pid),
       tuple(r.slide_id for r in by_patient[pid]), tuple(i.path for i in infos[pid]),
-      tuple(i.num_patches for i in infos[pid]), matched[pid]) for pid in kept)
+      tuple(i.num_patches for i in infos[pid]), matched[pid] if pid in values else '')
+      for pid in kept)
+  missing = np.full(len(genes), np.nan, np.float32)
   times = censorship = None
   if spec.task == 'survival':
     times = np.asarray([by_patient[pid][0].time for pid in kept], np.float32)
@@ -523,7 +561,7 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
     # Drawn over every listed patient, then the dropped ones left out: dropping a patient does
     # not move the others to another split.
     everyone = list(by_patient)
-    strata = np.asarray([class_names.index(by_patient[pid][0].label) for pid in everyone]
+    strata = np.asarray([label_of(pid) for pid in everyone]
                         if times is None else
                         [by_patient[pid][0].censorship for pid in everyone])
     drawn = _splits(spec, [by_patient[pid][0].split for pid in everyone], strata, everyone)
@@ -536,8 +574,8 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
           spec.splits_dir and splits_lib.split_file(spec.splits_dir, max(spec.fold, 0)),
           spec.labels)
       patients = tuple(dataclasses.replace(p, label=int(b)) for p, b in zip(patients, bins))
-    normalised, normalizer = _normalise(spec, np.stack([values[pid] for pid in kept]), genes,
-                                        splits['train'], normalizer)
+    normalised, normalizer = _normalise(spec, np.stack([values.get(pid, missing) for pid in kept]),
+                                        genes, splits['train'], normalizer)
   except DataError as e:
     return None, str(e).split('\n')
   return Cohort(patients, class_names, splits, normalised, normalizer, dims.pop(),

@@ -90,7 +90,8 @@ def gene_batches(cohort: Cohort, split: str, *, batch_size: int, seed: int = 0, 
 
 def pretrain_batches(cohort: Cohort, split: str, *, batch_size: int, window: int, ratio: float,
                      seed: int, epoch: int, drop_remainder: bool = True, start_batch: int = 0,
-                     prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+                     prefetch: int = 2, sampling: str = 'window'
+                     ) -> Iterator[dict[str, np.ndarray]]:
   """GiMP pre-training batches: one MPM window per patient.
 
   Args:
@@ -104,6 +105,9 @@ def pretrain_batches(cohort: Cohort, split: str, *, batch_size: int, window: int
     drop_remainder: skip the last partial batch.
     start_batch: first batch to yield (resume); earlier ones are not read.
     prefetch: batches made ahead by grain threads.
+    sampling: 'window' (a contiguous MPM window, `masking.sample_mpm`) or 'uniform' (L patches
+      drawn with replacement from the whole bag, `masking.sample_uniform`: TANGLE's augmentation;
+      the MPM mask is drawn all the same).
 
   Returns:
     An iterator of {'patches': float32 [B, L, D], 'mpm_mask': bool [B, L] (True = masked),
@@ -112,8 +116,10 @@ def pretrain_batches(cohort: Cohort, split: str, *, batch_size: int, window: int
   labels, sizes = cohort.labels, cohort.bag_sizes
 
   def make_window(position: int, p: int) -> dict[str, np.ndarray]:
-    rows, mask = masking.sample_mpm(masking.window_rng(seed, epoch, position), sizes[p], window,
-                                    ratio)
+    rng = masking.window_rng(seed, epoch, position)
+    rows, mask = masking.sample_mpm(rng, sizes[p], window, ratio)
+    if sampling == 'uniform':
+      rows = masking.sample_uniform(rng, sizes[p], window)
     return {'patches': cohort.bags[p].features(rows), 'mpm_mask': mask, 'genes': cohort.genes[p],
             'label': labels[p], **outcome(cohort, p)}
 

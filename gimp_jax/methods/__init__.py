@@ -7,7 +7,10 @@ Each method module exports:
      -> (logits [B, C], embedding [B, E])` (the embedding is what the t-SNE shows);
   pretrain_loss: config -> LossFn over pre-training windows (patches [B, L, D], mpm_mask [B, L],
     genes [B, G], label [B]), or None when the method has no pre-training stage;
-  finetune_loss: config -> LossFn over whole-bag batches.
+  finetune_loss: config -> LossFn over whole-bag batches;
+  and optionally pretrain_uses = "slides" when the pre-training objective also takes patients
+    without expression (`data.allow_missing`; default "pairs", see gimp_jax.train.partial).
+Models with a slide encoder the `probe` stage can read expose `embed_slide(patches, patch_mask)`.
 
 | method        | model                                    | pre-training objective  |
 |---------------|------------------------------------------|-------------------------|
@@ -23,6 +26,9 @@ Each method module exports:
 | mgca          | GiMP encoders + objectives.mgca heads    | objectives.mgca         |
 | refers        | GiMP encoders + objectives.refers heads  | objectives.refers       |
 | itm           | GiMP encoders + objectives.itm heads     | objectives.itm          |
+| tangle        | models.tangle.Tangle (ABMIL + expression MLP) | objectives.tangle (InfoNCE) |
+| tangle_rec    | models.tangle.Tangle (ABMIL + expression decoder) | objectives.tangle (MSE) |
+| intra         | models.tangle.Tangle (ABMIL)             | objectives.tangle (two views, InfoNCE) |
 """
 
 import importlib

@@ -4,3 +4,7 @@ MLP head on CLS_pat (and, through config flags, its Table 2 ablations)."""
 from gimp_jax.models.build import build_gimp as build  # pylint: disable=unused-import
 from gimp_jax.objectives.gimp import make_loss as pretrain_loss  # pylint: disable=unused-import
 from gimp_jax.objectives.supervised import finetune_loss  # pylint: disable=unused-import
+
+# With data.allow_missing: MPM on every training slide, the triplet terms on the labelled pairs
+# (objectives.gimp masks the rest); see gimp_jax.train.partial.
+pretrain_uses = "slides"

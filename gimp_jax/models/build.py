@@ -46,4 +46,5 @@ def build_gimp(config, num_genes: int, num_classes: int, seed: int) -> GiMP:
                                pinv_grad=m.get("pinv_grad", "unrolled"), rngs=rngs)
   return GiMP(aggregator, build_gene_encoder(config, num_genes, rngs),
               in_dim=config.data.feature_dim, dim=m.dim, num_classes=num_classes,
-              head_hidden=m.head_hidden, head_dropout=m.head_dropout, rngs=rngs)
+              head_hidden=m.head_hidden, head_dropout=m.head_dropout,
+              modality_dropout=m.get("modality_dropout", 0.0), rngs=rngs)

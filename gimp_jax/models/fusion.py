@@ -25,6 +25,7 @@ import ml_collections
 
 from gimp_jax.models.group_msa import TransformerBlock
 from gimp_jax.models.mil import GatedAttention, full_mask, masked_softmax
+from gimp_jax.models.modality_dropout import ModalityDropout, encode_genes
 from gimp_jax.models.snn import SNN, AlphaDropout
 
 
@@ -111,12 +112,15 @@ class AttentionFusion(nnx.Module):
 
   def __init__(self, in_dim: int, num_genes: int, num_classes: int, *, path_hidden: int,
                path_dim: int, snn_hidden: Sequence[int], fusion: str = "kronecker",
-               scale: int = 1, mmhid: int = 64, dropout: float = 0.25, rngs: nnx.Rngs):
+               scale: int = 1, mmhid: int = 64, dropout: float = 0.25,
+               modality_dropout: float = 0.0, rngs: nnx.Rngs):
     self.fc = nnx.Linear(in_dim, path_hidden, rngs=rngs)
     self.attention = GatedAttention(path_hidden, path_hidden // 2, 1, dropout=dropout, rngs=rngs)
     self.rho = nnx.Linear(path_hidden, path_dim, rngs=rngs)
     self.drop = nnx.Dropout(dropout, rngs=rngs)
     self.gene_encoder = SNN(num_genes, snn_hidden, dropout=dropout, rngs=rngs)
+    self.missing_genes = (ModalityDropout((snn_hidden[-1],), modality_dropout, rngs=rngs)
+                          if modality_dropout > 0 else None)
     self.fusion = make_fusion(fusion, path_dim, snn_hidden[-1], scale=scale, mmhid=mmhid,
                               dropout=dropout, rngs=rngs)
     self.head = nnx.Linear(mmhid, num_classes, rngs=rngs)
@@ -131,7 +135,8 @@ class AttentionFusion(nnx.Module):
 
   def __call__(self, patches: jax.Array, genes: jax.Array, patch_mask: jax.Array | None = None):
     """(logits [B, C], fused embedding [B, mmhid])."""
-    fused = self.fusion(self.pool(patches, patch_mask)[0], self.gene_encoder(genes))
+    fused = self.fusion(self.pool(patches, patch_mask)[0],
+                        encode_genes(self.gene_encoder, self.missing_genes, genes))
     return self.head(fused), fused
 
 
@@ -215,10 +220,12 @@ class MCAT(nnx.Module):
 
   def __init__(self, in_dim: int, num_genes: int, num_classes: int, *, dim: int = 256,
                num_gene_groups: int = 6, heads: int = 8, depth: int = 2, fusion: str = "concat",
-               dropout: float = 0.25, rngs: nnx.Rngs):
+               dropout: float = 0.25, modality_dropout: float = 0.0, rngs: nnx.Rngs):
     self.fc = nnx.Linear(in_dim, dim, rngs=rngs)
     self.drop = nnx.Dropout(dropout, rngs=rngs)
     self.gene_encoder = GeneGroupSNN(num_genes, num_gene_groups, dim, dropout=dropout, rngs=rngs)
+    self.missing_genes = (ModalityDropout((num_gene_groups, dim), modality_dropout, rngs=rngs)
+                          if modality_dropout > 0 else None)
     self.coattn = CoAttention(dim, rngs=rngs)
     self.path_pool = _TokenPool(dim, depth=depth, heads=heads, dropout=dropout, rngs=rngs)
     self.omic_pool = _TokenPool(dim, depth=depth, heads=heads, dropout=dropout, rngs=rngs)
@@ -229,7 +236,7 @@ class MCAT(nnx.Module):
     """(genomic-guided patch tokens [B, K, d], gene tokens [B, K, d], co-attention [B, K, N])."""
     mask = full_mask(patches, patch_mask)
     h_path = self.drop(jax.nn.relu(self.fc(patches.astype(jnp.float32))))
-    h_omic = self.gene_encoder(genes)
+    h_omic = encode_genes(self.gene_encoder, self.missing_genes, genes)
     h_coattn, attn = self.coattn(h_omic, h_path, mask)
     return h_coattn, h_omic, attn
 
@@ -248,7 +255,9 @@ def build_attention_fusion(config: ml_collections.ConfigDict, num_genes: int, nu
   return AttentionFusion(
       config.data.feature_dim, num_genes, num_classes, path_hidden=f.path_hidden,
       path_dim=f.path_dim, snn_hidden=tuple(f.snn_hidden), fusion=f.mode, scale=f.scale,
-      mmhid=f.mmhid, dropout=f.dropout, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+      mmhid=f.mmhid, dropout=f.dropout,
+      modality_dropout=config.model.get("modality_dropout", 0.0),
+      rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
 def build_mcat(config: ml_collections.ConfigDict, num_genes: int, num_classes: int, seed: int):
@@ -256,4 +265,6 @@ def build_mcat(config: ml_collections.ConfigDict, num_genes: int, num_classes: i
   c = config.mcat
   return MCAT(config.data.feature_dim, num_genes, num_classes, dim=c.dim,
                      num_gene_groups=c.num_gene_groups, heads=c.heads, depth=c.depth,
-                     fusion=c.fusion, dropout=c.dropout, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+                     fusion=c.fusion, dropout=c.dropout,
+                     modality_dropout=config.model.get("modality_dropout", 0.0),
+                     rngs=nnx.Rngs(params=seed, dropout=seed + 1))

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 from gimp_jax.models.aggregator import PatchAggregator
 from gimp_jax.models.group_msa import GroupMSA
+from gimp_jax.models.modality_dropout import ModalityDropout, encode_genes
 
 
 class MLPHead(nnx.Module):
@@ -38,14 +39,18 @@ class GiMP(nnx.Module):
   """CLS_pat = [CLS_img; CLS_ge]; MPM decoder on the patch tokens; MLP head on CLS_pat.
 
   `gene_encoder=None` gives the image-only model (GiMP w/o GroupMSA, Table 1), whose CLS_pat is
-  CLS_img alone.
+  CLS_img alone. `modality_dropout` > 0 adds the learned missing-genes token
+  (`models.modality_dropout`): CLS_ge replaced with that probability in fine-tuning, and for
+  patients without expression (NaN rows) always.
   """
 
   def __init__(self, aggregator: PatchAggregator, gene_encoder: nnx.Module | None, *,
                in_dim: int, dim: int, num_classes: int, head_hidden: int, head_dropout: float,
-               rngs: nnx.Rngs):
+               modality_dropout: float = 0.0, rngs: nnx.Rngs):
     self.aggregator = aggregator
     self.gene_encoder = gene_encoder
+    self.missing_genes = (ModalityDropout((dim,), modality_dropout, rngs=rngs)
+                          if modality_dropout > 0 and gene_encoder is not None else None)
     self.decoder = nnx.Linear(dim, in_dim, dtype=aggregator.dtype, rngs=rngs)  # compute dtype
     pat_dim = dim * (2 if gene_encoder is not None else 1)
     self.head = MLPHead(pat_dim, head_hidden, num_classes, dropout=head_dropout, rngs=rngs)
@@ -54,8 +59,14 @@ class GiMP(nnx.Module):
              mpm_mask: jax.Array | None = None, patch_mask: jax.Array | None = None):
     """patches: [B, N, in_dim]; genes: [B, G] -> (cls_img [B, d], cls_ge [B, d] | None, tokens)."""
     cls_img, tokens = self.aggregator(patches, mpm_mask=mpm_mask, patch_mask=patch_mask)
-    cls_ge = self.gene_encoder(genes) if self.gene_encoder is not None else None
+    cls_ge = None
+    if self.gene_encoder is not None:
+      cls_ge = encode_genes(self.gene_encoder, self.missing_genes, genes)
     return cls_img, cls_ge, tokens
+
+  def embed_slide(self, patches: jax.Array, patch_mask: jax.Array | None = None) -> jax.Array:
+    """CLS_img, the slide embedding the probe reads: [B, N, in_dim] -> [B, d] (float32)."""
+    return self.aggregator(patches, patch_mask=patch_mask)[0]
 
   def reconstruct(self, tokens: jax.Array) -> jax.Array:
     """tokens: [B, N, d] -> reconstructed patch embeddings [B, N, in_dim] (float32)."""

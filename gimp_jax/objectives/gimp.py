@@ -18,6 +18,7 @@ import ml_collections
 
 from gimp_jax import losses
 from gimp_jax.models.gimp import cls_pat
+from gimp_jax.models.modality_dropout import gene_presence
 
 
 def triplet_inputs(cls_img: jax.Array, cls_ge: jax.Array | None,
@@ -33,7 +34,9 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
 
   Batch: patches [B, L, D], mpm_mask [B, L] bool, genes [B, G], label [B] (survival: the time bin,
   with censorship [B]: the triplet then uses the uncensored cases only, the bins being their
-  classes; a censored case's bin is only a lower bound on its event time).
+  classes; a censored case's bin is only a lower bound on its event time). With partial data
+  (`data.allow_missing`) a row of NaN genes or a label of -1 takes part in L_rec and the variance
+  term only; the triplet terms see the labelled cases (with expression, for CLS_pat).
   Metrics: loss; rec_loss (L_rec); tri_loss (L_tri) and tri_active (fraction of anchors whose hinge
   is active); img_tri_loss with "pat+img"; gene_gap (mean nearest-negative minus
   farthest-positive squared distance of the CLS_ge half, to compare with the margin); img_spread
@@ -44,12 +47,15 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
 
   def loss_fn(model, batch):
     labels = batch["label"]
-    use = batch["censorship"] == 0 if "censorship" in batch else None
+    present, genes = gene_presence(batch["genes"])
+    use = labels >= 0  # label -1: unlabelled (partial data)
+    if "censorship" in batch:
+      use = use & (batch["censorship"] == 0)
     mpm_mask = batch["mpm_mask"] if cfg.use_mpm else None
     cls_img, tokens = model.aggregator(batch["patches"], mpm_mask=mpm_mask)
     cls_ge = None
     if model.gene_encoder is not None and (cfg.use_triplet and "pat" in cfg.triplet_on):
-      cls_ge = model.gene_encoder(batch["genes"])
+      cls_ge = model.gene_encoder(genes)
     img, ge = triplet_inputs(cls_img, cls_ge, cfg.triplet_normalize)
     metrics = {"img_spread": losses.relative_spread(cls_img)}
     loss = jnp.zeros((), jnp.float32)
@@ -60,9 +66,10 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
     if cfg.use_triplet:
       terms = cfg.triplet_on.split("+")
       if ge is not None:
-        metrics["gene_gap"] = losses.separation_gap(ge, labels, use)
+        metrics["gene_gap"] = losses.separation_gap(ge, labels, use & present)
       main = cls_pat(img, ge) if "pat" in terms else img
-      tri, active = losses.triplet_terms(main, labels, cfg.margin, cfg.mining, use)
+      pairs = use & present if ge is not None and "pat" in terms else use
+      tri, active = losses.triplet_terms(main, labels, cfg.margin, cfg.mining, pairs)
       metrics.update(tri_loss=tri, tri_active=active)
       loss = loss + cfg.tri_weight * tri
       if "pat" in terms and "img" in terms:

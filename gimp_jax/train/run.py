@@ -1,4 +1,5 @@
-"""The paper's stages from one call: gene_pretrain -> pretrain -> finetune -> test.
+"""The paper's stages from one call: gene_pretrain -> pretrain -> finetune -> test (-> probe,
+TANGLE's few-shot protocol on the frozen slide encoder, `train.probe`).
 
 Each stage reads the previous stage's checkpoint from the workdir; finished stages are skipped and
 an interrupted stage resumes from its last checkpoint.
@@ -9,6 +10,7 @@ import os
 from typing import Any
 
 from absl import logging
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -29,7 +31,7 @@ from gimp_jax.data import pipeline
 from gimp_jax.models import build
 from gimp_jax.objectives import supervised
 from gimp_jax.objectives import survival
-from gimp_jax.train import loop, optim, steps, transfer
+from gimp_jax.train import loop, optim, partial, probe, steps, transfer
 from gimp_jax.train.state import TrainState, create_state
 
 _STAGE_IDS = {name: i for i, name in enumerate(STAGES)}
@@ -53,6 +55,16 @@ class Run:
     self.writer = loop.MetricsWriter(workdir)
     self.results: dict[str, Any] = {"stages": {}}
     self.eval_step = steps.make_eval_step()  # one compilation per bag shape
+
+  def patients(self, split: str, stage: str) -> np.ndarray | str:
+    """The patients of `split` that `stage` uses (`train.partial`): the split itself unless
+    data.allow_missing."""
+    if not self.config.data.get("allow_missing", False):
+      return split
+    model = nnx.eval_shape(self.build)  # its structure only: is there a missing-genes token?
+    return partial.stage_patients(
+        self.cohort, split, stage, pretrain_uses=getattr(self.method, "pretrain_uses", "pairs"),
+        model_needs_genes=partial.needs_genes(model))
 
   def stage_key(self, name: str) -> jax.Array:
     return jax.random.fold_in(self.key, _STAGE_IDS[name])
@@ -208,17 +220,19 @@ def gene_pretrain(run: Run) -> None:
   validation epoch is kept, with early stopping."""
   cfg = run.config
   model = build.build_gene_classifier(cfg, run.num_genes, run.num_classes, cfg.seed)
-  n_train = run.cohort.split("train").size
+  train = run.patients("train", "gene_pretrain")
+  n_train = run.cohort.split(train).size
   per_epoch = pipeline.num_batches(n_train, cfg.gene_pretrain.batch_size, False)
   state = _train_state(model, cfg.optim, steps_per_epoch=per_epoch,
                        epochs=cfg.gene_pretrain.epochs, frozen="")
   best, on_epoch_end = keep_best(
-      run, "gene_pretrain", lambda s: gene_only_scores(run, s.model(train=False), "val"),
+      run, "gene_pretrain",
+      lambda s: gene_only_scores(run, s.model(train=False), run.patients("val", "gene_pretrain")),
       task_metric(run, cfg.gene_pretrain.select_metric), cfg.gene_pretrain.patience)
   spec = loop.StageSpec(
       name="gene_pretrain", loss_fn=supervised.gene_loss(cfg),
       batches=lambda e, s: pipeline.gene_batches(
-          run.cohort, "train", batch_size=cfg.gene_pretrain.batch_size, seed=cfg.seed, epoch=e,
+          run.cohort, train, batch_size=cfg.gene_pretrain.batch_size, seed=cfg.seed, epoch=e,
           start_batch=s, prefetch=cfg.data.prefetch),
       steps_per_epoch=per_epoch, epochs=cfg.gene_pretrain.epochs,
       checkpoint_every=cfg.pretrain.checkpoint_every, on_epoch_end=on_epoch_end)
@@ -233,7 +247,7 @@ def _gene_logits(model, genes: jax.Array) -> jax.Array:
   return model(genes)
 
 
-def gene_only_scores(run: Run, model, split: str) -> dict:
+def gene_only_scores(run: Run, model, split: str | np.ndarray) -> dict:
   """The task's metrics of the supervised GroupMSA (genes only) on a split."""
   idx = run.cohort.split(split)
   logits = _gene_logits(model, jnp.asarray(run.cohort.genes[idx]))
@@ -278,7 +292,8 @@ def pretrain_stage(run: Run) -> tuple[loop.StageSpec, TrainState, int]:
     raise ValueError(f"Method {cfg.method!r} has no pre-training stage; remove it from stages.")
   model = run.build()
   params = _initial_params(run, model, "pretrain")
-  n_train = run.cohort.split("train").size
+  train = run.patients("train", "pretrain")
+  n_train = run.cohort.split(train).size
   bsz = min(cfg.pretrain.batch_size, n_train)
   per_epoch = pipeline.num_batches(n_train, bsz, True)
   frozen = _frozen_regex(cfg.pretrain.frozen, params)
@@ -288,9 +303,9 @@ def pretrain_stage(run: Run) -> tuple[loop.StageSpec, TrainState, int]:
   spec = loop.StageSpec(
       name="pretrain", loss_fn=run.method.pretrain_loss(cfg),
       batches=lambda e, s: pipeline.pretrain_batches(
-          run.cohort, "train", batch_size=bsz, window=cfg.pretrain.window,
+          run.cohort, train, batch_size=bsz, window=cfg.pretrain.window,
           ratio=cfg.pretrain.mask_ratio, seed=cfg.seed, epoch=e, start_batch=s,
-          prefetch=cfg.data.prefetch),
+          prefetch=cfg.data.prefetch, sampling=cfg.pretrain.get("sampling", "window")),
       steps_per_epoch=per_epoch, epochs=cfg.pretrain.epochs,
       checkpoint_every=cfg.pretrain.checkpoint_every, frozen=frozen,
       on_epoch_end=lambda state, epoch, meta: diagnose_pretrain(cfg.pretrain, epoch, meta))
@@ -340,18 +355,20 @@ def check_stop(run: Run) -> None:
     raise KeyboardInterrupt
 
 
-def predict(run: Run, state: TrainState, split: str, *, with_attention: int = 0,
-            stoppable: bool = False) -> dict:
-  """Whole-bag predictions of a split: patient_id, label, probs [N, C], embedding [N, E]; for
-  survival also logits [N, C], risk [N], time [N] and censorship [N].
+def predict(run: Run, state: TrainState, split: str | np.ndarray, *, with_attention: int = 0,
+            stoppable: bool = False, cohort: cohort_lib.Cohort | None = None) -> dict:
+  """Whole-bag predictions of a split (or of patient indices) of `cohort` (default: the run's):
+  patient_id, label, probs [N, C], embedding [N, E]; for survival also logits [N, C], risk [N],
+  time [N] and censorship [N].
 
   With `stoppable`, a stop request (`check_stop`) ends it between batches."""
-  surv = run.cohort.task == "survival"
+  cohort = run.cohort if cohort is None else cohort
+  surv = cohort.task == "survival"
   out = {"patient_id": [], "label": [], "probs": [], "embedding": []}
   if surv:
     out.update(logits=[], time=[], censorship=[])
   for batch in pipeline.bag_batches(
-      run.cohort, split, batch_size=run.config.finetune.batch_size,
+      cohort, split, batch_size=run.config.finetune.batch_size,
       bucket_sizes=run.config.data.bucket_sizes, prefetch=run.config.data.prefetch):
     if stoppable:
       check_stop(run)
@@ -378,22 +395,24 @@ def finetune(run: Run) -> None:
   cfg = run.config
   model = run.build()
   params = _initial_params(run, model, "finetune")
-  n_train = run.cohort.split("train").size
+  train = run.patients("train", "finetune")
+  n_train = run.cohort.split(train).size
   per_epoch = pipeline.num_batches(n_train, cfg.finetune.batch_size, False)
   frozen = _frozen_regex(cfg.finetune.frozen, params)
   state = _train_state(model, cfg.optim, steps_per_epoch=per_epoch, epochs=cfg.finetune.epochs,
                        frozen=frozen)
   state = state.replace(params=params)
 
-  best, on_epoch_end = keep_best(run, "finetune",
-                                 lambda state: split_scores(run, predict(run, state, "val")),
-                                 task_metric(run, cfg.finetune.select_metric),
+  best, on_epoch_end = keep_best(
+      run, "finetune",
+      lambda state: split_scores(run, predict(run, state, run.patients("val", "finetune"))),
+      task_metric(run, cfg.finetune.select_metric),
                                  cfg.finetune.patience)
 
   spec = loop.StageSpec(
       name="finetune", loss_fn=run.method.finetune_loss(cfg),
       batches=lambda e, s: pipeline.bag_batches(
-          run.cohort, "train", batch_size=cfg.finetune.batch_size, seed=cfg.seed, epoch=e,
+          run.cohort, train, batch_size=cfg.finetune.batch_size, seed=cfg.seed, epoch=e,
           shuffle=True, bucket_sizes=cfg.data.bucket_sizes, start_batch=s,
           prefetch=cfg.data.prefetch),
       steps_per_epoch=per_epoch, epochs=cfg.finetune.epochs,
@@ -416,7 +435,7 @@ def test(run: Run) -> None:
   surv = run.cohort.task == "survival"
   keys = ("c_index",) if surv else ("accuracy", "auc", "f1")
   for split in ("val", "test"):
-    predictions[split] = predict(run, state, split, stoppable=True)
+    predictions[split] = predict(run, state, run.patients(split, "test"), stoppable=True)
     scores = split_scores(run, predictions[split])
     for k in keys:
       run.results[f"{split}_{k}"] = float(scores[k])
@@ -424,6 +443,13 @@ def test(run: Run) -> None:
   if surv:  # the report splits the test cases at the median training risk
     run.train_risk = predict(run, state, "train", stoppable=True)["risk"]
   run.predictions = predictions
+  if getattr(model, "missing_genes", None) is not None:  # the same model from the slides alone
+    slides = partial.slide_only(run.cohort)
+    for split in ("val", "test"):
+      out = predict(run, state, run.patients(split, "test"), cohort=slides)
+      scores = split_scores(run, out)
+      for k in keys:
+        run.results[f"{split}_slide_only_{k}"] = float(scores[k])
   if "gene_pretrain" in run.config.stages:  # the genes-only baseline of the same run
     gene_model = build.build_gene_classifier(run.config, run.num_genes, run.num_classes,
                                              run.config.seed)
@@ -431,7 +457,7 @@ def test(run: Run) -> None:
     model = create_state(gene_model).replace(params=params).model(train=False)
     for split in ("val", "test"):
       run.results[f"gene_only_{split}_{keys[0]}"] = float(
-          gene_only_scores(run, model, split)[keys[0]])
+          gene_only_scores(run, model, run.patients(split, "gene_pretrain"))[keys[0]])
 
 
 def cls_attention(run: Run, state: TrainState, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -465,7 +491,8 @@ def write_report(run: Run) -> str:
   model = run.build()
   if cfg.report.tsne and "pretrain" in cfg.stages:
     params = restore_params(run.workdir, "pretrain", model)
-    train = predict(run, create_state(model).replace(params=params), "train", stoppable=True)
+    train = predict(run, create_state(model).replace(params=params),
+                    run.patients("train", "finetune"), stoppable=True)
     tsne = (train["embedding"], train["label"])
   heatmaps = []
   best = create_state(model).replace(params=restore_params(run.workdir, "finetune_best", model))
@@ -505,7 +532,7 @@ def stage_records(workdir: str, stage: str) -> list[tuple[int, dict]]:
 
 
 STAGE_FNS = {"gene_pretrain": gene_pretrain, "pretrain": pretrain, "finetune": finetune,
-             "test": test}
+             "test": test, "probe": probe.probe}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -524,6 +551,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with workdir_lib.lock(workdir):
     changes = workdir_lib.check_config(workdir, config, allow_config_change)
     run = Run(config, workdir, stop, cohort=validate.preflight(config, workdir))
+    if config.data.get("allow_missing", False):
+      logging.info("Patients each stage uses (data.allow_missing):\n%s",
+                   validate.usage(config, run.cohort))
     provenance.record(workdir, config, run.cohort)
     workdir_lib.record_config(workdir, config, changes)
     try:
