@@ -10,6 +10,7 @@ import math
 import os
 from typing import Any
 
+from matplotlib import ticker
 from matplotlib.figure import Figure
 import numpy as np
 from sklearn import manifold
@@ -244,6 +245,7 @@ def loss_curves_png(path: str | os.PathLike[str],
       if col == 0 and positive and max(positive) > 100 * min(positive):
         ax.set_yscale('log')
       ax.set(xlabel=x, title=f'{stage}: {what}')
+      ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # steps and epochs
       ax.grid(alpha=0.3)
       ax.legend(fontsize='small')
   return save_png(fig, path)
