@@ -94,3 +94,14 @@ def _damage(step_dir: str) -> None:
 def damage():
   """`_damage` as a fixture (test modules do not import each other)."""
   return _damage
+
+
+@pytest.fixture(scope="module")
+def fast_compilation():
+  """Tiny models run in microseconds; XLA's optimisation passes are most of their cost (a module
+  asks for it with `pytestmark = pytest.mark.usefixtures("fast_compilation")`)."""
+  import jax  # pylint: disable=g-import-not-at-top (after the environment above is set)
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)

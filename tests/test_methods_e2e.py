@@ -5,7 +5,6 @@ import importlib
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
@@ -16,13 +15,7 @@ from gimp_jax.train import run
 RUN = tables.GROUPS["all"]  # Table 2's GroupMSA row and full model are Table 1's GiMP configs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compilation():
-  """Tiny models run in microseconds; XLA's optimisation passes are most of their cost."""
-  before = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 @pytest.fixture(scope="module")

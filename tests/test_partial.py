@@ -5,7 +5,6 @@ slide-only patients and says which modality each prediction used."""
 import csv
 import math
 
-import jax
 import numpy as np
 import pytest
 
@@ -20,13 +19,7 @@ SLIDE_ONLY = {0, 1, 2, 3, 4, 8, 9, 10, 11, 12}  # patients whose expression colu
 UNLABELLED = {3, 4, 5, 6, 7}      # patients whose label is emptied (3, 4: neither)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compilation():
-  """Tiny models run in microseconds; XLA's optimisation passes are most of their cost."""
-  before = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import csv
 import importlib
 import os
 
-import jax
 import numpy as np
 import pytest
 
@@ -15,13 +14,7 @@ from gimp_jax.data import synthetic
 from gimp_jax.train import run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compilation():
-  """Tiny models run in microseconds; XLA's optimisation passes are most of their cost."""
-  before = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 @pytest.fixture(scope="module")
