@@ -12,15 +12,11 @@ and `data.fold = i` in `OUT/runs/<config>/fold_<i>/`; runs whose results.json ex
 `OUT/summary.json`. Without data paths, a synthetic survival cohort is generated in `OUT/cohort`.
 """
 
-import concurrent.futures as cf
-import contextlib
 import csv
 import json
-import multiprocessing
 import os
 import sys
 import time
-import traceback
 
 import numpy as np
 
@@ -38,21 +34,6 @@ def run_dir(out: str, name: str, fold: int) -> str:
   return os.path.join(out, "runs", name, f"fold_{fold}")
 
 
-def execute(config, workdir: str) -> dict:
-  """One run in a worker process, its output in workdir/log.txt. Never raises."""
-  os.makedirs(workdir, exist_ok=True)
-  start = time.time()
-  with open(os.path.join(workdir, "log.txt"), "a", encoding="utf-8") as log, \
-      contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-    try:
-      from gimp_jax.train import run  # pylint: disable=g-import-not-at-top
-      run.train_and_evaluate(config, workdir)
-      return {"ok": True, "wall_s": time.time() - start}
-    except Exception as e:  # pylint: disable=broad-except
-      traceback.print_exc(file=log)
-      return {"ok": False, "wall_s": time.time() - start, "error": f"{type(e).__name__}: {e}"}
-
-
 def read_result(workdir: str) -> dict | None:
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
@@ -61,39 +42,6 @@ def read_result(workdir: str) -> dict | None:
     r = json.load(f)
   return {"ok": True, "val_c_index": r.get("val_c_index"), "test_c_index": r.get("test_c_index"),
           "test_cases": r.get("splits", {}).get("test")}
-
-
-def run_all(runs: dict, out: str, workers: int, report_only: bool) -> dict:
-  """Runs the missing (name, fold) runs; returns {(name, fold): outcome}."""
-  outcomes, todo = {}, []
-  for key, config in runs.items():
-    done = read_result(run_dir(out, *key))
-    if done is not None:
-      outcomes[key] = done
-    else:
-      todo.append((key, config))
-  print(f"{len(runs)} runs: {len(outcomes)} already done, {len(todo)} to run.", flush=True)
-  if report_only or not todo:
-    outcomes.update({k: {"ok": False, "error": tables.NOT_RUN} for k, _ in todo})
-    return outcomes
-  ctx = multiprocessing.get_context("spawn")
-  with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                              initializer=tables._worker_init) as pool:  # pylint: disable=protected-access
-    futures = {pool.submit(execute, config, run_dir(out, *key)): key for key, config in todo}
-    for i, future in enumerate(cf.as_completed(futures), 1):
-      key = futures[future]
-      try:
-        outcome = future.result()
-      except Exception as e:  # pylint: disable=broad-except
-        outcome = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-      if outcome["ok"]:
-        outcome.update(read_result(run_dir(out, *key)) or {})
-        status = f"test C-index {outcome['test_c_index']:.4f}, {outcome['wall_s']:.0f} s"
-      else:
-        status = f"FAILED: {outcome['error']}"
-      print(f"[{i}/{len(todo)}] {key[0]} fold {key[1]}: {status}", flush=True)
-      outcomes[key] = outcome
-  return outcomes
 
 
 def bayes_optimal(config, truth_csv: str) -> dict:
@@ -190,7 +138,8 @@ def main(args, argv) -> None:
     for fold in folds:
       runs[(name, fold)] = tables.make_config(name, args.size, 0, paths,
                                               overrides + [f"--config.data.fold={fold}"])
-  outcomes = run_all(runs, args.out, args.workers, args.report_only)
+  outcomes = tables.run_all(runs, args.out, args.workers, args.report_only, where=run_dir,
+                            read=read_result, unit="fold")
   refs = {} if args.no_reference else references(runs, folds, args.out, truth)
   cmd = " ".join(["python -m experiments.tables", *(argv if argv is not None else sys.argv[1:])])
   header = (f"# Survival: C-index of every method over {args.folds} folds\n\nCommand: `{cmd}`  \n"

@@ -257,12 +257,15 @@ def read_result(workdir: str) -> dict | None:
           **{k: r[k] for k in SLIDE_ONLY_KEYS if k in r}}
 
 
-def run_all(runs: dict, out: str, workers: int, report_only: bool = False) -> dict:
+def run_all(runs: dict, out: str, workers: int, report_only: bool = False, *,
+            where=None, read=None, unit: str = "seed") -> dict:
   """Runs the missing runs in `workers` spawned processes (none with `report_only`); returns
-  {(name, seed): outcome}."""
+  {(name, seed): outcome}. `where(out, name, seed)` and `read(workdir)` replace `run_dir` and
+  `read_result` (the survival table's folds); `unit` names the second key in the progress lines."""
+  where, read = where or run_dir, read or read_result
   outcomes, todo = {}, []
   for (name, seed), config in runs.items():
-    done = read_result(run_dir(out, name, seed))
+    done = read(where(out, name, seed))
     if done is not None:
       outcomes[(name, seed)] = dict(done, skipped=True)
     else:
@@ -277,7 +280,7 @@ def run_all(runs: dict, out: str, workers: int, report_only: bool = False) -> di
   ctx = multiprocessing.get_context("spawn")
   with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                               initializer=_worker_init) as pool:
-    futures = {pool.submit(execute, config, run_dir(out, name, seed)): (name, seed)
+    futures = {pool.submit(execute, config, where(out, name, seed)): (name, seed)
                for name, seed, config in todo}
     for i, future in enumerate(cf.as_completed(futures), 1):
       key = futures[future]
@@ -286,12 +289,13 @@ def run_all(runs: dict, out: str, workers: int, report_only: bool = False) -> di
       except Exception as e:  # pylint: disable=broad-except  (a crashed worker process)
         outcome = {"ok": False, "error": f"{type(e).__name__}: {e}"}
       if outcome["ok"]:
-        outcome.update(read_result(run_dir(out, *key)) or {})
-        acc = outcome.get("test_accuracy")
-        status = f"{'' if acc is None else f'acc {acc:.4f}, '}{outcome['wall_s']:.0f} s"
+        outcome.update(read(where(out, *key)) or {})
+        scores = "".join(f"{k} {outcome[k]:.4f}, " for k in ("test_accuracy", "test_c_index")
+                         if outcome.get(k) is not None)
+        status = f"{scores}{outcome['wall_s']:.0f} s"
       else:
         status = f"FAILED: {outcome['error']}"
-      print(f"[{i}/{len(todo)}] {key[0]} seed {key[1]}: {status}", flush=True)
+      print(f"[{i}/{len(todo)}] {key[0]} {unit} {key[1]}: {status}", flush=True)
       outcomes[key] = outcome
   return outcomes
 
