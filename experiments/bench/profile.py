@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.bench import components
 from experiments.bench import measure
 from experiments.bench import workloads as wl
 from gimp_jax import methods
@@ -34,6 +35,9 @@ from gimp_jax.train.state import create_state
 _SIZE = flags.DEFINE_enum("size", "cpu", list(wl.SIZES), "Workload sizes.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Interleaved repeats.")
 _MARKDOWN = flags.DEFINE_string("markdown", "", "Also write the table here.")
+_PARTS = flags.DEFINE_multi_enum("part", ["pretrain", "finetune"],
+                                 ["pretrain", "finetune", "components"], "Sections to run.")
+_N = flags.DEFINE_multi_integer("n", [23296, 20000], "Bag lengths of the components section.")
 
 
 def _jitted_runner(name: str, fn, *args) -> measure.Runner:
@@ -119,6 +123,26 @@ def finetune_parts(cohort, sizes) -> list[measure.Runner]:
   return runners
 
 
+def components_table(n: int, repeats: int) -> str:
+  """`components.parts(n)` forward and forward + backward, XLA and PyTorch interleaved."""
+  lines = [f"### N = {n}", "",
+           "| part | pass | XLA CPU s | PyTorch CPU s | XLA / PyTorch | XLA matmul GFLOP | "
+           "XLA GFLOP per CPU s |", "|---|---|---|---|---|---|---|"]
+  for part in components.parts(n):
+    runners = components.jax_runners(part) + components.torch_runners(part)
+    times = measure.interleaved(runners, repeats)
+    cpu = {r.name: float(np.median(times[r.name]["cpu_s"])) for r in runners}
+    for r in runners[:2]:
+      label = r.name.split(" | ")[1]
+      theirs = cpu[r.name.replace("| XLA", "| PyTorch")]
+      gflop = r.info["model_flops"] / 1e9
+      rate = f"{gflop / cpu[r.name]:.1f}" if gflop else ""
+      lines.append(f"| {part.name} | {label} | {cpu[r.name]:.4f} | {theirs:.4f} | "
+                   f"{cpu[r.name] / theirs:.2f} | {gflop:.2f} | {rate} |")
+    print(lines[-2] + "\n" + lines[-1], flush=True)
+  return "\n".join(lines)
+
+
 def table(runners, times) -> str:
   lines = ["| part | CPU s (median) | wall s (median) | matmul GFLOP |", "|---|---|---|---|"]
   for r in runners:
@@ -135,18 +159,25 @@ def main(argv):
   start = time.perf_counter()
   out = [f"# Profile of the CLI's steps ({_SIZE.value} sizes)", "",
          f"`uptime` at start: load {os.getloadavg()}", ""]
+  sections = {"pretrain": ("Pre-training", pretrain_parts),
+              "finetune": ("Fine-tuning", finetune_parts)}
   with tempfile.TemporaryDirectory(prefix="gimp_profile_") as tmp:
     cohort = wl.workload_cohort(tmp, sizes)
-    for title, build in (("Pre-training", pretrain_parts), ("Fine-tuning", finetune_parts)):
+    for part in [p for p in sections if p in _PARTS.value]:
+      title, build = sections[part]
       runners = build(cohort, sizes)
       times = measure.interleaved(runners, _REPEATS.value)
       out += [f"## {title}", "", table(runners, times), ""]
       print("\n".join(out[-4:]), flush=True)
       del runners
-    err = implicit_gradient_error(cohort, sizes)
-  out += [f"Implicit pinv gradient against the unrolled one (pre-training loss, initial "
-          f"parameters, trainable leaves): relative L2 error {err:.4f}.", "",
-          f"Load at end {os.getloadavg()}; took {(time.perf_counter() - start) / 60:.1f} min."]
+    if "pretrain" in _PARTS.value:
+      err = implicit_gradient_error(cohort, sizes)
+      out += [f"Implicit pinv gradient against the unrolled one (pre-training loss, initial "
+              f"parameters, trainable leaves): relative L2 error {err:.4f}.", ""]
+  if "components" in _PARTS.value:
+    out += ["## Fine-tuning step by component (B = 1; XLA and PyTorch eager interleaved)", ""]
+    out += [components_table(n, _REPEATS.value) + "\n" for n in _N.value]
+  out += [f"Load at end {os.getloadavg()}; took {(time.perf_counter() - start) / 60:.1f} min."]
   text = "\n".join(out)
   print(text)
   if _MARKDOWN.value:

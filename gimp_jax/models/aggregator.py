@@ -7,6 +7,12 @@ import jax.numpy as jnp
 from gimp_jax.models.nystrom import NystromAttention
 
 
+def norm_rows(norm: nnx.LayerNorm, x: jax.Array) -> jax.Array:
+  """`norm(x)` over a [rows, dim] view of x [..., dim]: XLA on CPU emits the backward's reductions
+  about 3x faster at rank 2 ([1, 23296, 512] forward + backward: 0.45 -> 0.16 CPU-s)."""
+  return norm(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
 class NystromLayer(nnx.Module):
   """x + NystromAttention(LayerNorm(x)), as TransMIL's TransLayer (no feed-forward block)."""
 
@@ -19,7 +25,7 @@ class NystromLayer(nnx.Module):
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, return_attention=False):
     """x: [B, N, dim]; mask: optional [B, N] bool (True = real token, padding trailing)."""
-    out = self.attn(self.norm(x), mask, return_landmark_attention=return_attention)
+    out = self.attn(norm_rows(self.norm, x), mask, return_landmark_attention=return_attention)
     if return_attention:
       out, factors = out
       return x + out, factors
@@ -75,7 +81,7 @@ class PatchAggregator(nnx.Module):
         h, factors = layer(h, mask, return_attention=True)
       else:
         h = layer(h, mask)
-    h = self.norm(h)
+    h = norm_rows(self.norm, h)
     cls_out, tokens = h[:, 0].astype(jnp.float32), h[:, 1:]
     if return_attention:
       left, attn3 = factors
