@@ -44,6 +44,20 @@ def test_aggregator_padded_bag_gives_same_cls():
   np.testing.assert_allclose(np.asarray(tokens_p[:, :37]), np.asarray(tokens), atol=1e-4)
 
 
+def test_aggregator_cls_only_equals_cls_of_full_pass():
+  """tokens=False (last layer on the CLS row alone) gives the full pass's CLS and attention map."""
+  agg = PatchAggregator(16, 32, heads=4, num_landmarks=8, dropout=0.0, rngs=nnx.Rngs(1))
+  agg.eval()
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 45, 16)).astype(np.float32))
+  mask = jnp.asarray(np.arange(45)[None] < np.array([[45], [30]]))
+  for patch_mask in (None, mask):
+    cls, tokens, attn = agg(x, patch_mask=patch_mask, return_attention=True)
+    cls1, none, attn1 = agg(x, patch_mask=patch_mask, return_attention=True, tokens=False)
+    assert none is None and tokens.shape == (2, 45, 32)
+    np.testing.assert_allclose(np.asarray(cls1), np.asarray(cls), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(attn1), np.asarray(attn), atol=1e-6, rtol=0)
+
+
 def test_aggregator_mask_token_and_attention_map():
   agg = PatchAggregator(16, 32, heads=4, num_landmarks=8, dropout=0.0, rngs=nnx.Rngs(1))
   agg.eval()

@@ -157,3 +157,30 @@ def test_masked_batch_gives_each_bag_its_package_result_alone():
     np.testing.assert_allclose(got[i, :len(bag)], expected, atol=1e-4, rtol=0)
   alone = np.asarray(run(ours, jnp.asarray(x[:1]), jnp.asarray(mask[:1])))
   np.testing.assert_allclose(got[0], alone[0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("n,landmarks,masked", [(300, 16, False), (100, 256, False),
+                                                 (300, 16, True), (100, 256, True)])
+def test_first_rows_alone_match_package_rows_and_gradient(n, landmarks, masked):
+  """rows=R outputs the package's first R rows, and back-propagates the package's gradient of
+  those rows (to the input and to every parameter): keys, values and landmarks from all tokens."""
+  ref, ours = _pair(landmarks=landmarks)
+  rng = np.random.default_rng(n)
+  x = rng.standard_normal((1, n, 64)).astype(np.float32)
+  g = rng.standard_normal((1, 3, 64)).astype(np.float32)
+  xt = torch.from_numpy(x).requires_grad_(True)
+  out_t = ref(xt)[:, :3]
+  (out_t * torch.from_numpy(g)).sum().backward()
+  mask = jnp.ones((1, n), bool) if masked else None
+  got = ours(jnp.asarray(x), mask, rows=3)
+  np.testing.assert_allclose(np.asarray(got), out_t.detach().numpy(), atol=1e-4, rtol=0)
+  graph, params, rest = nnx.split(ours, nnx.Param, ...)
+  loss = lambda p, x: jnp.sum(nnx.merge(graph, p, rest)(x, mask, rows=3) * g)  # noqa: E731
+  dp, dx = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, jnp.asarray(x))
+  np.testing.assert_allclose(np.asarray(dx), xt.grad.numpy(), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(np.asarray(dp["to_qkv"]["kernel"][...]),
+                             ref.to_qkv.weight.grad.numpy().T, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(np.asarray(dp["to_out"]["kernel"][...]),
+                             ref.to_out[0].weight.grad.numpy().T, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(np.asarray(dp["res_conv"][...]),
+                             ref.res_conv.weight.grad.numpy()[:, 0, :, 0], atol=1e-4, rtol=0)

@@ -56,9 +56,12 @@ class GiMP(nnx.Module):
     self.head = MLPHead(pat_dim, head_hidden, num_classes, dropout=head_dropout, rngs=rngs)
 
   def encode(self, patches: jax.Array, genes: jax.Array | None, *,
-             mpm_mask: jax.Array | None = None, patch_mask: jax.Array | None = None):
-    """patches: [B, N, in_dim]; genes: [B, G] -> (cls_img [B, d], cls_ge [B, d] | None, tokens)."""
-    cls_img, tokens = self.aggregator(patches, mpm_mask=mpm_mask, patch_mask=patch_mask)
+             mpm_mask: jax.Array | None = None, patch_mask: jax.Array | None = None,
+             tokens: bool = True):
+    """patches: [B, N, in_dim]; genes: [B, G] -> (cls_img [B, d], cls_ge [B, d] | None, tokens
+    [B, N, d], or None with tokens=False: see `PatchAggregator`)."""
+    cls_img, tokens = self.aggregator(patches, mpm_mask=mpm_mask, patch_mask=patch_mask,
+                                      tokens=tokens)
     cls_ge = None
     if self.gene_encoder is not None:
       cls_ge = encode_genes(self.gene_encoder, self.missing_genes, genes)
@@ -66,7 +69,7 @@ class GiMP(nnx.Module):
 
   def embed_slide(self, patches: jax.Array, patch_mask: jax.Array | None = None) -> jax.Array:
     """CLS_img, the slide embedding the probe reads: [B, N, in_dim] -> [B, d] (float32)."""
-    return self.aggregator(patches, patch_mask=patch_mask)[0]
+    return self.aggregator(patches, patch_mask=patch_mask, tokens=False)[0]
 
   def reconstruct(self, tokens: jax.Array) -> jax.Array:
     """tokens: [B, N, d] -> reconstructed patch embeddings [B, N, in_dim] (float32)."""
@@ -75,7 +78,7 @@ class GiMP(nnx.Module):
   def __call__(self, patches: jax.Array, genes: jax.Array | None,
                patch_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Whole-bag classification: (logits [B, num_classes], CLS_pat [B, 2d] or [B, d])."""
-    cls_img, cls_ge, _ = self.encode(patches, genes, patch_mask=patch_mask)
+    cls_img, cls_ge, _ = self.encode(patches, genes, patch_mask=patch_mask, tokens=False)
     emb = cls_pat(cls_img, cls_ge)
     return self.head(emb), emb
 

@@ -206,7 +206,7 @@ class NystromAttention(nnx.Module):
     return t.reshape(b, n, self.heads, self.dim_head).transpose(0, 2, 1, 3)
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None,
-               return_landmark_attention: bool = False):
+               return_landmark_attention: bool = False, rows: int | None = None):
     """Applies attention.
 
     Args:
@@ -214,66 +214,98 @@ class NystromAttention(nnx.Module):
       mask: optional [B, N] bool key-padding mask, True for real tokens, padding trailing.
       return_landmark_attention: also return the factors needed to read one row of the full
         attention matrix without forming it (see `attention_rows`).
+      rows: output only the first `rows` tokens (R = rows; None: all, R = N). Keys, values and
+        landmarks still come from all N tokens, so these rows equal the first rows of the full
+        output; the queries, attn1, its products and the output projection of the other N - R
+        tokens are not computed (a model that reads only the CLS token passes rows=1).
 
     Returns:
-      [B, N, dim]; with `return_landmark_attention`, also (attn1 @ pinv(attn2) [B, H, N, m],
+      [B, R, dim]; with `return_landmark_attention`, also (attn1 @ pinv(attn2) [B, H, R, m],
       attn3 [B, H, m, N]) for the real tokens of each example.
     """
     if mask is None:
-      out, (attn1, inv, attn3) = self._unmasked(x)
+      out, (attn1, inv, attn3) = self._unmasked(x, rows)
     else:
-      out, (attn1, inv, attn3) = self._masked(x, mask)
-      out = out * mask[:, :, None].astype(out.dtype)
+      out, (attn1, inv, attn3) = self._masked(x, mask, rows)
+      out = out * mask[:, :rows, None].astype(out.dtype)
     out = self.dropout(self.to_out(out))
     if return_landmark_attention:
       return out, (attn1 @ inv, attn3)
     return out
 
-  def _qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    q, k, v = jnp.split(self.to_qkv(x), 3, axis=-1)
+  def _qkv(self, x: jax.Array, start: int = 0, rows: int | None = None
+           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q [B, H, R, d] of rows [start, start + R) of x (all N when rows is None), k and v
+    [B, H, N, d] of all rows; q scaled by dim_head**-0.5."""
+    if rows is None:
+      q, k, v = jnp.split(self.to_qkv(x), 3, axis=-1)
+    else:
+      inner = self.heads * self.dim_head
+      kernel = self.to_qkv.kernel[...].astype(self.dtype)
+      x = x.astype(self.dtype)
+      q = x[:, start:start + rows] @ kernel[:, :inner]
+      k, v = jnp.split(x @ kernel[:, inner:], 2, axis=-1)
     q, k, v = self._heads(q), self._heads(k), self._heads(v)
     return q * self.dim_head ** -0.5, k, v
 
+  def _conv(self, v: jax.Array, start: int, rows: int | None) -> jax.Array:
+    """The value convolution at rows [start, start + R) of v [B, H, N, d] (all when None)."""
+    if rows is None:
+      return depthwise_conv_seq(v, self.res_conv[...])
+    half = self.res_conv.shape[-1] // 2
+    lo = max(start - half, 0)  # rows past start + R + half reach no output row
+    out = depthwise_conv_seq(v[:, :, lo:start + rows + half], self.res_conv[...])
+    return out[:, :, start - lo:start - lo + rows]
+
   def _mix(self, attn1: jax.Array, attn2: jax.Array, attn3: jax.Array, v: jax.Array,
-           per_example: bool):
+           per_example: bool, start: int = 0, rows: int | None = None):
     """attn1 @ (pinv(attn2) @ (attn3 @ v)) in float32, plus the value convolution.
 
     The package computes (attn1 @ pinv) @ (attn3 @ v): N m^2 + 2 N m d multiply-adds per head.
     Associated from the right it is 2 N m d + m^2 d (m = 256, d = 64: 3x fewer at N = 6000);
     the N x m product attn1 @ pinv is formed only when attention maps are asked for.
 
+    attn1 holds the query rows [start, start + R) (all N when rows is None).
+
     Returns:
-      [B, N, H * d] merged heads, and (attn1, pinv(attn2), attn3).
+      [B, R, H * d] merged heads, and (attn1, pinv(attn2), attn3).
     """
     pinv = implicit_pinv if self.pinv_grad == "implicit" else iterative_pinv
     inv = pinv(attn2, self.pinv_iterations, per_example)
     out = attn1 @ (inv @ (attn3 @ v.astype(jnp.float32)))
-    out = out.astype(self.dtype) + depthwise_conv_seq(v, self.res_conv[...])
+    out = out.astype(self.dtype) + self._conv(v, start, rows)
     b, h, n, d = out.shape
     return out.transpose(0, 2, 1, 3).reshape(b, n, h * d), (attn1, inv, attn3)
 
-  def _unmasked(self, x: jax.Array):
+  def _unmasked(self, x: jax.Array, rows: int | None):
     b, n, _ = x.shape
     m = self.num_landmarks
     pad = (-n) % m
     x = jnp.pad(x, ((0, 0), (pad, 0), (0, 0)))
-    q, k, v = self._qkv(x)
+    q, k, v = self._qkv(x, pad, rows)
     l = math.ceil(n / m)
     f32 = lambda t: t.astype(jnp.float32)
-    q_land = f32(q).reshape(b, self.heads, m, l, self.dim_head).sum(3) / l
+    if rows is None:
+      q_land = f32(q).reshape(b, self.heads, m, l, self.dim_head).sum(3) / l
+    else:  # q of all tokens is not formed: the landmark means of x, projected (q is linear in x)
+      x_land = f32(x).reshape(b, m, l, -1).sum(2) / l
+      inner = self.heads * self.dim_head
+      q_land = self._heads(x_land @ f32(self.to_qkv.kernel[...][:, :inner])) * self.dim_head ** -0.5
     k_land = f32(k).reshape(b, self.heads, m, l, self.dim_head).sum(3) / l
     attn1 = softmax_rows(jnp.einsum("bhid,bhjd->bhij", f32(q), k_land))
     attn2 = softmax_rows(jnp.einsum("bhid,bhjd->bhij", q_land, k_land))
     attn3 = softmax_rows(jnp.einsum("bhid,bhjd->bhij", q_land, f32(k)))
-    out, (attn1, inv, attn3) = self._mix(attn1, attn2, attn3, v, per_example=False)
-    return out[:, pad:], (attn1[:, :, pad:], inv, attn3[..., pad:])
+    out, (attn1, inv, attn3) = self._mix(attn1, attn2, attn3, v, False, pad, rows)
+    if rows is None:
+      out, attn1 = out[:, pad:], attn1[:, :, pad:]
+    return out, (attn1, inv, attn3[..., pad:])
 
-  def _masked(self, x: jax.Array, mask: jax.Array):
+  def _masked(self, x: jax.Array, mask: jax.Array, rows: int | None):
     """Trailing-padded bags: each example behaves as its unpadded self (see module docstring)."""
     b, n_buf, _ = x.shape
     m = self.num_landmarks
     x = x * mask[:, :, None].astype(x.dtype)
-    q, k, v = self._qkv(x)
+    q, k, v = self._qkv(x, 0, rows)
     f32 = lambda t: t.astype(jnp.float32)
     n = jnp.sum(mask, axis=1).astype(jnp.int32)           # [B] real lengths
     front = (-n) % m                                      # [B] virtual front padding
@@ -294,7 +326,7 @@ class NystromAttention(nnx.Module):
     attn2 = softmax_rows(jnp.einsum("bhid,bhjd->bhij", q_land, k_land))
     # Keys: real tokens, plus `front` virtual zero keys with logit 0 and value 0.
     attn3 = softmax_rows(jnp.einsum("bhid,bhjd->bhij", q_land, f32(k)), mask, front)
-    return self._mix(attn1, attn2, attn3, v, per_example=True)
+    return self._mix(attn1, attn2, attn3, v, True, 0, rows)
 
 
 def attention_rows(factors: tuple[jax.Array, jax.Array], rows: jax.Array) -> jax.Array:
