@@ -91,16 +91,17 @@ def test_attention_rows_match_explicit_product():
   np.testing.assert_allclose(np.asarray(rows), attn[:, :, [0, 7]], atol=1e-5)
 
 
-def test_depthwise_conv_gradients_match_autodiff_of_numpy_definition():
+@pytest.mark.parametrize("b,n,taps", [(1, 30, 7), (2, 100, 33)])
+def test_depthwise_conv_gradients_match_autodiff_of_numpy_definition(b, n, taps):
   rng = np.random.default_rng(1)
-  v = jnp.asarray(rng.standard_normal((1, 2, 30, 3)).astype(np.float32))
-  w = jnp.asarray(rng.standard_normal((2, 7)).astype(np.float32))
-  cot = jnp.asarray(rng.standard_normal((1, 2, 30, 3)).astype(np.float32))
+  v = jnp.asarray(rng.standard_normal((b, 2, n, 3)).astype(np.float32))
+  w = jnp.asarray(rng.standard_normal((2, taps)).astype(np.float32))
+  cot = jnp.asarray(rng.standard_normal((b, 2, n, 3)).astype(np.float32))
 
   def reference(v, w):  # dense banded matrix form: out[i] = sum_j T[h, i, j] v[j]
-    i, j = np.arange(30)[:, None], np.arange(30)[None, :]
-    k = j - i + 3
-    band = jnp.where((k >= 0) & (k < 7), w[:, np.clip(k, 0, 6)], 0.0)  # [H, N, N]
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    k = j - i + taps // 2
+    band = jnp.where((k >= 0) & (k < taps), w[:, np.clip(k, 0, taps - 1)], 0.0)  # [H, N, N]
     return jnp.einsum("hij,bhjd->bhid", band, v)
 
   ours = jax.grad(lambda v, w: jnp.sum(nystrom.depthwise_conv_seq(v, w) * cot), (0, 1))(v, w)

@@ -121,11 +121,11 @@ def test_bucket_sizes():
   for base in (128, 1024):
     buckets = np.asarray(pl.default_buckets(148_569, base))
     assert buckets[0] == base and buckets[-2] < 148_569 <= buckets[-1]
-    # Quarter octaves base * 2^(k/4), rounded up to multiples of 128, duplicates dropped.
-    sizes = np.ceil(base * 2.0 ** (np.arange(80) / 4) / 128) * 128
+    # Sixteenth octaves base * 2^(k/16), rounded up to multiples of 128, duplicates dropped.
+    sizes = np.ceil(base * 2.0 ** (np.arange(320) / 16) / 128) * 128
     np.testing.assert_array_equal(buckets, np.unique(sizes)[:len(buckets)])
     waste = buckets[1:] / (buckets[:-1] + 1)  # largest padding factor of a bag in each bucket
-    assert waste[-10:].max() < 2 ** 0.25 + 0.01
+    assert waste[-10:].max() < 2 ** (1 / 16) + 0.01
 
 
 def test_largest_paper_bag_batch_size_one(tmp_path):

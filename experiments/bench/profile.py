@@ -28,6 +28,7 @@ from experiments.bench import components
 from experiments.bench import measure
 from experiments.bench import workloads as wl
 from gimp_jax import methods
+from gimp_jax.data import pipeline
 from gimp_jax.models import nystrom
 from gimp_jax.train import loop, optim
 from gimp_jax.train.state import create_state
@@ -36,7 +37,8 @@ _SIZE = flags.DEFINE_enum("size", "cpu", list(wl.SIZES), "Workload sizes.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Interleaved repeats.")
 _MARKDOWN = flags.DEFINE_string("markdown", "", "Also write the table here.")
 _PARTS = flags.DEFINE_multi_enum("part", ["pretrain", "finetune"],
-                                 ["pretrain", "finetune", "components"], "Sections to run.")
+                                 ["pretrain", "finetune", "components", "buckets"],
+                                 "Sections to run.")
 _N = flags.DEFINE_multi_integer("n", [23296, 20000], "Bag lengths of the components section.")
 
 
@@ -143,6 +145,70 @@ def components_table(n: int, repeats: int) -> str:
   return "\n".join(lines)
 
 
+# The paper's cohort for the bucket trade-off: 946 patients (567 / 189 / 190), one slide each, bag
+# sizes log-uniform between the README's extremes (the synthetic generator's law), 70 fine-tuning
+# epochs (config), one training step per training bag and one evaluation per validation bag per
+# epoch.
+COHORT_BAGS, SPLIT, BAG_RANGE, EPOCHS = 946, (567, 189, 190), (485, 150_000), 70
+GRIDS = {"powers of two": pipeline.default_buckets(262144, 1024, 1),
+         "quarter-octave": pipeline.default_buckets(262144, 1024, 4),
+         "eighth-octave": pipeline.default_buckets(262144, 1024, 8),
+         "sixteenth-octave": pipeline.default_buckets(262144, 1024, 16),
+         "32 per octave": pipeline.default_buckets(262144, 1024, 32),
+         "multiples of 1024": tuple(range(1024, 262145, 1024)),
+         "multiples of 128 (~exact length)": tuple(range(128, 262145, 128))}
+
+
+def bucket_costs(cohort, sizes, repeats: int) -> dict:
+  """Measured on the bench's bag: compile seconds of the fine-tuning step and of the evaluation
+  step (median over two shapes), and CPU seconds per padded patch of each (one shape)."""
+  cfg = wl.model_config("float32")
+  loss_fn = methods.get(cfg.method).finetune_loss(cfg)
+  n = sizes.finetune_patches
+  compile_step, compile_eval, runners = [], [], []
+  for size in (pipeline.bucket_size(n, (k * 128 for k in range(1, 4096))),
+               pipeline.bucket_size(n, cfg.data.bucket_sizes)):
+    batch = wl.bag_batch(cohort, (size,))
+    model, _ = wl.model_and_params(cfg, sizes.genes)
+    step = wl.jax_step_runner(f"finetune step {size}", cfg, model, loss_fn, cfg.finetune.frozen,
+                              batch)
+    evaluation = wl.jax_eval_runner(model, batch)
+    evaluation.name = f"evaluation {size}"
+    compile_step.append(step.info["compile_s"])
+    compile_eval.append(evaluation.info["compile_s"])
+    runners = [step, evaluation]
+  times = measure.interleaved(runners, repeats)
+  per_patch = [float(np.median(times[r.name]["cpu_s"])) / size for r in runners]
+  return {"compile_step_s": float(np.median(compile_step)),
+          "compile_eval_s": float(np.median(compile_eval)),
+          "step_cpu_s_per_patch": per_patch[0], "eval_cpu_s_per_patch": per_patch[1]}
+
+
+def buckets_table(costs: dict) -> str:
+  """Compilations, padding and their CPU seconds over `EPOCHS` epochs of the cohort model above,
+  for each grid of `GRIDS` (batch size 1: every bag padded to its own bucket)."""
+  rng = np.random.default_rng(0)
+  bags = np.exp(rng.uniform(*np.log(BAG_RANGE), COHORT_BAGS)).astype(int)
+  train, val = bags[:SPLIT[0]], bags[SPLIT[0]:SPLIT[0] + SPLIT[1]]
+  lines = ["| grid | buckets in 485..150,000 | train-step compilations | evaluation compilations | "
+           "padded / real patches - 1 | largest padding of a bag >= 1024 | compile s (once, wall) | padding CPU s per epoch | "
+           f"compile + padding over {EPOCHS} epochs, s |", "|---|---|---|---|---|---|---|---|---|"]
+  for name, grid in GRIDS.items():
+    pad = lambda b: np.array([pipeline.bucket_size(int(n), grid) for n in b])  # noqa: E731
+    padded_train, padded_all = pad(train), pad(bags)
+    compiles = (len(set(padded_train)), len(set(padded_all)))
+    compile_s = (compiles[0] * costs["compile_step_s"] + compiles[1] * costs["compile_eval_s"])
+    waste = ((padded_train - train).sum() * costs["step_cpu_s_per_patch"]
+             + (pad(val) - val).sum() * costs["eval_cpu_s_per_patch"])
+    big = bags >= 1024  # smaller bags all share the first bucket (1024), whatever the grid
+    in_range = sum(1 for b in grid if BAG_RANGE[0] <= b <= pipeline.bucket_size(BAG_RANGE[1], grid))
+    lines.append(f"| {name} | {in_range} | {compiles[0]} | {compiles[1]} | "
+                 f"{padded_all.sum() / bags.sum() - 1:.1%} | "
+                 f"{(padded_all[big] / bags[big] - 1).max():.1%} | {compile_s:,.0f} | {waste:,.0f} | "
+                 f"{compile_s + EPOCHS * waste:,.0f} |")
+  return "\n".join(lines)
+
+
 def table(runners, times) -> str:
   lines = ["| part | CPU s (median) | wall s (median) | matmul GFLOP |", "|---|---|---|---|"]
   for r in runners:
@@ -170,6 +236,12 @@ def main(argv):
       out += [f"## {title}", "", table(runners, times), ""]
       print("\n".join(out[-4:]), flush=True)
       del runners
+    if "buckets" in _PARTS.value:
+      costs = bucket_costs(cohort, sizes, _REPEATS.value)
+      out += ["## Padding: bucket grids over the paper's cohort (fine-tuning, batch size 1)", "",
+              f"Measured on the bench bag (N = {sizes.finetune_patches}): {costs}.", "",
+              buckets_table(costs), ""]
+      print("\n".join(out[-4:]), flush=True)
     if "pretrain" in _PARTS.value:
       err = implicit_gradient_error(cohort, sizes)
       out += [f"Implicit pinv gradient against the unrolled one (pre-training loss, initial "

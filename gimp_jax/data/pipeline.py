@@ -27,8 +27,8 @@ from gimp_jax.data.cohort import Cohort
 from gimp_jax.errors import DataError
 
 _ORDER_STREAM = 0x6F7264
-BASE_BUCKET = 128  # default buckets: 128 * 2^(k / 4), multiples of 128 (`default_buckets`)
-BUCKETS_PER_OCTAVE = 4
+BASE_BUCKET = 128  # default buckets: 128 * 2^(k / 16), multiples of 128 (`default_buckets`)
+BUCKETS_PER_OCTAVE = 16  # the trade-off: configs/nsclc.py `data.bucket_sizes`
 NUM_THREADS = 2  # grain threads making batches ahead (when prefetch > 0)
 
 
@@ -133,9 +133,9 @@ def default_buckets(max_patches: int, base: int = BASE_BUCKET,
   """base * 2^(k / per_octave) rounded up to a multiple of 128, for k = 0, 1, ... up to the first
   size >= max_patches.
 
-  Padding wastes at most 2^(1 / per_octave) - 1 of a bag's compute (19% at 4 per octave, against
-  100% for powers of two; ~9% against 44% on average over log-uniform bag sizes), for
-  `per_octave` times as many shapes, each compiled once per step function.
+  Padding wastes at most 2^(1 / per_octave) - 1 of a bag's compute (4.4% at 16 per octave, 19% at
+  4, 100% for powers of two), for `per_octave` times as many shapes, each compiled once per step
+  function (`python -m experiments.bench.profile --part buckets` weighs the two).
   """
   buckets, k = [base], 0
   while buckets[-1] < max_patches:

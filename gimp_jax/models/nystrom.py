@@ -36,6 +36,7 @@ import math
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def iterative_pinv(x: jax.Array, iterations: int = 6, per_example: bool = False) -> jax.Array:
@@ -137,8 +138,8 @@ def depthwise_conv_seq(v: jax.Array, kernel: jax.Array) -> jax.Array:
 
   Written as K shifted multiply-adds that XLA fuses into one pass (a grouped convolution ran 2.2x
   slower on CPU), with a hand-written backward: d/dv is the same sum with the kernel reversed,
-  d/dkernel a loop of K reductions (the automatic backward materialised K padded copies: 4x slower
-  and 2x longer to compile).
+  d/dkernel one blocked matmul (`_kernel_grad`; the automatic backward materialised K padded
+  copies: 4x slower and 2x longer to compile).
 
   Args:
     v: [B, H, N, D].
@@ -154,20 +155,30 @@ def _conv_fwd(v, kernel):
   return _shifted_sum(v, kernel), (v, kernel)
 
 
+def _kernel_grad(v: jax.Array, g: jax.Array, taps: int) -> jax.Array:
+  """dk[h, k] = sum_{b, i, d} g[b, h, i, d] * v[b, h, i + k - taps // 2, d] as one matmul.
+
+  The sequence is cut into blocks of T >= taps - 1 rows: block j of g against rows [jT - half,
+  (j + 2) T - half) of v gives A[h, t, s] = sum_{b, j, d} g[.., jT + t, :] . v[.., jT + s - half, :],
+  and dk[h, k] = sum_t A[h, t, t + k] (2 (T + taps) N d multiply-adds per head instead of 33 passes
+  over g and v: 0.40 -> 0.19 CPU-s at [1, 8, 23296, 64]).
+  """
+  b, h, n, d = g.shape
+  half, size = taps // 2, max(32, taps - 1)
+  blocks = -(-n // size)
+  gb = jnp.pad(g, ((0, 0), (0, 0), (0, blocks * size - n), (0, 0))).reshape(b, h, blocks, size, d)
+  vb = jnp.pad(v, ((0, 0), (0, 0), (half, (blocks + 1) * size - n - half), (0, 0)))
+  vb = vb.reshape(b, h, blocks + 1, size, d)
+  windows = jnp.concatenate([vb[:, :, :-1], vb[:, :, 1:]], axis=3)       # [b, h, J, 2T, d]
+  a = jnp.einsum("bhjtd,bhjsd->hts", gb, windows, preferred_element_type=jnp.float32)
+  t, k = np.arange(size)[:, None], np.arange(taps)[None, :]
+  return a[:, t, t + k].sum(1)                                          # [h, taps]
+
+
 def _conv_bwd(res, g):
   v, kernel = res
-  taps = kernel.shape[-1]
-  half = taps // 2
-  n = v.shape[2]
   dv = _shifted_sum(g, kernel[:, ::-1])
-  padded = jnp.pad(v, ((0, 0), (0, 0), (half, half), (0, 0)))
-
-  def tap(k, dk):
-    window = jax.lax.dynamic_slice_in_dim(padded, k, n, axis=2)
-    return dk.at[:, k].set(jnp.einsum("bhnd,bhnd->h", g, window,
-                                      preferred_element_type=jnp.float32))
-  dk = jax.lax.fori_loop(0, taps, tap, jnp.zeros(kernel.shape, jnp.float32))
-  return dv, dk.astype(kernel.dtype)
+  return dv, _kernel_grad(v, g, kernel.shape[-1]).astype(kernel.dtype)
 
 
 depthwise_conv_seq.defvjp(_conv_fwd, _conv_bwd)
