@@ -7,8 +7,12 @@ On the bench's batches (`workloads`: the CLI's pipeline, the paper model), inter
   pseudo-inverse differentiated through its iterations ("unrolled", the package) and with the
   implicit gradient; the loss forward alone; the pseudo-inverse alone (forward; forward and backward
   both ways; per layer, all heads and windows); the frozen gene encoder forward;
-- fine-tuning: the whole step on the bag padded to the config's quarter-octave bucket and to the
-  power-of-two bucket the config used before; the evaluation forward.
+- fine-tuning: the whole step on the bag padded to the config's bucket (`data.bucket_sizes`) and
+  to the power-of-two bucket the config used first; the evaluation forward;
+- components (`--part components`): each part of the fine-tuning step alone, forward and forward +
+  backward, XLA against PyTorch eager (`experiments.bench.components`), at the lengths `--n`;
+- buckets (`--part buckets`): compilations against padding for bucket grids over the paper's
+  cohort, from measured compile times and per-patch step costs (`buckets_table`).
 It also states the gradient error of `model.pinv_grad = "implicit"` on the pre-training batch at
 initialisation: the relative L2 distance to the unrolled gradient, over all trainable parameters.
 Times are process CPU seconds (the machine may be shared) and wall seconds, medians.
@@ -113,7 +117,7 @@ def finetune_parts(cohort, sizes) -> list[measure.Runner]:
   runners = []
   n = sizes.finetune_patches
   pow2 = tuple(1024 * 2 ** k for k in range(9))
-  for label, buckets in (("quarter-octave", cfg.data.bucket_sizes), ("power-of-two", pow2)):
+  for label, buckets in (("config's", cfg.data.bucket_sizes), ("power-of-two", pow2)):
     batch = wl.bag_batch(cohort, buckets)
     model, _ = wl.model_and_params(cfg, sizes.genes)
     runners.append(wl.jax_step_runner(
@@ -121,7 +125,7 @@ def finetune_parts(cohort, sizes) -> list[measure.Runner]:
         loss_fn, cfg.finetune.frozen, batch))
   model, _ = wl.model_and_params(cfg, sizes.genes)
   runners.append(wl.jax_eval_runner(model, wl.bag_batch(cohort, cfg.data.bucket_sizes)))
-  runners[-1].name = "evaluation forward (predict), quarter-octave bucket"
+  runners[-1].name = "evaluation forward (predict), the config's bucket"
   return runners
 
 
@@ -191,8 +195,9 @@ def buckets_table(costs: dict) -> str:
   bags = np.exp(rng.uniform(*np.log(BAG_RANGE), COHORT_BAGS)).astype(int)
   train, val = bags[:SPLIT[0]], bags[SPLIT[0]:SPLIT[0] + SPLIT[1]]
   lines = ["| grid | buckets in 485..150,000 | train-step compilations | evaluation compilations | "
-           "padded / real patches - 1 | largest padding of a bag >= 1024 | compile s (once, wall) | padding CPU s per epoch | "
-           f"compile + padding over {EPOCHS} epochs, s |", "|---|---|---|---|---|---|---|---|---|"]
+           "padded / real patches - 1 | largest padding of a bag >= 1024 | compile s (once, "
+           f"wall) | padding CPU s per epoch | compile + padding over {EPOCHS} epochs, s |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for name, grid in GRIDS.items():
     pad = lambda b: np.array([pipeline.bucket_size(int(n), grid) for n in b])  # noqa: E731
     padded_train, padded_all = pad(train), pad(bags)
@@ -204,7 +209,8 @@ def buckets_table(costs: dict) -> str:
     in_range = sum(1 for b in grid if BAG_RANGE[0] <= b <= pipeline.bucket_size(BAG_RANGE[1], grid))
     lines.append(f"| {name} | {in_range} | {compiles[0]} | {compiles[1]} | "
                  f"{padded_all.sum() / bags.sum() - 1:.1%} | "
-                 f"{(padded_all[big] / bags[big] - 1).max():.1%} | {compile_s:,.0f} | {waste:,.0f} | "
+                 f"{(padded_all[big] / bags[big] - 1).max():.1%} | {compile_s:,.0f} | "
+                 f"{waste:,.0f} | "
                  f"{compile_s + EPOCHS * waste:,.0f} |")
   return "\n".join(lines)
 
