@@ -283,6 +283,9 @@ def read_labels(path: str, task: str = 'classification', allow_unlabelled: bool 
       problems.append(f'{path}: line {line}: {len(r)} fields, the header has {len(cols)}')
       continue
     d = {c: x.strip() for c, x in zip(cols, r)}
+    if any('\n' in x or '\r' in x for x in d.values()):  # a quote left open spans lines
+      problems.append(f'{path}: line {line}: a field spans several lines (an unclosed quote?)')
+      continue
     empty = [c for c in required if not d[c] and not (c == 'label' and allow_unlabelled)]
     if empty:
       problems.append(f'{path}: line {line}: patient {d["patient_id"] or "?"}: empty '
