@@ -218,8 +218,7 @@ def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
   known = _outcomes(config.data.labels)
   hazards = surv = None
   if config.survival.loss == "nll":
-    hazards = 1.0 / (1.0 + np.exp(-out["logits"].astype(np.float64)))
-    surv = np.cumprod(1.0 - hazards, axis=1)
+    hazards, surv = survival.hazards_and_survival(out["logits"])
   return dict(result, risk=survival.risk(out["logits"], config.survival.loss), hazards=hazards,
               survival=surv,
               time=np.asarray([known.get(p, (np.nan, -1))[0] for p in out["patient_id"]]),
