@@ -63,7 +63,7 @@ def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: 
 def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """Symmetric InfoNCE between the window's CLS_img and CLS_ge (config.clip.temperature)."""
   def loss_fn(model, batch):
-    cls_img, _ = model.aggregator(batch["patches"])
+    cls_img, _ = model.aggregator(batch["patches"], tokens=False)
     cls_ge = model.gene_encoder(batch["genes"])
     v = l2_normalize(model.objective.img_proj(cls_img))
     t = l2_normalize(model.objective.gene_proj(cls_ge))

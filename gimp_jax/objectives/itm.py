@@ -57,7 +57,7 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """BCE of the matching head on B true and B shifted image-gene pairs (config.itm.shift)."""
   def loss_fn(model, batch):
     head = model.objective
-    cls_img, _ = model.aggregator(batch["patches"])
+    cls_img, _ = model.aggregator(batch["patches"], tokens=False)
     e_img = head.img_proj(cls_img)
     e_gene = head.gene_proj(model.gene_encoder(batch["genes"]))
     partner, neg_targets = matching_pairs(e_img.shape[0], config.itm.shift)

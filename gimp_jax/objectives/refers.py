@@ -94,7 +94,7 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   def loss_fn(model, batch):
     head = model.objective
     b = batch["patches"].shape[0]
-    cls, _ = model.aggregator(split_views(batch["patches"], cfg.views))
+    cls, _ = model.aggregator(split_views(batch["patches"], cfg.views), tokens=False)
     features = cls.reshape(b, cfg.views, -1)
     fused, alpha = fuse_views(features, head.fusion_scores(features),
                               jnp.ones((b, cfg.views), bool))
