@@ -50,9 +50,11 @@ def test_aggregator_cls_only_equals_cls_of_full_pass():
   agg.eval()
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 45, 16)).astype(np.float32))
   mask = jnp.asarray(np.arange(45)[None] < np.array([[45], [30]]))
+  full = jax.jit(lambda m, x, pm: m(x, patch_mask=pm, return_attention=True))
+  cls_only = jax.jit(lambda m, x, pm: m(x, patch_mask=pm, return_attention=True, tokens=False))
   for patch_mask in (None, mask):
-    cls, tokens, attn = agg(x, patch_mask=patch_mask, return_attention=True)
-    cls1, none, attn1 = agg(x, patch_mask=patch_mask, return_attention=True, tokens=False)
+    cls, tokens, attn = full(agg, x, patch_mask)
+    cls1, none, attn1 = cls_only(agg, x, patch_mask)
     assert none is None and tokens.shape == (2, 45, 32)
     np.testing.assert_allclose(np.asarray(cls1), np.asarray(cls), atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.asarray(attn1), np.asarray(attn), atol=1e-6, rtol=0)
