@@ -26,7 +26,7 @@ def _batch(cfg, b=4, seed=0):
   labels = np.array([0, 1] * (b // 2), np.int32)
   patches = rng.standard_normal((b, L, D)).astype(np.float32) + labels[:, None, None]
   return {"patches": jnp.asarray(patches),
-          "mpm_mask": jnp.asarray(rng.random((b, L)) < 0.5),
+          "mpm_mask": jnp.asarray(np.argsort(rng.random((b, L)), axis=1) < L // 2),
           "genes": jnp.asarray(rng.standard_normal((b, G)).astype(np.float32)),
           "label": jnp.asarray(labels)}
 
