@@ -32,6 +32,7 @@ from experiments import tables
 
 ARMS = ("unrolled", "implicit")
 VAL_FILE = "val_pretrain.json"
+GRAD_FILE = "gradient_error.json"
 VAL_KEYS = ("loss", "rec_loss", "tri_loss", "img_tri_loss")
 PROBE_SHOTS = ("all", "10")
 
@@ -73,6 +74,47 @@ def val_pretrain_loss(config, workdir: str) -> dict[str, float]:
     json.dump(out, f, indent=2)
   os.replace(path + ".tmp", path)
   return out
+
+
+def gradient_error(config, workdir: str) -> float:
+  """Relative L2 distance between the implicit and the unrolled gradient of L_pre (eval mode) over
+  the trainable parameters, at the run's pre-trained parameters, on the first validation batch;
+  cached in workdir/GRAD_FILE. (At initialisation, paper model: 3.7%, experiments.bench.profile.)"""
+  path = os.path.join(workdir, GRAD_FILE)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)["relative_l2"]
+  from gimp_jax import methods  # pylint: disable=g-import-not-at-top
+  from gimp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from gimp_jax.train import optim  # pylint: disable=g-import-not-at-top
+  from gimp_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
+  from gimp_jax.train.state import create_state  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    num_classes = json.load(f)["num_classes"]
+  cohort = run_lib.load_cohort(config, workdir)
+  p = config.pretrain
+  batch = next(pipeline.pretrain_batches(cohort, "val", batch_size=p.batch_size, window=p.window,
+                                         ratio=p.mask_ratio, seed=config.seed, epoch=0,
+                                         drop_remainder=False, prefetch=0))
+  grads = {}
+  for mode in ARMS:
+    cfg = config.copy_and_resolve_references()
+    cfg.model.pinv_grad = mode
+    method = methods.get(cfg.method)
+    model = method.build(cfg, cohort.num_genes, num_classes, cfg.seed)
+    state = create_state(model)
+    params = run_lib.restore_params(workdir, "pretrain", model)
+    loss_fn = method.pretrain_loss(cfg)
+    grads[mode] = optim.flat_paths(jax.jit(jax.grad(
+        lambda q, s=state, f=loss_fn: f(s.replace(params=q).model(train=False), batch)[0]))(
+            params))
+  keys = [k for k in grads["unrolled"] if not k.startswith("gene_encoder/")]
+  num = sum(float(np.sum((grads["unrolled"][k] - grads["implicit"][k]) ** 2)) for k in keys)
+  den = sum(float(np.sum(grads["unrolled"][k] ** 2)) for k in keys)
+  err = (num / den) ** 0.5
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump({"relative_l2": err}, f)
+  return err
 
 
 def loss_of(state, batch, loss_fn) -> dict:
@@ -151,6 +193,10 @@ def report(args, seeds, per_run, wall_s: float, cmd: str) -> tuple[str, dict]:
         got = [per_run[(arm, s)]["curves"][t][e] for s in seeds if (arm, s) in per_run]
         cells.append(f"{np.mean(got):.4f}" if got else "—")
     lines.append(f"| {e} | " + " | ".join(cells) + " |")
+  lines += ["", "Implicit vs unrolled gradient of L_pre at each run's pre-trained parameters "
+            "(relative L2 over the trainable parameters, first validation batch, eval mode): "
+            + ", ".join(f"{arm}/seed {s}: {per_run[(arm, s)]['gradient_error']:.4f}"
+                        for arm in ARMS for s in seeds if (arm, s) in per_run), ""]
   lines += ["", "Median pre-training step (s, wall, the machine shared): " + ", ".join(
       f"{arm}/seed {s}: {per_run[(arm, s)]['step_s'].get('pretrain', float('nan')):.3f}"
       for arm in ARMS for s in seeds if (arm, s) in per_run), ""]
@@ -176,7 +222,8 @@ def main(argv=None) -> None:
     workdir = tables.run_dir(args.out, *key)
     val = {f"val_{k}": v for k, v in val_pretrain_loss(runs[key], workdir).items() if k in VAL_KEYS}
     per_run[key] = {"val": {**val, **probe_val(workdir)}, "curves": curves(workdir),
-                    "step_s": stage_seconds(workdir)}
+                    "step_s": stage_seconds(workdir),
+                    "gradient_error": gradient_error(runs[key], workdir)}
   cmd = " ".join(["python -m experiments.pinv_grad", *(argv if argv is not None else sys.argv[1:])])
   text, summary = report(args, seeds, per_run, time.time() - start, cmd)
   with open(os.path.join(args.out, "report.md"), "w", encoding="utf-8") as f:
