@@ -1,6 +1,6 @@
 """What `masking.mpm_slots` saves in the CLI's pre-training step: interleaved A/B in one process.
 
-  nice -n 5 python -m experiments.bench.mpm_slots --size cpu [--repeats 7]
+  nice -n 5 python -m experiments.bench.mpm_slots --size cpu [--repeats 7] [--pinv_grad implicit]
 
 A (before): L_pre with every window position embedded (masked ones then replaced by the mask token)
 and decoded, L_rec selecting the masked ones, as `objectives.gimp` computed it before the slots.
@@ -27,6 +27,8 @@ from gimp_jax.objectives import gimp as gimp_objective
 
 _SIZE = flags.DEFINE_enum("size", "cpu", list(wl.SIZES), "Workload sizes.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved repeats.")
+_PINV_GRAD = flags.DEFINE_enum("pinv_grad", None, ["unrolled", "implicit"],
+                               "model.pinv_grad (default: the config's).")
 
 
 def every_position_loss(config):
@@ -57,6 +59,7 @@ def main(argv):
   sizes = wl.SIZES[_SIZE.value]
   cfg = wl.model_config("float32")
   cfg.pretrain.window = sizes.window
+  cfg.model.pinv_grad = _PINV_GRAD.value or cfg.model.pinv_grad
   print(f"load at start {os.getloadavg()}; pinv_grad {cfg.model.pinv_grad}", flush=True)
   with tempfile.TemporaryDirectory(prefix="gimp_mpm_slots_") as tmp:
     cohort = wl.write_cohort(tmp, [sizes.window] * sizes.pretrain_batch, sizes.genes)
