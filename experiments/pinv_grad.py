@@ -1,14 +1,16 @@
-"""Chooses `model.pinv_grad` on validation: GiMP pre-trained with the pseudo-inverse gradient
+"""Chooses `pretrain.pinv_grad` on validation: GiMP pre-trained with the pseudo-inverse gradient
 back-propagated through its iterations ("unrolled") and with the implicit gradient ("implicit"),
 paired by seed.
 
-  nice -n 19 python -m experiments.pinv_grad --out experiments/results/pinv_grad --seeds 0,1,2 \
+  nice -n 19 python -m experiments.pinv_grad --out experiments/out/pinv_grad --seeds 0,1,2,3,4 \
       --synthetic.patients=300
 
 Per seed, the `gimp` method's config at `--size` (default cpu) runs gene_pretrain -> pretrain ->
 probe once per arm, through `experiments.tables` (`run_all`: finished runs are skipped, so an
-interrupted call resumes). The arms differ only in `model.pinv_grad`: same split, initialisation,
-windows and data order. The comparison reads the validation split only:
+interrupted call resumes). The arms differ only in `pretrain.pinv_grad`: same split,
+initialisation, windows and data order. (The results in experiments/results/pinv_grad/ were run
+when pre-training read `model.pinv_grad`, which the arms then set; no stage after pre-training ran.)
+The comparison reads the validation split only:
 - L_pre (and L_rec, L_tri) of the pre-trained model on the validation patients' MPM windows (eval
   mode, the windows of epoch 0: the same windows for both arms), cached as `val_pretrain.json`;
 - the probe's validation balanced accuracy and AUC (frozen CLS_img, logistic regression, k = all
@@ -97,7 +99,7 @@ def gradient_error(config, workdir: str) -> float:
                                          ratio=p.mask_ratio, seed=config.seed, epoch=0,
                                          drop_remainder=False, prefetch=0))
   grads = {}
-  for mode in ARMS:
+  for mode in ARMS:  # the model built directly: model.pinv_grad is what its layers read
     cfg = config.copy_and_resolve_references()
     cfg.model.pinv_grad = mode
     method = methods.get(cfg.method)
@@ -151,9 +153,10 @@ def report(args, seeds, per_run, wall_s: float, cmd: str) -> tuple[str, dict]:
   """The Markdown report and the summary from {(arm, seed): {"val": ..., "curves": ...}}."""
   metrics = [f"val_{k}" for k in VAL_KEYS] + [f"{m}_k={k}" for k in PROBE_SHOTS
                                               for m in ("val_bacc", "val_auc")]
-  lines = ["# `model.pinv_grad`: unrolled vs implicit, chosen on validation", "",
+  lines = ["# `pretrain.pinv_grad`: unrolled vs implicit, chosen on validation", "",
            f"Command: `{cmd}`  ", f"Config: `gimp` at size {args.size}, stages gene_pretrain -> "
-           f"pretrain -> probe; overrides {args.config or 'none'}; cohort {args.synthetic or 'default synthetic'}.  ",
+           f"pretrain -> probe; overrides {args.config or 'none'}; cohort "
+           f"{args.synthetic or 'default synthetic'}.  ",
            f"Seeds: {', '.join(map(str, seeds))} (a seed fixes split, initialisation, windows; "
            "both arms share it).  ",
            f"Wall time of this call: {wall_s / 60:.1f} min; load average at the end "
@@ -211,7 +214,7 @@ def main(argv=None) -> None:
   seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
   paths = tables.cohort_paths(args)
   runs = {(arm, seed): tables.probe_config(tables.make_config(
-              "gimp", args.size, seed, paths, args.config + [f"--config.model.pinv_grad={arm}"]))
+              "gimp", args.size, seed, paths, args.config + [f"--config.pretrain.pinv_grad={arm}"]))
           for seed in seeds for arm in ARMS}
   outcomes = tables.run_all(runs, args.out, args.workers)
   per_run = {}

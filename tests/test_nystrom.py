@@ -137,7 +137,7 @@ def test_implicit_pinv_gradient():
 
 
 @pytest.mark.parametrize("pinv_grad,scale,bound", [("unrolled", 1.0, 1e-5), ("unrolled", 3.0, 1e-5),
-                                                   ("implicit", 1.0, 0.02), ("implicit", 3.0, 0.35)])
+                                                  ("implicit", 1.0, 0.02), ("implicit", 3.0, 0.35)])
 def test_gradients_against_pytorch_autograd(pinv_grad, scale, bound):
   """Gradients of sum(out * c) w.r.t. the input and W_qkv against the package's autograd (relative
   L2 error). "unrolled" back-propagates through the same 6 iterations: equal up to float rounding

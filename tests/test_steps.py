@@ -142,6 +142,25 @@ def _copy(state):
   return jax.tree_util.tree_map(jnp.copy, state)
 
 
+def test_pretrain_stage_differentiates_the_pinv_as_pretrain_pinv_grad(pretrain_run):
+  """The pre-training stage's model takes `pretrain.pinv_grad` (implicit by default), the other
+  stages' `model.pinv_grad` (unrolled), and the implicit step's gradient differs from the unrolled
+  one's (the option is live, not ignored)."""
+  r, spec, state, batch, _ = pretrain_run
+  assert (r.config.pretrain.pinv_grad, r.config.model.pinv_grad) == ("implicit", "unrolled")
+  modes = lambda m: {layer.attn.pinv_grad for layer in m.aggregator.layers}  # noqa: E731
+  assert modes(state.model(train=False)) == {"implicit"}
+  assert modes(r.build()) == {"unrolled"}
+  unrolled = state.replace(graphdef=create_state(r.build()).graphdef)
+  def grad(s):
+    return jax.grad(lambda p: spec.loss_fn(s.replace(params=p).model(train=False), batch)[0])(
+        state.params)
+  g_imp, g_unr = grad(state), grad(unrolled)
+  diff = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(g_imp),
+                                                        jax.tree_util.tree_leaves(g_unr))]
+  assert max(diff) > 0
+
+
 def test_stage_runner_keeps_frozen_leaves_bit_identical(pretrain_run):
   r, spec, state, _, batch_size = pretrain_run
   assert spec.frozen == r"^gene_encoder/"

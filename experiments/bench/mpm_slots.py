@@ -7,7 +7,7 @@ and decoded, L_rec selecting the masked ones, as `objectives.gimp` computed it b
 B (after): `objectives.gimp.make_loss` as the CLI runs it: the embedding on the L - K visible
 patches, the decoder on the K masked ones. Both through `steps.make_train_step` (the stage's
 frozen regex) on the bench's pre-training batch (`workloads.pretrain_batch`: the CLI's pipeline, the
-paper model, the config's `model.pinv_grad`). Prints process CPU seconds and wall seconds
+paper model, the config's `pretrain.pinv_grad`). Prints process CPU seconds and wall seconds
 (medians), the matmul GFLOP, and both first losses (equal up to float rounding).
 """
 
@@ -22,13 +22,14 @@ import numpy as np
 from experiments.bench import measure
 from experiments.bench import workloads as wl
 from gimp_jax import losses
+from gimp_jax.models import build
 from gimp_jax.models.gimp import cls_pat
 from gimp_jax.objectives import gimp as gimp_objective
 
 _SIZE = flags.DEFINE_enum("size", "cpu", list(wl.SIZES), "Workload sizes.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved repeats.")
 _PINV_GRAD = flags.DEFINE_enum("pinv_grad", None, ["unrolled", "implicit"],
-                               "model.pinv_grad (default: the config's).")
+                               "model.pinv_grad (default: the config's pretrain.pinv_grad).")
 
 
 def every_position_loss(config):
@@ -57,7 +58,7 @@ def main(argv):
   del argv
   jax.config.update("jax_default_matmul_precision", "highest")
   sizes = wl.SIZES[_SIZE.value]
-  cfg = wl.model_config("float32")
+  cfg = build.pretrain_config(wl.model_config("float32"))
   cfg.pretrain.window = sizes.window
   cfg.model.pinv_grad = _PINV_GRAD.value or cfg.model.pinv_grad
   print(f"load at start {os.getloadavg()}; pinv_grad {cfg.model.pinv_grad}", flush=True)

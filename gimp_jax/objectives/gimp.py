@@ -34,8 +34,8 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """L_pre over pre-training windows, either term switchable for the ablations.
 
   Batch: patches [B, L, D], mpm_mask [B, L] bool, optional patch_mask [B, L] bool (True = real
-  patch, padding trailing: a window shorter than L), genes [B, G], label [B] (survival: the time bin,
-  with censorship [B]: the triplet then uses the uncensored cases only, the bins being their
+  patch, padding trailing: a window shorter than L), genes [B, G], label [B] (survival: the time
+  bin, with censorship [B]: the triplet then uses the uncensored cases only, the bins being their
   classes; a censored case's bin is only a lower bound on its event time). With partial data
   (`data.allow_missing`) a row of NaN genes or a label of -1 takes part in L_rec and the variance
   term only; the triplet terms see the labelled cases (with expression, for CLS_pat).
