@@ -55,7 +55,7 @@ def val_pretrain_loss(config, workdir: str) -> dict[str, float]:
     results = json.load(f)
   cohort = run_lib.load_cohort(config, workdir)
   method = methods.get(config.method)
-  model = method.build(config, cohort.num_genes, results["num_classes"], config.seed)
+  model = method.build(config, cohort.gene_names, results["num_classes"], config.seed)
   state = create_state(model)
   state = state.replace(params=run_lib.restore_params(workdir, "pretrain", model))
   loss_fn = jax.jit(lambda s, b: loss_of(s, b, method.pretrain_loss(config)))
@@ -103,7 +103,7 @@ def gradient_error(config, workdir: str) -> float:
     cfg = config.copy_and_resolve_references()
     cfg.model.pinv_grad = mode
     method = methods.get(cfg.method)
-    model = method.build(cfg, cohort.num_genes, num_classes, cfg.seed)
+    model = method.build(cfg, cohort.gene_names, num_classes, cfg.seed)
     state = create_state(model)
     params = run_lib.restore_params(workdir, "pretrain", model)
     loss_fn = method.pretrain_loss(cfg)

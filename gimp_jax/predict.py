@@ -20,6 +20,14 @@ refuses them, naming each patient.
 
 Output CSV: patient_id, label_name (empty when unknown), predicted, predicted_name, modality (what
 the prediction used: "slide+genes" or "slide"), prob_<class>.
+
+A survival run (`task = "survival"`) predicts outcomes, not classes: the labels CSV needs
+`case_id`/`patient_id` and `slide_id` (outcome columns, when present, are copied to the output;
+any `label` column is ignored), and the CSV holds patient_id, time and censorship (the known
+outcome, empty when unknown), modality, risk (the ranking score the run's C-index uses: -sum_j S_j
+for the NLL-surv head, the log relative risk for Cox) and, for the NLL-surv head, per time bin of
+the run (named by its range in the labels' time unit, e.g. `12.3-25`): hazard_<bin> = P(event in
+the bin | no event before it) and survival_<bin> = S_j = P(no event up to the end of the bin).
 """
 
 import csv
@@ -42,7 +50,9 @@ from gimp_jax import methods
 from gimp_jax import provenance
 from gimp_jax import validate
 from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import survival as survival_data
 from gimp_jax.errors import DataError
+from gimp_jax.objectives import survival
 from gimp_jax.train import partial
 from gimp_jax.train import run as run_lib
 from gimp_jax.train import steps
@@ -79,30 +89,51 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
 
 def merge_config(trained: ml_collections.ConfigDict, given: ml_collections.ConfigDict,
                  class_names: tuple[str, ...]) -> ml_collections.ConfigDict:
-  """The trained run's config with the input fields of `given.data`, the run's classes, and
-  evaluation one patient at a time."""
+  """The trained run's config with the input fields of `given.data`, the run's classes (a survival
+  run's time bins), no split files, and evaluation one patient at a time."""
   d = trained.to_dict()
   d["data"].update({name: given.data[name] for name in INPUT_FIELDS if name in given.data})
   d["data"]["class_names"] = list(class_names)
+  d["data"].update(splits_dir="", num_folds=0)  # the run's split files name its own cases
   # One bag per batch: the Nystrom pseudo-inverse starts from a batch-wide scale (as the PyTorch
   # package), so a patient's probabilities would otherwise depend on the bags batched with it.
   d["finetune"]["batch_size"] = 1
   return ml_collections.ConfigDict(d)
 
 
-def _labels_csv(path: str, placeholder: str, tmpdir: str) -> tuple[str, bool]:
-  """(labels CSV to load, whether it has labels): unlabelled patients get a placeholder label."""
+def _labels_csv(path: str, placeholder: str, tmpdir: str, ignore_labels: bool = False
+                ) -> tuple[str, bool]:
+  """(labels CSV to load, whether it has labels): unlabelled patients (every patient with
+  `ignore_labels`) get a placeholder label."""
   try:
     with open(path, newline="", encoding="utf-8-sig") as f:
       rows = list(csv.reader(f))
   except (OSError, UnicodeDecodeError, csv.Error):
     return path, True  # the cohort loader reports it
-  if not rows or "label" in (h.strip().lower() for h in rows[0]):
+  names = [h.strip().lower() for h in rows[0]] if rows else []
+  if not rows or "label" in names and not ignore_labels:
     return path, True
+  keep = [j for j, h in enumerate(names) if h != "label"]
   copy = os.path.join(tmpdir, "labels.csv")
   with open(copy, "w", newline="", encoding="utf-8") as f:
-    csv.writer(f).writerows([rows[0] + ["label"]] + [r + [placeholder] for r in rows[1:]])
+    csv.writer(f).writerows([[rows[0][j] for j in keep] + ["label"]] +
+                            [[r[j] for j in keep if j < len(r)] + [placeholder] for r in rows[1:]])
   return copy, False
+
+
+def _outcomes(path: str) -> dict[str, tuple[float, int]]:
+  """patient -> (time, censorship 1 = censored) from a labels CSV with outcome columns, else {};
+  DataError naming each bad time or indicator."""
+  try:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      header = next(csv.reader(f), [])
+  except (OSError, UnicodeDecodeError, csv.Error):
+    return {}  # the cohort loader reports it
+  cols = [h.strip().lower() for h in header]
+  if survival_data.outcome_columns(cols) is None:
+    return {}
+  return {r.patient_id: (r.time, r.censorship)
+          for r in cohort_lib.read_labels(path, "survival", allow_unlabelled=True)}
 
 
 @dataclasses.dataclass
@@ -116,7 +147,8 @@ class _Evaluation:
 def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
           ) -> tuple[ml_collections.ConfigDict, cohort_lib.Cohort, bool]:
   """Loads the new cohort against the trained run: (config, cohort, has labels), or DataError
-  listing every problem (missing genes, feature width, bad inputs)."""
+  listing every problem (missing genes, feature width, bad inputs). A survival run's cohort is
+  loaded without outcomes (no time bins are fitted on new patients)."""
   trained, class_names = load_run(workdir)
   normalizer, stored = validate.stored_normalizer(trained, workdir)
   if normalizer is None or stored != os.path.join(workdir, validate.NORMALIZER):
@@ -129,10 +161,18 @@ def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
                     f"{workdir} was trained on features of width {width}")
   config.data.allow_missing = True  # slide-only patients: refused below only if the model needs genes
   original = config.data.labels
-  config.data.labels, labelled = _labels_csv(original, class_names[0], tmpdir)
+  surv = config.get("task", "classification") == "survival"
+  config.data.labels, labelled = _labels_csv(original, class_names[0], tmpdir, ignore_labels=surv)
+  config.task = "classification"  # the cohort's rows; a survival run's outcomes are read apart
   cohort, found = validate.check_inputs(config, normalizer, stored)
+  config.task = "survival" if surv else "classification"
   problems += [p.replace(config.data.labels, original) for p in found]
   config.data.labels = original
+  if surv:
+    try:
+      _outcomes(original)
+    except DataError as e:
+      problems += str(e).split("\n")
   if any("features: width" in p for p in found):
     problems.append(f"{workdir}: the model was trained on features of width {width}")
   if problems:
@@ -144,12 +184,16 @@ def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
   """Predictions of the best fine-tuned model of `workdir` on the cohort of `given.data`.
 
   Returns:
-    patient_id [N], label [N] (-1 when unknown), probs [N, C] float32, class_names [C].
+    patient_id [N], label [N] (-1 when unknown), probs [N, C] float32, modality [N], class_names
+    [C]; for a survival run instead of label and probs: risk [N], hazards and survival [N, k] (NLL-
+    surv head; None for Cox), time [N] (NaN when unknown) and censorship [N] (-1 when unknown), and
+    the class names are the time bins.
   """
   with tempfile.TemporaryDirectory() as tmpdir:
     config, cohort, labelled = check(workdir, given, tmpdir)
   method = methods.get(config.method)
-  model = method.build(config, cohort.num_genes, cohort.num_classes, config.seed)
+  model = method.build(config, cohort.gene_names, survival.num_outputs(config, cohort.num_classes),
+                       config.seed)
   params = run_lib.restore_params(workdir, BEST, model)
   if params is None:
     raise DataError(f"{os.path.join(workdir, 'checkpoints', BEST)}: no fine-tuned checkpoint; "
@@ -167,26 +211,51 @@ def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
   labels = out["label"] if labelled else np.full(len(out["patient_id"]), -1)
   uses_genes = getattr(model, "gene_encoder", None) is not None
   modality = np.where(genes & uses_genes, "slide+genes", "slide")
-  return {"patient_id": out["patient_id"], "label": labels, "probs": out["probs"],
-          "modality": modality, "class_names": cohort.class_names}
+  result = {"patient_id": out["patient_id"], "modality": modality,
+            "class_names": cohort.class_names}
+  if config.task != "survival":
+    return dict(result, label=labels, probs=out["probs"])
+  known = _outcomes(config.data.labels)
+  hazards = surv = None
+  if config.survival.loss == "nll":
+    hazards, surv = survival.hazards_and_survival(out["logits"])
+  return dict(result, risk=survival.risk(out["logits"], config.survival.loss), hazards=hazards,
+              survival=surv,
+              time=np.asarray([known.get(p, (np.nan, -1))[0] for p in out["patient_id"]]),
+              censorship=np.asarray([known.get(p, (np.nan, -1))[1] for p in out["patient_id"]]))
+
+
+def _rows(result: dict[str, Any]) -> list[list]:
+  """The CSV's header and rows (module docstring): classes, or a survival run's risks."""
+  names = result["class_names"]
+  if "risk" not in result:
+    rows = [["patient_id", "label_name", "predicted", "predicted_name", "modality"] +
+            [f"prob_{n}" for n in names]]
+    for pid, y, m, p in zip(result["patient_id"], result["label"], result["modality"],
+                            result["probs"]):
+      k = int(np.argmax(p))
+      rows.append([pid, names[y] if y >= 0 else "", k, names[k], m] + [f"{v:.9g}" for v in p])
+    return rows
+  per_bin = result["hazards"] is not None
+  rows = [["patient_id", "time", "censorship", "modality", "risk"] +
+          ([f"hazard_{n}" for n in names] + [f"survival_{n}" for n in names] if per_bin else [])]
+  for i, pid in enumerate(result["patient_id"]):
+    t, c = result["time"][i], result["censorship"][i]
+    rows.append([pid, f"{t:.9g}" if np.isfinite(t) else "", int(c) if c >= 0 else "",
+                 result["modality"][i], f"{result['risk'][i]:.9g}"] +
+                ([f"{v:.9g}" for v in (*result["hazards"][i], *result["survival"][i])]
+                 if per_bin else []))
+  return rows
 
 
 def write_csv(path: str, result: dict[str, Any]) -> None:
-  """One row per patient: ID, known label, predicted class (index and name), the modality the
-  prediction used, P(class). Written
-  through a temporary file and a rename (a full disk leaves no half file)."""
-  names = result["class_names"]
+  """One row per patient (module docstring): ID, known label, predicted class (index and name), the
+  modality the prediction used, P(class); or a survival run's risk and per-bin hazards and
+  survival. Written through a temporary file and a rename (a full disk leaves no half file)."""
   tmp = f"{path}.tmp-{os.getpid()}"
   try:
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-      writer = csv.writer(f)
-      writer.writerow(["patient_id", "label_name", "predicted", "predicted_name", "modality"] +
-                      [f"prob_{n}" for n in names])
-      for pid, y, m, p in zip(result["patient_id"], result["label"], result["modality"],
-                              result["probs"]):
-        k = int(np.argmax(p))
-        writer.writerow([pid, names[y] if y >= 0 else "", k, names[k], m] +
-                        [f"{v:.9g}" for v in p])
+      csv.writer(f).writerows(_rows(result))
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

@@ -15,6 +15,7 @@ predicting); the workdir (writable, room for the checkpoints). With `data.drop_i
 patients with problems of their own are dropped (logged) instead.
 """
 
+from collections.abc import Sequence
 import os
 import shutil
 import sys
@@ -131,14 +132,26 @@ def split_problems(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort)
   return out
 
 
-def parameter_count(config: ml_collections.ConfigDict, num_genes: int, num_classes: int) -> int:
-  """Parameters of the run's model, from shapes only (nothing is allocated)."""
+def parameter_count(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int
+                    ) -> int:
+  """Parameters of the run's model on the gene list `genes`, from shapes only (nothing is
+  allocated)."""
   model = nnx.eval_shape(
-      lambda: methods.get(config.method).build(config, num_genes, num_classes, config.seed))
+      lambda: methods.get(config.method).build(config, genes, num_classes, config.seed))
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
 
 
-def checkpoint_bytes(config: ml_collections.ConfigDict, num_genes: int, num_classes: int
+def model_problems(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> list[str]:
+  """Whether the method's model can be built on the cohort's gene list (MCAT: its signatures are
+  found by gene symbol), from shapes only."""
+  try:
+    parameter_count(config, cohort.gene_names, cohort.num_classes)
+  except DataError as e:
+    return str(e).split("\n")
+  return []
+
+
+def checkpoint_bytes(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int
                      ) -> tuple[int, int, int]:
   """Disk the run's checkpoints need at most.
 
@@ -146,7 +159,7 @@ def checkpoint_bytes(config: ml_collections.ConfigDict, num_genes: int, num_clas
     (bytes, parameters P, checkpoints K): bytes = P x 3 (weights and two Adam moments) x 4 (float32)
     x K, with K = MAX_TO_KEEP per training stage, plus the best fine-tuned one.
   """
-  params = parameter_count(config, num_genes, num_classes)
+  params = parameter_count(config, genes, num_classes)
   kept = MAX_TO_KEEP * sum(s in TRAINING_STAGES for s in config.stages)
   kept += int("finetune" in config.stages)
   return params * 3 * 4 * kept, params, kept
@@ -183,7 +196,7 @@ def disk_problems(workdir: str, config: ml_collections.ConfigDict,
                   cohort: cohort_lib.Cohort) -> list[str]:
   """Whether the workdir's disk has room for the checkpoints and the report (those already there
   count)."""
-  need, params, kept = checkpoint_bytes(config, cohort.num_genes, cohort.num_classes)
+  need, params, kept = checkpoint_bytes(config, cohort.gene_names, cohort.num_classes)
   report, figures = report_bytes(config, cohort)
   have = _tree_bytes(os.path.join(workdir, "checkpoints"))
   free = shutil.disk_usage(_existing_ancestor(workdir)).free
@@ -253,6 +266,7 @@ def check(config: ml_collections.ConfigDict, workdir: str | None = None
   problems += found
   if cohort is not None and not found:
     problems += split_problems(config, cohort)
+    problems += model_problems(config, cohort)
   if cohort is not None and workdir and not problems:
     problems += disk_problems(workdir, config, cohort)
   return (None, problems) if problems else (cohort, [])
@@ -285,7 +299,7 @@ def summary(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> str
 def usage(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> str:
   """With data.allow_missing: the table of the patients each stage of the run will use."""
   method = methods.get(config.method)
-  model = nnx.eval_shape(lambda: method.build(config, cohort.num_genes, cohort.num_classes,
+  model = nnx.eval_shape(lambda: method.build(config, cohort.gene_names, cohort.num_classes,
                                               config.seed))
   return partial.usage_table(cohort, config.stages,
                              pretrain_uses=getattr(method, "pretrain_uses", "pairs"),

@@ -135,6 +135,7 @@ def test_patient_in_two_splits_and_other_label_errors(tmp_path):
     ('patient_id,slide_id,label\nA,,LUAD\n', 'line 2: patient A: empty slide_id'),
     ('patient_id,slide_id,label,split\nA,s,LUAD,holdout\n', "split: 'holdout' is not"),
     ('patient_id,slide_id,label\nA,s\n', 'line 2: 2 fields, the header has 3'),
+    ('patient_id,slide_id,label\nA,s,"LUAD\nB,t,LUSC\n', 'line 3: a field spans several lines'),
     ('', 'file is empty'),
 ])
 def test_label_file_errors(tmp_path, body, fragment):

@@ -82,19 +82,29 @@ def test_gated_kronecker_fusion_matches_numpy():
                              atol=1e-5)
 
 
-def test_gene_groups_are_embedded_separately():
-  enc = fusion.GeneGroupSNN(23, 4, 8, rngs=nnx.Rngs(3))  # groups of 6 genes, 1 padded
+def test_gene_groups_of_different_sizes_are_each_embedded_by_their_own_snn():
+  groups = ((0, 5, 9), (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12), (12,), (3, 9, 14, 15, 16))  # overlap
+  enc = fusion.GeneGroupSNN(17, groups, 8, rngs=nnx.Rngs(3))
   enc.eval()
-  x = RNG.standard_normal((2, 23)).astype(np.float32)
+  x = RNG.standard_normal((2, 17)).astype(np.float32)
   base = np.asarray(enc(jnp.asarray(x)))
   assert base.shape == (2, 4, 8)
+  for k, g in enumerate(groups):  # NumPy: SNN_k on that group's genes, with its own weights
+    blocks = enc.snns[k].blocks
+    assert w(blocks[0].linear, "kernel").shape == (len(g), 8)
+    want = np_selu(np_linear(np_selu(np_linear(x[:, list(g)], blocks[0].linear)), blocks[1].linear))
+    np.testing.assert_allclose(base[:, k], want, rtol=1e-4, atol=1e-5)
   y = x.copy()
-  y[:, 6:12] += 1.0  # genes of group 1 only
+  y[:, 14] += 1.0  # a gene of group 3 only
   changed = np.abs(np.asarray(enc(jnp.asarray(y))) - base).max(axis=(0, 2)) > 1e-6
-  np.testing.assert_array_equal(changed, [False, True, False, False])
-  g1 = np_selu(np_selu(x[:, 6:12] @ w(enc, "kernel1")[1] + w(enc, "bias1")[1])
-               @ w(enc, "kernel2")[1] + w(enc, "bias2")[1])
-  np.testing.assert_allclose(base[:, 1], g1, rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(changed, [False, False, False, True])
+
+
+def test_consecutive_slices_cover_the_genes_in_order():
+  assert fusion.consecutive_groups(23, 4) == (tuple(range(6)), tuple(range(6, 12)),
+                                              tuple(range(12, 18)), tuple(range(18, 23)))
+  with pytest.raises(ValueError):
+    fusion.consecutive_groups(4, 6)
 
 
 def test_coattention_matches_numpy_with_padding():
@@ -115,7 +125,8 @@ def test_coattention_matches_numpy_with_padding():
 def test_fusion_models_ignore_padding(kind):
   rngs = nnx.Rngs(5)
   if kind == "mcat":
-    model = fusion.MCAT(12, 30, 2, dim=16, num_gene_groups=3, heads=2, rngs=rngs)
+    model = fusion.MCAT(12, 30, 2, gene_groups=fusion.consecutive_groups(30, 3), dim=16, heads=2,
+                        rngs=rngs)
   else:
     model = fusion.AttentionFusion(12, 30, 2, path_hidden=16, path_dim=8, snn_hidden=(8, 8),
                                    fusion="kronecker" if kind == "porpoise" else "concat",

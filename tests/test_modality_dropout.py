@@ -9,6 +9,7 @@ import pytest
 from gimp_jax import methods
 from gimp_jax.configs import nsclc
 from gimp_jax.configs.methods import mcat, pathomic, porpoise
+from gimp_jax.data import synthetic
 from gimp_jax.models.modality_dropout import ModalityDropout
 from gimp_jax.train import transfer
 from gimp_jax.train.state import create_state
@@ -19,7 +20,7 @@ CONFIGS = {"gimp": nsclc, "porpoise": porpoise, "pathomic": pathomic, "mcat": mc
 def _build(name, rate):
   c = CONFIGS[name].get_config("tiny")
   c.model.modality_dropout = rate
-  return methods.get(c.method).build(c, 96, 2, 0)
+  return methods.get(c.method).build(c, synthetic.gene_symbols(96), 2, 0)
 
 
 def _inputs():

@@ -290,7 +290,7 @@ def test_objective_steps_lower_the_loss_and_keep_the_gene_encoder_frozen(module)
   cfg = module.get_config("tiny")
   cfg.optim.learning_rate = 1e-3
   method = methods.get(cfg.method)
-  model = method.build(cfg, cfg.data.num_genes, 2, 0)
+  model = method.build(cfg, [f"G{i}" for i in range(cfg.data.num_genes)], 2, 0)
   params = create_state(model).params
   tx = optim.make_optimizer(cfg.optim, params, total_steps=12, steps_per_epoch=12,
                             frozen_regex=cfg.pretrain.frozen)

@@ -48,7 +48,7 @@ def _independent(workdir, paths):
   """softmax(head) per patient: each bag alone, padded to its bucket, the best checkpoint."""
   c = _config(paths)
   cohort = run_lib.load_cohort(c, workdir)
-  model = methods.get(c.method).build(c, cohort.num_genes, cohort.num_classes, c.seed)
+  model = methods.get(c.method).build(c, cohort.gene_names, cohort.num_classes, c.seed)
   params = run_lib.restore_params(workdir, "finetune_best", model)
   state = create_state(model).replace(params=params)
   forward = jax.jit(lambda state, batch: state.model(train=False)(

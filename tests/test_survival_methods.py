@@ -1,6 +1,7 @@
 """Every method of Tables 1 and 2 trains and evaluates as a survival model (config.task =
 "survival") at tiny size, through `train_and_evaluate`, on one tiny synthetic survival cohort:
-each stage's loss is finite and the C-index in results.json is Harrell's on the risks it wrote."""
+each stage's loss is finite and the C-index in results.json is Harrell's on the risks it wrote;
+and `predict` on a survival run writes risks and per-bin survival."""
 
 import csv
 import importlib
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import tables
+from gimp_jax import predict
 from gimp_jax.data import synthetic
 from gimp_jax.train import run
 
@@ -58,3 +60,56 @@ def test_method_trains_a_survival_head(name, cohort, tmp_path):
     want = harrell([float(r["time"]) for r in rows], [int(r["censorship"]) for r in rows],
                    [float(r["risk"]) for r in rows])
     np.testing.assert_allclose(results[f"{split}_c_index"], want, atol=1e-12)
+
+
+def test_predict_on_a_survival_run_writes_risk_and_per_bin_survival(cohort, tmp_path):
+  """`predict` on a survival workdir (MCAT, its signature tokens rebuilt from normalizer.npz): the
+  risks the run reported for its test cases, hazards and survival per time bin, the known
+  outcomes copied; and the same risks from a CSV without outcomes."""
+  config = importlib.import_module("gimp_jax.configs.methods.mcat").get_config("tiny")
+  for key in ("features_dir", "expression", "labels"):
+    config.data[key] = cohort[key]
+  config.task = "survival"
+  config.stages = ("finetune", "test")
+  config.report.tsne = False
+  config.report.heatmaps = 0
+  config.finetune.epochs = 1
+  config.data.bucket_sizes = (64,)
+  config.finetune.batch_size = 2
+  workdir = str(tmp_path / "run")
+  run.train_and_evaluate(config, workdir)
+  bins = run.load_cohort(config, workdir).class_names
+  out = str(tmp_path / "predictions.csv")
+  predict.write_csv(out, predict.predict(workdir, config))
+  with open(out, encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+    header = rows and list(rows[0])
+  assert header == (["patient_id", "time", "censorship", "modality", "risk"] +
+                    [f"hazard_{b}" for b in bins] + [f"survival_{b}" for b in bins])
+  with open(cohort["labels"], encoding="utf-8") as f:
+    outcome = {r["case_id"]: (float(r["survival_months"]), int(r["censorship"]))
+               for r in csv.DictReader(f)}
+  assert {r["patient_id"] for r in rows} == set(outcome)
+  for r in rows:
+    assert (float(r["time"]), int(r["censorship"])) == outcome[r["patient_id"]]
+    h = np.asarray([float(r[f"hazard_{b}"]) for b in bins])
+    s = np.asarray([float(r[f"survival_{b}"]) for b in bins])
+    np.testing.assert_allclose(s, np.cumprod(1 - h), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(r["risk"]), -s.sum(), rtol=1e-5)
+  risk = {r["patient_id"]: float(r["risk"]) for r in rows}
+  with open(os.path.join(workdir, "report", "risk_test.csv"), encoding="utf-8") as f:
+    reported = {r["patient_id"]: float(r["risk"]) for r in csv.DictReader(f)}
+  assert reported
+  for pid, want in reported.items():
+    np.testing.assert_allclose(risk[pid], want, rtol=1e-4, atol=1e-5)
+  bare = tmp_path / "new.csv"  # new patients: no outcome columns
+  with open(cohort["labels"], encoding="utf-8") as f:
+    bare.write_text("case_id,slide_id\n" + "".join(f"{r['case_id']},{r['slide_id']}\n"
+                                                    for r in csv.DictReader(f)))
+  config.data.labels = str(bare)
+  predict.write_csv(out, predict.predict(workdir, config))
+  with open(out, encoding="utf-8") as f:
+    again = list(csv.DictReader(f))
+  assert all(r["time"] == r["censorship"] == "" for r in again)
+  np.testing.assert_allclose([float(r["risk"]) for r in again],
+                             [risk[r["patient_id"]] for r in again], rtol=1e-6)

@@ -29,7 +29,7 @@ def test_layout_and_loading(tmp_path):
   assert any(len(p.slide_ids) == 2 for p in c.patients)
   assert all(p.expression_id == p.patient_id + '-01A' for p in c.patients)
   header = open(paths['expression']).readline().rstrip('\n').split('\t')
-  assert header[0] == 'Ensembl_ID' and header[1].startswith('TCGA-SY-')
+  assert header[:2] == ['Ensembl_ID', 'gene_name'] and header[2].startswith('TCGA-SY-')
   assert open(paths['expression']).readlines()[1].split('\t')[0].startswith('ENSG')
   path = c.patients[0].slide_paths[0]
   with h5py.File(path) as f:
@@ -42,7 +42,7 @@ def test_layout_and_loading(tmp_path):
   assert len({tuple(x) for x in coords}) == len(coords)
   order = np.lexsort((coords[:, 1], coords[:, 0]))
   assert np.array_equal(order, np.arange(len(coords)))  # CLAM x-major order
-  values = np.loadtxt(paths['expression'], skiprows=1, usecols=range(1, len(header)))
+  values = np.loadtxt(paths['expression'], skiprows=1, usecols=range(2, len(header)))
   assert (values >= 0).all()  # FPKM-like: log2(x + 1) applies
 
 

@@ -26,7 +26,7 @@ def _model_and_batch(method, num_genes=24, batch=5, tokens=12):
   config = tangle_config.get_config("tiny", method=method)
   config.data.feature_dim = 16
   config.model.dim = 8
-  model = methods.get(method).build(config, num_genes, 2, 0)
+  model = methods.get(method).build(config, [f"G{i}" for i in range(num_genes)], 2, 0)
   model.eval()  # no dropout: the loss is then a function of the embeddings alone
   rng = np.random.default_rng(0)
   views = 2 if method == "intra" else 1

@@ -182,9 +182,10 @@ def test_duplicated_expression_sample(cohort):
   path = root / "expression.tsv"
   lines = path.read_text().splitlines()
   header = lines[0].split("\t")
-  lines[0] = "\t".join(header[:2] + [header[1]] + header[3:])  # the 3rd sample renamed as the 2nd
+  # Ensembl_ID, gene_name, then samples: the 2nd sample renamed as the 1st
+  lines[0] = "\t".join(header[:3] + [header[2]] + header[4:])
   path.write_text("\n".join(lines) + "\n")
-  only(problems_of(c), f"{path}: header (sample IDs): 1 duplicated IDs (first: {header[1]})")
+  only(problems_of(c), f"{path}: header (sample IDs): 1 duplicated IDs (first: {header[2]})")
 
 
 def test_slide_without_label_row(cohort):
@@ -271,7 +272,7 @@ def test_no_disk_room_for_the_checkpoints_and_the_report(cohort, tmp_path, monke
                       lambda p: real(p)._replace(free=1 << 20))
   (problem,) = problems_of(c, str(tmp_path / "run"))
   # Independent count: the model built for real; 2 classes, 40 genes.
-  model = methods.get(c.method).build(c, 40, 2, 0)
+  model = methods.get(c.method).build(c, [f"G{i}" for i in range(40)], 2, 0)
   n = sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
   need = n * 3 * 4 * (2 * 3 + 1)  # 3 training stages x 2 kept + the best fine-tuned one
   # The report: ROC + confusion of val and test, curves, 1 heatmap, t-SNE, diagnostics = 8

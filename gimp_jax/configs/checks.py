@@ -65,6 +65,7 @@ _RANGES = {
     "finetune.patience": ("int", 0, None, True, True),
     "finetune.checkpoint_every": ("int", 1, None, True, True),
     "report.heatmaps": ("int", 0, None, True, True),
+    "mcat.num_gene_groups": ("int", 1, None, True, True),
 }
 _CHOICES = {
     "compute_dtype": ("float32", "bfloat16", "float16"),
@@ -77,6 +78,7 @@ _CHOICES = {
     "pretrain.sampling": ("window", "uniform"),
     "model.pinv_grad": ("unrolled", "implicit"),
     "pretrain.pinv_grad": ("unrolled", "implicit"),
+    "mcat.gene_groups": ("signatures", "slices"),
 }
 
 

@@ -205,6 +205,11 @@ class Cohort:
     return self.genes.shape[1]
 
   @property
+  def gene_names(self) -> tuple[str, ...]:
+    """[G] the gene list the model is built on: symbols where known, else IDs."""
+    return self.normalizer.names
+
+  @property
   def labels(self) -> np.ndarray:
     """[P] int32 class indices."""
     return np.asarray([p.label for p in self.patients], np.int32)
@@ -278,6 +283,9 @@ def read_labels(path: str, task: str = 'classification', allow_unlabelled: bool 
       problems.append(f'{path}: line {line}: {len(r)} fields, the header has {len(cols)}')
       continue
     d = {c: x.strip() for c, x in zip(cols, r)}
+    if any('\n' in x or '\r' in x for x in d.values()):  # a quote left open spans lines
+      problems.append(f'{path}: line {line}: a field spans several lines (an unclosed quote?)')
+      continue
     empty = [c for c in required if not d[c] and not (c == 'label' and allow_unlabelled)]
     if empty:
       problems.append(f'{path}: line {line}: patient {d["patient_id"] or "?"}: empty '
@@ -389,17 +397,18 @@ def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
 def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
                 gene_list: Sequence[str] | None, strip: bool, log: bool
                 ) -> tuple[dict[str, np.ndarray], tuple[str, ...], dict[str, str],
-                           dict[str, list[str]], list[str]]:
+                           dict[str, list[str]], list[str], tuple[str, ...]]:
   """Matches and reads expression (`log`: values must be >= 0 for log2(x + 1)).
 
   Returns:
     (patient -> raw values [G] aligned to `gene_list` (default: all the table's genes), the gene
-    IDs of those values, patient -> column, patient -> problems, global problems).
+    IDs of those values, patient -> column, patient -> problems, global problems, the genes'
+    symbols [G] when the table has them (STAR's gene_name) else ()).
   """
   try:
     source = expr.open_expression(spec.expression, spec.value_column, spec.manifest)
   except DataError as e:
-    return {}, (), {}, {}, [str(e)]
+    return {}, (), {}, {}, [str(e)], ()
   explicit = {pid: rows[0].expression_id for pid, rows in by_patient.items()
               if rows[0].expression_id}
   matched, unmatched = expr.match_samples(list(by_patient), source.sample_ids, explicit=explicit,
@@ -407,7 +416,7 @@ def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
   if not matched and isinstance(source, expr.MatrixSource) and _transposed(source, by_patient):
     return {}, (), {}, {}, [f'{spec.expression}: the matrix looks transposed: patient IDs are in '
                             'its first column; expected one row per gene and one column per '
-                            'sample (first column the gene IDs)']
+                            'sample (first column the gene IDs)'], ()
   problems = {pid: [f'{spec.expression}: patient {pid}: column: {msg} (no expression modality)']
               for pid, msg in unmatched.items()}
   users: dict[str, list[str]] = {}
@@ -416,13 +425,15 @@ def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
   shared = [f'{spec.expression}: column {s}: matched by several patients ({", ".join(p)})'
             for s, p in users.items() if len(p) > 1]
   if shared:
-    return {}, (), matched, problems, shared
+    return {}, (), matched, problems, shared, ()
   try:
     table = source.read(list(users))
     genes = tuple(gene_list or genes_lib.gene_keys(table.genes, strip))
     values = genes_lib.align_genes(table.genes, table.values, genes, strip, spec.expression)
   except DataError as e:
-    return {}, (), matched, problems, [str(e)]
+    return {}, (), matched, problems, [str(e)], ()
+  symbol = dict(zip(genes_lib.gene_keys(table.genes, strip), table.symbols))
+  symbols = tuple(symbol.get(g, '') for g in genes) if symbol else ()
   rows = {s: i for i, s in enumerate(table.samples)}
   out = {}
   for pid, s in matched.items():
@@ -444,7 +455,7 @@ def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
           f'(first gene {genes[bad[0]]})')
     else:
       out[pid] = v
-  return out, genes, matched, problems, []
+  return out, genes, matched, problems, [], symbols
 
 
 def _transposed(source: expr.MatrixSource, by_patient: Mapping[str, list[LabelRow]]) -> bool:
@@ -484,10 +495,11 @@ def _splits(spec: CohortSpec, split_col: list[str | None], labels: np.ndarray,
 
 
 def _normalise(spec: CohortSpec, raw: np.ndarray, genes: tuple[str, ...], train: np.ndarray,
-               normalizer: genes_lib.GeneNormalizer | None
+               normalizer: genes_lib.GeneNormalizer | None, symbols: tuple[str, ...] = ()
                ) -> tuple[np.ndarray, genes_lib.GeneNormalizer]:
-  """Fits the gene list and statistics on `train` rows unless given; -> ([P, G], normaliser).
-  Rows of NaN (no expression) stay NaN and take no part in the fit."""
+  """Fits the gene list (with the `symbols` of `genes`, or ()) and statistics on `train` rows
+  unless given; -> ([P, G], normaliser). Rows of NaN (no expression) stay NaN and take no part in
+  the fit."""
   present = np.isfinite(raw).all(1)
   train = train[present[train]]
   if normalizer is None:
@@ -496,9 +508,12 @@ def _normalise(spec: CohortSpec, raw: np.ndarray, genes: tuple[str, ...], train:
     scores = genes_lib.log_variance(raw[train], spec.log_transform, spec.expression)
     selected = genes_lib.select_genes(genes, spec.num_genes, scores)
     raw = genes_lib.align_genes(genes, raw, selected, False, spec.expression)
+    symbol = dict(zip(genes, symbols))
     normalizer = genes_lib.GeneNormalizer.fit(
         raw[train], selected, log_transform=spec.log_transform,
-        strip_versions=spec.strip_gene_versions, std_floor=spec.std_floor, source=spec.expression)
+        strip_versions=spec.strip_gene_versions, std_floor=spec.std_floor,
+        symbols=tuple(symbol.get(g, '') for g in selected) if symbol else (),
+        source=spec.expression)
   out = np.full((raw.shape[0], normalizer.num_genes), np.nan, np.float32)
   out[present] = normalizer.transform(raw[present], spec.expression)
   return out, normalizer
@@ -518,7 +533,7 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
   infos, patient_problems, extra = _slides(spec, by_patient, scan)
   problems += extra
   strip = normalizer.strip_versions if normalizer else spec.strip_gene_versions
-  values, genes, matched, expr_problems, extra = _expression(
+  values, genes, matched, expr_problems, extra, symbols = _expression(
       spec, by_patient, normalizer.genes if normalizer else None, strip,
       normalizer.log_transform if normalizer else spec.log_transform)
   problems += extra
@@ -575,7 +590,7 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
           spec.labels)
       patients = tuple(dataclasses.replace(p, label=int(b)) for p, b in zip(patients, bins))
     normalised, normalizer = _normalise(spec, np.stack([values.get(pid, missing) for pid in kept]),
-                                        genes, splits['train'], normalizer)
+                                        genes, splits['train'], normalizer, symbols)
   except DataError as e:
     return None, str(e).split('\n')
   return Cohort(patients, class_names, splits, normalised, normalizer, dims.pop(),

@@ -2,10 +2,12 @@
 
 Two layouts are read (see formats_and_algorithms.md section 5):
 - a matrix file (TSV/CSV, optionally .gz): a header row whose first field names the gene column
-  (`Ensembl_ID` in UCSC Xena tables) followed by sample or patient IDs, then one row per gene;
+  (`Ensembl_ID` in UCSC Xena tables), optionally a `gene_name` column of gene symbols (as STAR
+  files merged into one table have), then sample or patient IDs; then one row per gene;
 - a folder of GDC per-sample files: two or more columns (gene ID, value, ...), `#` comment lines,
-  an optional header line (STAR's `gene_id gene_name ... fpkm_unstranded`), and summary rows whose
-  ID starts with `__` (HTSeq) or `N_` (STAR), which are skipped. The sample ID of a file is its name
+  an optional header line (STAR's `gene_id gene_name ... fpkm_unstranded`; its `gene_name` column
+  gives the genes' symbols), and summary rows whose ID starts with `__` (HTSeq) or `N_` (STAR),
+  which are skipped. The sample ID of a file is its name
   up to the first dot, or what a manifest (e.g. the GDC sample sheet) maps its file name to.
 
 Gene lists, alignment and normalisation are in `genes.py`.
@@ -27,6 +29,7 @@ _TCGA_PATIENT = re.compile(r'^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}', re.IGNORECASE)
 _SUMMARY_PREFIXES = ('__', 'N_')
 # STAR's FPKM column, used when a per-sample file has a header and no value column is configured.
 _STAR_FPKM = 'fpkm_unstranded'
+_STAR_SYMBOL = 'gene_name'  # STAR's gene symbol column
 # Files of a GDC download folder that are not expression files.
 _GDC_EXTRAS = ('MANIFEST.txt', 'annotations.txt')
 _SHOW = 5  # how many items an error message lists
@@ -45,6 +48,7 @@ class ExpressionTable:
     samples: [S] sample IDs.
     values: [S, G] float32, raw (not normalised); NaN where a cell is missing or not a number.
     bad: sample -> (file, ((line, gene, text), ...)) of its cells that are not numbers.
+    symbols: [G] gene symbols (STAR's `gene_name` column), or () when the input has none.
   """
   path: str
   genes: tuple[str, ...]
@@ -52,6 +56,7 @@ class ExpressionTable:
   values: np.ndarray
   bad: dict[str, tuple[str, tuple[tuple[int, str, str], ...]]] = dataclasses.field(
       default_factory=dict)
+  symbols: tuple[str, ...] = ()
 
 
 def _cell(text: str) -> float | None:
@@ -136,7 +141,8 @@ def _check_unique(ids: Sequence[str], path: str, what: str) -> None:
 
 
 class MatrixSource:
-  """A genes x samples matrix file (UCSC Xena layout: first column `Ensembl_ID`)."""
+  """A genes x samples matrix file (UCSC Xena layout: first column `Ensembl_ID`; a second column
+  named `gene_name` holds symbols)."""
 
   def __init__(self, path: str):
     self.path = path
@@ -151,7 +157,8 @@ class MatrixSource:
     fields = [_unquote(x) for x in header.split(self._delim)]
     if len(fields) < 2:
       raise DataError(f'{path}: header: expected a gene column then sample IDs, got {fields}')
-    self.sample_ids = tuple(fields[1:])
+    self._first = 2 if fields[1].lower() == _STAR_SYMBOL else 1  # the first sample's column
+    self.sample_ids = tuple(fields[self._first:])
     if all(_is_number(x) for x in self.sample_ids):
       raise DataError(f'{path}: header: no sample IDs in the first line (a per-sample file? put '
                       'per-sample files in a folder and pass the folder)')
@@ -159,8 +166,12 @@ class MatrixSource:
 
   def gene_ids(self) -> tuple[str, ...]:
     """The first column of every row below the header, checking each row's field count."""
-    genes = []
-    width = len(self.sample_ids) + 1
+    return self._gene_columns()[0]
+
+  def _gene_columns(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(gene IDs [G], their symbols [G] from a `gene_name` column, or ())."""
+    genes, symbols = [], []
+    width = len(self.sample_ids) + self._first
     for n, line in _data_lines(self.path):
       if n <= self._header_line:
         continue
@@ -168,10 +179,11 @@ class MatrixSource:
       if len(parts) != width:
         raise DataError(f'{self.path}: line {n}: {len(parts)} fields, the header has {width}')
       genes.append(_unquote(parts[0]))
+      symbols.append(_unquote(parts[1]))
     if not genes:
       raise DataError(f'{self.path}: no gene rows')
     _check_unique(genes, self.path, 'gene IDs')
-    return tuple(genes)
+    return tuple(genes), tuple(symbols) if self._first == 2 else ()
 
   def read(self, samples: Sequence[str] | None = None) -> ExpressionTable:
     """Reads the values of `samples` (default all) -> ExpressionTable with values [S, G]."""
@@ -180,26 +192,29 @@ class MatrixSource:
     missing = [s for s in samples if s not in index]
     if missing:
       raise DataError(f'{self.path}: header: samples not found: {", ".join(missing[:_SHOW])}')
-    genes = self.gene_ids()
+    genes, symbols = self._gene_columns()
     if not samples:
-      return ExpressionTable(self.path, genes, (), np.zeros((0, len(genes)), np.float32))
+      return ExpressionTable(self.path, genes, (), np.zeros((0, len(genes)), np.float32),
+                             symbols=symbols)
     try:
       values = np.loadtxt(self.path, dtype=np.float32, delimiter=self._delim,
-                          skiprows=self._header_line, usecols=[index[s] + 1 for s in samples],
+                          skiprows=self._header_line,
+                          usecols=[index[s] + self._first for s in samples],
                           ndmin=2, encoding='utf-8-sig', quotechar='"', comments='#')
     except ValueError:  # a cell that is not a number: read again, finding every one
-      return self._read_cells(genes, samples, index)
+      return dataclasses.replace(self._read_cells(genes, samples, index), symbols=symbols)
     except Exception as e:  # pylint: disable=broad-except
       raise DataError(f'{self.path}: values: {e}') from e
     if values.shape != (len(genes), len(samples)):
       raise DataError(f'{self.path}: values: read {values.shape[0]} rows for {len(genes)} gene IDs '
                       '(a "#" inside a line?)')
-    return ExpressionTable(self.path, genes, samples, np.ascontiguousarray(values.T))
+    return ExpressionTable(self.path, genes, samples, np.ascontiguousarray(values.T),
+                           symbols=symbols)
 
   def _read_cells(self, genes: tuple[str, ...], samples: tuple[str, ...],
                   index: dict[str, int]) -> ExpressionTable:
     """`read` cell by cell: missing cells are NaN, the others that are not numbers are listed."""
-    cols = [index[s] + 1 for s in samples]
+    cols = [index[s] + self._first for s in samples]
     values = np.empty((len(samples), len(genes)), np.float32)
     bad: dict[str, list] = {}
     row = 0
@@ -257,14 +272,18 @@ def _value_column(parts: list[str], value_column: int | str | None,
 
 
 def _sample_file_cells(path: str, value_column: int | str | None
-                       ) -> tuple[tuple[str, ...], np.ndarray, list[tuple[int, str, str]]]:
-  """`read_sample_file`, with the cells that are not numbers returned (their values NaN)."""
+                       ) -> tuple[tuple[str, ...], np.ndarray, list[tuple[int, str, str]],
+                                  tuple[str, ...]]:
+  """`read_sample_file`, with the cells that are not numbers returned (their values NaN), and the
+  genes' symbols (the header's `gene_name` column; () without one)."""
   lines = _all_data_lines(path)
   if not lines:
     raise DataError(f'{path}: no gene rows')
   delim = _delimiter(lines[0][1])
   rows = [(n, line.split(delim)) for n, line in lines]
   col, is_header = _value_column(rows[0][1], value_column, path)
+  header = [_unquote(p) for p in rows[0][1]] if is_header else []
+  sym = header.index(_STAR_SYMBOL) if _STAR_SYMBOL in header else None
   rows = [(n, p) for n, p in rows[is_header:]
           if not p[0].lstrip('"').startswith(_SUMMARY_PREFIXES)]
   if not rows:
@@ -274,13 +293,14 @@ def _sample_file_cells(path: str, value_column: int | str | None
       raise DataError(f'{path}: line {n}: gene {_unquote(p[0])}: no value column {col}')
   genes = tuple(_unquote(p[0]) for _, p in rows)
   _check_unique(genes, path, 'gene IDs')
+  symbols = () if sym is None else tuple(_unquote(p[sym]) if sym < len(p) else '' for _, p in rows)
   try:
-    return genes, np.asarray(list(map(float, (p[col] for _, p in rows))), np.float32), []
+    return genes, np.asarray(list(map(float, (p[col] for _, p in rows))), np.float32), [], symbols
   except ValueError:
     cells = [_cell(p[col]) for _, p in rows]
   bad = [(n, _unquote(p[0]), _unquote(p[col])) for (n, p), v in zip(rows, cells) if v is None]
   values = np.asarray([np.nan if v is None else v for v in cells], np.float32)
-  return genes, values, bad
+  return genes, values, bad, symbols
 
 
 def read_sample_file(path: str, value_column: int | str | None = None
@@ -300,7 +320,7 @@ def read_sample_file(path: str, value_column: int | str | None = None
     DataError: listing the cells that are not numbers (capped, with their count), or another
       problem of the file.
   """
-  genes, values, bad = _sample_file_cells(path, value_column)
+  genes, values, bad, _ = _sample_file_cells(path, value_column)
   if bad:
     raise DataError(f'{path}: values: {describe_bad_cells(bad)}')
   return genes, values
@@ -354,16 +374,18 @@ class FolderSource:
       DataError: listing every file that cannot be read (not only the first).
     """
     samples = tuple(self.sample_ids if samples is None else samples)
-    genes, rows, bad, problems = None, [], {}, []
+    genes, rows, bad, problems, symbol = None, [], {}, [], {}
     for s in samples:
       try:
         path = self._file(s)
-        g, v, cells = _sample_file_cells(path, self.value_column)
+        g, v, cells, syms = _sample_file_cells(path, self.value_column)
       except DataError as e:
         problems.append(str(e))
         continue
       if cells:
         bad[s] = (path, tuple(cells))
+      if syms and not symbol:  # the first file with a gene_name column names the genes
+        symbol = dict(zip(g, syms))
       if genes is None:
         genes, index, first = g, {x: i for i, x in enumerate(g)}, path
       elif g != genes:
@@ -378,7 +400,8 @@ class FolderSource:
     if genes is None:
       genes = self.gene_ids()
     values = np.stack(rows) if rows else np.zeros((0, len(genes)), np.float32)
-    return ExpressionTable(self.path, genes, samples, values, bad)
+    symbols = tuple(symbol.get(x, '') for x in genes) if symbol else ()
+    return ExpressionTable(self.path, genes, samples, values, bad, symbols)
 
 
 def open_expression(path: str, value_column: int | str | None = None,

@@ -6,7 +6,11 @@ genes `<pad_k>` that are always 0 when it has fewer, e.g. 60,483 GDC HTSeq genes
 60,480) or, when fine-tuning and predicting, the list stored with the model.
 
 `GeneNormalizer` applies log2(x + 1) (optional) then per-gene standardisation with statistics fitted
-on the training split only; it holds the gene list and is saved as `.npz` or JSON without pickle.
+on the training split only; it holds the gene list (IDs, and the gene symbols the input gave, e.g.
+the `gene_name` column of GDC STAR files) and is saved as `.npz` or JSON without pickle. Its
+`names` (a gene's symbol, else its ID: a symbol-indexed table's IDs are symbols) are the gene list
+the model is built on (`methods.get(name).build(config, names, ...)`; MCAT maps its signatures on
+them).
 """
 
 from collections.abc import Sequence
@@ -131,6 +135,7 @@ class GeneNormalizer:
     log_transform: whether log2(x + 1) is applied first (off for tables already in log2).
     strip_versions: whether genes are matched without Ensembl version suffixes.
     std_floor: standard deviations below this count as zero.
+    symbols: [G] gene symbols ('' where unknown), or () when the input gave none.
   """
   genes: tuple[str, ...]
   mean: np.ndarray
@@ -138,16 +143,23 @@ class GeneNormalizer:
   log_transform: bool = True
   strip_versions: bool = True
   std_floor: float = 1e-6
+  symbols: tuple[str, ...] = ()
 
   @property
   def num_genes(self) -> int:
     return len(self.genes)
 
+  @property
+  def names(self) -> tuple[str, ...]:
+    """[G] each gene's symbol where known, else its ID."""
+    return tuple(s or g for g, s in zip(self.genes, self.symbols or ('',) * len(self.genes)))
+
   @classmethod
   def fit(cls, values: np.ndarray, genes: Sequence[str], *, log_transform: bool = True,
-          strip_versions: bool = True, std_floor: float = 1e-6,
+          strip_versions: bool = True, std_floor: float = 1e-6, symbols: Sequence[str] = (),
           source: str = 'expression') -> 'GeneNormalizer':
-    """Fits mean/std on training values [S_train, G] (raw, aligned to `genes`)."""
+    """Fits mean/std on training values [S_train, G] (raw, aligned to `genes`, whose symbols are
+    `symbols`, [G] or ())."""
     if values.ndim != 2 or values.shape[1] != len(genes) or values.shape[0] == 0:
       raise DataError(f'{source}: cannot fit normalisation on values of shape {values.shape} '
                       f'for {len(genes)} genes')
@@ -155,7 +167,7 @@ class GeneNormalizer:
     std = x.std(0)
     return cls(tuple(genes), x.mean(0).astype(np.float32),
                np.where(std < std_floor, 1.0, std).astype(np.float32), log_transform,
-               strip_versions, float(std_floor))
+               strip_versions, float(std_floor), tuple(symbols))
 
   def transform(self, values: np.ndarray, source: str = 'expression') -> np.ndarray:
     """values [S, G] raw, aligned to `genes` -> [S, G] float32 (x' - mean) / std."""
@@ -167,7 +179,8 @@ class GeneNormalizer:
     """JSON-serialisable form (float32 values round-trip exactly through Python floats)."""
     return {'genes': list(self.genes), 'mean': [float(x) for x in self.mean],
             'std': [float(x) for x in self.std], 'log_transform': self.log_transform,
-            'strip_versions': self.strip_versions, 'std_floor': self.std_floor}
+            'strip_versions': self.strip_versions, 'std_floor': self.std_floor,
+            'symbols': list(self.symbols)}
 
   @classmethod
   def from_dict(cls, d: dict, source: str = 'normalizer') -> 'GeneNormalizer':
@@ -176,13 +189,16 @@ class GeneNormalizer:
       genes = tuple(str(g) for g in d['genes'])
       mean = np.asarray(d['mean'], np.float32).reshape(-1)
       std = np.asarray(d['std'], np.float32).reshape(-1)
+      symbols = tuple(str(s) for s in d.get('symbols', ()))  # () in files older than symbols
       out = cls(genes, mean, std, bool(d['log_transform']), bool(d['strip_versions']),
-                float(d['std_floor']))
+                float(d['std_floor']), symbols)
     except (KeyError, TypeError, ValueError) as e:
       raise DataError(f'{source}: not a gene normaliser ({e!r})') from e
-    if not len(genes) == mean.size == std.size or not (np.isfinite(mean).all() and (std > 0).all()):
-      raise DataError(f'{source}: inconsistent gene normaliser (genes {len(genes)}, mean '
-                      f'{mean.size}, std {std.size}, or non-finite/non-positive values)')
+    if (not len(genes) == mean.size == std.size or len(symbols) not in (0, len(genes))
+        or not (np.isfinite(mean).all() and (std > 0).all())):
+      raise DataError(f'{source}: inconsistent gene normaliser (genes {len(genes)}, symbols '
+                      f'{len(symbols)}, mean {mean.size}, std {std.size}, or non-finite/non-positive '
+                      'values)')
     return out
 
   def save(self, path: str) -> None:
@@ -193,7 +209,8 @@ class GeneNormalizer:
       return
     np.savez(path, genes=np.asarray(self.genes, dtype=np.str_), mean=self.mean, std=self.std,
              log_transform=np.asarray(self.log_transform),
-             strip_versions=np.asarray(self.strip_versions), std_floor=np.asarray(self.std_floor))
+             strip_versions=np.asarray(self.strip_versions), std_floor=np.asarray(self.std_floor),
+             symbols=np.asarray(self.symbols, dtype=np.str_))
 
   @classmethod
   def load(cls, path: str) -> 'GeneNormalizer':

@@ -2,7 +2,8 @@
 
 `python -m gimp_jax.data.synthetic --out DIR --patients 120 --genes 2000 ...` writes exactly the
 three inputs of a real run: `DIR/features/<slide_id>.h5` (CLAM layout), `DIR/expression.tsv` (UCSC
-Xena layout, FPKM-like values, versioned Ensembl-like IDs, TCGA-like sample barcodes) and
+Xena layout, FPKM-like values, versioned Ensembl-like IDs, a `gene_name` column of symbols,
+TCGA-like sample barcodes) and
 `DIR/labels.csv` (`patient_id,slide_id,label`; some patients have two slides).
 
 The generative model (all noise scales multiply by `difficulty`):
@@ -17,7 +18,10 @@ The generative model (all noise scales multiply by `difficulty`):
   directions weighted by v_i; nothing else carries the class.
 - Genes are log-normal FPKM-like values: a per-gene baseline, 10 noisy co-expression programmes,
   one module of co-expressed genes per class driven by m_i, and per-gene noise. A few patients
-  also have a normal-tissue sample (`-11A`) without the class signal.
+  also have a normal-tissue sample (`-11A`) without the class signal. Gene symbols: the first six
+  genes and every other one after them carry real symbols of MCAT's six signatures, taken from each
+  signature in turn (so MCAT's signature tokens exist at every size of 6 genes or more); the others
+  are named `SYN<j>`. Symbols carry no signal of their own.
 
 Survival mode (`--survival`): the same slides and genes, and the labels CSV in MCAT's columns
 `case_id,slide_id,survival_months,censorship` (plus the class as an extra, ignored `label`). Each
@@ -37,6 +41,8 @@ import os
 
 import h5py
 import numpy as np
+
+from gimp_jax.data import signatures
 
 PATCH_PX = 256
 _EVIDENCE_NOISE = 0.28  # s: per-patient noise of each modality's class evidence
@@ -146,6 +152,26 @@ def _genes(rng: np.random.Generator, evidence: np.ndarray, cfg: SyntheticConfig)
   return np.maximum(np.exp2(log2) - 1, 0)
 
 
+def gene_symbols(num_genes: int) -> list[str]:
+  """[G] symbols: gene j < 6 or j even takes the next unused symbol of the signatures in turn
+  (skipping used-up ones; `SYN<j>` once all are); the others `SYN<j>` (module docstring)."""
+  sigs = [symbols for _, symbols in signatures.mcat_signatures()]
+  used, next_of, out, turn = set(), [0] * len(sigs), [], 0
+  for j in range(num_genes):
+    name = f'SYN{j}'
+    if j < len(sigs) or j % 2 == 0:
+      for k in [(turn + i) % len(sigs) for i in range(len(sigs))]:
+        while next_of[k] < len(sigs[k]) and sigs[k][next_of[k]] in used:
+          next_of[k] += 1
+        if next_of[k] < len(sigs[k]):
+          name = sigs[k][next_of[k]]
+          used.add(name)
+          break
+      turn += 1
+    out.append(name)
+  return out
+
+
 def make_cohort(out_dir: str, **kwargs) -> dict[str, str]:
   """Writes a synthetic cohort; keyword arguments are `SyntheticConfig` fields.
 
@@ -192,9 +218,10 @@ def make_cohort(out_dir: str, **kwargs) -> dict[str, str]:
   values = _genes(rng, evidence, cfg)
   order = rng.permutation(len(samples))
   gene_ids = [f'ENSG{10_000_000 + 17 * j:011d}.{1 + j % 9}' for j in range(cfg.genes)]
-  lines = ['\t'.join(['Ensembl_ID'] + [samples[k] for k in order])]
+  symbols = gene_symbols(cfg.genes)
+  lines = ['\t'.join(['Ensembl_ID', 'gene_name'] + [samples[k] for k in order])]
   for j, gid in enumerate(gene_ids):
-    lines.append(gid + '\t' + '\t'.join(f'{v:.4g}' for v in values[order, j]))
+    lines.append(f'{gid}\t{symbols[j]}\t' + '\t'.join(f'{v:.4g}' for v in values[order, j]))
   expression = os.path.join(out_dir, 'expression.tsv')
   with open(expression, 'w', encoding='utf-8') as f:
     f.write('\n'.join(lines) + '\n')

@@ -2,7 +2,9 @@
 picks `models.<name>`), with no registry object.
 
 Each method module exports:
-  build(config, num_genes, num_classes, seed) -> model, where every model answers one protocol,
+  build(config, genes, num_classes, seed) -> model, `genes` the cohort's gene list [G] (its names:
+    gene symbols where known, `Cohort.gene_names`; G = len(genes), and MCAT finds its signatures in
+    it), where every model answers one protocol,
     `model(patches [B, N, D], genes [B, G] | None, patch_mask [B, N] | None)
      -> (logits [B, C], embedding [B, E])` (the embedding is what the t-SNE shows);
   pretrain_loss: config -> LossFn over pre-training windows (patches [B, L, D], mpm_mask [B, L],

@@ -1,9 +1,19 @@
 """GiMP: supervised GroupMSA (frozen), MPM + gene-induced triplet pre-training, fine-tuning of the
 MLP head on CLS_pat (and, through config flags, its Table 2 ablations)."""
 
-from gimp_jax.models.build import build_gimp as build  # pylint: disable=unused-import
+from collections.abc import Sequence
+
+import ml_collections
+
+from gimp_jax.models.build import build_gimp
 from gimp_jax.objectives.gimp import make_loss as pretrain_loss  # pylint: disable=unused-import
 from gimp_jax.objectives.supervised import finetune_loss  # pylint: disable=unused-import
+
+
+def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int, seed: int):
+  """GiMP (config.model) on the gene list `genes`."""
+  return build_gimp(config, len(genes), num_classes, seed)
+
 
 # With data.allow_missing: MPM on every training slide, the triplet terms on the labelled pairs
 # (objectives.gimp masks the rest); see gimp_jax.train.partial.

@@ -8,8 +8,9 @@
   is this with 256-d branches scaled by 8 into the fusion; Pathomic Fusion, which was built for ROI
   images, is this with its 32-d branches and 64-d fusion on WSI bags.
 - `MCAT`: genomic-guided co-attention (Chen et al., ICCV 2021): the expression vector is grouped
-  into tokens (one SNN per group), each gene group attends over the patches, then a transformer
-  and attention pooling per modality, concatenation and a classifier.
+  into tokens (one SNN per group: MCAT's six gene signatures, `data.signatures`), each gene group
+  attends over the patches, then a transformer and attention pooling per modality, concatenation
+  and a classifier.
 
 All take trailing-padded bags with `patch_mask` and ignore the padding; `predict(patches, genes,
 patch_mask) -> (logits [B, C], fused embedding [B, E])`, `__call__ -> logits`.
@@ -18,15 +19,18 @@ patch_mask) -> (logits [B, C], fused embedding [B, E])`, `__call__ -> logits`.
 from collections.abc import Sequence
 import math
 
+from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from gimp_jax.data import signatures
 from gimp_jax.models.group_msa import TransformerBlock
 from gimp_jax.models.mil import GatedAttention, full_mask, masked_softmax
 from gimp_jax.models.modality_dropout import ModalityDropout, encode_genes
-from gimp_jax.models.snn import SNN, AlphaDropout
+from gimp_jax.models.snn import SNN
 
 
 class Bilinear(nnx.Module):
@@ -140,39 +144,43 @@ class AttentionFusion(nnx.Module):
     return self.head(fused), fused
 
 
-class GeneGroupSNN(nnx.Module):
-  """The expression vector cut into `num_groups` consecutive groups, each embedded by its own
-  two-block SNN: genes [B, G] -> group tokens [B, num_groups, dim].
+def consecutive_groups(num_genes: int, num_groups: int) -> tuple[tuple[int, ...], ...]:
+  """`num_groups` consecutive slices of the gene list, ceil(G / num_groups) genes each but the last
+  (`config.mcat.gene_groups = "slices"`, not MCAT's definition).
 
-  G is zero-padded to num_groups * ceil(G / num_groups); the groups' first layers are one batched
-  [num_groups, group_size, dim] kernel with LeCun-normal init over the group's real fan-in.
+  Raises:
+    ValueError: when a slice would be empty (G < num_groups).
+  """
+  size = -(-num_genes // num_groups)
+  groups = tuple(tuple(range(k * size, min((k + 1) * size, num_genes))) for k in range(num_groups))
+  if not all(groups):
+    raise ValueError(f"{num_genes} genes cannot be cut into {num_groups} non-empty slices.")
+  return groups
+
+
+class GeneGroupSNN(nnx.Module):
+  """One two-block SNN per gene group, each sized to its group (MCAT's `sig_networks`): genes
+  [B, G] -> group tokens [B, K, dim], token k = SNN_k(genes[:, groups[k]]).
+
+  Groups may differ in size and overlap (a gene in several signatures feeds each of them).
   """
 
-  def __init__(self, num_genes: int, num_groups: int, dim: int, *, dropout: float = 0.25,
-               rngs: nnx.Rngs):
+  def __init__(self, num_genes: int, groups: Sequence[Sequence[int]], dim: int, *,
+               dropout: float = 0.25, rngs: nnx.Rngs):
     self.num_genes = num_genes
-    self.num_groups = num_groups
-    self.group_size = math.ceil(num_genes / num_groups)
-    self.pad = self.group_size * num_groups - num_genes
-    fan_in1 = min(self.group_size, num_genes)
-    normal = lambda shape, fan_in: (jax.random.normal(rngs.params(), shape) / math.sqrt(fan_in))
-    self.kernel1 = nnx.Param(normal((num_groups, self.group_size, dim), fan_in1))
-    self.bias1 = nnx.Param(jnp.zeros((num_groups, dim)))
-    self.kernel2 = nnx.Param(normal((num_groups, dim, dim), dim))
-    self.bias2 = nnx.Param(jnp.zeros((num_groups, dim)))
-    self.drop1 = AlphaDropout(dropout, rngs=rngs)
-    self.drop2 = AlphaDropout(dropout, rngs=rngs)
+    self.groups = tuple(tuple(int(i) for i in g) for g in groups)
+    if not self.groups or not all(self.groups) or not all(
+        0 <= i < num_genes for g in self.groups for i in g):
+      raise ValueError(f"GeneGroupSNN: every group needs genes among the {num_genes}.")
+    self.snns = nnx.List([SNN(len(g), (dim, dim), dropout=dropout, rngs=rngs)
+                          for g in self.groups])
 
   def __call__(self, genes: jax.Array) -> jax.Array:
-    """genes: [B, G] -> [B, num_groups, dim]."""
-    b, g = genes.shape
-    if g != self.num_genes:
-      raise ValueError(f"GeneGroupSNN built for {self.num_genes} genes, got {g}.")
-    x = jnp.pad(genes.astype(jnp.float32), ((0, 0), (0, self.pad)))
-    x = x.reshape(b, self.num_groups, self.group_size)
-    x = self.drop1(jax.nn.selu(jnp.einsum("bgi,gio->bgo", x, self.kernel1[...]) + self.bias1[...]))
-    return self.drop2(jax.nn.selu(jnp.einsum("bgi,gio->bgo", x, self.kernel2[...])
-                                  + self.bias2[...]))
+    """genes: [B, G] -> [B, K, dim]."""
+    if genes.shape[-1] != self.num_genes:
+      raise ValueError(f"GeneGroupSNN built for {self.num_genes} genes, got {genes.shape[-1]}.")
+    x = genes.astype(jnp.float32)
+    return jnp.stack([snn(x[:, np.asarray(g)]) for snn, g in zip(self.snns, self.groups)], axis=1)
 
 
 class CoAttention(nnx.Module):
@@ -213,18 +221,20 @@ class _TokenPool(nnx.Module):
 class MCAT(nnx.Module):
   """Multimodal co-attention transformer for classification.
 
-  h_path = dropout(ReLU(W x)) [B, N, d]; gene tokens [B, K, d] (GeneGroupSNN); co-attention
+  h_path = dropout(ReLU(W x)) [B, N, d]; gene tokens [B, K, d] (GeneGroupSNN over `gene_groups`,
+  K lists of gene-list positions: MCAT's six signatures, `build_mcat`); co-attention
   (genes query patches) -> [B, K, d]; per modality 2 transformer blocks + gated attention pooling
   + rho; fusion (concat: Linear(2d, d) + ReLU + Linear(d, d) + ReLU, or Kronecker); classifier.
   """
 
-  def __init__(self, in_dim: int, num_genes: int, num_classes: int, *, dim: int = 256,
-               num_gene_groups: int = 6, heads: int = 8, depth: int = 2, fusion: str = "concat",
-               dropout: float = 0.25, modality_dropout: float = 0.0, rngs: nnx.Rngs):
+  def __init__(self, in_dim: int, num_genes: int, num_classes: int, *,
+               gene_groups: Sequence[Sequence[int]], dim: int = 256, heads: int = 8,
+               depth: int = 2, fusion: str = "concat", dropout: float = 0.25,
+               modality_dropout: float = 0.0, rngs: nnx.Rngs):
     self.fc = nnx.Linear(in_dim, dim, rngs=rngs)
     self.drop = nnx.Dropout(dropout, rngs=rngs)
-    self.gene_encoder = GeneGroupSNN(num_genes, num_gene_groups, dim, dropout=dropout, rngs=rngs)
-    self.missing_genes = (ModalityDropout((num_gene_groups, dim), modality_dropout, rngs=rngs)
+    self.gene_encoder = GeneGroupSNN(num_genes, gene_groups, dim, dropout=dropout, rngs=rngs)
+    self.missing_genes = (ModalityDropout((len(gene_groups), dim), modality_dropout, rngs=rngs)
                           if modality_dropout > 0 else None)
     self.coattn = CoAttention(dim, rngs=rngs)
     self.path_pool = _TokenPool(dim, depth=depth, heads=heads, dropout=dropout, rngs=rngs)
@@ -247,24 +257,41 @@ class MCAT(nnx.Module):
     return self.head(fused), fused
 
 
-def build_attention_fusion(config: ml_collections.ConfigDict, num_genes: int, num_classes: int,
-                           seed: int):
+def build_attention_fusion(config: ml_collections.ConfigDict, genes: Sequence[str],
+                           num_classes: int, seed: int):
   """PORPOISE and Pathomic Fusion: config.fusion (path_hidden, path_dim, snn_hidden, mode, scale,
-  mmhid, dropout)."""
+  mmhid, dropout); `genes` the model's gene list."""
   f = config.fusion
   return AttentionFusion(
-      config.data.feature_dim, num_genes, num_classes, path_hidden=f.path_hidden,
+      config.data.feature_dim, len(genes), num_classes, path_hidden=f.path_hidden,
       path_dim=f.path_dim, snn_hidden=tuple(f.snn_hidden), fusion=f.mode, scale=f.scale,
       mmhid=f.mmhid, dropout=f.dropout,
       modality_dropout=config.model.get("modality_dropout", 0.0),
       rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
-def build_mcat(config: ml_collections.ConfigDict, num_genes: int, num_classes: int, seed: int):
-  """config.mcat (dim, num_gene_groups, heads, depth, fusion, dropout)."""
+def mcat_gene_groups(config: ml_collections.ConfigDict, genes: Sequence[str]
+                     ) -> tuple[tuple[int, ...], ...]:
+  """The gene-list positions of MCAT's tokens: its six signatures found by symbol in `genes`
+  (config.mcat.gene_groups = "signatures", `data.signatures.gene_groups`), or
+  config.mcat.num_gene_groups consecutive slices ("slices"; a config without the field, from a run
+  older than the signatures, gets slices)."""
   c = config.mcat
-  return MCAT(config.data.feature_dim, num_genes, num_classes, dim=c.dim,
-                     num_gene_groups=c.num_gene_groups, heads=c.heads, depth=c.depth,
-                     fusion=c.fusion, dropout=c.dropout,
-                     modality_dropout=config.model.get("modality_dropout", 0.0),
-                     rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+  if c.get("gene_groups", "slices") == "signatures":
+    return tuple(pos for _, pos in signatures.gene_groups(
+        genes, where=config.data.get("expression", "expression")))
+  logging.warning("MCAT: config.mcat.gene_groups='slices': %d consecutive slices of the gene list, "
+                  "not MCAT's six signatures", c.num_gene_groups)
+  return consecutive_groups(len(genes), c.num_gene_groups)
+
+
+def build_mcat(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int,
+               seed: int):
+  """config.mcat (dim, gene_groups, num_gene_groups, heads, depth, fusion, dropout); `genes` the
+  model's gene list (names, symbols where known)."""
+  c = config.mcat
+  return MCAT(config.data.feature_dim, len(genes), num_classes,
+              gene_groups=mcat_gene_groups(config, genes), dim=c.dim, heads=c.heads,
+              depth=c.depth, fusion=c.fusion, dropout=c.dropout,
+              modality_dropout=config.model.get("modality_dropout", 0.0),
+              rngs=nnx.Rngs(params=seed, dropout=seed + 1))

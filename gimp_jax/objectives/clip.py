@@ -5,6 +5,8 @@ L2-normalised global embeddings; here the image is the bag's CLS_img and the "te
 vector's CLS_ge.
 """
 
+from collections.abc import Sequence
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -50,10 +52,11 @@ class ClipHeads(nnx.Module):
     self.gene_proj = Projection(dim, dim, proj_dim, rngs=rngs)
 
 
-def build(config: ml_collections.ConfigDict, num_genes: int, num_classes: int, seed: int):
+def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int,
+          seed: int):
   """GiMP + ClipHeads (config.clip.proj_dim)."""
   return build_with_objective(
-      config, num_genes, num_classes, seed,
+      config, genes, num_classes, seed,
       lambda c, g, rngs: ClipHeads(c.model.dim, c.clip.proj_dim, rngs=rngs))
 
 

@@ -6,6 +6,7 @@ prototypes, fusion and matching heads) live in one submodule, `model.objective`,
 carries along unused.
 """
 
+from collections.abc import Sequence
 from typing import Callable
 
 from flax import nnx
@@ -32,9 +33,11 @@ class Projection(nnx.Module):
 
 
 def build_with_objective(
-    config: ml_collections.ConfigDict, num_genes: int, num_classes: int, seed: int,
+    config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int, seed: int,
     make_objective: Callable[[ml_collections.ConfigDict, int, nnx.Rngs], nnx.Module]) -> GiMP:
-  """GiMP (config.model) with `model.objective = make_objective(config, num_genes, rngs)`."""
+  """GiMP (config.model) on the gene list `genes` with `model.objective = make_objective(config,
+  G, rngs)`."""
+  num_genes = len(genes)
   model = build.build_gimp(config, num_genes, num_classes, seed)
   if model.gene_encoder is None:
     raise ValueError(f"config.method={config.method!r} aligns images with genes: set "

@@ -8,6 +8,8 @@ itself). Batches are drawn in a fresh random order every epoch, so the roll is a
 it never pairs a patient with itself when B > shift.
 """
 
+from collections.abc import Sequence
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -43,10 +45,11 @@ class ITMHeads(nnx.Module):
     return self.match2(jax.nn.relu(self.match1(jnp.abs(e_img - e_gene))))[:, 0]
 
 
-def build(config: ml_collections.ConfigDict, num_genes: int, num_classes: int, seed: int):
+def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int,
+          seed: int):
   """GiMP + ITMHeads (config.itm.proj_dim)."""
   return build_with_objective(
-      config, num_genes, num_classes, seed,
+      config, genes, num_classes, seed,
       lambda c, g, rngs: ITMHeads(c.model.dim, c.itm.proj_dim, rngs=rngs))
 
 

@@ -15,6 +15,8 @@ L = lambda1 L_ITA + lambda2 L_CTA + lambda3 L_CPA (paper Eq. 10, lambdas 1):
   the code's first-epoch prototype freeze is not reproduced.
 """
 
+from collections.abc import Sequence
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -162,13 +164,14 @@ class MGCAHeads(nnx.Module):
         jax.random.normal(rngs.params(), (num_prototypes, proj_dim))))
 
 
-def build(config: ml_collections.ConfigDict, num_genes: int, num_classes: int, seed: int):
+def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int,
+          seed: int):
   """GiMP + MGCAHeads (config.mgca.proj_dim, num_prototypes); needs the GroupMSA gene encoder."""
   if config.model.gene_encoder != "group_msa":
     raise ValueError("config.method='mgca' aligns patch tokens with GroupMSA's fragment tokens: "
                      f"set model.gene_encoder='group_msa' (got {config.model.gene_encoder!r}).")
   return build_with_objective(
-      config, num_genes, num_classes, seed,
+      config, genes, num_classes, seed,
       lambda c, g, rngs: MGCAHeads(c.model.dim, c.mgca.proj_dim, c.mgca.num_prototypes,
                                    rngs=rngs))
 

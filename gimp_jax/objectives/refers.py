@@ -12,6 +12,8 @@ features scores the views, a masked softmax weights them, and the weighted views
   fused study vector (MSE), since genes are unordered and there is no token sequence to decode.
 """
 
+from collections.abc import Sequence
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -67,10 +69,11 @@ class REFERSHeads(nnx.Module):
     return self.decoder2(jax.nn.relu(self.decoder1(fused)))
 
 
-def build(config: ml_collections.ConfigDict, num_genes: int, num_classes: int, seed: int):
+def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int,
+          seed: int):
   """GiMP + REFERSHeads (config.refers.views, proj_dim)."""
   return build_with_objective(
-      config, num_genes, num_classes, seed,
+      config, genes, num_classes, seed,
       lambda c, g, rngs: REFERSHeads(c.model.dim, c.refers.views, c.refers.proj_dim, g,
                                      rngs=rngs))
 

@@ -71,17 +71,23 @@ def cox_partial_likelihood(log_risk: jax.Array, times: jax.Array, censorship: ja
   return -jnp.sum(event * (r - log_denominator)) / jnp.maximum(jnp.sum(event), 1.0)
 
 
+def hazards_and_survival(logits):
+  """NLL-surv head logits [N, k] -> (hazards h_j = sigmoid(logit_j) [N, k], survival
+  S_j = prod_{i<=j} (1 - h_i) [N, k]), float32 (NumPy or jax)."""
+  xp = jnp if isinstance(logits, jax.Array) else np
+  logits = xp.asarray(logits, xp.float32)
+  return 1.0 / (1.0 + xp.exp(-logits)), xp.cumprod(1.0 / (1.0 + xp.exp(logits)), axis=-1)
+
+
 def risk(logits, kind: str = "nll"):
   """Risk score per case (higher = earlier event) from head logits [N, k] (NumPy or jax).
 
-  "nll": -sum_j S_j with S_j = prod_{i<=j} (1 - sigmoid(logit_i)); "cox": logits[:, 0].
+  "nll": -sum_j S_j (`hazards_and_survival`); "cox": logits[:, 0].
   """
-  xp = jnp if isinstance(logits, jax.Array) else np
-  logits = xp.asarray(logits, xp.float32)
   if kind == "cox":
-    return logits[:, 0]
-  surv = xp.cumprod(1.0 / (1.0 + xp.exp(logits)), axis=-1)  # 1 - sigmoid(x) = sigmoid(-x)
-  return -xp.sum(surv, axis=-1)
+    xp = jnp if isinstance(logits, jax.Array) else np
+    return xp.asarray(logits, xp.float32)[:, 0]
+  return -hazards_and_survival(logits)[1].sum(axis=-1)
 
 
 def num_outputs(config: ml_collections.ConfigDict, num_classes: int) -> int:

@@ -14,6 +14,8 @@ Batches are pre-training windows drawn with `pretrain.sampling = "uniform"`: pat
 L = n_tokens (TANGLE, TANGLE-Rec) or 2 n_tokens (Intra: the halves are the two views).
 """
 
+from collections.abc import Sequence
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -24,10 +26,11 @@ from gimp_jax.models.tangle import Tangle
 from gimp_jax.objectives.clip import info_nce
 
 
-def build(config: ml_collections.ConfigDict, num_genes: int, num_classes: int, seed: int,
+def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int, seed: int,
           variant: str = "tangle") -> Tangle:
-  """The TANGLE model of `variant` ("tangle", "tangle_rec" or "intra"); config.model.dim and
-  config.tangle.gene_hidden."""
+  """The TANGLE model of `variant` ("tangle", "tangle_rec" or "intra") on the gene list `genes`;
+  config.model.dim and config.tangle.gene_hidden."""
+  num_genes = len(genes)
   return Tangle(config.data.feature_dim, num_genes, num_classes, dim=config.model.dim,
                 gene_hidden=config.tangle.gene_hidden or num_genes, encode_genes=variant == "tangle",
                 decode_genes=variant == "tangle_rec",

@@ -70,7 +70,7 @@ class Run:
     return jax.random.fold_in(self.key, _STAGE_IDS[name])
 
   def build(self, seed_offset: int = 0):
-    return self.method.build(self.config, self.num_genes, self.num_classes,
+    return self.method.build(self.config, self.cohort.gene_names, self.num_classes,
                              self.config.seed + seed_offset)
 
   def mesh_for(self, batch_size: int):
@@ -290,7 +290,8 @@ def pretrain_stage(run: Run) -> tuple[loop.StageSpec, TrainState, int]:
   cfg = run.config
   if run.method.pretrain_loss is None:
     raise ValueError(f"Method {cfg.method!r} has no pre-training stage; remove it from stages.")
-  model = run.method.build(build.pretrain_config(cfg), run.num_genes, run.num_classes, cfg.seed)
+  model = run.method.build(build.pretrain_config(cfg), run.cohort.gene_names, run.num_classes,
+                           cfg.seed)
   params = _initial_params(run, model, "pretrain")
   train = run.patients("train", "pretrain")
   n_train = run.cohort.split(train).size
@@ -358,15 +359,15 @@ def check_stop(run: Run) -> None:
 def predict(run: Run, state: TrainState, split: str | np.ndarray, *, with_attention: int = 0,
             stoppable: bool = False, cohort: cohort_lib.Cohort | None = None) -> dict:
   """Whole-bag predictions of a split (or of patient indices) of `cohort` (default: the run's):
-  patient_id, label, probs [N, C], embedding [N, E]; for survival also logits [N, C], risk [N],
+  patient_id, label, logits [N, C], probs [N, C], embedding [N, E]; for survival also risk [N],
   time [N] and censorship [N].
 
   With `stoppable`, a stop request (`check_stop`) ends it between batches."""
   cohort = run.cohort if cohort is None else cohort
   surv = cohort.task == "survival"
-  out = {"patient_id": [], "label": [], "probs": [], "embedding": []}
+  out = {"patient_id": [], "label": [], "logits": [], "probs": [], "embedding": []}
   if surv:
-    out.update(logits=[], time=[], censorship=[])
+    out.update(time=[], censorship=[])
   for batch in pipeline.bag_batches(
       cohort, split, batch_size=run.config.finetune.batch_size,
       bucket_sizes=run.config.data.bucket_sizes, prefetch=run.config.data.prefetch):
@@ -375,10 +376,10 @@ def predict(run: Run, state: TrainState, split: str | np.ndarray, *, with_attent
     res = run.eval_step(state, loop.to_device(batch), jax.random.key(0))
     out["patient_id"].extend(str(p) for p in batch["patient_id"])
     out["label"].append(batch["label"])
+    out["logits"].append(np.asarray(res["logits"]))
     out["probs"].append(np.asarray(res["probs"]))
     out["embedding"].append(np.asarray(res["embedding"]))
     if surv:
-      out["logits"].append(np.asarray(res["logits"]))
       out["time"].append(batch["time"])
       out["censorship"].append(batch["censorship"])
   for k in out:

@@ -13,7 +13,13 @@ def get_config(arg: str = "paper"):
   c.model.gene_encoder = "snn"                # documents the genomic branch (built by the method)
   c.mcat = ml_collections.ConfigDict()
   c.mcat.dim = c.model.dim // 2               # 256 [MCAT]
-  c.mcat.num_gene_groups = 6                  # MCAT's 6 signature groups; here consecutive genes
+  # MCAT's genomic tokens: "signatures" = its six gene signatures (tumour suppressors, oncogenes,
+  # protein kinases, cell differentiation markers, transcription factors, cytokines and growth
+  # factors; gimp_jax/data/mcat_signatures.csv, found by gene symbol), one SNN each [MCAT];
+  # "slices" = num_gene_groups consecutive slices of the gene list (not MCAT's; for inputs without
+  # gene symbols).
+  c.mcat.gene_groups = "signatures"
+  c.mcat.num_gene_groups = 6                  # slices only
   c.mcat.heads = c.model.heads                # 8 [MCAT]
   c.mcat.depth = 2                            # transformer layers per modality [MCAT]
   c.mcat.fusion = "concat"                    # MCAT default | "kronecker"
