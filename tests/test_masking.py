@@ -60,3 +60,41 @@ def test_start_and_mask_positions_are_spread_uniformly():
 def test_empty_bag_is_refused():
   with pytest.raises(ValueError, match="num_patches"):
     draw(0)
+
+
+def np_slots(mpm, real, k):
+  """Independent NumPy version: masked real positions, then padding; padding, then visible real."""
+  masked, visible, inverse = [], [], []
+  for m, r in zip(mpm, real):
+    pad = np.flatnonzero(~r)
+    first = np.concatenate([np.flatnonzero(m & r), pad])[:k]
+    rest = np.concatenate([pad[len(first) - (m & r).sum():], np.flatnonzero(~m & r)])
+    order = np.concatenate([first, rest])
+    masked.append(first)
+    visible.append(rest)
+    inverse.append(np.argsort(order))
+  return np.array(masked), np.array(visible), np.array(inverse)
+
+
+def test_mpm_slots_match_numpy_on_full_and_padded_windows():
+  window, ratio = 20, 0.5
+  k = masking.num_masked(window, ratio)
+  rng = np.random.default_rng(0)
+  mpm, real = np.zeros((3, window), bool), np.zeros((3, window), bool)
+  for j, n in enumerate([20, 13, 3]):  # a full window, a short and a very short padded one
+    real[j, :n] = True
+    mpm[j, :n] = masking.sample_mpm(rng, n, n, ratio)[1]
+  got = masking.mpm_slots(mpm, k, real)
+  masked, visible, inverse = np_slots(mpm, real, k)
+  np.testing.assert_array_equal(got.masked, masked)
+  np.testing.assert_array_equal(got.visible, visible)
+  np.testing.assert_array_equal(got.inverse, inverse)
+  np.testing.assert_array_equal(got.masked_valid, np.take_along_axis(mpm & real, masked, 1))
+  np.testing.assert_array_equal(got.visible_valid, np.take_along_axis(~mpm & real, visible, 1))
+  assert bool(got.fits)
+  # Without padding: all positions real; one row with K + 1 masked, then one with K - 1, overflow.
+  for delta in (1, -1):
+    over = np.argsort(rng.random((2, window)), axis=1) < k
+    over[1] = np.arange(window) < k + delta
+    assert bool(masking.mpm_slots(over[:1], k).fits)
+    assert not bool(masking.mpm_slots(over, k).fits)

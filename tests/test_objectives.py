@@ -279,7 +279,8 @@ def _window_batch(cfg, b=4):
   patches = rng.standard_normal((b, cfg.pretrain.window, cfg.data.feature_dim)) + labels[:, None,
                                                                                         None]
   return {"patches": jnp.asarray(patches, jnp.float32),
-          "mpm_mask": jnp.asarray(rng.random((b, cfg.pretrain.window)) < 0.5),
+          "mpm_mask": jnp.asarray(np.argsort(rng.random((b, cfg.pretrain.window)), axis=1)
+                                  < cfg.pretrain.window // 2),
           "genes": jnp.asarray(rng.standard_normal((b, cfg.data.num_genes)), jnp.float32),
           "label": jnp.asarray(labels)}
 
@@ -349,7 +350,7 @@ def test_gimp_pretrain_loss_terms_match_numpy(normalize, triplet_on, var_weight)
   rng = np.random.default_rng(0)
   labels = np.array([0, 1, 0, 1, 1, 0], np.int32)
   batch = {"patches": jnp.asarray(rng.standard_normal((6, 16, 32)), jnp.float32),
-           "mpm_mask": jnp.asarray(rng.random((6, 16)) < 0.5),
+           "mpm_mask": jnp.asarray(np.argsort(rng.random((6, 16)), axis=1) < 8),
            "genes": jnp.asarray(rng.standard_normal((6, 96)), jnp.float32),
            "label": jnp.asarray(labels)}
   loss, metrics = gimp_objective.make_loss(cfg)(model, batch)
@@ -373,3 +374,73 @@ def test_gimp_pretrain_loss_terms_match_numpy(normalize, triplet_on, var_weight)
   np.testing.assert_allclose(float(metrics["tri_loss"]), want_tri, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(float(loss), want, rtol=1e-4, atol=1e-6)
   assert ("gene_gap" in metrics) == ("pat" in triplet_on)
+
+
+def _padded_windows(cfg, lengths, seed=0):
+  """Windows of L = cfg.pretrain.window patches: row j holds lengths[j] real patches, then padding
+  (7.0, flagged by patch_mask), masked by `masking.sample_mpm` over its real patches."""
+  from gimp_jax import masking  # pylint: disable=g-import-not-at-top
+  window, dim = cfg.pretrain.window, cfg.data.feature_dim
+  rng = np.random.default_rng(seed)
+  patches = np.full((len(lengths), window, dim), 7.0, np.float32)
+  mpm = np.zeros((len(lengths), window), bool)
+  for j, n in enumerate(lengths):
+    patches[j, :n] = rng.standard_normal((n, dim))
+    mpm[j, :n] = masking.sample_mpm(rng, n, n, cfg.pretrain.mask_ratio)[1]
+  labels = np.arange(len(lengths), dtype=np.int32) % 2
+  return {"patches": jnp.asarray(patches), "mpm_mask": jnp.asarray(mpm),
+          "patch_mask": jnp.asarray(np.arange(window)[None] < np.array(lengths)[:, None]),
+          "genes": jnp.asarray(rng.standard_normal((len(lengths), cfg.data.num_genes)),
+                               jnp.float32), "label": jnp.asarray(labels)}
+
+
+def test_gimp_pretrain_loss_on_padded_short_windows_equals_every_position_decoded():
+  """L_pre embeds the visible patches only and decodes the masked ones only (`masking.mpm_slots`):
+  on a batch with a full window and short bags padded to L, L_rec equals NumPy's L1 over every
+  masked real patch of the full decoder's output, CLS_img equals the aggregator's with a boolean
+  mask, and the gradient of L_rec equals that of the every-position formulation."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from gimp_jax import losses, masking  # pylint: disable=g-import-not-at-top
+  from gimp_jax.models import build  # pylint: disable=g-import-not-at-top
+  from gimp_jax.objectives import gimp as gimp_objective  # pylint: disable=g-import-not-at-top
+  cfg = nsclc.get_config("tiny")  # L = 64
+  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model.eval()
+  batch = _padded_windows(cfg, [64, 37, 5, 64])
+  real_masked = batch["mpm_mask"] & batch["patch_mask"]
+
+  def every_position(m):  # the formulation before mpm_slots: embed and decode all L positions
+    cls, tokens = m.aggregator(batch["patches"], mpm_mask=batch["mpm_mask"],
+                               patch_mask=batch["patch_mask"])
+    return cls, m.reconstruct(tokens)
+
+  new_loss = gimp_objective.make_loss(cfg)
+  _, metrics = new_loss(model, batch)
+  cls_old, rec_full = every_position(model)
+  want = np.abs(np.asarray(rec_full, np.float64) - np.asarray(batch["patches"]))[
+      np.asarray(real_masked)].mean()
+  np.testing.assert_allclose(float(metrics["rec_loss"]), want, rtol=1e-5)
+  slots = masking.mpm_slots(batch["mpm_mask"], masking.num_masked(64, 0.5), batch["patch_mask"])
+  cls_new, _ = model.aggregator(batch["patches"], mpm_mask=slots, patch_mask=batch["patch_mask"])
+  np.testing.assert_allclose(np.asarray(cls_new), np.asarray(cls_old), rtol=1e-5, atol=1e-6)
+  g_new = nnx.grad(lambda m: new_loss(m, batch)[1]["rec_loss"])(model)
+  g_old = nnx.grad(lambda m: losses.masked_l1(every_position(m)[1], batch["patches"],
+                                              real_masked))(model)
+  for a, b in zip(jax.tree_util.tree_leaves(g_new), jax.tree_util.tree_leaves(g_old)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_gimp_pretrain_loss_is_nan_for_a_mask_outside_the_static_bound():
+  """A window with more than K = num_masked(L, ratio) masked patches cannot be decoded in K slots:
+  L_rec is NaN (the loop's non-finite guard stops), not a loss over part of them."""
+  from gimp_jax.models import build  # pylint: disable=g-import-not-at-top
+  from gimp_jax.objectives import gimp as gimp_objective  # pylint: disable=g-import-not-at-top
+  cfg = nsclc.get_config("tiny")
+  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  batch = _padded_windows(cfg, [64, 64])
+  del batch["patch_mask"]
+  _, metrics = gimp_objective.make_loss(cfg)(model, batch)
+  assert np.isfinite(float(metrics["rec_loss"]))
+  batch["mpm_mask"] = batch["mpm_mask"].at[1].set(jnp.arange(64) < 33)
+  loss, metrics = gimp_objective.make_loss(cfg)(model, batch)
+  assert np.isnan(float(metrics["rec_loss"])) and np.isnan(float(loss))

@@ -26,7 +26,7 @@ def _batch(cfg, b=4, seed=0):
   labels = np.array([0, 1] * (b // 2), np.int32)
   patches = rng.standard_normal((b, L, D)).astype(np.float32) + labels[:, None, None]
   return {"patches": jnp.asarray(patches),
-          "mpm_mask": jnp.asarray(rng.random((b, L)) < 0.5),
+          "mpm_mask": jnp.asarray(np.argsort(rng.random((b, L)), axis=1) < L // 2),
           "genes": jnp.asarray(rng.standard_normal((b, G)).astype(np.float32)),
           "label": jnp.asarray(labels)}
 
@@ -140,6 +140,25 @@ def pretrain_run(tmp_path_factory):
 
 def _copy(state):
   return jax.tree_util.tree_map(jnp.copy, state)
+
+
+def test_pretrain_stage_differentiates_the_pinv_as_pretrain_pinv_grad(pretrain_run):
+  """The pre-training stage's model takes `pretrain.pinv_grad` (implicit by default), the other
+  stages' `model.pinv_grad` (unrolled), and the implicit step's gradient differs from the unrolled
+  one's (the option is live, not ignored)."""
+  r, spec, state, batch, _ = pretrain_run
+  assert (r.config.pretrain.pinv_grad, r.config.model.pinv_grad) == ("implicit", "unrolled")
+  modes = lambda m: {layer.attn.pinv_grad for layer in m.aggregator.layers}  # noqa: E731
+  assert modes(state.model(train=False)) == {"implicit"}
+  assert modes(r.build()) == {"unrolled"}
+  unrolled = state.replace(graphdef=create_state(r.build()).graphdef)
+  def grad(s):
+    return jax.grad(lambda p: spec.loss_fn(s.replace(params=p).model(train=False), batch)[0])(
+        state.params)
+  g_imp, g_unr = grad(state), grad(unrolled)
+  diff = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(g_imp),
+                                                        jax.tree_util.tree_leaves(g_unr))]
+  assert max(diff) > 0
 
 
 def test_stage_runner_keeps_frozen_leaves_bit_identical(pretrain_run):

@@ -11,8 +11,9 @@ receives gimp_jax's initial parameters), one batch and one precision, already wa
 (compiled); the first call's time is `info["first_call_s"]`.
 
 - `pretrain`: one GiMP pre-training step (MPM + triplet, frozen GroupMSA, AdamW) on B windows of
-  L patches; also with the implicit pseudo-inverse gradient (`model.pinv_grad = "implicit"`, an
-  option: its gradient error is in `experiments.bench.profile`'s output).
+  L patches with the config's `pretrain.pinv_grad` ("gimp_jax"), and with the other one
+  ("gimp_jax_<other>_pinv"; the implicit gradient's error: `experiments.bench.profile`,
+  `experiments/results/pinv_grad/`).
 - `slide_forward`: the evaluation forward over a whole slide (`steps.make_eval_step`, as `predict`
   runs it, on the bag padded to `config.data.bucket_sizes`).
 - `finetune`: one fine-tuning step on a whole slide (cross-entropy, frozen GroupMSA), gimp_jax on
@@ -277,7 +278,7 @@ def _torch_step_runners(frameworks: list[str], compile_mode: str, cfg, num_genes
 def pretrain(cohort: Cohort, sizes: Sizes, dtype: str, frameworks: list[str],
              compile_mode: str) -> tuple[list[Runner], dict]:
   """Runners of one pre-training step, and the shapes."""
-  cfg = model_config(dtype)
+  cfg = build.pretrain_config(model_config(dtype))  # the pre-training stage's model, as run.py
   cfg.pretrain.window = sizes.window
   batch = pretrain_batch(cohort, cfg)
   model, flat = model_and_params(cfg, sizes.genes)
@@ -285,13 +286,14 @@ def pretrain(cohort: Cohort, sizes: Sizes, dtype: str, frameworks: list[str],
   if "gimp_jax" in frameworks:
     loss_fn = methods.get(cfg.method).pretrain_loss(cfg)
     runners.append(jax_step_runner("gimp_jax", cfg, model, loss_fn, cfg.pretrain.frozen, batch))
-    if cfg.model.pinv_grad != "implicit":  # the option (`model.pinv_grad`), beside the default
-      option = cfg.copy_and_resolve_references()
-      option.model.pinv_grad = "implicit"
-      runners.append(jax_step_runner("gimp_jax_implicit_pinv", option,
-                                     model_and_params(option, sizes.genes)[0],
-                                     methods.get(cfg.method).pretrain_loss(option),
-                                     cfg.pretrain.frozen, batch))
+    # The other pseudo-inverse gradient beside the config's default, so that both are visible.
+    other = {"unrolled": "implicit", "implicit": "unrolled"}[cfg.model.pinv_grad]
+    option = cfg.copy_and_resolve_references()
+    option.model.pinv_grad = other
+    runners.append(jax_step_runner(f"gimp_jax_{other}_pinv", option,
+                                   model_and_params(option, sizes.genes)[0],
+                                   methods.get(cfg.method).pretrain_loss(option),
+                                   cfg.pretrain.frozen, batch))
   p = cfg.pretrain
   loss_fn = lambda m, b: tr.pretrain_loss(m, b, p)  # noqa: E731
   runners += _torch_step_runners(frameworks, compile_mode, cfg, sizes.genes, flat, loss_fn, batch)

@@ -4,6 +4,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from gimp_jax.masking import Slots
 from gimp_jax.models.nystrom import NystromAttention
 
 
@@ -54,14 +55,16 @@ class PatchAggregator(nnx.Module):
                      pinv_grad=pinv_grad, rngs=rngs) for _ in range(depth)])
     self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
-  def __call__(self, patches: jax.Array, mpm_mask: jax.Array | None = None,
+  def __call__(self, patches: jax.Array, mpm_mask: jax.Array | Slots | None = None,
                patch_mask: jax.Array | None = None, return_attention: bool = False,
                tokens: bool = True):
     """Aggregates a bag.
 
     Args:
       patches: [B, N, in_dim] patch embeddings.
-      mpm_mask: optional [B, N] bool, True where the embedding is replaced by the mask token.
+      mpm_mask: optional [B, N] bool, True where the embedding is replaced by the mask token; or
+        that mask's `masking.Slots` (with `fits`), which embeds the visible patches only (N - K
+        rows instead of N) for the same result.
       patch_mask: optional [B, N] bool key-padding mask, True for real patches (padding trailing).
       return_attention: also return the last layer's CLS -> patch attention [B, H, N].
       tokens: False when only CLS is read: the last layer then computes the CLS row alone (its
@@ -72,9 +75,7 @@ class PatchAggregator(nnx.Module):
       cls: [B, dim] (float32) and tokens: [B, N, dim] (compute dtype), the patch tokens after the
       final LayerNorm, or None; with `return_attention`, also the attention.
     """
-    h = jax.nn.relu(self.embed(patches.astype(self.dtype)))
-    if mpm_mask is not None:
-      h = jnp.where(mpm_mask[..., None], self.mask_token[...].astype(h.dtype), h)
+    h = self._embed(patches, mpm_mask)
     b = h.shape[0]
     cls = jnp.broadcast_to(self.cls_token[...].astype(h.dtype), (b, 1, h.shape[-1]))
     h = jnp.concatenate([cls, h], axis=1)
@@ -96,3 +97,16 @@ class PatchAggregator(nnx.Module):
       cls_attn = (left[:, :, :1] @ attn3)[:, :, 0, 1:]
       return cls_out, tokens, cls_attn
     return cls_out, tokens
+
+  def _embed(self, patches: jax.Array, mpm_mask: jax.Array | Slots | None) -> jax.Array:
+    """relu(embed(patches)) [B, N, dim], the mask token at masked positions (and at the padding
+    positions `Slots` hold among the masked ones: key padding ignores them)."""
+    token = self.mask_token[...].astype(self.dtype)
+    if not isinstance(mpm_mask, Slots):
+      h = jax.nn.relu(self.embed(patches.astype(self.dtype)))
+      return h if mpm_mask is None else jnp.where(mpm_mask[..., None], token, h)
+    b, k = mpm_mask.masked.shape
+    visible = jnp.take_along_axis(patches, mpm_mask.visible[..., None], axis=1)  # [B, N - K, in]
+    h = jax.nn.relu(self.embed(visible.astype(self.dtype)))
+    h = jnp.concatenate([jnp.broadcast_to(token, (b, k, h.shape[-1])), h], axis=1)
+    return jnp.take_along_axis(h, mpm_mask.inverse[..., None], axis=1)  # back to window order

@@ -14,6 +14,17 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   return jnp.dtype(config.compute_dtype)
 
 
+def pretrain_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config the pre-training stage builds its model from: `model.pinv_grad` replaced by
+  `pretrain.pinv_grad` (the pseudo-inverse gradient chosen for pre-training, configs/nsclc.py);
+  `config` itself when it has no such field."""
+  if "pinv_grad" not in config.pretrain:
+    return config
+  out = config.copy_and_resolve_references()
+  out.model.pinv_grad = config.pretrain.pinv_grad
+  return out
+
+
 def build_gene_encoder(config: ml_collections.ConfigDict, num_genes: int, rngs: nnx.Rngs):
   """The configured gene encoder, or None for image-only models."""
   m = config.model

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gimp_jax import losses
+from gimp_jax import masking
 from gimp_jax.models.gimp import cls_pat
 from gimp_jax.models.modality_dropout import gene_presence
 
@@ -32,8 +33,9 @@ def triplet_inputs(cls_img: jax.Array, cls_ge: jax.Array | None,
 def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """L_pre over pre-training windows, either term switchable for the ablations.
 
-  Batch: patches [B, L, D], mpm_mask [B, L] bool, genes [B, G], label [B] (survival: the time bin,
-  with censorship [B]: the triplet then uses the uncensored cases only, the bins being their
+  Batch: patches [B, L, D], mpm_mask [B, L] bool, optional patch_mask [B, L] bool (True = real
+  patch, padding trailing: a window shorter than L), genes [B, G], label [B] (survival: the time
+  bin, with censorship [B]: the triplet then uses the uncensored cases only, the bins being their
   classes; a censored case's bin is only a lower bound on its event time). With partial data
   (`data.allow_missing`) a row of NaN genes or a label of -1 takes part in L_rec and the variance
   term only; the triplet terms see the labelled cases (with expression, for CLS_pat).
@@ -42,6 +44,12 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   farthest-positive squared distance of the CLS_ge half, to compare with the margin); img_spread
   (`losses.relative_spread` of CLS_img: ~2 for independent slide tokens, 0 when collapsed);
   img_var_loss when its weight is set.
+
+  With MPM the patch embedding runs on the visible patches only and the decoder on the masked ones
+  only (`masking.mpm_slots`, K = num_masked(L, mask_ratio) slots): the same loss as embedding and
+  decoding every position, for windows drawn as `masking.sample_mpm` draws them (at most K masked
+  and L - K visible real patches per row). A batch outside that bound gets a NaN L_rec, which stops
+  training (`loop.fit`), rather than a loss over part of its masked patches.
   """
   cfg = config.pretrain
 
@@ -51,8 +59,12 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
     use = labels >= 0  # label -1: unlabelled (partial data)
     if "censorship" in batch:
       use = use & (batch["censorship"] == 0)
-    mpm_mask = batch["mpm_mask"] if cfg.use_mpm else None
-    cls_img, tokens = model.aggregator(batch["patches"], mpm_mask=mpm_mask)
+    patches, patch_mask = batch["patches"], batch.get("patch_mask")
+    slots = None
+    if cfg.use_mpm:
+      slots = masking.mpm_slots(batch["mpm_mask"],
+                                masking.num_masked(patches.shape[1], cfg.mask_ratio), patch_mask)
+    cls_img, tokens = model.aggregator(patches, mpm_mask=slots, patch_mask=patch_mask)
     cls_ge = None
     if model.gene_encoder is not None and (cfg.use_triplet and "pat" in cfg.triplet_on):
       cls_ge = model.gene_encoder(genes)
@@ -60,7 +72,9 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
     metrics = {"img_spread": losses.relative_spread(cls_img)}
     loss = jnp.zeros((), jnp.float32)
     if cfg.use_mpm:
-      rec = losses.masked_l1(model.reconstruct(tokens), batch["patches"], batch["mpm_mask"])
+      take = lambda x: jnp.take_along_axis(x, slots.masked[..., None], axis=1)  # noqa: E731
+      rec = losses.masked_l1(model.reconstruct(take(tokens)), take(patches), slots.masked_valid)
+      rec = jnp.where(slots.fits, rec, jnp.nan)
       metrics["rec_loss"] = rec
       loss = loss + cfg.rec_weight * rec
     if cfg.use_triplet:

@@ -290,7 +290,8 @@ def pretrain_stage(run: Run) -> tuple[loop.StageSpec, TrainState, int]:
   cfg = run.config
   if run.method.pretrain_loss is None:
     raise ValueError(f"Method {cfg.method!r} has no pre-training stage; remove it from stages.")
-  model = run.build()
+  model = run.method.build(build.pretrain_config(cfg), run.cohort.gene_names, run.num_classes,
+                           cfg.seed)
   params = _initial_params(run, model, "pretrain")
   train = run.patients("train", "pretrain")
   n_train = run.cohort.split(train).size
