@@ -145,8 +145,10 @@ class _Evaluation:
 
 
 def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
-          ) -> tuple[ml_collections.ConfigDict, cohort_lib.Cohort, bool]:
-  """Loads the new cohort against the trained run: (config, cohort, has labels), or DataError
+          ) -> tuple[ml_collections.ConfigDict, cohort_lib.Cohort, bool,
+                     dict[str, tuple[float, int]]]:
+  """Loads the new cohort against the trained run: (config, cohort, has labels, a survival run's
+  known outcomes: patient -> (time, censorship), `_outcomes`), or DataError
   listing every problem (missing genes, feature width, bad inputs). A survival run's cohort is
   loaded without outcomes (no time bins are fitted on new patients)."""
   trained, class_names = load_run(workdir)
@@ -160,24 +162,26 @@ def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
     problems.append(f"config: data.feature_dim: {given.data.feature_dim}, but the model in "
                     f"{workdir} was trained on features of width {width}")
   config.data.allow_missing = True  # slide-only patients: refused below only if the model needs genes
-  original = config.data.labels
   surv = config.get("task", "classification") == "survival"
-  config.data.labels, labelled = _labels_csv(original, class_names[0], tmpdir, ignore_labels=surv)
-  config.task = "classification"  # the cohort's rows; a survival run's outcomes are read apart
-  cohort, found = validate.check_inputs(config, normalizer, stored)
-  config.task = "survival" if surv else "classification"
-  problems += [p.replace(config.data.labels, original) for p in found]
-  config.data.labels = original
+  # The cohort's rows are loaded as a classification cohort (a survival run's outcomes are read
+  # apart, `_outcomes`), from a labels CSV given a placeholder label where it has none.
+  loader = ml_collections.ConfigDict(config.to_dict())
+  loader.task = "classification"
+  loader.data.labels, labelled = _labels_csv(config.data.labels, class_names[0], tmpdir,
+                                             ignore_labels=surv)
+  cohort, found = validate.check_inputs(loader, normalizer, stored)
+  problems += [p.replace(loader.data.labels, config.data.labels) for p in found]
+  known = {}
   if surv:
     try:
-      _outcomes(original)
+      known = _outcomes(config.data.labels)
     except DataError as e:
       problems += str(e).split("\n")
   if any("features: width" in p for p in found):
     problems.append(f"{workdir}: the model was trained on features of width {width}")
   if problems:
     raise DataError("\n".join(problems))
-  return config, cohort, labelled
+  return config, cohort, labelled, known
 
 
 def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -190,7 +194,7 @@ def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
     the class names are the time bins.
   """
   with tempfile.TemporaryDirectory() as tmpdir:
-    config, cohort, labelled = check(workdir, given, tmpdir)
+    config, cohort, labelled, known = check(workdir, given, tmpdir)
   method = methods.get(config.method)
   model = method.build(config, cohort.gene_names, survival.num_outputs(config, cohort.num_classes),
                        config.seed)
@@ -213,9 +217,8 @@ def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
   modality = np.where(genes & uses_genes, "slide+genes", "slide")
   result = {"patient_id": out["patient_id"], "modality": modality,
             "class_names": cohort.class_names}
-  if config.task != "survival":
+  if config.get("task", "classification") != "survival":
     return dict(result, label=labels, probs=out["probs"])
-  known = _outcomes(config.data.labels)
   hazards = surv = None
   if config.survival.loss == "nll":
     hazards, surv = survival.hazards_and_survival(out["logits"])
