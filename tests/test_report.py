@@ -14,6 +14,7 @@ import pytest
 from gimp_jax import report
 from gimp_jax.report import heatmap
 from gimp_jax.report import page
+from gimp_jax.report import slides
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -213,9 +214,9 @@ def test_write_report(tmp_path):
                         'finetune': {'final_losses': {'l_cls': 0.25}, 'wall_time_s': 40.0}}}
   xs, ys = np.meshgrid(np.arange(30), np.arange(20))
   coords = np.stack([xs.ravel(), ys.ravel()], 1) * 256
-  heatmaps = [('TCGA-001', coords, rng.uniform(size=600)),
-              ('TCGA-001', coords[:300], rng.uniform(size=300)),  # a second slide, same patient
-              ('TCGA 002/x', coords[100:], rng.uniform(size=500))]
+  heatmaps = [slides.SlideScores('TCGA-001', 's1', coords, rng.uniform(size=600), 256),
+              slides.SlideScores('TCGA-001', 's2', coords[:300], rng.uniform(size=300), 256),
+              slides.SlideScores('TCGA 002/x', 's3', coords[100:], rng.uniform(size=500), 256)]
   history = {'finetune': [(s, {'loss': 1 / (s + 1), 'val_accuracy': s / 10}) for s in range(10)]}
   tsne = (rng.normal(size=(40, 16)), np.arange(40) % 2)
   (tmp_path / 'heatmap_stale.png').write_bytes(b'old')  # an earlier report's file
@@ -225,14 +226,18 @@ def test_write_report(tmp_path):
                                 heatmaps=heatmaps, history=history, seed=1)
   assert md_path == os.path.join(tmp_path, 'report.md')
   markdown = open(md_path).read()
-  written = set(os.listdir(tmp_path)) - {'report.md', 'report.html', 'notes.txt'}
+  written = {os.path.relpath(os.path.join(root, name), tmp_path)
+             for root, _, names in os.walk(tmp_path) for name in names}
+  written -= {'report.md', 'report.html', 'notes.txt'}
   links = _links(markdown)
   assert len(links) == len(set(links))
   assert set(links) == written  # exactly the files that exist
+  per_slide = {f'slides/{stem}/scores.{ext}' for stem in ('TCGA-001', 'TCGA-001_2', 'TCGA_002_x')
+               for ext in ('csv', 'geojson')}
   assert written == {'roc_test.png', 'roc_val.png', 'confusion_test.png', 'confusion_val.png',
                      'tsne_train.png', 'heatmap_TCGA-001.png', 'heatmap_TCGA-001_2.png',
                      'heatmap_TCGA_002_x.png', 'loss_curves.png', 'predictions_test.csv',
-                     'predictions_val.csv'}
+                     'predictions_val.csv'} | per_slide
   for name in written:
     if name.endswith('.png'):
       _assert_png(tmp_path / name)
