@@ -171,3 +171,23 @@ def write_slide(report_dir: str, stem: str, item: SlideScores, *, top_k: int = 8
     slide.close()
   return SlideFiles(png, rel('top_patches.png'), rel('scores.csv'), rel('scores.geojson'),
                     rel('overlay.png'), dict(tiles, url=rel(tiles['url'])))
+
+
+def caption(predictions: dict, patient_id: str, class_names, time_unit: str = '') -> str:
+  """A heatmap's title from the test predictions (`train.run.predict`'s dict): the patient, the
+  true and predicted class and the predicted probability, or for survival the predicted risk,
+  the time and whether it is an event; the patient alone when it is not among them."""
+  ids = [str(p) for p in predictions.get('patient_id', ())]
+  if patient_id not in ids:
+    return str(patient_id)
+  i = ids.index(patient_id)
+  if 'risk' in predictions:
+    status = 'censored' if int(predictions['censorship'][i]) else 'event'
+    unit = f' {time_unit}' if time_unit else ''
+    return (f'{patient_id}: predicted risk {float(predictions["risk"][i]):.3g}; '
+            f'{status} at {float(predictions["time"][i]):.4g}{unit}')
+  probs = np.asarray(predictions['probs'][i], np.float64)
+  label, predicted = int(predictions['label'][i]), int(np.argmax(probs))
+  verdict = 'correct' if label == predicted else 'misclassified'
+  return (f'{patient_id}: true {class_names[label]}, predicted {class_names[predicted]} '
+          f'(p = {probs[predicted]:.2f}, {verdict})')

@@ -28,9 +28,11 @@ from gimp_jax.configs.checks import STAGES
 from gimp_jax.errors import DataError
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import pipeline
+from gimp_jax.models import attention
 from gimp_jax.models import build
 from gimp_jax.objectives import supervised
 from gimp_jax.objectives import survival
+from gimp_jax.report import slides
 from gimp_jax.train import loop, optim, partial, probe, steps, transfer
 from gimp_jax.train.state import TrainState, create_state
 
@@ -461,30 +463,6 @@ def test(run: Run) -> None:
           gene_only_scores(run, model, run.patients(split, "gene_pretrain"))[keys[0]])
 
 
-def cls_attention(run: Run, state: TrainState, index: int) -> tuple[np.ndarray, np.ndarray]:
-  """CLS -> patch attention of the last Nyström layer (mean over heads) on a patient's first slide.
-
-  Returns:
-    coords [N, 2] level-0 (x, y) and attention [N] for the N patches of that slide.
-  """
-  n = run.cohort.patients[index].slide_patches[0]
-  rows = np.arange(n)
-  bag = run.cohort.bag(index)
-  size = pipeline.bucket_size(n, run.config.data.bucket_sizes)  # padded: one compile per bucket
-  patches = np.zeros((1, size, run.cohort.feature_dim), np.float32)
-  patches[0, :n] = bag.features(rows)
-  attn = _cls_attention(state.model(train=False), jnp.asarray(patches),
-                        jnp.asarray(np.arange(size)[None] < n))
-  return bag.coords(rows), np.asarray(attn[0, :n])
-
-
-@jax.jit
-def _cls_attention(model, patches: jax.Array, patch_mask: jax.Array) -> jax.Array:
-  """[1, N, D] padded bag -> [1, N] CLS attention of the last layer, mean over heads."""
-  _, _, attn = model.aggregator(patches, patch_mask=patch_mask, return_attention=True)
-  return attn.mean(1)
-
-
 def write_report(run: Run) -> str:
   """report/: numbers, ROC and confusion PNGs, t-SNE of CLS_pat after pre-training, heatmaps."""
   cfg = run.config
@@ -497,11 +475,15 @@ def write_report(run: Run) -> str:
     tsne = (train["embedding"], train["label"])
   heatmaps = []
   best = create_state(model).replace(params=restore_params(run.workdir, "finetune_best", model))
-  if hasattr(model, "aggregator"):
+  if attention.supports(model):
     for index in run.cohort.split("test")[:cfg.report.heatmaps]:
       check_stop(run)
-      coords, attention = cls_attention(run, best, int(index))
-      heatmaps.append((run.cohort.patients[index].patient_id, coords, attention))
+      heatmaps += slides.patient_scores(
+          best.model(train=False), run.cohort, int(index), bucket_sizes=cfg.data.bucket_sizes,
+          slides_dir=cfg.data.get("slides_dir", ""),
+          default_patch_size=cfg.report.get("patch_size_level0", 256),
+          caption=slides.caption(run.predictions["test"], run.cohort.patients[index].patient_id,
+                                 run.cohort.class_names, cfg.report.get("time_unit", "")))
   history = {name: stage_records(run.workdir, name) for name in run.results["stages"]}
   val_history = {name: [(epoch, scores) for epoch, (_, scores) in
                         enumerate(stage_records(run.workdir, f"{name}_val"))]
@@ -517,7 +499,9 @@ def write_report(run: Run) -> str:
       os.path.join(run.workdir, "report"), results=run.results,
       class_names=list(run.cohort.class_names), predictions=run.predictions, tsne=tsne,
       heatmaps=heatmaps, history=history, val_history=val_history, diagnostics=diagnostics,
-      seed=cfg.seed, survival_cutoff=survival_cutoff)
+      seed=cfg.seed, survival_cutoff=survival_cutoff,
+      slide_options={k: cfg.report[k] for k in ("top_k", "thumbnail_size", "deepzoom_size")
+                     if k in cfg.report})
 
 
 def stage_records(workdir: str, stage: str) -> list[tuple[int, dict]]:
