@@ -212,6 +212,9 @@ def test_report_html_in_headless_chromium(report_dir):
       view.locator('#overlay-0').check()
       view.locator('#opacity-0').fill('1')
       assert view.evaluate(opacity) == 1
+      view.wait_for_timeout(500)
+      opaque = np.asarray(PILImage.open(_png(view.locator('#viewer-0').screenshot())))[..., :3]
+      assert np.abs(opaque.astype(int) - shown).mean() > 2  # the slider sets the opacity
     finally:
       browser.close()
   assert not problems, problems

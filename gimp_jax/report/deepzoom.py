@@ -9,7 +9,8 @@ The viewer is OpenSeadragon 6.1.1 (BSD-3-Clause, its licence in `openseadragon/L
 shipped as package data (`openseadragon.min.js` and the four navigation buttons' images) and
 copied beside report.html by `copy_viewer`. The tile source is given inline (no XML descriptor to
 fetch: a page opened from file:// may not read files by XMLHttpRequest), tiles are loaded as
-plain images, and the HTML drawer (no canvas, so no cross-origin rules on file://) draws them.
+plain images, and the 2-D canvas drawer draws them (WebGL would refuse file:// images as
+cross-origin textures; the HTML drawer ignores an item's opacity).
 The overlay is a second image in the same world coordinates, shown or hidden by a checkbox, its
 opacity set by a slider.
 """
@@ -87,7 +88,7 @@ def viewer_html(index: int, tiles: dict, overlay_url: str,
                       'Url': tiles['url'], 'Format': 'jpeg',
                       'Overlap': str(tiles['overlap']), 'TileSize': str(tiles['tile_size']),
                       'Size': {'Width': str(tiles['width']), 'Height': str(tiles['height'])}}}
-  options = {'id': f'viewer-{index}', 'prefixUrl': f'{VIEWER_DIR}/images/', 'drawer': 'html',
+  options = {'id': f'viewer-{index}', 'prefixUrl': f'{VIEWER_DIR}/images/', 'drawer': 'canvas',
              'showNavigator': True, 'crossOriginPolicy': False, 'loadTilesWithAjax': False,
              'tileSources': [source, {'type': 'image', 'url': overlay_url}]}
   aspect = tiles['height'] / tiles['width']
