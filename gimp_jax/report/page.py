@@ -113,9 +113,9 @@ def summary_table(results: Mapping[str, Any]) -> Table | None:
   """Metric x split from the results' scalar `<split>_<metric>` entries (train/val/test)."""
   cells: dict[str, dict[str, Any]] = {}
   for key, value in results.items():
-    match = re.fullmatch(r'(train|val|test)_(.+)', key)
-    if match and figures.as_scalar(value) is not None:
-      cells.setdefault(match[2], {})[match[1]] = value
+    match = re.fullmatch(r'(gene_only_)?(train|val|test)_(.+)', key)
+    if match and figures.as_scalar(value) is not None:  # gene_only_: the genes-only baseline
+      cells.setdefault((match[1] or '') + match[3], {})[match[2]] = value
   if not cells:
     return None
   splits = _ordered_splits({s for row in cells.values() for s in row})
@@ -123,6 +123,34 @@ def summary_table(results: Mapping[str, Any]) -> Table | None:
   rows = [[name] + [fmt(cells[name][s]) if s in cells[name] else '' for s in splits]
           for name in names]
   return Table(['metric'] + splits, rows)
+
+
+def facts_blocks(facts: Mapping[str, Any]) -> list[Block]:
+  """The run's data and settings (`run_facts`): patients per split and class, the command, the
+  config's differences from the defaults."""
+  blocks: list[Block] = []
+  balance = facts.get('splits') or {}
+  if balance:
+    columns = list(dict.fromkeys(k for row in balance.values() for k in row))
+    blocks += [Heading('Data', 2),
+               Table(['split'] + columns,
+                     [[split] + [str(row.get(c, 0)) for c in columns]
+                      for split, row in balance.items()])]
+  if 'command' in facts or 'config_diff' in facts:
+    blocks.append(Heading('Run', 2))
+  if facts.get('command'):
+    blocks.append(Paragraph(f'Command: {facts["command"]}'))
+  if 'config_diff' in facts:
+    diff = list(facts['config_diff'])
+    if not diff:
+      blocks.append(Paragraph("Config: the paper's defaults (configs/nsclc.py)."))
+    else:
+      blocks += [Paragraph("Config fields that differ from the paper's defaults "
+                           '(configs/nsclc.py; report.* and stages left out):'),
+                 Table(['field', 'default -> this run'],
+                       [change.split(': ', 1) if ': ' in change else [change, '']
+                        for change in diff])]
+  return blocks
 
 
 def stages_table(stages: Mapping[str, Mapping[str, Any]]) -> Table | None:
@@ -188,7 +216,7 @@ def _classification_blocks(report_dir: str, split: str, labels: np.ndarray, prob
 
 
 def _survival_blocks(report_dir: str, predictions: Mapping[str, Mapping[str, Any]],
-                     cutoff: float) -> list[Block]:
+                     cutoff: float, time_unit: str = '') -> list[Block]:
   """Kaplan-Meier curves at the training median risk with the log-rank p-value (val, test), the
   risk distribution, the per-case risk CSVs and the test cases' risk table."""
   blocks: list[Block] = [
@@ -204,7 +232,7 @@ def _survival_blocks(report_dir: str, predictions: Mapping[str, Mapping[str, Any
     risk = np.asarray(pred['risk'], np.float64)
     path, p_value = survival.km_png(os.path.join(report_dir, f'km_{safe_name(split)}.png'),
                               pred['time'], pred['censorship'], risk > cutoff,
-                              f'Kaplan-Meier, {split}')
+                              f'Kaplan-Meier, {split}', time_unit)
     images.append(Image(f'Kaplan-Meier curves, {split}', os.path.basename(path)))
     events = np.asarray(pred['censorship']) == 0
     rows.append([split, str(risk.size), str(int(events.sum())), str(int((risk > cutoff).sum())),
@@ -290,7 +318,8 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
                  diagnostics: tuple[Sequence[tuple[int, Mapping[str, Any]]], float, float]
                  | None = None,
                  seed: int = 0, survival_cutoff: float | None = None,
-                 slide_options: Mapping[str, int] | None = None) -> str:
+                 slide_options: Mapping[str, int] | None = None,
+                 facts: Mapping[str, Any] | None = None) -> str:
   """Writes report.md, report.html, their PNGs and predictions_<split>.csv into `report_dir`.
 
   Args:
@@ -316,6 +345,9 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
       'patient_id', 'time', 'censorship' and 'risk' [N], and the page shows Kaplan-Meier curves,
       the risk distribution and the per-case risks instead of ROC curves and confusion matrices.
     slide_options: `slides.write_slide`'s top_k, thumbnail_size and deepzoom_size.
+    facts: the run's facts (`run_facts`): 'splits' (split -> {column: count}), 'command',
+      'config_diff' (['field: default -> value']), 'chosen_epochs' (stage -> epoch, marked on the
+      curves), 'time_unit' (survival times' unit, on the Kaplan-Meier axes).
 
   Returns:
     The path of report.md.
@@ -326,7 +358,7 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
   os.makedirs(report_dir)
   try:
     _compose(report_dir, results, class_names, predictions, tsne, heatmaps, history, val_history,
-             diagnostics, seed, survival_cutoff, slide_options or {})
+             diagnostics, seed, survival_cutoff, slide_options or {}, facts or {})
     os.makedirs(final, exist_ok=True)
     _clear(final)
     for name in sorted(os.listdir(report_dir), key=lambda n: (n.startswith('report.'), n)):
@@ -337,7 +369,7 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
 
 
 def _compose(report_dir, results, class_names, predictions, tsne, heatmaps, history, val_history,
-             diagnostics, seed, survival_cutoff, slide_options) -> None:
+             diagnostics, seed, survival_cutoff, slide_options, facts) -> None:
   """`write_report`'s files, written into `report_dir`."""
   names = list(class_names)
   checked = {} if survival_cutoff is not None else {
@@ -350,6 +382,7 @@ def _compose(report_dir, results, class_names, predictions, tsne, heatmaps, hist
     blocks.append(Paragraph('Versions: ' + ', '.join(f'{k} {v}' for k, v in versions.items())))
   blocks += [Heading('Summary', 2),
              summary_table(results) or Paragraph('No split metrics in the results.')]
+  blocks += facts_blocks(facts)
   stage_table = stages_table(results.get('stages') or {})
   if stage_table:
     blocks += [Heading('Stages', 2), stage_table]
@@ -361,14 +394,15 @@ def _compose(report_dir, results, class_names, predictions, tsne, heatmaps, hist
     blocks += [Heading('t-SNE of CLS_pat (training set, after pre-training)', 2),
                Image('t-SNE of CLS_pat', os.path.basename(path))]
   if survival_cutoff is not None:
-    blocks += _survival_blocks(report_dir, predictions, survival_cutoff)
+    blocks += _survival_blocks(report_dir, predictions, survival_cutoff,
+                               facts.get('time_unit', ''))
   if heatmaps:
     blocks += _heatmap_blocks(report_dir, heatmaps, slide_options)
     if any(isinstance(block, Viewer) for block in blocks):
       deepzoom.copy_viewer(report_dir)
   if _has_curves(history or {}, val_history or {}):
     path = figures.loss_curves_png(os.path.join(report_dir, 'loss_curves.png'), history or {},
-                                   val_history)
+                                   val_history, facts.get('chosen_epochs'))
     blocks += [Heading('Training curves', 2), Image('Training curves', os.path.basename(path))]
   if diagnostics is not None and diagnostics[0]:
     path = figures.pretrain_diagnostics_png(os.path.join(report_dir, 'pretrain_diagnostics.png'),

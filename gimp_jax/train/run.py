@@ -32,6 +32,7 @@ from gimp_jax.models import attention
 from gimp_jax.models import build
 from gimp_jax.objectives import supervised
 from gimp_jax.objectives import survival
+from gimp_jax.report import run_facts
 from gimp_jax.report import slides
 from gimp_jax.train import loop, optim, partial, probe, steps, transfer
 from gimp_jax.train.state import TrainState, create_state
@@ -501,7 +502,10 @@ def write_report(run: Run) -> str:
       heatmaps=heatmaps, history=history, val_history=val_history, diagnostics=diagnostics,
       seed=cfg.seed, survival_cutoff=survival_cutoff,
       slide_options={k: cfg.report[k] for k in ("top_k", "thumbnail_size", "deepzoom_size")
-                     if k in cfg.report})
+                     if k in cfg.report},
+      facts=dict(splits=run_facts.split_balance(run.cohort), command=run_facts.command(),
+                 config_diff=run_facts.config_diff(cfg), time_unit=cfg.report.get("time_unit", ""),
+                 chosen_epochs=run_facts.chosen_epochs(run.workdir, run.results["stages"])))
 
 
 def stage_records(workdir: str, stage: str) -> list[tuple[int, dict]]:
