@@ -12,6 +12,7 @@ attributes that CLAM, TRIDENT and `gimp_jax.preprocess` write (`patch_size_level
 import csv
 import dataclasses
 import os
+import re
 
 import h5py
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ import openslide
 from PIL import Image as PILImage
 
 from gimp_jax.data import pipeline
+from gimp_jax.errors import DataError
 from gimp_jax.models import attention
 from gimp_jax.preprocess.tiling import SLIDE_EXTENSIONS
 from gimp_jax.report import deepzoom
@@ -191,3 +193,29 @@ def caption(predictions: dict, patient_id: str, class_names, time_unit: str = ''
   verdict = 'correct' if label == predicted else 'misclassified'
   return (f'{patient_id}: true {class_names[label]}, predicted {class_names[predicted]} '
           f'(p = {probs[predicted]:.2f}, {verdict})')
+
+
+def write_attention(out_dir: str, model, cohort, config, slides_dir: str) -> list[SlideFiles]:
+  """Every patient's slides (`patient_scores`, `write_slide`) into `out_dir`, one stem per slide
+  ID; the model answers `attention.supports` (DataError naming the method otherwise).
+
+  Args:
+    out_dir: the folder (created if missing).
+    model: the model in evaluation mode.
+    cohort: the loaded cohort.
+    config: the run's config (data.bucket_sizes, config.report's patch side, top_k, thumbnail
+      and Deep Zoom sizes).
+    slides_dir: the folder of the whole-slide images ('' when not at hand).
+  """
+  if not attention.supports(model):
+    raise DataError(f"config.method {config.method!r}: its model has no attention over patches")
+  report = config.get('report', {})
+  options = {k: report[k] for k in ('top_k', 'thumbnail_size', 'deepzoom_size') if k in report}
+  written = []
+  for index in range(len(cohort.patients)):
+    for item in patient_scores(model, cohort, index, bucket_sizes=config.data.bucket_sizes,
+                               slides_dir=slides_dir,
+                               default_patch_size=report.get('patch_size_level0', 256)):
+      written.append(write_slide(out_dir, re.sub(r'[^A-Za-z0-9._-]+', '_', item.slide_id),
+                                 item, **options))
+  return written
