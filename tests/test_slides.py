@@ -223,3 +223,17 @@ def test_report_html_in_headless_chromium(report_dir):
 def _png(data: bytes):
   import io  # pylint: disable=g-import-not-at-top
   return io.BytesIO(data)
+
+
+def test_captions_say_true_predicted_and_probability_or_risk_and_time():
+  classified = {'patient_id': np.array(['a', 'b']), 'label': np.array([0, 1]),
+                'probs': np.array([[0.9, 0.1], [0.6, 0.4]])}
+  assert slides.caption(classified, 'a', ['LUAD', 'LUSC']) == (
+      'a: true LUAD, predicted LUAD (p = 0.90, correct)')
+  assert slides.caption(classified, 'b', ['LUAD', 'LUSC']) == (
+      'b: true LUSC, predicted LUAD (p = 0.60, misclassified)')
+  survival = {'patient_id': np.array(['c']), 'risk': np.array([1.234]),
+              'time': np.array([17.5]), 'censorship': np.array([1])}
+  assert slides.caption(survival, 'c', [], 'months') == (
+      'c: predicted risk 1.23; censored at 17.5 months')
+  assert slides.caption(survival, 'zz', []) == 'zz'
