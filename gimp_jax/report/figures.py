@@ -204,9 +204,11 @@ def curve_panels(history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]],
   return stages
 
 
-def loss_curves_png(path: str | os.PathLike[str],
-                    history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]],
-                    val_history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None,
+Records = Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]]  # stage -> [(step, metrics)]
+
+
+def loss_curves_png(path: str | os.PathLike[str], history: Records,
+                    val_history: Records | None = None,
                     chosen: Mapping[str, int] | None = None) -> str:
   """Training curves: per stage, its losses per step and its validation metrics per epoch, each
   panel drawn only where there is something to draw (two panels a row; a stage without validation,
