@@ -202,7 +202,7 @@ def test_protocol_scores_equal_numpy_attention(name):
       np.testing.assert_allclose(got.sum(), 1.0, rtol=1e-4)  # a distribution over the patches
 
 
-@pytest.mark.parametrize("name", ["abmil", "clam_mb", "dsmil", "transmil", "gimp", "mcat"])
+@pytest.mark.parametrize("name", ["clam_mb", "dsmil", "transmil", "gimp", "mcat"])
 def test_padded_bag_scores_equal_unpadded(name):
   model = eval_mode(MODELS[name][0]())
   x, genes = bag(3)
