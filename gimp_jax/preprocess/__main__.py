@@ -22,7 +22,6 @@ from gimp_jax.preprocess import resnet
 from gimp_jax.preprocess import tiling
 from gimp_jax.preprocess import writer
 
-SLIDE_EXTENSIONS = ('.svs', '.tif', '.tiff', '.ndpi', '.mrxs', '.scn', '.vms', '.bif')
 
 _SLIDES = flags.DEFINE_string('slides', None, 'Folder of whole-slide images.', required=True)
 _OUT = flags.DEFINE_string('out', None, 'Output folder for <slide_id>.h5 files.', required=True)
@@ -48,7 +47,7 @@ def list_slides(folder: str) -> dict[str, str]:
   slides = {}
   for name in sorted(os.listdir(folder)):
     stem, ext = os.path.splitext(name)
-    if ext.lower() not in SLIDE_EXTENSIONS:
+    if ext.lower() not in tiling.SLIDE_EXTENSIONS:
       continue
     if stem in slides:
       first = os.path.basename(slides[stem])
@@ -56,7 +55,8 @@ def list_slides(folder: str) -> dict[str, str]:
                       '(field: file name)')
     slides[stem] = os.path.join(folder, name)
   if not slides:
-    raise DataError(f'{folder}: no slides with extensions {", ".join(SLIDE_EXTENSIONS)}')
+    raise DataError(
+        f'{folder}: no slides with extensions {", ".join(tiling.SLIDE_EXTENSIONS)}')
   return slides
 
 

@@ -66,7 +66,8 @@ def extract_slide(path: str, slide_id: str, out_dir: str, feature_fn: FeatureFn,
     if not len(plan.coords):
       logging.warning('%s: no tissue patches found; writing an empty feature file', path)
     attrs = {'patch_size': plan.patch_size, 'patch_size_level0': plan.step,
-             'patch_level': plan.level, 'magnification': params.magnification}
+             'patch_level': plan.level, 'magnification': params.magnification,
+             'slide_path': os.path.abspath(path)}  # the report's heatmaps find the slide here
     with writer.FeatureWriter(out_dir, slide_id, feature_dim, attrs) as out:
       _encode(slide, plan, feature_fn, out, batch_size, desc=slide_id)
     return len(plan.coords)

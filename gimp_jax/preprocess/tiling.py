@@ -25,6 +25,8 @@ from PIL import Image
 from gimp_jax.errors import DataError
 from gimp_jax.preprocess import tissue
 
+# The whole-slide image files OpenSlide reads (preprocess's --slides, the report's slides_dir).
+SLIDE_EXTENSIONS = ('.svs', '.tif', '.tiff', '.ndpi', '.mrxs', '.scn', '.vms', '.bif')
 # Microns per pixel at 1x under the usual convention (10x objective ~ 1 um/px).
 _MICRONS_AT_1X = 10.0
 # Scales within this factor count as equal (level choice; rounding to a whole resize factor).
