@@ -235,3 +235,22 @@ def test_weights_that_do_not_fit_name_missing_and_extra_keys(tmp_path):
   state['pos_embed'] = torch.zeros(1, 100, 1536)
   with pytest.raises(DataError, match='pos_embed has shape'):
     encoders.from_file(preset, _save(state, tmp_path / 'grid.safetensors'))
+
+
+@pytest.mark.parametrize('name', ['uni', 'virchow2'])
+def test_input_recipe_matches_tridents_transform(name):
+  """TRIDENT's torchvision transform on a PIL patch (bilinear for UNI, bicubic for Virchow2):
+  random pixels (the worst case for overshoot and rounding) within 2 grey levels, 90% exact."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from torchvision import transforms  # pylint: disable=g-import-not-at-top
+  preset = encoders.PRESETS[name]
+  patch = np.random.default_rng(0).integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
+  mode = (transforms.InterpolationMode.BICUBIC if preset.resize == 'cubic'
+          else transforms.InterpolationMode.BILINEAR)
+  reference = transforms.Compose([
+      transforms.Resize(preset.input_size, interpolation=mode), transforms.ToTensor(),
+      transforms.Normalize(preset.mean, preset.std)])(Image.fromarray(patch[0]))
+  ours = np.asarray(encoders.prepare(preset, jnp.asarray(patch)))[0]
+  levels = np.abs(ours - reference.permute(1, 2, 0).numpy()) * np.asarray(preset.std) * 255
+  assert ours.shape == (224, 224, 3)
+  assert levels.max() < 2.01 and (levels < 0.01).mean() > 0.9

@@ -2,8 +2,9 @@
 
 Each preset is the published architecture (as TRIDENT builds it with timm) and its evaluation
 transform: patches of `patch_size` pixels at `magnification` are resized to `input_size` (TRIDENT's
-`Resize` on uint8 images, antialiased; the result rounded to uint8 as PIL does), scaled to [0, 1]
-and normalised with the encoder's mean and std. Output widths: UNI 1,024; UNI2-h 1,536; CONCH v1.5
+`Resize` on PIL images: antialiased, one axis at a time, rounded to uint8 after each; within one
+grey level of PIL's fixed-point result), scaled to [0, 1] and normalised with the encoder's mean
+and std. Output widths: UNI 1,024; UNI2-h 1,536; CONCH v1.5
 768; Virchow2 2,560 (CLS and the mean of the patch tokens); Phikon-v2 1,024; H-optimus-0 1,536;
 ResNet50-trunc 1,024 (CLAM's, patches as read, no resize).
 
@@ -114,8 +115,11 @@ def prepare(preset: Preset, images: jax.Array) -> jax.Array:
   x = images.astype(jnp.float32)
   size = preset.input_size
   if size is not None and images.shape[1:3] != (size, size):
-    x = jax.image.resize(x, (x.shape[0], size, size, 3), method=preset.resize, antialias=True)
-    x = jnp.clip(jnp.round(x), 0, 255)  # PIL resizes uint8 images to uint8
+    # PIL (TRIDENT's torchvision Resize on PIL images): horizontal pass, then vertical, each
+    # rounded and clipped to uint8, which matters where bicubic overshoots.
+    for shape in ((x.shape[0], x.shape[1], size, 3), (x.shape[0], size, size, 3)):
+      x = jax.image.resize(x, shape, method=preset.resize, antialias=True)
+      x = jnp.clip(jnp.round(x), 0, 255)
   mean = jnp.asarray(preset.mean, jnp.float32)
   std = jnp.asarray(preset.std, jnp.float32)
   return (x / 255.0 - mean) / std
