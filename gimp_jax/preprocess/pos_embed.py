@@ -41,7 +41,7 @@ def timm_bicubic(n: int, m: int) -> np.ndarray:
     hi = min(int(center + support + 0.5), n)
     taps = np.arange(lo, hi)
     w = _cubic((taps - center + 0.5) * inv, -0.5)
-    weights[i, taps] = w / w.sum() if w.sum() != 0 else w
+    weights[i, taps] = w / w.sum()
   return weights
 
 

@@ -78,10 +78,11 @@ def _torch_name(path: tuple) -> tuple[str, str]:
   return (f'{prefix}.{leaf}' if prefix else leaf), 'copy'
 
 
-def _convert(value: np.ndarray, kind: str, shape: tuple) -> np.ndarray:
+def _convert(value: np.ndarray, kind: str) -> np.ndarray:
+  """PyTorch layout -> ours: Linear [out, in] -> [in, out]; Conv2d [D, 3, p, p] -> [p * p * 3, D]."""
   if kind == 'linear' and value.ndim == 2:
     return value.T
-  if kind == 'patch' and value.ndim == 4:  # [D, 3, p, p] -> [p * p * 3, D]
+  if kind == 'patch' and value.ndim == 4:
     return value.transpose(2, 3, 1, 0).reshape(-1, value.shape[0])
   return value
 
@@ -138,7 +139,7 @@ def load_weights(model: nnx.Module, state_dict: dict[str, np.ndarray], source: s
     value = np.asarray(state_dict[key], np.float32)
     if key.endswith('pos_embed') and resize_pos_embed and value.shape != tuple(current.shape):
       value = _resize_pos_embed(value, tuple(current.shape))
-    value = _convert(value, kind, tuple(current.shape))
+    value = _convert(value, kind)
     if value.shape != tuple(current.shape):
       raise DataError(f'{source}: {key} has shape {value.shape}, expected the shape of '
                       f'{tuple(current.shape)} (after layout conversion)')
