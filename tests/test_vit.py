@@ -176,8 +176,9 @@ def test_conch_v1_5_matches_its_reference(tmp_path):
       block.ls2.gamma.uniform_(0.5, 1.5)
     trunk.norm.weight.uniform_(0.5, 1.5)
     ckpt_pos = torch.randn(1, 1 + 16 * 16, 1024) * 0.5
-    grid14 = F.interpolate(ckpt_pos[:, 1:].reshape(1, 16, 16, -1).permute(0, 3, 1, 2), size=(14, 14),
-                           mode='bilinear', align_corners=False, antialias=False)
+    grid16 = ckpt_pos[:, 1:].reshape(1, 16, 16, -1).permute(0, 3, 1, 2)
+    grid14 = F.interpolate(grid16, size=(14, 14), mode='bilinear', align_corners=False,
+                           antialias=False)
     grid28 = F.interpolate(grid14, scale_factor=(28.1 / 14, 28.1 / 14), mode='bicubic')
     trunk.pos_embed.copy_(torch.cat([ckpt_pos[:, :1],
                                      grid28.permute(0, 2, 3, 1).reshape(1, 28 * 28, -1)], 1))

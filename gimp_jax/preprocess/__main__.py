@@ -36,12 +36,13 @@ _WEIGHTS = flags.DEFINE_string(
     'weights', None, 'The encoder\'s weights (.safetensors, .bin, .pth) in timm layout (Phikon-v2 '
     'also Hugging Face; resnet50_trunc: torchvision resnet50, e.g. IMAGENET1K_V1).', required=True)
 _DEPTH = flags.DEFINE_integer('depth', 0, 'ViT blocks; 0 = the published depth (fewer: tests).')
-_BATCH = flags.DEFINE_integer('batch_size', 32,
-                              'Patches per encoder batch (rounded up to a multiple of the devices).')
-_MAGNIFICATION = flags.DEFINE_float('magnification', None,
-                                    'Target magnification (20x=0.5 um/px); default: the encoder\'s.')
-_PATCH = flags.DEFINE_integer('patch_size', None, 'Patch side in pixels at the target '
-                              'magnification (resized to the encoder\'s input); default: the encoder\'s.')
+_BATCH = flags.DEFINE_integer(
+    'batch_size', 32, 'Patches per encoder batch (rounded up to a multiple of the devices).')
+_MAGNIFICATION = flags.DEFINE_float(
+    'magnification', None, 'Target magnification (20x=0.5 um/px); default: the encoder\'s.')
+_PATCH = flags.DEFINE_integer(
+    'patch_size', None, 'Patch side in pixels at the target magnification (resized to the '
+    'encoder\'s input); default: the encoder\'s.')
 _MPP = flags.DEFINE_float('mpp', None, 'Microns per level-0 pixel, for slides that do not record '
                           'it (openslide.mpp-x); overrides it for every slide.')
 _DTYPE = flags.DEFINE_enum('compute_dtype', 'auto', ['auto', 'float32', 'bfloat16'],

@@ -4,9 +4,9 @@ A grid [h, w, D] is resampled separably: `out = Wy @ grid @ Wx^T` with `Wy: [h',
 The matrices depend only on the sizes, so they are built once in NumPy (float64) and applied as
 constants inside the jitted forward. Three PyTorch `F.interpolate` calls are reproduced:
 
-- `timm_bicubic(n, m)`: timm's `resample_abs_pos_embed` (`mode='bicubic', antialias=True`, output
-  size given). PyTorch's antialiased kernel is Keys' cubic with a = -0.5, stretched by the scale when
-  downsampling, over taps that stop at the border, renormalised to sum to one.
+- `timm_bicubic(n, m)`: timm's `resample_abs_pos_embed` (`mode='bicubic', antialias=True`,
+  output size given). PyTorch's antialiased kernel is Keys' cubic with a = -0.5, stretched by the
+  scale when downsampling, over taps that stop at the border, renormalised to sum to one.
 - `dino_bicubic(n, scale)`: DINO's `interpolate_pos_encoding` (CONCH v1.5's trunk): `mode='bicubic'`
   without antialias, `scale_factor` given, so the output is floor(n * scale) and source coordinates
   use 1 / scale; Keys' cubic with a = -0.75 over four taps clamped to the border.

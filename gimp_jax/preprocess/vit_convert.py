@@ -29,11 +29,12 @@ _HF_RENAMES = (
     (r'^encoder\.layer\.(\d+)\.mlp\.fc(\d)\.', r'blocks.\1.mlp.fc\2.'),
     (r'^layernorm\.', 'norm.'),
 )
-_HF_QKV = re.compile(r'^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$')
+_HF_QKV = re.compile(
+    r'^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$')
 
 
 def is_hf_dinov2(state_dict: dict[str, np.ndarray]) -> bool:
-  """True for a Hugging Face `Dinov2Model` state dict (keys under `embeddings.` / `encoder.layer.`)."""
+  """True for a Hugging Face `Dinov2Model` state dict (`embeddings.patch_embeddings.*` keys)."""
   return any(k.startswith('embeddings.patch_embeddings.') for k in state_dict)
 
 
@@ -79,7 +80,7 @@ def _torch_name(path: tuple) -> tuple[str, str]:
 
 
 def _convert(value: np.ndarray, kind: str) -> np.ndarray:
-  """PyTorch layout -> ours: Linear [out, in] -> [in, out]; Conv2d [D, 3, p, p] -> [p * p * 3, D]."""
+  """PyTorch layout -> ours: Linear [out, in] -> [in, out]; Conv2d [D, 3, p, p] -> [p*p*3, D]."""
   if kind == 'linear' and value.ndim == 2:
     return value.T
   if kind == 'patch' and value.ndim == 4:
