@@ -26,7 +26,7 @@ from gimp_jax.preprocess import resnet
 from gimp_jax.preprocess import vit
 from gimp_jax.preprocess import vit_convert
 
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET = (resnet.IMAGENET_MEAN, resnet.IMAGENET_STD)
 H_OPTIMUS = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
 
 
