@@ -21,6 +21,7 @@ import openslide
 from PIL import Image as PILImage
 
 from gimp_jax.data import pipeline
+from gimp_jax.data import trident
 from gimp_jax.errors import DataError
 from gimp_jax.models import attention
 from gimp_jax.preprocess.tiling import SLIDE_EXTENSIONS
@@ -64,35 +65,23 @@ class SlideFiles:
   tiles: dict | None
 
 
-def h5_attrs(path: str) -> dict:
-  """The attributes of the `coords` dataset of a `.h5` feature file ({} for other files)."""
+def geometry(path: str) -> trident.PatchGeometry | None:
+  """The patch geometry a `.h5` feature file records (`data.trident`), None for other sources."""
   if not path.endswith('.h5') or not os.path.isfile(path):
-    return {}
-  with h5py.File(path, 'r') as f:
-    return dict(f['coords'].attrs) if 'coords' in f else {}
+    return None
+  return trident.read_geometry(path)
 
 
-def patch_size_level0(attrs: dict, default: int) -> int:
-  """The patch side at level 0 from the coords attributes, else `default`."""
-  if 'patch_size_level0' in attrs:
-    return int(attrs['patch_size_level0'])
-  if 'patch_size' in attrs and 'patch_level' in attrs:  # CLAM: level-`patch_level` pixels
-    return int(attrs['patch_size']) * 2 ** int(attrs['patch_level'])
-  return int(default)
-
-
-def locate_slide(slides_dir: str, slide_id: str, attrs: dict) -> str:
+def locate_slide(slides_dir: str, slide_id: str, recorded: str | None) -> str:
   """The slide's image file: `<slides_dir>/<slide_id><ext>` for a known extension, else the
-  `slide_path` attribute when that file exists, else ''."""
+  path the feature file `recorded` when that file exists, else ''."""
   if slides_dir:
     for ext in SLIDE_EXTENSIONS:
       for name in (slide_id + ext, slide_id + ext.upper()):
         path = os.path.join(slides_dir, name)
         if os.path.isfile(path):
           return path
-  path = attrs.get('slide_path', '')
-  path = path.decode() if isinstance(path, bytes) else str(path)
-  return path if path and os.path.isfile(path) else ''
+  return recorded if recorded and os.path.isfile(recorded) else ''
 
 
 def patient_scores(model, cohort, index: int, *, bucket_sizes, slides_dir: str,
@@ -121,11 +110,12 @@ def patient_scores(model, cohort, index: int, *, bucket_sizes, slides_dir: str,
   out = []
   for k, (slide_id, h5_path) in enumerate(zip(patient.slide_ids, patient.slide_paths)):
     lo, hi = int(bag.offsets[k]), int(bag.offsets[k + 1])
-    attrs = h5_attrs(h5_path)
+    found = geometry(h5_path)
     out.append(SlideScores(
         patient_id=patient.patient_id, slide_id=slide_id, coords=coords[lo:hi],
-        attention=scores[0, lo:hi], patch_size_level0=patch_size_level0(attrs, default_patch_size),
-        slide_path=locate_slide(slides_dir, slide_id, attrs), caption=caption))
+        attention=scores[0, lo:hi],
+        patch_size_level0=found and found.patch_size_level0 or int(default_patch_size),
+        slide_path=locate_slide(slides_dir, slide_id, found and found.slide_path), caption=caption))
   return out
 
 
