@@ -72,9 +72,9 @@ def test_predictions_equal_an_independent_forward_pass(trained, tmp_path):
   expected = _independent(workdir, paths)
   # --attention: each slide's scores are the model's attention over its bag alone, unpadded.
   c = _config(paths)
-  cohort = run_lib.load_cohort(c, workdir)
+  cohort = preflight.preflight(c, workdir)
   model = methods.get(c.method).build(c, cohort.gene_names, cohort.num_classes, c.seed)
-  model = create_state(model).replace(params=run_lib.restore_params(
+  model = create_state(model).replace(params=restore_params(
       workdir, "finetune_best", model)).model(train=False)
   for i, p in enumerate(cohort.patients[:4]):  # eager forward passes: a few patients
     bag = cohort.bag(i)
