@@ -45,6 +45,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from gimp_jax import atomic
 from gimp_jax import cli
 from gimp_jax import methods
 from gimp_jax import provenance
@@ -254,19 +255,21 @@ def _rows(result: dict[str, Any]) -> list[list]:
 def write_csv(path: str, result: dict[str, Any]) -> None:
   """One row per patient (module docstring): ID, known label, predicted class (index and name), the
   modality the prediction used, P(class); or a survival run's risk and per-bin hazards and
-  survival. Written through a temporary file and a rename (a full disk leaves no half file)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-      csv.writer(f).writerows(_rows(result))
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  survival. Written through a temporary file and a rename (`gimp_jax.atomic`: a full disk leaves
+  no half file; a path that is not a regular file is refused)."""
+  atomic.write(path, lambda f: csv.writer(f).writerows(_rows(result)), newline="")
 
 
-def prepare_out(path: str) -> None:
-  """Creates the folder of the output CSV before any inference; DataError when it cannot be."""
+def _inside(path: str, folder: str) -> bool:
+  """Whether `path` is `folder` or under it (both resolved)."""
+  return os.path.commonpath([path, folder]) == folder
+
+
+def prepare_out(path: str, workdir: str, given: ml_collections.ConfigDict) -> None:
+  """Creates the folder of the output CSV before any inference; DataError when it cannot be, or
+  when `path` is not ours to replace: not a regular file (`atomic.problem`), an input of `given`
+  (labels CSV, expression table, manifest, a file under the features or TFDS folder) or a file of
+  the trained run's `workdir`."""
   folder = os.path.dirname(os.path.abspath(path))
   try:
     os.makedirs(folder, exist_ok=True)
@@ -274,12 +277,23 @@ def prepare_out(path: str) -> None:
     raise DataError(f"{path}: --out: cannot create the folder {folder} ({e.strerror or e})") from e
   if os.path.isdir(path):
     raise DataError(f"{path}: --out: is a folder; give the CSV file to write")
+  why = atomic.problem(path)
+  if why:
+    raise DataError(f"--out: {why}")
+  real = os.path.realpath(path)
+  data = given.data
+  for field in ("labels", "expression", "manifest", "features_dir", "tfds_dir", None):
+    where = data.get(field, "") if field else workdir
+    if where and _inside(real, os.path.realpath(where)):
+      what = f"the input data.{field}" if field else "the trained run's workdir"
+      raise DataError(f"{path}: --out: is {'in ' if real != os.path.realpath(where) else ''}"
+                      f"{what} ({where}); write the predictions elsewhere")
 
 
 def main(argv) -> None:
   del argv
   try:
-    prepare_out(flags.FLAGS.out)
+    prepare_out(flags.FLAGS.out, flags.FLAGS.workdir, flags.FLAGS.config)
     result = predict(flags.FLAGS.workdir, flags.FLAGS.config)
     write_csv(flags.FLAGS.out, result)
   except Exception as e:  # pylint: disable=broad-except

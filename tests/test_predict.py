@@ -164,11 +164,36 @@ def test_command_line(trained, tmp_path):
 
 def test_an_output_folder_that_cannot_be_made_is_refused_before_inference(tmp_path):
   (tmp_path / "file").write_text("x")
+  given = _config({"features_dir": "", "expression": "", "labels": ""})
   with pytest.raises(DataError, match=f"^{tmp_path}/file/p.csv: --out: cannot create the folder "
                      f"{tmp_path}/file "):
-    predict.prepare_out(str(tmp_path / "file" / "p.csv"))
+    predict.prepare_out(str(tmp_path / "file" / "p.csv"), str(tmp_path / "run"), given)
   with pytest.raises(DataError, match="--out: is a folder"):
-    predict.prepare_out(str(tmp_path))
+    predict.prepare_out(str(tmp_path), str(tmp_path / "run"), given)
+
+
+def test_an_output_over_an_input_or_the_trained_run_is_refused(trained, tmp_path):
+  workdir, paths = trained
+  given = _config(paths)
+  slide = sorted(os.listdir(paths["features_dir"]))[0]
+  link = tmp_path / "link.csv"
+  link.symlink_to(paths["labels"])
+  cases = {
+      paths["labels"]: f"is the input data.labels ({paths['labels']})",
+      paths["expression"]: f"is the input data.expression ({paths['expression']})",
+      os.path.join(paths["features_dir"], slide): f"is in the input data.features_dir "
+                                                  f"({paths['features_dir']})",
+      os.path.join(workdir, "config.json"): f"is in the trained run's workdir ({workdir})",
+      os.path.join(workdir, "new", "p.csv"): f"is in the trained run's workdir ({workdir})"}
+  before = {p: open(p, "rb").read() for p in cases if os.path.isfile(p)}
+  for out, why in cases.items():
+    with pytest.raises(DataError) as e:
+      predict.prepare_out(out, workdir, given)
+    assert str(e.value) == f"{out}: --out: {why}; write the predictions elsewhere"
+  with pytest.raises(DataError, match=rf"^--out: {link}: is a symbolic link to {paths['labels']}"):
+    predict.prepare_out(str(link), workdir, given)
+  assert {p: open(p, "rb").read() for p in before} == before
+  predict.prepare_out(str(tmp_path / "p.csv"), workdir, given)  # elsewhere: fine
 
 
 def test_a_workdir_without_a_fine_tuned_model_is_left_as_it_was(trained, tmp_path):
@@ -181,5 +206,21 @@ def test_a_workdir_without_a_fine_tuned_model_is_left_as_it_was(trained, tmp_pat
   with pytest.raises(DataError, match="finetune_best: no fine-tuned checkpoint; run the finetune "
                      "stage first"):
     predict.predict(str(copy), _config(paths))
+  assert sorted(os.path.relpath(os.path.join(r, n), copy)
+                for r, ds, ns in os.walk(copy) for n in ds + ns) == listing
+
+
+def test_predict_leaves_the_workdir_it_reads_as_it_was(trained, tmp_path):
+  """A save in progress there (orbax's temporary folder) is not removed: predict restores
+  read-only, so nothing in the trained run's workdir is created, cleaned or moved."""
+  workdir, paths = trained
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  best = copy / "checkpoints" / "finetune_best"
+  step = sorted(os.listdir(best))[0]
+  shutil.copytree(best / step, best / f"{int(step) + 1}.orbax-checkpoint-tmp-1700000000")
+  listing = sorted(os.path.relpath(os.path.join(r, n), copy)
+                   for r, ds, ns in os.walk(copy) for n in ds + ns)
+  predict.predict(str(copy), _config(paths))
   assert sorted(os.path.relpath(os.path.join(r, n), copy)
                 for r, ds, ns in os.walk(copy) for n in ds + ns) == listing
