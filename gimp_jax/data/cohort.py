@@ -286,6 +286,11 @@ def read_labels(path: str, task: str = 'classification', allow_unlabelled: bool 
     if any('\n' in x or '\r' in x for x in d.values()):  # a quote left open spans lines
       problems.append(f'{path}: line {line}: a field spans several lines (an unclosed quote?)')
       continue
+    nul = [c for c, x in d.items() if '\0' in x]
+    if nul:  # a binary or damaged file: "A\0" would become a class of its own
+      problems.append(f'{path}: line {line}: patient {d["patient_id"].replace(chr(0), "")!r}: '
+                      f'{", ".join(nul)}: contains a NUL character (a damaged or binary file?)')
+      continue
     empty = [c for c in required if not d[c] and not (c == 'label' and allow_unlabelled)]
     if empty:
       problems.append(f'{path}: line {line}: patient {d["patient_id"] or "?"}: empty '
