@@ -530,6 +530,9 @@ def test_config_and_data_problems_are_reported_together(cohort):
       "config: pretrain.mask_ratio: 0.5 of a window of 1 patches masks 0: L_rec needs at least "
       "one masked and one visible patch",
       f"{where(root, P0)}feature file missing (no image modality)"]
+  with pytest.raises(DataError) as e:  # the same lines from training, before anything is written
+    run_lib.train_and_evaluate(c, str(root / "run"))
+  assert str(e.value).split("\n") == problems_of(c) and not (root / "run").exists()
   c.data.feature_dim = 0  # the inputs cannot be read as configured: config problems alone
   assert problems_of(c)[-1] == ("config: data.feature_dim: 0, expected the width of the features "
                                 "(e.g. 1024)")

@@ -541,9 +541,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   DataError listing every problem); the seed, config, library versions and input checksums go to
   `provenance.json`.
   """
-  problems = validate.config_problems(config)
-  if problems:
-    raise DataError("\n".join(problems))
+  if validate.config_problems(config):  # reported with the data problems, before any write
+    raise DataError("\n".join(validate.check(config)[1]))
   with workdir_lib.lock(workdir):
     changes = workdir_lib.check_config(workdir, config, allow_config_change)
     run = Run(config, workdir, stop, cohort=validate.preflight(config, workdir))
