@@ -110,10 +110,31 @@ def test_refuses_features_of_another_width(trained, tmp_path):
              for x in lines[:-1])
   assert lines[-1] == f"{workdir}: the model was trained on features of width 32"
   c = _config(new)
-  c.data.feature_dim = 16  # a config saying so does not make the model fit
-  with pytest.raises(DataError, match=(r"^config: data.feature_dim: 16, but the model in "
-                                       rf"{workdir} was trained on features of width 32\n")):
+  c.data.feature_dim = 16  # --config does not set the model's width: the run's config rules
+  with pytest.raises(DataError) as again:
     predict.predict(workdir, c)
+  assert str(again.value) == str(e.value)
+
+
+def test_a_few_listed_patients_of_a_shared_features_folder(trained, tmp_path, caplog):
+  """The labels CSV names 5 of the 20 patients whose slides share one folder: those 5 are
+  predicted (as in the whole cohort's prediction) and the other slide files are ignored."""
+  workdir, paths = trained
+  everyone = predict.predict(workdir, _config(paths))
+  lines = open(paths["labels"]).read().split()
+  wanted = sorted({r.split(",")[0] for r in lines[1:]})[3:8]
+  few = tmp_path / "few.csv"
+  few.write_text("\n".join([lines[0]] + [r for r in lines[1:] if r.split(",")[0] in wanted]) + "\n")
+  c = _config(paths)
+  c.data.labels = str(few)
+  with caplog.at_level("INFO"):
+    result = predict.predict(workdir, c)
+  assert list(result["patient_id"]) == wanted
+  rows = [list(everyone["patient_id"]).index(p) for p in wanted]
+  np.testing.assert_array_equal(result["probs"], everyone["probs"][rows])
+  others = len(os.listdir(paths["features_dir"])) - (len(open(few).read().split()) - 1)
+  assert f"{others} slide file(s) have no row in {few} (first: " in caplog.text
+  assert "ignored, only the 5 listed patient(s) are used" in caplog.text
 
 
 def test_refuses_labels_outside_the_run_classes(trained, tmp_path):
@@ -133,7 +154,7 @@ def test_command_line(trained, tmp_path):
   lines = open(new["expression"]).read().splitlines()
   open(new["expression"], "w").write("\n".join(lines[:-1]) + "\n")  # one gene fewer
   args = [sys.executable, "-m", "gimp_jax.predict", f"--workdir={workdir}",
-          f"--config={os.path.join(ROOT, 'configs', 'nsclc.py')}:tiny",
+          f"--config={os.path.join(ROOT, 'configs', 'nsclc.py')}",  # the --help example, :tiny run
           f"--config.data.features_dir={new['features_dir']}",
           f"--config.data.expression={new['expression']}",
           f"--config.data.labels={new['labels']}", f"--out={tmp_path / 'p.csv'}"]
