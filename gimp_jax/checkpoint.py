@@ -42,9 +42,8 @@ class StageCheckpoints:
     self.read_only = read_only
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=None if read_only else max_to_keep, create=not read_only,
-            cleanup_tmp_directories=not read_only, read_only=read_only,
+        options=ocp.CheckpointManagerOptions(  # (orbax's own read_only warns on every open)
+            max_to_keep=max_to_keep, create=not read_only, cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=False),
         item_names=("params", "opt", "meta"))
 
@@ -53,6 +52,8 @@ class StageCheckpoints:
 
   def save(self, state: State, meta: dict[str, Any]) -> None:
     """Saves (synchronously) at the state's step, replacing a checkpoint of the same step."""
+    if self.read_only:
+      raise RuntimeError(f"{self.directory}: opened read-only, nothing is saved")
     step = int(state.step)
     latest = self.manager.latest_step()
     if latest is not None and step < latest:  # orbax would skip the save without a word

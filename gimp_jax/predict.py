@@ -299,6 +299,7 @@ def prepare_out(path: str, workdir: str, given: ml_collections.ConfigDict) -> No
 
 def main(argv) -> None:
   del argv
+  logging.get_absl_handler().addFilter(cli.quiet_libraries)  # as gimp_jax.main: no orbax chatter
   try:
     prepare_out(flags.FLAGS.out, flags.FLAGS.workdir, flags.FLAGS.config)
     result = predict(flags.FLAGS.workdir, flags.FLAGS.config)

@@ -11,7 +11,6 @@ import pytest
 
 from gimp_jax import cli
 from gimp_jax import errors
-from gimp_jax import main as main_lib
 from gimp_jax.configs import checks
 from gimp_jax.data import synthetic
 
@@ -112,7 +111,7 @@ def test_library_info_lines_a_user_cannot_act_on_are_dropped():
   def record(name, level, path="/x/y.py"):
     return logging.LogRecord(name, level, path, 1, "msg", None, None)
   tpu = record("jax._src.xla_bridge", logging.INFO)
-  assert not main_lib.quiet_libraries(tpu)
-  assert main_lib.quiet_libraries(record("jax._src.xla_bridge", logging.WARNING))
-  assert not main_lib.quiet_libraries(record("absl", logging.INFO, "/site/orbax/checkpoint/x.py"))
-  assert main_lib.quiet_libraries(record("absl", logging.INFO, "/gimp_jax/train/run.py"))
+  assert not cli.quiet_libraries(tpu)
+  assert cli.quiet_libraries(record("jax._src.xla_bridge", logging.WARNING))
+  assert not cli.quiet_libraries(record("absl", logging.INFO, "/site/orbax/checkpoint/x.py"))
+  assert cli.quiet_libraries(record("absl", logging.INFO, "/gimp_jax/train/run.py"))

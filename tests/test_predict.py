@@ -174,6 +174,9 @@ def test_command_line(trained, tmp_path):
   ok = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert ok.returncode == 0, ok.stderr[-3000:]
   assert ok.stdout.splitlines()[-1] == f"gimp_jax.predict: 20 patients -> {out}"
+  logged = [x for x in ok.stderr.splitlines() if x[:1] in "IWE"]  # absl's lines
+  assert not [x for x in logged if "orbax" in x or "checkpoint" in x.split("]")[0]], logged
+  assert "Missing metrics" not in ok.stderr and len(logged) <= 6, logged
   expected = predict.predict(workdir, _config(paths))
   names = list(expected["class_names"])
   rows = list(csv.DictReader(open(out)))
