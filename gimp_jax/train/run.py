@@ -552,10 +552,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     provenance.record(workdir, config, run.cohort)
     workdir_lib.record_config(workdir, config, changes)
     try:
-      for name in config.stages:
+      for k, name in enumerate(config.stages, 1):
         if stop():
           raise KeyboardInterrupt
-        logging.info("Stage %s", name)
+        logging.info("Stage %d/%d: %s", k, len(config.stages), name)
         STAGE_FNS[name](run)
       if "test" in config.stages:
         run.results["report"] = write_report(run)
