@@ -167,8 +167,7 @@ def test_disagreeing_survival_column_pairs_are_refused(surv):
   rows[0] += ["time", "event"]
   for r in rows[1:]:
     r += [r[2], str(1 - int(r[3]))]  # the same outcomes, as time,event
-  rows[3][-2] = "99"  # case 1's second slide row... and its first: disagree on the time
-  rows[2][-2] = "99"
+  rows[2][-2] = rows[3][-2] = "99"  # both slide rows of one case: time,event disagree
   with open(c.data.labels, "w", newline="", encoding="utf-8") as f:
     csv.writer(f).writerows(rows)
   with pytest.raises(DataError) as e:
@@ -190,8 +189,10 @@ def test_a_nul_character_in_a_label_is_refused(cls):
   text[2] = text[2].replace("class_", "class\0_")
   open(c.data.labels, "w", encoding="utf-8").write("\n".join(text))
   pid = text[2].split(",")[0]
-  assert _problems(c) == [f"{c.data.labels}: line 3: patient '{pid}': label: contains a NUL "
-                          "character (a damaged or binary file?)"]
+  label = text[2].split(",")[2]
+  assert _problems(c) == [f"{c.data.labels}: line 3: patient {pid}: label: {label!r} contains a "
+                          "NUL character (a damaged or binary file?)"]
+  assert "\\x00" in repr(label)
 
 
 # ----------------------------------------------------------------------------- item 4

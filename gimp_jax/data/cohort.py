@@ -292,8 +292,9 @@ def read_labels(path: str, task: str = 'classification', allow_unlabelled: bool 
       continue
     nul = [c for c, x in d.items() if '\0' in x]
     if nul:  # a binary or damaged file: "A\0" would become a class of its own
-      problems.append(f'{path}: line {line}: patient {d["patient_id"].replace(chr(0), "")!r}: '
-                      f'{", ".join(nul)}: contains a NUL character (a damaged or binary file?)')
+      problems.append(f'{path}: line {line}: patient {d["patient_id"].replace(chr(0), "")}: '
+                      f'{nul[0]}: {d[nul[0]]!r} contains a NUL character (a damaged or binary '
+                      'file?)')
       continue
     empty = [c for c in required if not d[c] and not (c == 'label' and allow_unlabelled)]
     if empty:
