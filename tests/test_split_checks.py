@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from gimp_jax import validate
+from gimp_jax import preflight
 from gimp_jax.configs import checks
 from gimp_jax.configs import nsclc
 from gimp_jax.data import cohort as cohort_lib
@@ -77,7 +77,7 @@ def _split_file(path, columns):
 
 
 def _problems(c):
-  cohort, problems = validate.check(c)
+  cohort, problems = preflight.check(c)
   assert (cohort is None) == bool(problems)
   return problems
 
