@@ -58,6 +58,7 @@ from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import survival as survival_data
 from gimp_jax.errors import DataError
 from gimp_jax.objectives import survival
+from gimp_jax.report import slides
 from gimp_jax.train import evaluate
 from gimp_jax.train import partial
 from gimp_jax.train import run as run_lib
@@ -182,8 +183,10 @@ def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
   return config, cohort, labelled, known
 
 
-def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Predictions of the best fine-tuned model of `workdir` on the cohort of `given.data`.
+def predict(workdir: str, given: ml_collections.ConfigDict, attention_dir: str = ""
+            ) -> dict[str, Any]:
+  """Predictions of the best fine-tuned model of `workdir` on the cohort of `given.data`; with
+  `attention_dir`, also every slide's attention (`report.slides.write_attention`).
 
   Returns:
     patient_id [N], label [N] (-1 when unknown), probs [N, C] float32, modality [N], class_names
@@ -208,7 +211,11 @@ def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
         "predict from the slide alone" for i in np.flatnonzero(~genes)))
   logging.info("predict: %d patients (%d slide-only), model of %s", len(cohort.patients),
                int((~genes).sum()), workdir)
-  out = evaluate.predict(run, create_state(model).replace(params=params), "all")
+  state = create_state(model).replace(params=params)
+  out = evaluate.predict(run, state, "all")
+  if attention_dir:
+    slides.write_attention(attention_dir, state.model(train=False), cohort, config,
+                           given.data.get("slides_dir", ""))
   labels = out["label"] if labelled else np.full(len(out["patient_id"]), -1)
   uses_genes = getattr(model, "gene_encoder", None) is not None
   modality = np.where(genes & uses_genes, "slide+genes", "slide")
@@ -291,7 +298,7 @@ def main(argv) -> None:
   logging.get_absl_handler().addFilter(cli.quiet_libraries)  # as gimp_jax.main: no orbax chatter
   try:
     prepare_out(flags.FLAGS.out, flags.FLAGS.workdir, flags.FLAGS.config)
-    result = predict(flags.FLAGS.workdir, flags.FLAGS.config)
+    result = predict(flags.FLAGS.workdir, flags.FLAGS.config, flags.FLAGS.attention)
     write_csv(flags.FLAGS.out, result)
   except Exception as e:  # pylint: disable=broad-except
     if cli.exit_code(e) is None:
@@ -305,5 +312,7 @@ if __name__ == "__main__":  # flags only here, as in gimp_jax.validate
                                   lock_config=False)
   flags.DEFINE_string("workdir", None, "Workdir of the trained run.")
   flags.DEFINE_string("out", "predictions.csv", "Output CSV.")
+  flags.DEFINE_string("attention", "", "Folder for every slide's attention: heatmap PNG, scores "
+                      "CSV and QuPath GeoJSON (on the slide with --config.data.slides_dir).")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=cli.flags_parser("gimp_jax.predict"))

@@ -68,8 +68,25 @@ def _independent(workdir, paths):
 
 def test_predictions_equal_an_independent_forward_pass(trained, tmp_path):
   workdir, paths = trained
-  result = predict.predict(workdir, _config(paths))
+  result = predict.predict(workdir, _config(paths), attention_dir=str(tmp_path / "attention"))
   expected = _independent(workdir, paths)
+  # --attention: each slide's scores are the model's attention over its bag alone, unpadded.
+  c = _config(paths)
+  cohort = preflight.preflight(c, workdir)
+  model = methods.get(c.method).build(c, cohort.gene_names, cohort.num_classes, c.seed)
+  model = create_state(model).replace(params=restore_params(
+      workdir, "finetune_best", model)).model(train=False)
+  for i, p in enumerate(cohort.patients[:4]):  # eager forward passes: a few patients
+    bag = cohort.bag(i)
+    want = np.asarray(model.attention(jax.numpy.asarray(bag.features()[None]),
+                                      jax.numpy.asarray(cohort.genes[i:i + 1]), None))[0]
+    rows = []
+    for slide_id in p.slide_ids:  # the whole bag's scores, cut per slide in bag order
+      with open(tmp_path / "attention" / "slides" / slide_id / "scores.csv") as f:
+        rows += list(csv.DictReader(f))
+      assert (tmp_path / "attention" / f"heatmap_{slide_id}.png").is_file()
+    assert [(int(r["x"]), int(r["y"])) for r in rows] == [tuple(v) for v in bag.coords().tolist()]
+    np.testing.assert_allclose([float(r["attention"]) for r in rows], want, rtol=1e-4, atol=1e-7)
   assert list(result["patient_id"]) == sorted(expected)
   for pid, probs in zip(result["patient_id"], result["probs"]):
     np.testing.assert_allclose(probs, expected[pid], rtol=0, atol=2e-6)
