@@ -371,6 +371,9 @@ def test_gimp_pretrain_loss_terms_match_numpy(normalize, triplet_on, var_weight)
   np.testing.assert_allclose(float(metrics["tri_loss"]), want_tri, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(float(loss), want, rtol=1e-4, atol=1e-6)
   assert ("gene_gap" in metrics) == ("pat" in triplet_on)
+  assert float(metrics["tri_anchors"]) == 1.0  # three of each class: every case anchors
+  none = dict(batch, label=jnp.asarray([0, 1, 2, 3, 4, 5], jnp.int32))  # no positive anywhere
+  assert float(gimp_objective.make_loss(cfg)(model, none)[1]["tri_anchors"]) == 0.0
 
 
 def _padded_windows(cfg, lengths, seed=0):
