@@ -55,6 +55,7 @@ from gimp_jax import preflight
 from gimp_jax import provenance
 from gimp_jax import workdir as workdir_lib
 from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import labels as labels_lib
 from gimp_jax.data import survival as survival_data
 from gimp_jax.errors import DataError
 from gimp_jax.objectives import survival
@@ -141,7 +142,7 @@ def _outcomes(path: str) -> dict[str, tuple[float, int]]:
   if survival_data.outcome_columns(cols) is None:
     return {}
   return {r.patient_id: (r.time, r.censorship)
-          for r in cohort_lib.read_labels(path, "survival", allow_unlabelled=True)}
+          for r in labels_lib.read_labels(path, "survival", allow_unlabelled=True)}
 
 
 def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str

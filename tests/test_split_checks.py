@@ -13,7 +13,7 @@ import pytest
 from gimp_jax import preflight
 from gimp_jax.configs import checks
 from gimp_jax.configs import nsclc
-from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import labels as labels_lib
 from gimp_jax.data import splits as splits_lib
 from gimp_jax.data import synthetic
 from gimp_jax.errors import DataError
@@ -171,7 +171,7 @@ def test_disagreeing_survival_column_pairs_are_refused(surv):
   with open(c.data.labels, "w", newline="", encoding="utf-8") as f:
     csv.writer(f).writerows(rows)
   with pytest.raises(DataError) as e:
-    cohort_lib.read_labels(c.data.labels, "survival")
+    labels_lib.read_labels(c.data.labels, "survival")
   assert str(e.value).split("\n") == [
       f"{c.data.labels}: line {n}: patient {rows[n - 1][0]}: survival_months,censorship and "
       f"time,event both given and they disagree ({rows[n - 1][2]},{rows[n - 1][3]} vs 99,"
@@ -180,7 +180,7 @@ def test_disagreeing_survival_column_pairs_are_refused(surv):
   rows[2][-2] = rows[3][-2] = rows[2][2]  # agreeing pairs are fine
   with open(c.data.labels, "w", newline="", encoding="utf-8") as f:
     csv.writer(f).writerows(rows)
-  assert len(cohort_lib.read_labels(c.data.labels, "survival")) == len(rows) - 1
+  assert len(labels_lib.read_labels(c.data.labels, "survival")) == len(rows) - 1
 
 
 def test_a_nul_character_in_a_label_is_refused(cls):

@@ -12,6 +12,7 @@ import pytest
 from gimp_jax import losses
 from gimp_jax import metrics
 from gimp_jax.data import cohort as ch
+from gimp_jax.data import labels as labels_lib
 from gimp_jax.data import splits as splits_lib
 from gimp_jax.data import survival as surv_data
 from gimp_jax.data import synthetic
@@ -160,7 +161,7 @@ def test_bad_survival_values_are_refused_one_line_each(cohort_files, tmp_path):
   assert f"line 11: patient {df.case_id[9]}: censorship: '2' must be 0 or 1" in lines[2]
   no_columns = _write(tmp_path / "nocols.csv", "case_id,slide_id,label\nA,A1,x\n")
   with pytest.raises(DataError, match="header: survival needs columns survival_months,censorship"):
-    ch.read_labels(no_columns, "survival")
+    labels_lib.read_labels(no_columns, "survival")
 
 
 def test_split_files_unknown_case_and_no_events(cohort_files, tmp_path):

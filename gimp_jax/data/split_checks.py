@@ -18,7 +18,7 @@ import csv
 import ml_collections
 import numpy as np
 
-from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import labels as labels_lib
 from gimp_jax.data import splits as splits_lib
 from gimp_jax.data import survival as survival_lib
 from gimp_jax.errors import DataError
@@ -50,7 +50,7 @@ def _folds(config: ml_collections.ConfigDict, ids: list[str], strata: np.ndarray
   fold = int(data.get("fold", -1))
   labels = data.labels
   if split_col[0] is not None:
-    return [(labels, "", True, cohort_lib.splits_from_column(split_col))], []
+    return [(labels, "", True, splits_lib.from_column(split_col))], []
   if data.get("splits_dir", ""):
     try:
       k = splits_lib.count_split_files(data.splits_dir) if fold < 0 else None
@@ -78,11 +78,11 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   itself does not read (the cohort check reports that)."""
   task = config.get("task", "classification")
   try:
-    rows = cohort_lib.read_labels(config.data.labels, task,
+    rows = labels_lib.read_labels(config.data.labels, task,
                                   config.data.get("allow_missing", False))
   except DataError:
     return []
-  first: dict[str, cohort_lib.LabelRow] = {}
+  first: dict[str, labels_lib.LabelRow] = {}
   for r in rows:
     first.setdefault(r.patient_id, r)
   surv = task == "survival"

@@ -14,7 +14,6 @@ import dataclasses
 import os
 import re
 
-import h5py
 import jax.numpy as jnp
 import numpy as np
 import openslide
