@@ -41,12 +41,14 @@ from typing import Any, Callable
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
 from gimp_jax import cli
 from gimp_jax import methods
+from gimp_jax import parallel
 from gimp_jax import provenance
 from gimp_jax import validate
 from gimp_jax.data import cohort as cohort_lib
@@ -279,9 +281,11 @@ def prepare_out(path: str) -> None:
 def main(argv) -> None:
   del argv
   try:
+    parallel.initialize_distributed(flags.FLAGS.config)  # no-op for a single process
     prepare_out(flags.FLAGS.out)
     result = predict(flags.FLAGS.workdir, flags.FLAGS.config)
-    write_csv(flags.FLAGS.out, result)
+    if jax.process_index() == 0:  # of a job of several processes, process 0 writes
+      write_csv(flags.FLAGS.out, result)
   except Exception as e:  # pylint: disable=broad-except
     if cli.exit_code(e) is None:
       raise

@@ -74,15 +74,8 @@ class Run:
                              self.config.seed + seed_offset)
 
   def mesh_for(self, batch_size: int):
-    """The device mesh when there are several devices and the batch splits evenly over them."""
-    if jax.device_count() == 1:
-      return None
-    mesh = parallel.mesh_from_config(self.config)
-    if batch_size % mesh.size:
-      logging.warning("Batch size %d does not split over %d devices: this stage runs on one "
-                      "device.", batch_size, mesh.size)
-      return None
-    return mesh
+    """The device mesh of a stage (`parallel.stage_mesh`), None for one device."""
+    return parallel.stage_mesh(self.config, batch_size)
 
   def fit(self, spec: loop.StageSpec, state: TrainState,
           batch_size: int = 1) -> tuple[TrainState, dict]:
@@ -513,6 +506,8 @@ def write_report(run: Run) -> str:
   survival_cutoff = None
   if run.cohort.task == "survival":
     survival_cutoff = float(np.median(run.train_risk))
+  if jax.process_index() != 0:  # of a job of several processes, process 0 writes
+    return os.path.join(run.workdir, "report")
   return report_lib.write_report(
       os.path.join(run.workdir, "report"), results=run.results,
       class_names=list(run.cohort.class_names), predictions=run.predictions, tsne=tsne,
@@ -555,8 +550,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if config.data.get("allow_missing", False):
       logging.info("Patients each stage uses (data.allow_missing):\n%s",
                    validate.usage(config, run.cohort))
-    provenance.record(workdir, config, run.cohort)
-    workdir_lib.record_config(workdir, config, changes)
+    writer = jax.process_index() == 0  # of a job of several processes, process 0 writes
+    if writer:
+      provenance.record(workdir, config, run.cohort)
+      workdir_lib.record_config(workdir, config, changes)
     try:
       for name in config.stages:
         if stop():
@@ -576,5 +573,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     history = workdir_lib.change_history(workdir)  # the workdir's earlier configs, if any
     if history:
       results["config_changes"] = history
-    provenance.write_json_atomic(os.path.join(workdir, "results.json"), results)
+    if writer:
+      provenance.write_json_atomic(os.path.join(workdir, "results.json"), results)
   return results
