@@ -36,8 +36,10 @@ from gimp_jax.errors import DataError
 LOCK = "run.lock"
 CONFIG = "config.json"
 # Fields that change no number of a finished stage: which stages to run (each stage keeps its own
-# checkpoints), how many batches are read ahead, and what the report draws.
-NEUTRAL_FIELDS = ("stages", "data.prefetch", "report.")
+# checkpoints), how many batches are read ahead, what the report draws, and where the processes
+# of a job meet and which of them this is (a resumed job gets a new port; each process its rank).
+NEUTRAL_FIELDS = ("stages", "data.prefetch", "report.", "parallel.coordinator_address",
+                  "parallel.process_id", "parallel.local_device_ids")
 
 
 class WorkdirBusy(DataError):
