@@ -52,6 +52,8 @@ _GENES = flags.DEFINE_integer("genes", 60480, "Genes of the expression vector (p
 _MARGIN = flags.DEFINE_float("margin_gib", 3.0, "Memory left free: a run whose extrapolated peak "
                              "exceeds MemAvailable minus this is skipped.")
 _JSON = flags.DEFINE_string("json", "", "Results JSON (and the table beside it, .md).")
+_REUSE = flags.DEFINE_bool("reuse", False, "Keep the measured points of an existing --json and "
+                           "run only the others (its load is kept beside this run's).")
 # Child mode (one measurement): the slide's directory.
 _CHILD = flags.DEFINE_string("child_dir", "", "Internal: measure one workload on this slide.")
 _CHILD_WORKLOAD = flags.DEFINE_string("child_workload", "", "Internal.")
@@ -110,16 +112,16 @@ def _available_bytes() -> int:
     return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
 
 
-def _extrapolate(points: list[dict], n: int) -> float | None:
-  """Peak RSS at `n` patches from the runs so far (linear; one point: proportional)."""
-  done = [(p["patches"], p["max_rss_bytes"]) for p in points if p.get("max_rss_bytes")]
-  if not done:
+def _extrapolate(points: list[dict], xla: dict[int, int], n: int) -> float | None:
+  """Peak RSS at `n` patches from the runs so far: the largest smaller run's, plus the growth of
+  gimp_jax's XLA buffer assignment for the same workload between the two sizes (both frameworks
+  hold the same activations; PyTorch's RSS grew a little less in every run so far)."""
+  done = [(p["patches"], p["max_rss_bytes"]) for p in points
+          if p.get("max_rss_bytes") and p["patches"] < n]
+  if not done or n not in xla:
     return None
-  if len(done) == 1:
-    return done[0][1] * n / done[0][0]
-  x, y = np.array(done, np.float64).T
-  slope, intercept = np.polyfit(x, y, 1)
-  return slope * n + intercept
+  m, rss = max(done)
+  return rss + xla[n] - xla[m]
 
 
 def _xla_memory(name: str, n: int) -> int:
@@ -166,7 +168,11 @@ def _table(results: dict) -> str:
       f"CPU: {env['cpu_model']} ({env['cpu_count']} cores, {env['memory_gib']:.0f} GiB); "
       f"jax {env['jax']}, torch {env['torch']}; float32, matmul precision highest; paper model "
       f"(d = 512, 60,480 genes). Shared host: load before `{env['uptime_start']}`, after "
-      f"`{env['uptime_end']}`: times are not a speed comparison, memory is.", "",
+      f"`{env['uptime_end']}`"
+      + "".join(f"; an earlier run (torch {r.get('torch', '?')}; its points kept: "
+                f"{r.get('points', '?')}): before `{r['uptime_start']}`, after "
+                f"`{r['uptime_end']}`" for r in env.get("earlier_runs", []))
+      + ": times are not a speed comparison, memory is.", "",
       f"Command: `{results['command']}` ({results['wall_s'] / 60:.0f} min)", "",
       "Max RSS = peak resident set size of the process running that one workload (model, slide "
       "batch, libraries included); XLA = gimp_jax's buffer assignment (arguments + outputs + "
@@ -190,6 +196,14 @@ def _table(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def write_table(json_path: str) -> None:
+  """The Markdown table beside a results JSON (.md), from the JSON."""
+  with open(json_path, encoding="utf-8") as f:
+    results = json.load(f)
+  with open(os.path.splitext(json_path)[0] + ".md", "w", encoding="utf-8") as f:
+    f.write(_table(results))
+
+
 def _parent() -> None:
   start = time.perf_counter()
   results = {"command": " ".join(["python -m experiments.bench.whole_slide", *sys.argv[1:]]),
@@ -203,21 +217,40 @@ def _parent() -> None:
                                                 text=True).stdout.strip()},
              "points": []}
   sizes = sorted(int(n) for n in _PATCHES.value)
+  previous, xla = [], {}
+  if _REUSE.value and _JSON.value and os.path.exists(_JSON.value):
+    with open(_JSON.value, encoding="utf-8") as f:
+      old = json.load(f)
+    previous = old["points"]
+    xla = {(p["workload"], p["patches"]): p["xla_bytes"] for p in previous if "xla_bytes" in p}
+    results["environment"]["earlier_runs"] = old["environment"].get("earlier_runs", []) + [
+        {k: old["environment"][k] for k in ("uptime_start", "uptime_end", "torch")}]
   with tempfile.TemporaryDirectory(prefix="gimp_whole_slide_") as tmp:
     for n in sizes:
       directory = os.path.join(tmp, str(n))
       os.makedirs(directory)
-      wl.write_cohort(directory, [n], _GENES.value)
+      measured = {(p["workload"], p["framework"]) for p in previous
+                  if p["patches"] == n and "skipped" not in p}
+      if len(measured) < len(_WORKLOADS.value) * len(_FRAMEWORKS.value):
+        wl.write_cohort(directory, [n], _GENES.value)
       for name in _WORKLOADS.value:
         for framework in _FRAMEWORKS.value:
           point = {"workload": name, "framework": framework, "patches": n}
+          kept = [p for p in previous if (p["workload"], p["framework"], p["patches"]) ==
+                  (name, framework, n) and "skipped" not in p]
+          if kept:  # measured by an earlier run (--reuse)
+            results["points"].append(kept[0])
+            continue
+          if (name, n) not in xla:
+            xla[name, n] = _xla_memory(name, n)
           if framework == "gimp_jax":
-            point["xla_bytes"] = _xla_memory(name, n)
+            point["xla_bytes"] = xla[name, n]
           same = [p for p in results["points"]
                   if (p["workload"], p["framework"]) == (name, framework)]
-          need = _extrapolate(same, n) or point.get("xla_bytes")
+          need = _extrapolate(same, {m: b for (w, m), b in xla.items() if w == name}, n)
+          need = need or xla[name, n]
           free = _available_bytes() - _MARGIN.value * 2 ** 30
-          if need and need > free:
+          if need > free:
             point["skipped"] = (f"needs ~{need / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB free "
                                 f"(MemAvailable - {_MARGIN.value:g} GiB)")
           else:
@@ -229,7 +262,8 @@ def _parent() -> None:
                 capture_output=True, text=True, check=False)
             out = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
             if proc.returncode or not out:
-              point["skipped"] = f"failed (exit {proc.returncode}): {proc.stderr[-300:]!r}"
+              error = proc.stderr.split("\tCommand being timed")[0].strip().splitlines()
+              point["skipped"] = f"failed (exit {proc.returncode}): {(error or [''])[-1][:300]}"
             else:
               point.update(json.loads(out[-1][len("RESULT "):]))
               point["max_rss_bytes"] = _max_rss_bytes(proc.stderr)
@@ -248,13 +282,11 @@ def _parent() -> None:
   results["environment"]["uptime_end"] = subprocess.run(["uptime"], capture_output=True,
                                                         text=True).stdout.strip()
   results["wall_s"] = time.perf_counter() - start
-  table = _table(results)
-  print(table)
+  print(_table(results))
   if _JSON.value:
     with open(_JSON.value, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=1, default=float)
-    with open(os.path.splitext(_JSON.value)[0] + ".md", "w", encoding="utf-8") as f:
-      f.write(table)
+    write_table(_JSON.value)
 
 
 def main(argv):
