@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from gimp_jax import predict, validate
+from gimp_jax import predict, preflight
 from gimp_jax.configs import nsclc
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import synthetic
 from gimp_jax.errors import DataError
-from gimp_jax.train import run
+from gimp_jax.train import partial, run
 
 SLIDE_ONLY = {0, 1, 2, 3, 4, 8, 9, 10, 11, 12}  # patients whose expression column is removed
 UNLABELLED = {3, 4, 5, 6, 7}      # patients whose label is emptied (3, 4: neither)
@@ -81,7 +81,7 @@ def test_mixed_cohort_trains_through_every_stage_each_using_what_it_can(mixed, t
   paths, slide_only, unlabelled = mixed
   config = _config(paths, modality_dropout=0.5)
   results = run.train_and_evaluate(config, str(tmp_path))
-  cohort = run.load_cohort(config, str(tmp_path))
+  cohort = preflight.preflight(config, str(tmp_path))
   ids = [p.patient_id for p in cohort.patients]
   assert np.isnan(cohort.genes[[ids.index(p) for p in slide_only]]).all()
   assert (cohort.labels[[ids.index(p) for p in unlabelled]] == -1).all()
@@ -99,7 +99,7 @@ def test_mixed_cohort_trains_through_every_stage_each_using_what_it_can(mixed, t
     assert 0.0 <= results[f"{s}_slide_only_accuracy"] <= 1.0  # the same model, slides alone
     assert 0.0 <= results[f"gene_only_{s}_accuracy"] <= 1.0  # GroupMSA: the patients with genes
   assert results["probe"]["train_patients"] == len(labelled["train"])
-  table = validate.usage(config, cohort)
+  table = partial.usage(config, cohort)
   expect = {"patients": [len(split[s]) for s in ("train", "val", "test")],
             "gene_pretrain uses": [len(split[s] - slide_only - unlabelled)
                                    for s in ("train", "val", "test")],
@@ -115,6 +115,12 @@ def test_mixed_cohort_trains_through_every_stage_each_using_what_it_can(mixed, t
   assert {p for p, m in used.items() if m == "slide"} == slide_only
   assert np.isfinite(result["probs"]).all() and len(used) == 24
   assert (result["label"][[list(result["patient_id"]).index(p) for p in unlabelled]] == -1).all()
+  given.data.expression = ""  # slides only, no table at all: every patient from the slide alone
+  alone = predict.predict(str(tmp_path), given)
+  assert list(alone["patient_id"]) == list(result["patient_id"])
+  assert set(alone["modality"]) == {"slide"}
+  rows = [list(result["patient_id"]).index(p) for p in sorted(slide_only)]
+  np.testing.assert_array_equal(alone["probs"][rows], result["probs"][rows])  # same input
 
 
 def test_predict_refuses_slide_only_patients_for_a_model_without_the_token(mixed, tmp_path):
@@ -128,3 +134,10 @@ def test_predict_refuses_slide_only_patients_for_a_model_without_the_token(mixed
   lines = str(e.value).splitlines()
   assert sorted(line.split("patient ")[1].split(":")[0] for line in lines) == sorted(slide_only)
   assert all("cannot predict from the slide alone" in line for line in lines)
+  given = _config(paths)
+  given.data.expression = ""  # no table: every patient would be slide-only
+  with pytest.raises(DataError) as e:
+    predict.predict(str(tmp_path), given)
+  lines = str(e.value).splitlines()
+  assert len(lines) == 24 and all(line.startswith("data.expression (none given): patient ")
+                                  for line in lines)

@@ -205,6 +205,16 @@ def test_triplet_on_uncensored_cases_equals_triplet_on_their_subset():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
 
 
+def test_triplet_anchors_are_the_uncensored_cases_with_a_positive_and_a_negative():
+  for seed in range(5):
+    rng = np.random.default_rng(seed)
+    labels, use = rng.integers(0, 4, 8), rng.uniform(size=8) < 0.4
+    want = [bool(use[i] and any(use[j] and j != i and labels[j] == labels[i] for j in range(8))
+                 and any(use[j] and labels[j] != labels[i] for j in range(8))) for i in range(8)]
+    got = losses.triplet_anchors(jnp.asarray(labels), jnp.asarray(use))
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
 def test_synthetic_survival_mode(cohort_files):
   df = pd.read_csv(cohort_files["labels"]).drop_duplicates("case_id")
   truth = pd.read_csv(cohort_files["truth"]).set_index("case_id").loc[df.case_id]

@@ -6,9 +6,13 @@ config does not have (a method's config without a stage block) are skipped.
 """
 
 import math
+import os
 from typing import Any
 
 import ml_collections
+
+from gimp_jax import methods
+from gimp_jax import workdir
 
 STAGES = ("gene_pretrain", "pretrain", "finetune", "test", "probe")  # the order they run in
 SELECT = ("val_accuracy", "val_auc", "val_f1")
@@ -70,6 +74,7 @@ _RANGES = {
 _CHOICES = {
     "compute_dtype": ("float32", "bfloat16", "float16"),
     "task": ("classification", "survival"),
+    "data.source": ("h5", "tfds"),
     "survival.loss": ("nll", "cox"),
     "gene_pretrain.select_metric": SELECT,
     "finetune.select_metric": SELECT,
@@ -119,6 +124,16 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   elif list(stages) != sorted(stages, key=STAGES.index) or len(set(stages)) != len(stages):
     out.append(f"config: stages: {stages!r}: each stage at most once, in the order "
                f"{', '.join(STAGES)}")
+  method = config.get("method", "")
+  if method not in methods.known():
+    out.append(f"config: method: {method!r}, expected one of {', '.join(methods.known())}")
+  if config.get("task", "") == "survival" and config.data.get("source", "h5") == "tfds":
+    out.append("config: data.source: 'tfds' datasets carry class labels only; survival reads the "
+               "labels CSV (data.source='h5')")
+  init_from = config.get("init_from", "")
+  if init_from and not os.path.exists(os.path.join(init_from, workdir.NORMALIZER)):
+    out.append(f"{init_from}: init_from: no {workdir.NORMALIZER}, so the gene list its model was "
+               "trained on is unknown (not a gimp_jax workdir?)")
   for field, spec in _RANGES.items():
     present, value = _get(config, field)
     if present and not _in_range(value, *spec):
@@ -136,6 +151,25 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   if present and folds and (folds < 3 or not -1 <= fold < folds):
     out.append(f"config: data.num_folds/fold: {folds}/{fold}, expected num_folds >= 3 and "
                "-1 <= fold < num_folds (-1: every fold; or num_folds 0: one split)")
+  _, splits_dir = _get(config, "data.splits_dir")
+  if present and folds and splits_dir:
+    out.append(f"config: data.num_folds/splits_dir: both set ({folds} and {splits_dir!r}): the "
+               "split files define the folds; set data.num_folds=0, or data.splits_dir='' for "
+               f"{folds} seeded folds")
+  _, task = _get(config, "task")
+  _, loss = _get(config, "survival.loss")
+  present, batch = _get(config, "finetune.batch_size")
+  if (task == "survival" and loss == "cox" and "finetune" in stages and present
+      and isinstance(batch, int) and 0 < batch < 2):
+    out.append(f"config: finetune.batch_size: {batch} with survival.loss='cox': the Cox partial "
+               "likelihood ranks the cases of a batch against each other, so a batch of one case "
+               "has no gradient (every loss 0, nothing trained); set finetune.batch_size >= 2 "
+               "(e.g. 16) or survival.loss='nll'")
+  present, shots = _get(config, "probe.shots")
+  if present and not (isinstance(shots, (tuple, list)) and all(
+      isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in shots)):
+    out.append(f"config: probe.shots: {shots!r}, expected positive integers (k training patients "
+               "per class; the fit on all of them is always added)")
   present, window = _get(config, "pretrain.window")
   _, ratio = _get(config, "pretrain.mask_ratio")
   _, mpm = _get(config, "pretrain.use_mpm")

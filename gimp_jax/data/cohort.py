@@ -1,6 +1,6 @@
 """A cohort: patients with slides, an expression vector and a label, split into train/val/test.
 
-Inputs (issue 4): a labels CSV `patient_id,slide_id,label[,split][,expression_id]` (CLAM's
+Inputs: a labels CSV `patient_id,slide_id,label[,split][,expression_id]` (CLAM's
 `case_id` is accepted for `patient_id`; several rows per patient = several slides, concatenated in
 row order), a folder of CLAM `<slide_id>.h5` files, and an expression matrix or GDC folder
 (`expression.py`). For `task="survival"` the label column is replaced by `survival_months,
@@ -64,7 +64,10 @@ class CohortSpec:
     task: "classification" or "survival".
     num_bins: survival time bins (k of NLL-surv).
     drop_incomplete: drop patients with problems of their own instead of failing.
-    allow_missing: keep patients without expression (NaN row) and with an empty label (-1).
+    allow_missing: keep patients without expression (NaN row) and with an empty label (-1); with
+      a stored gene list and no `expression` at all, every patient is slide-only.
+    listed_only: the labels CSV names the patients wanted from a shared `features_dir`: its other
+      slide files are ignored (their number logged) instead of refused (prediction).
     num_genes: length G of the gene list fitted on the training table (0: all genes; fewer: the
       most variable on the training split; more: padded with constant genes).
     strip_gene_versions: match genes without Ensembl version suffixes.
@@ -97,6 +100,7 @@ class CohortSpec:
   manifest: str | None = None
   preferred_sample_types: tuple[str, ...] | None = ('01',)
   compute_dtype: str = 'float32'
+  listed_only: bool = False
 
   @classmethod
   def from_mapping(cls, m: Mapping, **overrides) -> 'CohortSpec':
@@ -286,6 +290,12 @@ def read_labels(path: str, task: str = 'classification', allow_unlabelled: bool 
     if any('\n' in x or '\r' in x for x in d.values()):  # a quote left open spans lines
       problems.append(f'{path}: line {line}: a field spans several lines (an unclosed quote?)')
       continue
+    nul = [c for c, x in d.items() if '\0' in x]
+    if nul:  # a binary or damaged file: "A\0" would become a class of its own
+      problems.append(f'{path}: line {line}: patient {d["patient_id"].replace(chr(0), "")}: '
+                      f'{nul[0]}: {d[nul[0]]!r} contains a NUL character (a damaged or binary '
+                      'file?)')
+      continue
     empty = [c for c in required if not d[c] and not (c == 'label' and allow_unlabelled)]
     if empty:
       problems.append(f'{path}: line {line}: patient {d["patient_id"] or "?"}: empty '
@@ -387,7 +397,9 @@ def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
   if unlabelled:
     msg = (f'{spec.features_dir}: {len(unlabelled)} slide file(s) have no row in {spec.labels} '
            f'(first: {", ".join(unlabelled[:_SHOW])})')
-    if spec.drop_incomplete:
+    if spec.listed_only:
+      logging.info('%s: ignored, only the %d listed patient(s) are used', msg, len(by_patient))
+    elif spec.drop_incomplete:
       logging.warning('%s; ignored', msg)
     else:
       extra.append(msg)
@@ -405,6 +417,8 @@ def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
     IDs of those values, patient -> column, patient -> problems, global problems, the genes'
     symbols [G] when the table has them (STAR's gene_name) else ()).
   """
+  if not spec.expression and spec.allow_missing and gene_list is not None:
+    return {}, tuple(gene_list), {}, {}, [], ()  # no table: every patient is slide-only
   try:
     source = expr.open_expression(spec.expression, spec.value_column, spec.manifest)
   except DataError as e:

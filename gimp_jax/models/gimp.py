@@ -41,14 +41,17 @@ class GiMP(nnx.Module):
   `gene_encoder=None` gives the image-only model (GiMP w/o GroupMSA, Table 1), whose CLS_pat is
   CLS_img alone. `modality_dropout` > 0 adds the learned missing-genes token
   (`models.modality_dropout`): CLS_ge replaced with that probability in fine-tuning, and for
-  patients without expression (NaN rows) always.
+  patients without expression (NaN rows) always. `objective`: the extra parameters of a compared
+  pre-training objective (`objectives.heads`), carried along unused by fine-tuning.
   """
 
   def __init__(self, aggregator: PatchAggregator, gene_encoder: nnx.Module | None, *,
                in_dim: int, dim: int, num_classes: int, head_hidden: int, head_dropout: float,
-               modality_dropout: float = 0.0, rngs: nnx.Rngs):
+               modality_dropout: float = 0.0, objective: nnx.Module | None = None,
+               rngs: nnx.Rngs):
     self.aggregator = aggregator
     self.gene_encoder = gene_encoder
+    self.objective = objective
     self.missing_genes = (ModalityDropout((dim,), modality_dropout, rngs=rngs)
                           if modality_dropout > 0 and gene_encoder is not None else None)
     self.decoder = nnx.Linear(dim, in_dim, dtype=aggregator.dtype, rngs=rngs)  # compute dtype
@@ -70,6 +73,15 @@ class GiMP(nnx.Module):
   def embed_slide(self, patches: jax.Array, patch_mask: jax.Array | None = None) -> jax.Array:
     """CLS_img, the slide embedding the probe reads: [B, N, in_dim] -> [B, d] (float32)."""
     return self.aggregator(patches, patch_mask=patch_mask, tokens=False)[0]
+
+  def attention(self, patches: jax.Array, genes: jax.Array | None = None,
+                patch_mask: jax.Array | None = None) -> jax.Array:
+    """CLS -> patch attention of the aggregator's last Nyström layer, mean over heads: [B, N]
+    (`models.attention`)."""
+    del genes
+    _, _, attn = self.aggregator(patches, patch_mask=patch_mask, return_attention=True,
+                                 tokens=False)
+    return jnp.mean(attn.astype(jnp.float32), axis=1)
 
   def reconstruct(self, tokens: jax.Array) -> jax.Array:
     """tokens: [B, N, d] -> reconstructed patch embeddings [B, N, in_dim] (float32)."""

@@ -1,4 +1,5 @@
-"""The training loop shared by every stage: resumable, logged, with a progress bar."""
+"""The training loop shared by every stage: resumable, logged, with progress and ETA
+(`train.progress`)."""
 
 import dataclasses
 import json
@@ -10,11 +11,11 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from gimp_jax import parallel
 from gimp_jax.losses import LossFn
 from gimp_jax.checkpoint import StageCheckpoints
+from gimp_jax.train import progress
 from gimp_jax.train import steps
 from gimp_jax.train.state import TrainState
 
@@ -127,6 +128,18 @@ class MetricsWriter:
     self._tb.close()
 
 
+def stage_records(workdir: str, stage: str) -> list[tuple[int, dict]]:
+  """[(step, metrics)] of a stage from the `MetricsWriter`'s metrics.jsonl, the last record of
+  each step (a resumed run repeats the steps after its checkpoint)."""
+  records = {}
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      row = json.loads(line)
+      if row.pop("stage") == stage:
+        records[row.pop("step")] = row
+  return sorted(records.items())
+
+
 @dataclasses.dataclass
 class StageSpec:
   """One training stage.
@@ -207,8 +220,7 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
     meta["wall_s"] = wall_before + time.time() - start_time
     ckpt.save(state, meta)
 
-  bar = tqdm.tqdm(total=total, initial=int(state.step), desc=spec.name, unit="step",
-                  dynamic_ncols=True, disable=None)
+  bar = progress.Progress(spec.name, total, int(state.step))
   try:
     for epoch in range(meta["epoch"], spec.epochs):
       if meta.get("stop_early"):
@@ -218,6 +230,7 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
       position = meta["batch"] if epoch == meta["epoch"] else 0
       ready = time.perf_counter()
       for batch in spec.batches(epoch, position):
+        bar.before_step()
         begin = time.perf_counter()
         state, metrics = step_fn(state, place(batch), jax.random.fold_in(key, state.step))
         position += 1
@@ -228,8 +241,7 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
           raise non_finite(f"non-finite loss {metrics['loss']} (gradient norm "
                            f"{metrics.get('grad_norm')})", step, epoch)
         writer.write(spec.name, step, {**metrics, **timing})
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", epoch=epoch)
+        bar.update(metrics["loss"], epoch)
         sums = meta.setdefault("epoch_sums", {})
         for k, v in metrics.items():
           sums[k] = sums.get(k, 0.0) + v
@@ -261,3 +273,21 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
     bar.close()
     ckpt.close()
   return state, meta
+
+
+def fit_stage(run, spec: StageSpec, state: TrainState,
+              batch_size: int = 1) -> tuple[TrainState, dict[str, Any]]:
+  """`fit` in a run's workdir (`run`: a `train.run.Run`), data parallel when the batch splits
+  over the devices (`parallel.stage_mesh`).
+
+  Returns:
+    (the final state, the stage's entry of results.json["stages"]).
+  """
+  state, meta = fit(spec, state, workdir=run.workdir, key=run.stage_key(spec.name),
+                    writer=run.writer, stop=run.stop,
+                    mesh=parallel.stage_mesh(run.config, batch_size),
+                    parallel_cfg=run.config.parallel)
+  return state, {
+      "steps": int(state.step), "wall_s": round(meta.get("wall_s", 0.0), 2),
+      "final_metrics": meta.get("last_metrics", {}), "history": meta.get("history", []),
+      **step_time_summary(stage_records(run.workdir, spec.name))}
