@@ -164,7 +164,7 @@ def jobs(tmp_path_factory):
     _finish(started[3:])
     _finish(started[:1])
     predict = lambda workdir, n: _start("gimp_jax.predict", [
-        *_data_flags(paths), f"--workdir={workdir}", f"--out={workdir}/predictions.csv"], n)
+        *_data_flags(paths), f"--workdir={workdir}", f"--out={workdir}.csv"], n)
     started += predict(one, 1) + predict(two, 2)
     _finish(started[5:])
   finally:
@@ -219,7 +219,7 @@ def test_checkpoints_equal_one_process(jobs, stage):
 def test_predictions_equal_one_process(jobs):
   rows = {}
   for name in ("one", "two"):
-    with open(os.path.join(jobs[name], "predictions.csv"), encoding="utf-8") as f:
+    with open(f"{jobs[name]}.csv", encoding="utf-8") as f:
       rows[name] = list(csv.DictReader(f))
   assert [r["patient_id"] for r in rows["two"]] == [r["patient_id"] for r in rows["one"]]
   probs = {name: np.array([[float(v) for k, v in r.items() if k.startswith("prob_")]
