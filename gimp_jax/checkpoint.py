@@ -18,6 +18,7 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from gimp_jax import parallel
 from gimp_jax.errors import DataError
 
 T = TypeVar("T")
@@ -28,7 +29,16 @@ MAX_TO_KEEP = 2  # checkpoints kept per stage
 
 
 def _abstract(tree):
-  return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
+  """Shapes, dtypes and shardings to read a checkpoint into; in a job of several processes a
+  host-local leaf (a freshly built model's) is read replicated over every device, as orbax reads
+  only global arrays there."""
+  def one(x):
+    out = ocp.utils.to_shape_dtype_struct(x)
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.sharding is None:
+      return out
+    return jax.ShapeDtypeStruct(out.shape, out.dtype,
+                                sharding=parallel.global_sharding(out.sharding))
+  return jax.tree_util.tree_map(one, tree)
 
 
 class StageCheckpoints:

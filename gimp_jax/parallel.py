@@ -10,7 +10,10 @@ inserts the gradient all-reduce), so losses agree to float rounding.
 Multi-host: every process runs the same program; `initialize_distributed` connects them
 (`jax.distributed.initialize`), after which `jax.devices()` lists the devices of all hosts. Each
 process loads only its rows of every global batch (`process_rows`), and `shard_batch` assembles
-the global array from the per-process pieces. See docs/scaling.md.
+the global array from the per-process pieces. In a job of several processes every stage trains on
+the mesh, even one whose batch does not split over the devices (`stage_mesh`): that batch is
+replicated (`place_batch`), so each state leaf is a global array that orbax can checkpoint (it
+refuses host-local arrays there). See docs/scaling.md.
 """
 
 from collections.abc import Mapping
@@ -126,19 +129,6 @@ def mesh_from_config(config=None) -> Mesh:
   return make_mesh(p.num_devices, p.axis)
 
 
-def stage_mesh(config, batch_size: int) -> Mesh | None:
-  """The mesh a stage trains on: None on one device, or when `batch_size` does not split evenly
-  over the mesh (logged: the stage then runs on one device)."""
-  if jax.device_count() == 1:
-    return None
-  mesh = mesh_from_config(config)
-  if batch_size % mesh.size:
-    logging.warning("Batch size %d does not split over %d devices: this stage runs on one "
-                    "device.", batch_size, mesh.size)
-    return None
-  return mesh
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
@@ -146,6 +136,27 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh, axis: str = "data") -> NamedSharding:
   """Leading (batch) axis split over `axis`, the rest whole."""
   return NamedSharding(mesh, P(axis))
+
+
+def stage_mesh(config, batch_size: int) -> Mesh | None:
+  """The mesh a stage trains on, or None for one device.
+
+  One device: None. Otherwise the mesh when `batch_size` splits evenly over it. When it does not:
+  in a job of several processes still the mesh (the batch replicated: every device computes the
+  whole step, and every state leaf stays a global array); in one process None, with a warning.
+  """
+  if jax.device_count() == 1:
+    return None
+  mesh = mesh_from_config(config)
+  if batch_size % mesh.size:
+    if jax.process_count() > 1:
+      logging.info("Batch size %d does not split over %d devices: the batch is replicated.",
+                   batch_size, mesh.size)
+      return mesh
+    logging.warning("Batch size %d does not split over %d devices: this stage runs on one "
+                    "device.", batch_size, mesh.size)
+    return None
+  return mesh
 
 
 def process_rows(global_batch_size: int, process_index: int | None = None,
@@ -192,6 +203,36 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, axis: str = "data"
   return out
 
 
+def place_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, axis: str = "data"
+                ) -> dict[str, jax.Array]:
+  """A whole host batch (the same on every process) -> global arrays on the mesh.
+
+  Split along the leading axis (each process contributing its `process_rows`, `shard_batch`) when
+  the B rows divide over the devices; otherwise replicated (every process passes all B rows).
+
+  Args:
+    batch: {name: [B, ...]} arrays; string fields (e.g. 'patient_id') are left out.
+
+  Returns:
+    {name: jax.Array [B, ...]} split over `axis`, or replicated.
+  """
+  arrays = {k: np.asarray(v) for k, v in batch.items() if np.asarray(v).dtype.kind not in "OSU"}
+  rows = len(next(iter(arrays.values())))
+  if rows % mesh.shape[axis] == 0 and rows % jax.process_count() == 0:
+    local = process_rows(rows)
+    return shard_batch({k: v[local] for k, v in arrays.items()}, mesh, axis)
+  return {k: jax.make_array_from_process_local_data(replicated(mesh), v)
+          for k, v in arrays.items()}
+
+
+def global_sharding(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
+  """`sharding`, or, in a job of several processes where it is host-local (e.g. the single device
+  of a freshly built model), replication over every device of every process."""
+  if jax.process_count() == 1 or not sharding.is_fully_addressable:
+    return sharding
+  return NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), P())
+
+
 def leaf_sharding(leaf, mesh: Mesh, axis: str = "data", min_size: int = 2 ** 18
                   ) -> NamedSharding:
   """Replicated, or split along the largest dimension the device count divides (leaves of at
@@ -220,17 +261,21 @@ def state_shardings(state, mesh: Mesh, config=None):
       lambda x: leaf_sharding(x, mesh, p.axis, p.min_shard_size), state)
 
 
-def step_shardings(state, mesh: Mesh, config=None):
-  """(in_shardings, out_shardings) for a step `(state, batch, key) -> (state, metrics)`."""
-  p = _block(config)
-  state_sh = state_shardings(state, mesh, p)
-  return ((state_sh, batch_sharding(mesh, p.axis), replicated(mesh)),
-          (state_sh, replicated(mesh)))
+def _put(x, sharding: NamedSharding):
+  """One leaf on `sharding`. In a job of several processes a host-local leaf (the same value on
+  every process) is assembled from host memory, as device_put moves only global arrays there."""
+  if jax.process_count() == 1 or not getattr(x, "is_fully_addressable", True):
+    return jax.device_put(x, sharding)
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding),
+                                    impl=jax.random.key_impl(x))
+  value = np.asarray(x)
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def place_state(state, mesh: Mesh, config=None):
   """`state` on the mesh with `state_shardings` (copies; the input may be donated later)."""
-  return jax.device_put(state, state_shardings(state, mesh, config))
+  return jax.tree_util.tree_map(_put, state, state_shardings(state, mesh, config))
 
 
 def parallelize_step(step, state, mesh: Mesh, config=None):
@@ -238,7 +283,8 @@ def parallelize_step(step, state, mesh: Mesh, config=None):
 
   Returns:
     A function `(state, batch, key) -> (state, metrics)`: `state` as placed by `place_state`,
-    `batch` from `shard_batch`, metrics replicated.
+    `batch` from `shard_batch` or `place_batch` (split or replicated: the input shardings are
+    the arguments'), the state keeps its shardings, metrics replicated.
   """
-  in_sh, out_sh = step_shardings(state, mesh, config)
-  return jax.jit(step, in_shardings=in_sh, out_shardings=out_sh, donate_argnums=0)
+  return jax.jit(step, out_shardings=(state_shardings(state, mesh, config), replicated(mesh)),
+                 donate_argnums=0)

@@ -44,6 +44,7 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -51,6 +52,7 @@ import numpy as np
 from gimp_jax import atomic
 from gimp_jax import cli
 from gimp_jax import methods
+from gimp_jax import parallel
 from gimp_jax import preflight
 from gimp_jax import provenance
 from gimp_jax import workdir as workdir_lib
@@ -298,9 +300,11 @@ def main(argv) -> None:
   del argv
   logging.get_absl_handler().addFilter(cli.quiet_libraries)  # as gimp_jax.main: no orbax chatter
   try:
+    parallel.initialize_distributed(flags.FLAGS.config)  # no-op for a single process
     prepare_out(flags.FLAGS.out, flags.FLAGS.workdir, flags.FLAGS.config)
     result = predict(flags.FLAGS.workdir, flags.FLAGS.config, flags.FLAGS.attention)
-    write_csv(flags.FLAGS.out, result)
+    if jax.process_index() == 0:  # of a job of several processes, process 0 writes
+      write_csv(flags.FLAGS.out, result)
   except Exception as e:  # pylint: disable=broad-except
     if cli.exit_code(e) is None:
       raise

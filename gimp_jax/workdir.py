@@ -7,7 +7,8 @@ host is this host and its process is gone (or the PID now belongs to a process s
 time); it is replaced with a warning. A lock from another host cannot be checked from here: the
 message says which host and process hold it, and to delete the file if that run is dead.
 Taking and replacing the lock happen under an `flock` on `run.lock.guard`, so two runs started at
-the same instant cannot both win.
+the same instant cannot both win. A job of several processes (`jax.distributed`) is one run: its
+process 0 holds the lock, with a token that the other processes check.
 
 `check_config(workdir, config, allow_change)`: `workdir/config.json` records the config that made
 the workdir's checkpoints. A rerun with a different config is refused (DataError listing the
@@ -28,7 +29,9 @@ import time
 from typing import Any, Iterator
 
 from absl import logging
+import jax
 import ml_collections
+import numpy as np
 
 from gimp_jax import provenance
 from gimp_jax.data import genes as genes_lib
@@ -38,8 +41,10 @@ LOCK = "run.lock"
 CONFIG = "config.json"
 NORMALIZER = "normalizer.npz"
 # Fields that change no number of a finished stage: which stages to run (each stage keeps its own
-# checkpoints), how many batches are read ahead, and what the report draws.
-NEUTRAL_FIELDS = ("stages", "data.prefetch", "report.")
+# checkpoints), how many batches are read ahead, what the report draws, and where the processes
+# of a job meet and which of them this is (a resumed job gets a new port; each process its rank).
+NEUTRAL_FIELDS = ("stages", "data.prefetch", "report.", "parallel.coordinator_address",
+                  "parallel.process_id", "parallel.local_device_ids")
 
 
 class WorkdirBusy(DataError):
@@ -85,22 +90,8 @@ def _read(path: str) -> dict[str, Any]:
     return {}  # unreadable: written by a process killed mid-write, so stale
 
 
-@contextlib.contextmanager
-def lock(workdir: str) -> Iterator[str]:
-  """Holds `workdir/run.lock` for the duration of the block (created with the workdir).
-
-  Raises:
-    WorkdirBusy: another live run holds it (the message names its process, host and command).
-    DataError: the workdir cannot be created.
-  """
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise DataError(f"{workdir}: workdir: cannot be created ({e.strerror or e})") from e
-  path = os.path.join(workdir, LOCK)
-  me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()),
-        "time": time.time(),
-        "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:300]}
+def _take(path: str, me: dict[str, Any]) -> None:
+  """Writes `me` into the lock at `path` unless a live run holds it (under the guard's flock)."""
   with open(path + ".guard", "a", encoding="utf-8") as guard:
     fcntl.flock(guard, fcntl.LOCK_EX)
     try:
@@ -120,10 +111,65 @@ def lock(workdir: str) -> Iterator[str]:
       os.replace(tmp, path)
     finally:
       fcntl.flock(guard, fcntl.LOCK_UN)
+
+
+def _job_lock(path: str, me: dict[str, Any]) -> None:
+  """The lock of a job of several processes: one holder per job, process 0.
+
+  Process 0 takes the lock with a random job token in it, then broadcasts (taken?, token) to the
+  other processes, which check that the lock they read holds their job's token: the workdir is
+  the same directory for every process (a shared file system) and no other run holds it.
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  token = np.frombuffer(os.urandom(16), np.int32)
+  taken, error = 1, None
+  if jax.process_index() == 0:
+    me["job"] = {"token": token.tolist(), "processes": jax.process_count()}
+    try:
+      _take(path, me)
+    except (DataError, OSError) as e:  # told to the others, then raised
+      taken, error = 0, e
+  got = np.asarray(multihost_utils.broadcast_one_to_all(
+      np.concatenate([[taken], token]).astype(np.int32)))
+  if error is not None:
+    raise error
+  if not got[0]:
+    raise WorkdirBusy(f"{path}: process 0 of this job could not take the workdir lock (its "
+                      "error names the run that holds it)")
+  if jax.process_index() != 0 and _read(path).get("job", {}).get("token") != got[1:].tolist():
+    raise DataError(f"{path}: the lock does not hold this job's token (process 0 locked another "
+                    f"directory): --workdir must name one directory on a file system shared by "
+                    f"every process")
+
+
+@contextlib.contextmanager
+def lock(workdir: str) -> Iterator[str]:
+  """Holds `workdir/run.lock` for the duration of the block (created with the workdir).
+
+  In a job of several processes (`jax.process_count() > 1`; every process calls this) the lock is
+  the job's: process 0 holds it and the others check that it holds their job's token
+  (`_job_lock`).
+
+  Raises:
+    WorkdirBusy: another live run holds it (the message names its process, host and command).
+    DataError: the workdir cannot be created, or (several processes) is not shared.
+  """
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise DataError(f"{workdir}: workdir: cannot be created ({e.strerror or e})") from e
+  path = os.path.join(workdir, LOCK)
+  me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()),
+        "time": time.time(),
+        "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:300]}
+  if jax.process_count() > 1:
+    _job_lock(path, me)
+  else:
+    _take(path, me)
   try:
     yield path
   finally:
-    if _read(path).get("pid") == me["pid"]:
+    if _read(path).get("pid") == me["pid"] and jax.process_index() == 0:
       os.remove(path)
 
 

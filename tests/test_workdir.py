@@ -205,12 +205,14 @@ def test_lock_of_another_host_is_refused_naming_it(tmp_path):
 
 def test_config_changes_lists_fields_and_ignores_the_neutral_ones():
   old = {"stages": ["pretrain"], "data": {"prefetch": 2, "labels": "a.csv"},
-         "report": {"tsne": True}, "pretrain": {"window": 64}}
+         "report": {"tsne": True}, "pretrain": {"window": 64},
+         "parallel": {"coordinator_address": "h:1", "process_id": 0, "num_processes": 2}}
   new = {"stages": ["pretrain", "test"], "data": {"prefetch": 4, "labels": "b.csv"},
-         "report": {"tsne": False}, "pretrain": {"window": 32, "extra": 1}}
+         "report": {"tsne": False}, "pretrain": {"window": 32, "extra": 1},
+         "parallel": {"coordinator_address": "h:2", "process_id": 1, "num_processes": 4}}
   assert workdir_lib.config_changes(old, new) == [
-      'data.labels: "a.csv" -> "b.csv"', 'pretrain.extra: "<unset>" -> 1',
-      "pretrain.window: 64 -> 32"]
+      'data.labels: "a.csv" -> "b.csv"', "parallel.num_processes: 2 -> 4",
+      'pretrain.extra: "<unset>" -> 1', "pretrain.window: 64 -> 32"]
 
 
 def test_an_unreadable_config_record_is_a_data_error(tmp_path):

@@ -101,23 +101,25 @@ def torch_model(cfg, num_genes: int, flat: dict):
 
 
 def write_cohort(directory: str, bag_sizes: Sequence[int], num_genes: int = 16,
-                 seed: int = 0) -> Cohort:
+                 seed: int = 0, write: bool = True) -> Cohort:
   """One one-slide patient per entry of `bag_sizes`, in CLAM files of random features.
 
   CLAM's layout: `features` float32 [N, 1024] and `coords` int32 [N, 2], chunks of 32 rows.
   Labels alternate 0, 1, ...; the expression matrix [patients, num_genes] is random and not
-  normalised (only shapes matter here).
+  normalised (only shapes matter here). With `write=False` the files are those an earlier call
+  wrote (another process reads them without holding the features in memory).
   """
   rng = np.random.default_rng(seed)
   patients = []
   for i, n in enumerate(bag_sizes):
     slide_id = f"TCGA-BE-{i:04d}-01Z-00-DX1"
     path = clam.slide_path(directory, slide_id)
-    with h5py.File(path, "w") as f:
-      f.create_dataset("features", data=rng.random((n, FEATURE_DIM), np.float32),
-                       chunks=(32, FEATURE_DIM), maxshape=(None, FEATURE_DIM))
-      coords = rng.integers(0, 100_000, (n, 2)).astype(np.int32)
-      f.create_dataset("coords", data=coords, chunks=(32, 2), maxshape=(None, 2))
+    if write:
+      with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=rng.random((n, FEATURE_DIM), np.float32),
+                         chunks=(32, FEATURE_DIM), maxshape=(None, FEATURE_DIM))
+        coords = rng.integers(0, 100_000, (n, 2)).astype(np.int32)
+        f.create_dataset("coords", data=coords, chunks=(32, 2), maxshape=(None, 2))
     patients.append(Patient(patient_id=f"TCGA-BE-{i:04d}", label=i % NUM_CLASSES,
                             slide_ids=(slide_id,), slide_paths=(path,), slide_patches=(n,),
                             expression_id=f"TCGA-BE-{i:04d}-01A"))

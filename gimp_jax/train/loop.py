@@ -79,6 +79,8 @@ def step_timing(wait_s: float, step_s: float, patches: int | None) -> dict[str, 
 class MetricsWriter:
   """Metrics as JSON lines (`metrics.jsonl`) beside TensorBoard event files (`tb/`).
 
+  In a job of several processes only process 0 writes (the others' writers do nothing).
+
   A resumed stage replays the steps between its checkpoint and the interruption (identically:
   the batches and keys are functions of the step); `resumed(stage)` makes the writer skip the steps
   already recorded, so each step is in metrics.jsonl and TensorBoard once. A line cut short by a
@@ -89,6 +91,10 @@ class MetricsWriter:
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     path = os.path.join(workdir, "metrics.jsonl")
     self._logged: dict[str, int] = {}
+    self._skip: dict[str, int] = {}
+    self._primary = jax.process_index() == 0
+    if not self._primary:
+      return
     if os.path.isfile(path):
       with open(path, "rb+") as f:
         data = f.read()
@@ -98,7 +104,6 @@ class MetricsWriter:
       for line in data.decode("utf-8").splitlines():
         row = json.loads(line)
         self._logged[row["stage"]] = max(self._logged.get(row["stage"], -1), row["step"])
-    self._skip: dict[str, int] = {}
     self._jsonl = open(path, "a", encoding="utf-8")
     self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
@@ -109,7 +114,7 @@ class MetricsWriter:
       self._skip[name] = self._logged.get(name, -1)
 
   def write(self, stage: str, step: int, metrics: dict[str, float]) -> None:
-    if step <= self._skip.get(stage, -1):
+    if not self._primary or step <= self._skip.get(stage, -1):
       return
     self._jsonl.write(json.dumps({"stage": stage, "step": step, **metrics}) + "\n")
     self._jsonl.flush()
@@ -117,6 +122,8 @@ class MetricsWriter:
       self._tb.add_scalar(f"{stage}/{k}", v, step)
 
   def close(self) -> None:
+    if not self._primary:
+      return
     self._jsonl.close()
     self._tb.close()
 
@@ -164,8 +171,9 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
         mesh=None, parallel_cfg=None) -> tuple[TrainState, dict[str, Any]]:
   """Runs (or resumes, or skips if finished) a stage; returns the final state and its meta.
 
-  With a `mesh` (gimp_jax.parallel), each batch is split over its devices and the state is
-  replicated (or sharded per `parallel_cfg`); the step computes the same loss as on one device.
+  With a `mesh` (gimp_jax.parallel), each batch is split over its devices (replicated when its
+  rows do not divide) and the state is replicated (or sharded per `parallel_cfg`); the step
+  computes the same loss as on one device.
 
   The step key is `fold_in(key, step)` and the batches are a pure function of (epoch, position),
   so a resumed stage reproduces the uninterrupted one. Checkpoints are written every
@@ -177,6 +185,8 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
   """
   ckpt = StageCheckpoints(workdir, spec.name)
   meta: dict[str, Any] = {"epoch": 0, "batch": 0, "done": False, "history": []}
+  if mesh is not None:  # placed first: a checkpoint is read back into the mesh's shardings
+    state = parallel.place_state(state, mesh, parallel_cfg)
   restored = ckpt.restore(state)
   if restored is not None:
     state, meta = restored
@@ -188,14 +198,11 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
     return state, meta
   step_fn = steps.make_train_step(spec.loss_fn, spec.frozen)
   place = to_device
-  if mesh is not None:  # data parallel: batch split over the mesh, state replicated or sharded
-    state = parallel.place_state(state, mesh, parallel_cfg)
+  if mesh is not None:  # data parallel: batch split over the mesh (or replicated), state on it
     step_fn = parallel.parallelize_step(step_fn, state, mesh, parallel_cfg)
 
     def place(batch):
-      rows = parallel.process_rows(len(batch["label"]))  # this host's share of the batch
-      return parallel.shard_batch({k: v[rows] for k, v in batch.items()}, mesh,
-                                  parallel_cfg.axis)
+      return parallel.place_batch(batch, mesh, parallel_cfg.axis)
   total = spec.epochs * spec.steps_per_epoch
   start_time, wall_before = time.time(), meta.get("wall_s", 0.0)
 

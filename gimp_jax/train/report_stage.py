@@ -4,6 +4,7 @@ answers the attention protocol (`models.attention`) its heatmaps on the test pat
 
 import os
 
+import jax
 import numpy as np
 
 from gimp_jax import report as report_lib
@@ -49,6 +50,9 @@ def write_report(run, evaluation: evaluate.Evaluation, results: dict) -> str:
   survival_cutoff = None
   if evaluation.train_risk is not None:
     survival_cutoff = float(np.median(evaluation.train_risk))
+  chosen_epochs = run_facts.chosen_epochs(run.workdir, stages)  # every process: orbax reads
+  if jax.process_index() != 0:  # of a job of several processes, process 0 writes
+    return os.path.join(run.workdir, "report")
   return report_lib.write_report(
       os.path.join(run.workdir, "report"), results=results,
       class_names=list(run.cohort.class_names), predictions=evaluation.predictions, tsne=tsne,
@@ -58,4 +62,4 @@ def write_report(run, evaluation: evaluate.Evaluation, results: dict) -> str:
                      if k in cfg.report},
       facts=dict(splits=run_facts.split_balance(run.cohort), command=run_facts.command(),
                  config_diff=run_facts.config_diff(cfg), time_unit=cfg.report.get("time_unit", ""),
-                 chosen_epochs=run_facts.chosen_epochs(run.workdir, stages)))
+                 chosen_epochs=chosen_epochs))

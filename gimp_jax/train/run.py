@@ -130,8 +130,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if config.data.get("allow_missing", False):
       logging.info("Patients each stage uses (data.allow_missing):\n%s",
                    partial.usage(config, run.cohort))
-    provenance.record(workdir, config, run.cohort)
-    workdir_lib.record_config(workdir, config, changes)
+    writer = jax.process_index() == 0  # of a job of several processes, process 0 writes
+    if writer:
+      provenance.record(workdir, config, run.cohort)
+      workdir_lib.record_config(workdir, config, changes)
     try:
       results = run_stages(run)
     finally:
@@ -143,5 +145,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     history = workdir_lib.change_history(workdir)  # the workdir's earlier configs, if any
     if history:
       results["config_changes"] = history
-    provenance.write_json_atomic(os.path.join(workdir, "results.json"), results)
+    if writer:
+      provenance.write_json_atomic(os.path.join(workdir, "results.json"), results)
   return results
