@@ -407,7 +407,7 @@ def probe_markdown(names, alias, seeds, outcomes, header: str) -> str:
 
 
 def reference_rows(runs: dict, seeds: list[int], out: str) -> dict[int, dict]:
-  """{seed: reference.lr_rows} on each seed's split (that of any run of the seed), cached in
+  """{seed: reference.linear_rows} on each seed's split (that of any run of the seed), cached in
   OUT/reference/seed_<s>.json."""
   from experiments import reference  # pylint: disable=g-import-not-at-top
   rows, cache = {}, os.path.join(out, "reference")
@@ -419,7 +419,7 @@ def reference_rows(runs: dict, seeds: list[int], out: str) -> dict[int, dict]:
     path = os.path.join(cache, f"seed_{seed}.json")
     if not os.path.exists(path):
       with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(reference.lr_rows(config, cache), f, indent=2, default=float)
+        json.dump(reference.linear_rows(config, cache), f, indent=2, default=float)
       os.replace(path + ".tmp", path)
     with open(path, encoding="utf-8") as f:
       rows[seed] = json.load(f)

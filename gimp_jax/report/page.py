@@ -116,6 +116,27 @@ def summary_table(results: Mapping[str, Any]) -> Table | None:
   return Table(['metric'] + splits, rows)
 
 
+def reference_blocks(results: Mapping[str, Any]) -> list[Block]:
+  """The penalised linear reference (`gimp_jax.reference`) beside the model: one row per input
+  (slide, genes, both), the model's row and the model minus the 'both' row, one column per
+  `<split>_<metric>` that the reference scored."""
+  ref = results.get('reference')
+  if not isinstance(ref, Mapping) or not isinstance(ref.get('both'), Mapping):
+    return []
+  cols = [k for k in ref['both'] if re.fullmatch(r'(val|test)_.+', k)]
+  rows = [[f'{ref.get("model", "linear")}, {name}'] + [fmt(ref[name].get(k, '')) for k in cols]
+          for name in ('slide', 'genes', 'both') if isinstance(ref.get(name), Mapping)]
+  rows.append(['this model'] + [fmt(results.get(k, '')) for k in cols])
+  rows.append(['this model - linear, both'] + [fmt(results.get(f'vs_reference_{k}', ''))
+                                               for k in cols])
+  return [Heading('Penalised linear reference', 2),
+          Paragraph('What a statistician fits first, on the same train/val/test patients: the '
+                    'mean-pooled patch features (slide), the expression (genes) and both, '
+                    'standardised on train, the penalty chosen on validation, test scored once. '
+                    'A model below the "both" row learns less than a linear model.'),
+          Table(['fit'] + cols, rows)]
+
+
 def stages_table(stages: Mapping[str, Mapping[str, Any]]) -> Table | None:
   """One row per stage, one column per scalar entry (nested dicts flattened as 'a.b')."""
   flat = {name: _flatten(values) for name, values in stages.items() if isinstance(values, Mapping)}
@@ -328,6 +349,7 @@ def _compose(report_dir, results, class_names, predictions, tsne, heatmaps, hist
     blocks.append(Paragraph('Versions: ' + ', '.join(f'{k} {v}' for k, v in versions.items())))
   blocks += [Heading('Summary', 2),
              summary_table(results) or Paragraph('No split metrics in the results.')]
+  blocks += reference_blocks(results)
   stage_table = stages_table(results.get('stages') or {})
   if stage_table:
     blocks += [Heading('Stages', 2), stage_table]

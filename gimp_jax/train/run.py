@@ -20,6 +20,7 @@ from gimp_jax import methods
 from gimp_jax import metrics as metrics_lib
 from gimp_jax import parallel
 from gimp_jax import provenance
+from gimp_jax import reference
 from gimp_jax import report as report_lib
 from gimp_jax import validate
 from gimp_jax import workdir as workdir_lib
@@ -441,6 +442,10 @@ def test(run: Run) -> None:
     for k in keys:
       run.results[f"{split}_{k}"] = float(scores[k])
     run.results[f"{split}_metrics"] = scores
+  run.results["reference"] = reference.linear_reference(run.cohort, {
+      split: run.cohort.split(run.patients(split, "finetune" if split == "train" else "test"))
+      for split in ("train", "val", "test")})  # the statistician's row, same patients
+  run.results.update(reference.scalars(run.results["reference"], run.results))
   if surv:  # the report splits the test cases at the median training risk
     run.train_risk = predict(run, state, "train", stoppable=True)["risk"]
   run.predictions = predictions
