@@ -26,10 +26,9 @@ from experiments import tables
 RECIPES = {
     "paper": ("gimp_no_pretrain", []),
     "modality_dropout": ("gimp_no_pretrain", ["--config.model.modality_dropout=0.5"]),
-    "fusion_norm": ("gimp_no_pretrain", ["--config.model.fusion_norm=layer"]),
-    "gene_val_loss": ("gimp_no_pretrain", ["--config.gene_pretrain.select_metric=val_loss"]),
-    "fusion_norm+dropout": ("gimp_no_pretrain", ["--config.model.fusion_norm=layer",
-                                                 "--config.model.modality_dropout=0.5"]),
+    "gene_stage_2_epochs": ("gimp_no_pretrain", ["--config.gene_pretrain.epochs=2"]),
+    "joint": ("gimp_no_pretrain", ["--config.stages=('finetune','test')",
+                                   "--config.finetune.frozen="]),
     "mcat": ("mcat", []),
     "abmil": ("abmil", []),
 }

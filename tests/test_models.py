@@ -71,28 +71,3 @@ def test_aggregator_mask_token_and_attention_map():
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
   _, _, attn = agg(x, return_attention=True)
   assert attn.shape == (1, 4, 20)
-
-
-def test_fusion_norm_standardises_each_half_of_cls_pat():
-  """model.fusion_norm="layer": the head sees each half of CLS_pat standardised over d (NumPy),
-  whatever the scale of the gene embedding; "none" concatenates them as they are."""
-  c = nsclc.get_config("tiny")
-  c.model.fusion_norm = "layer"
-  model = build.build_gimp(c, 96, 2, 0)
-  model.eval()
-  rng = np.random.default_rng(0)
-  patches = jnp.asarray(rng.standard_normal((3, 20, c.data.feature_dim)), jnp.float32)
-  genes = jnp.asarray(rng.standard_normal((3, 96)), jnp.float32)
-  _, emb = model(patches, genes)
-  cls_img, cls_ge, _ = model.encode(patches, genes, tokens=False)
-  d = c.model.dim
-  for half, raw in ((emb[:, :d], cls_img), (emb[:, d:], cls_ge)):
-    raw = np.asarray(raw, np.float64)
-    want = (raw - raw.mean(1, keepdims=True)) / np.sqrt(raw.var(1, keepdims=True) + 1e-6)
-    np.testing.assert_allclose(np.asarray(half), want, rtol=1e-4, atol=1e-4)
-  c.model.fusion_norm = "none"
-  plain = build.build_gimp(c, 96, 2, 0)
-  plain.eval()
-  _, emb = plain(patches, genes)
-  np.testing.assert_allclose(np.asarray(emb), np.concatenate(
-      [np.asarray(x) for x in plain.encode(patches, genes, tokens=False)[:2]], 1), rtol=1e-6)

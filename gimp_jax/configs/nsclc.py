@@ -78,8 +78,6 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.model.modality_dropout = 0.0              # P(gene embedding -> learned "missing" token) per
                                               # patient in fine-tuning; > 0 allows slide-only
                                               # prediction (0 = GiMP as published)
-  c.model.fusion_norm = "none"                # "layer": LayerNorm on CLS_img and on CLS_ge before the
-                                              # head ("none" = GiMP as published; issue 23)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4                # [paper 3.1]

@@ -58,5 +58,4 @@ def build_gimp(config, num_genes: int, num_classes: int, seed: int) -> GiMP:
   return GiMP(aggregator, build_gene_encoder(config, num_genes, rngs),
               in_dim=config.data.feature_dim, dim=m.dim, num_classes=num_classes,
               head_hidden=m.head_hidden, head_dropout=m.head_dropout,
-              modality_dropout=m.get("modality_dropout", 0.0),
-              fusion_norm=m.get("fusion_norm", "none"), rngs=rngs)
+              modality_dropout=m.get("modality_dropout", 0.0), rngs=rngs)

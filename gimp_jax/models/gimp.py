@@ -35,19 +35,6 @@ class GeneClassifier(nnx.Module):
     return self.head(self.gene_encoder(genes))
 
 
-class FusionNorm(nnx.Module):
-  """A LayerNorm on each half of CLS_pat before the head (`model.fusion_norm = "layer"`), so
-  neither modality's embedding dominates the fused vector by its scale alone."""
-
-  def __init__(self, dim: int, *, rngs: nnx.Rngs):
-    self.img = nnx.LayerNorm(dim, rngs=rngs)
-    self.ge = nnx.LayerNorm(dim, rngs=rngs)
-
-  def __call__(self, cls_img: jax.Array, cls_ge: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """cls_img, cls_ge: [B, d] -> the same, each normalised over d (float32)."""
-    return (self.img(cls_img.astype(jnp.float32)), self.ge(cls_ge.astype(jnp.float32)))
-
-
 class GiMP(nnx.Module):
   """CLS_pat = [CLS_img; CLS_ge]; MPM decoder on the patch tokens; MLP head on CLS_pat.
 
@@ -59,17 +46,13 @@ class GiMP(nnx.Module):
 
   def __init__(self, aggregator: PatchAggregator, gene_encoder: nnx.Module | None, *,
                in_dim: int, dim: int, num_classes: int, head_hidden: int, head_dropout: float,
-               modality_dropout: float = 0.0, fusion_norm: str = "none", rngs: nnx.Rngs):
+               modality_dropout: float = 0.0, rngs: nnx.Rngs):
     self.aggregator = aggregator
     self.gene_encoder = gene_encoder
     self.missing_genes = (ModalityDropout((dim,), modality_dropout, rngs=rngs)
                           if modality_dropout > 0 and gene_encoder is not None else None)
     self.decoder = nnx.Linear(dim, in_dim, dtype=aggregator.dtype, rngs=rngs)  # compute dtype
     pat_dim = dim * (2 if gene_encoder is not None else 1)
-    if fusion_norm not in ("none", "layer"):
-      raise ValueError(f"model.fusion_norm {fusion_norm!r}: expected 'none' or 'layer'.")
-    self.fusion_norm = (FusionNorm(dim, rngs=rngs)
-                        if fusion_norm == "layer" and gene_encoder is not None else None)
     self.head = MLPHead(pat_dim, head_hidden, num_classes, dropout=head_dropout, rngs=rngs)
 
   def encode(self, patches: jax.Array, genes: jax.Array | None, *,
@@ -96,8 +79,6 @@ class GiMP(nnx.Module):
                patch_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Whole-bag classification: (logits [B, num_classes], CLS_pat [B, 2d] or [B, d])."""
     cls_img, cls_ge, _ = self.encode(patches, genes, patch_mask=patch_mask, tokens=False)
-    if self.fusion_norm is not None:
-      cls_img, cls_ge = self.fusion_norm(cls_img, cls_ge)
     emb = cls_pat(cls_img, cls_ge)
     return self.head(emb), emb
 
