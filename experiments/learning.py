@@ -29,6 +29,9 @@ RECIPES = {
     "gene_stage_2_epochs": ("gimp_no_pretrain", ["--config.gene_pretrain.epochs=2"]),
     "joint": ("gimp_no_pretrain", ["--config.stages=('finetune','test')",
                                    "--config.finetune.frozen="]),
+    "joint+modality_dropout": ("gimp_no_pretrain", ["--config.stages=('finetune','test')",
+                                                    "--config.finetune.frozen=",
+                                                    "--config.model.modality_dropout=0.5"]),
     "mcat": ("mcat", []),
     "abmil": ("abmil", []),
 }
