@@ -121,6 +121,8 @@ def main(argv=None) -> None:
   p.add_argument("--recipes", default="paper")
   p.add_argument("--seeds", default="0")
   p.add_argument("--size", default="cpu")
+  p.add_argument("--report_only", action="store_true",
+                 help="write the table from the finished runs, run nothing")
   args, rest = p.parse_known_args(argv)
   args.config = [a for a in rest if a.startswith("--config.")]
   args.synthetic = [a for a in rest if a.startswith("--synthetic.")]
@@ -134,7 +136,7 @@ def main(argv=None) -> None:
   runs = {(name, seed): tables.make_config(RECIPES[name][0], args.size, seed, paths,
                                            RECIPES[name][1] + args.config)
           for seed in seeds for name in recipes}
-  outcomes = tables.run_all(runs, args.out, 1, where=run_dir, read=read_result)
+  outcomes = tables.run_all(runs, args.out, 1, args.report_only, where=run_dir, read=read_result)
   for key, config in runs.items():
     workdir = run_dir(args.out, *key)
     if outcomes[key].get("ok") and not os.path.exists(os.path.join(workdir, "fused_scale.json")):
