@@ -46,15 +46,15 @@ def run_dir(out: str, name: str, seed: int) -> str:
 def fused_scale(config, workdir: str) -> dict:
   """Norms of the two halves of CLS_pat over the training and validation patients, and the
   training accuracy of the fine-tuned model (how much of the training set it memorised)."""
-  from gimp_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
-  from gimp_jax.train.state import create_state  # pylint: disable=g-import-not-at-top
-  run = run_lib.Run(config, workdir)
-  model = run.build()
-  params = run_lib.restore_params(workdir, "finetune_best", model)
-  state = create_state(model).replace(params=params)
+  from gimp_jax import methods, preflight  # pylint: disable=g-import-not-at-top
+  from gimp_jax.train import evaluate, run as run_lib  # pylint: disable=g-import-not-at-top
+  from gimp_jax.train.state import restored  # pylint: disable=g-import-not-at-top
+  run = run_lib.Run(config, workdir, preflight.preflight(config, workdir),
+                    methods.get(config.method))
+  state = restored(run.build(), workdir, evaluate.BEST)
   out = {}
   for split in ("train", "val"):
-    pred = run_lib.predict(run, state, split)
+    pred = evaluate.predict(run, state, split)
     emb = pred["embedding"]
     out[f"{split}_accuracy_model"] = float(np.mean(pred["probs"].argmax(1) == pred["label"]))
     if emb.shape[1] == 2 * config.model.dim:

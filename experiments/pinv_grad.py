@@ -49,15 +49,15 @@ def val_pretrain_loss(config, workdir: str) -> dict[str, float]:
       return json.load(f)
   from gimp_jax import methods  # pylint: disable=g-import-not-at-top
   from gimp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from gimp_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
-  from gimp_jax.train.state import create_state  # pylint: disable=g-import-not-at-top
+  from gimp_jax import preflight  # pylint: disable=g-import-not-at-top
+  from gimp_jax.train.state import create_state, restore_params  # pylint: disable=g-import-not-at-top
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
     results = json.load(f)
-  cohort = run_lib.load_cohort(config, workdir)
+  cohort = preflight.preflight(config, workdir)
   method = methods.get(config.method)
   model = method.build(config, cohort.gene_names, results["num_classes"], config.seed)
   state = create_state(model)
-  state = state.replace(params=run_lib.restore_params(workdir, "pretrain", model))
+  state = state.replace(params=restore_params(workdir, "pretrain", model))
   loss_fn = jax.jit(lambda s, b: loss_of(s, b, method.pretrain_loss(config)))
   p = config.pretrain
   sums, count = {}, 0
@@ -89,11 +89,11 @@ def gradient_error(config, workdir: str) -> float:
   from gimp_jax import methods  # pylint: disable=g-import-not-at-top
   from gimp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from gimp_jax.train import optim  # pylint: disable=g-import-not-at-top
-  from gimp_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
-  from gimp_jax.train.state import create_state  # pylint: disable=g-import-not-at-top
+  from gimp_jax import preflight  # pylint: disable=g-import-not-at-top
+  from gimp_jax.train.state import create_state, restore_params  # pylint: disable=g-import-not-at-top
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
     num_classes = json.load(f)["num_classes"]
-  cohort = run_lib.load_cohort(config, workdir)
+  cohort = preflight.preflight(config, workdir)
   p = config.pretrain
   batch = next(pipeline.pretrain_batches(cohort, "val", batch_size=p.batch_size, window=p.window,
                                          ratio=p.mask_ratio, seed=config.seed, epoch=0,
@@ -105,7 +105,7 @@ def gradient_error(config, workdir: str) -> float:
     method = methods.get(cfg.method)
     model = method.build(cfg, cohort.gene_names, num_classes, cfg.seed)
     state = create_state(model)
-    params = run_lib.restore_params(workdir, "pretrain", model)
+    params = restore_params(workdir, "pretrain", model)
     loss_fn = method.pretrain_loss(cfg)
     grads[mode] = optim.flat_paths(jax.jit(jax.grad(
         lambda q, s=state, f=loss_fn: f(s.replace(params=q).model(train=False), batch)[0]))(

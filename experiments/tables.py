@@ -183,7 +183,11 @@ def cohort_paths(args) -> dict[str, str]:
     return {"features_dir": args.features_dir, "expression": args.expression,
             "labels": args.labels}
   from gimp_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  out = os.path.join(args.out, "cohort")
+  # Relative to the working directory when it is under it: committed results carry no machine's
+  # absolute paths.
+  out = os.path.relpath(os.path.join(os.path.abspath(args.out), "cohort"))
+  if out.startswith(".."):
+    out = os.path.abspath(out)
   paths = {"features_dir": os.path.join(out, "features"),
            "expression": os.path.join(out, "expression.tsv"),
            "labels": os.path.join(out, "labels.csv")}

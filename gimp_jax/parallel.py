@@ -126,6 +126,19 @@ def mesh_from_config(config=None) -> Mesh:
   return make_mesh(p.num_devices, p.axis)
 
 
+def stage_mesh(config, batch_size: int) -> Mesh | None:
+  """The mesh a stage trains on: None on one device, or when `batch_size` does not split evenly
+  over the mesh (logged: the stage then runs on one device)."""
+  if jax.device_count() == 1:
+    return None
+  mesh = mesh_from_config(config)
+  if batch_size % mesh.size:
+    logging.warning("Batch size %d does not split over %d devices: this stage runs on one "
+                    "device.", batch_size, mesh.size)
+    return None
+  return mesh
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -31,12 +31,10 @@ the bin | no event before it) and survival_<bin> = S_j = P(no event up to the en
 """
 
 import csv
-import dataclasses
 import json
 import os
-import sys
 import tempfile
-from typing import Any, Callable
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -47,23 +45,23 @@ import numpy as np
 
 from gimp_jax import cli
 from gimp_jax import methods
+from gimp_jax import preflight
 from gimp_jax import provenance
-from gimp_jax import validate
+from gimp_jax import workdir as workdir_lib
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import survival as survival_data
 from gimp_jax.errors import DataError
 from gimp_jax.objectives import survival
+from gimp_jax.train import evaluate
 from gimp_jax.train import partial
 from gimp_jax.train import run as run_lib
-from gimp_jax.train import steps
-from gimp_jax.train.state import create_state
+from gimp_jax.train.state import create_state, restore_params
 
 # config.data fields that say where the new inputs are and how to read them; all other settings
 # (feature_dim, num_genes, gene handling, model, classes) are the trained run's.
 INPUT_FIELDS = ("source", "labels", "features_dir", "expression", "tfds_dir", "manifest",
                 "value_column", "preferred_sample_types", "drop_incomplete", "bucket_sizes",
                 "prefetch")
-BEST = "finetune_best"
 
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
@@ -136,14 +134,6 @@ def _outcomes(path: str) -> dict[str, tuple[float, int]]:
           for r in cohort_lib.read_labels(path, "survival", allow_unlabelled=True)}
 
 
-@dataclasses.dataclass
-class _Evaluation:
-  """What `run.predict` reads from a run."""
-  config: ml_collections.ConfigDict
-  cohort: cohort_lib.Cohort
-  eval_step: Callable
-
-
 def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
           ) -> tuple[ml_collections.ConfigDict, cohort_lib.Cohort, bool,
                      dict[str, tuple[float, int]]]:
@@ -152,9 +142,10 @@ def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
   listing every problem (missing genes, feature width, bad inputs). A survival run's cohort is
   loaded without outcomes (no time bins are fitted on new patients)."""
   trained, class_names = load_run(workdir)
-  normalizer, stored = validate.stored_normalizer(trained, workdir)
-  if normalizer is None or stored != os.path.join(workdir, validate.NORMALIZER):
-    raise DataError(f"{workdir}: no {validate.NORMALIZER}: the gene list of the model is unknown")
+  normalizer, stored = workdir_lib.stored_normalizer(trained, workdir)
+  if normalizer is None or stored != os.path.join(workdir, workdir_lib.NORMALIZER):
+    raise DataError(f"{workdir}: no {workdir_lib.NORMALIZER}: the gene list of the model is "
+                    "unknown")
   config = merge_config(trained, given, class_names)
   width = int(trained.data.feature_dim)
   problems = []
@@ -169,7 +160,7 @@ def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
   loader.task = "classification"
   loader.data.labels, labelled = _labels_csv(config.data.labels, class_names[0], tmpdir,
                                              ignore_labels=surv)
-  cohort, found = validate.check_inputs(loader, normalizer, stored)
+  cohort, found = preflight.load_cohort(loader, normalizer, stored)
   problems += [p.replace(loader.data.labels, config.data.labels) for p in found]
   known = {}
   if surv:
@@ -195,13 +186,12 @@ def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
   """
   with tempfile.TemporaryDirectory() as tmpdir:
     config, cohort, labelled, known = check(workdir, given, tmpdir)
-  method = methods.get(config.method)
-  model = method.build(config, cohort.gene_names, survival.num_outputs(config, cohort.num_classes),
-                       config.seed)
-  params = run_lib.restore_params(workdir, BEST, model)
+  run = run_lib.Run(config, workdir, cohort, methods.get(config.method))  # reads only
+  model = run.build()
+  params = restore_params(workdir, evaluate.BEST, model)
   if params is None:
-    raise DataError(f"{os.path.join(workdir, 'checkpoints', BEST)}: no fine-tuned checkpoint; "
-                    "run the finetune stage first")
+    raise DataError(f"{os.path.join(workdir, 'checkpoints', evaluate.BEST)}: no fine-tuned "
+                    "checkpoint; run the finetune stage first")
   genes = partial.has_genes(cohort)
   if partial.needs_genes(model) and not genes.all():
     raise DataError("\n".join(
@@ -210,8 +200,7 @@ def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
         "predict from the slide alone" for i in np.flatnonzero(~genes)))
   logging.info("predict: %d patients (%d slide-only), model of %s", len(cohort.patients),
                int((~genes).sum()), workdir)
-  evaluation = _Evaluation(config, cohort, steps.make_eval_step())
-  out = run_lib.predict(evaluation, create_state(model).replace(params=params), "all")
+  out = evaluate.predict(run, create_state(model).replace(params=params), "all")
   labels = out["label"] if labelled else np.full(len(out["patient_id"]), -1)
   uses_genes = getattr(model, "gene_encoder", None) is not None
   modality = np.where(genes & uses_genes, "slide+genes", "slide")

@@ -3,281 +3,22 @@
 python -m gimp_jax.validate --config=configs/nsclc.py [--workdir=runs/nsclc] [--config.data.x=...]
 
 Prints every problem on its own line, naming the file, the patient or slide and the field, then
-exits with code 2 (no traceback); or prints a one-line summary and exits 0. `train_and_evaluate`
-runs the same checks first (`preflight`), so a run never starts on inputs that fail them.
-
-Checked, all at once: the labels CSV (malformed rows, duplicated slide IDs, a patient with
-conflicting labels or in two splits, unknown label values); every `.h5` in full (unreadable or
-truncated, missing `features`/`coords`, wrong width, zero patches, NaN/Inf, slides without a label
-row); the expression table (a patient without a column, NaN/Inf values, a column matched by two
-patients, genes missing from the stored gene list when resuming, fine-tuning from `init_from` or
-predicting); the workdir (writable, room for the checkpoints). With `data.drop_incomplete` the
-patients with problems of their own are dropped (logged) instead.
+exits with code 2 (no traceback); or prints a one-line summary and exits 0. The checks are
+`gimp_jax.preflight.check`, the same that `train_and_evaluate` runs first, so a run never starts
+on inputs that fail them.
 """
 
-from collections.abc import Sequence
-import os
-import shutil
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
-from flax import nnx
-import jax
 import ml_collections
 from ml_collections import config_flags
-import numpy as np
 
 from gimp_jax import cli
-from gimp_jax import methods
-from gimp_jax.checkpoint import MAX_TO_KEEP
-from gimp_jax.configs import checks
+from gimp_jax import preflight
 from gimp_jax.data import cohort as cohort_lib
-from gimp_jax.data import genes as genes_lib
-from gimp_jax.errors import DataError
 from gimp_jax.train import partial
-
-NORMALIZER = "normalizer.npz"
-TRAINING_STAGES = ("gene_pretrain", "pretrain", "finetune")
-_MIB = float(1 << 20)
-
-
-def stored_normalizer(config: ml_collections.ConfigDict, workdir: str | None
-                      ) -> tuple[genes_lib.GeneNormalizer | None, str | None]:
-  """The gene list a run must use and where it is stored, or (None, None) to fit one on train.
-
-  The workdir's own (a resumed run) comes first, then that of `config.init_from` (a model trained
-  in another workdir).
-
-  Raises:
-    DataError: the file is unreadable.
-  """
-  for directory in (workdir, config.get("init_from", "")):
-    if directory:
-      path = os.path.join(directory, NORMALIZER)
-      if os.path.exists(path):
-        return genes_lib.GeneNormalizer.load(path), path
-  return None, None
-
-
-def config_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """Settings that cannot work, one line each."""
-  problems = checks.problems(config)
-  try:
-    methods.get(config.method)
-  except ValueError as e:
-    problems.append(f"config: method: {e}")
-  source = config.data.get("source", "h5")
-  if source not in ("h5", "tfds"):
-    problems.append(f"config: data.source: {source!r}, expected 'h5' or 'tfds'")
-  if not (isinstance(config.data.feature_dim, int) and config.data.feature_dim > 0):
-    problems.append(f"config: data.feature_dim: {config.data.feature_dim!r}, expected the width "
-                    "of the features (e.g. 1024)")
-  task = config.get("task", "classification")
-  if task not in ("classification", "survival"):
-    problems.append(f"config: task: {task!r}, expected 'classification' or 'survival'")
-  elif task == "survival":
-    if config.survival.loss not in ("nll", "cox") or config.survival.num_bins < 1:
-      problems.append(f"config: survival: loss {config.survival.loss!r} (expected 'nll' or "
-                      f"'cox'), num_bins {config.survival.num_bins} (expected >= 1)")
-    if source == "tfds":
-      problems.append("config: data.source: 'tfds' datasets carry class labels only; survival "
-                      "reads the labels CSV (data.source='h5')")
-  init_from = config.get("init_from", "")
-  if init_from and not os.path.exists(os.path.join(init_from, NORMALIZER)):
-    problems.append(f"{init_from}: init_from: no {NORMALIZER}, so the gene list its model was "
-                    "trained on is unknown (not a gimp_jax workdir?)")
-  return problems
-
-
-def _existing_ancestor(path: str) -> str:
-  """`path` or its nearest existing ancestor."""
-  path = os.path.abspath(path)
-  while not os.path.exists(path):
-    path = os.path.dirname(path)
-  return path
-
-
-def workdir_problems(workdir: str) -> list[str]:
-  """Whether the workdir exists or can be created, and takes files (a real write, not os.access,
-  which says yes to root on read-only folders). Nothing is left behind."""
-  base = _existing_ancestor(workdir)
-  if not os.path.isdir(base):
-    return [f"{workdir}: workdir: cannot be created, {base} is a file"]
-  try:
-    with tempfile.NamedTemporaryFile(dir=base, prefix=".gimp_jax-write-test-"):
-      pass
-  except OSError as e:
-    what = "not writable" if base == os.path.abspath(workdir) else f"cannot be created in {base}"
-    return [f"{workdir}: workdir: {what} ({e.strerror or e})"]
-  return []
-
-
-def split_problems(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> list[str]:
-  """The splits the stages need: train to train on, val to pick the best epoch on (gene_pretrain,
-  finetune) and to report, test to report."""
-  need = {"train": TRAINING_STAGES, "val": ("gene_pretrain", "finetune", "test"),
-          "test": ("test",)}
-  sizes = {k: int(v.size) for k, v in cohort.splits.items()}
-  how = f"{len(cohort.patients)} patients: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
-  where = config.data.labels or config.data.get("tfds_dir", "")
-  out = []
-  for split, stages in need.items():
-    users = [s for s in config.stages if s in stages]
-    if users and not sizes.get(split):
-      out.append(f"{where}: split: no {split} patients ({how}), but stage(s) "
-                 f"{', '.join(users)} need them: add patients, change data.split_fractions, or "
-                 "give a split column")
-  return out
-
-
-def parameter_count(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int
-                    ) -> int:
-  """Parameters of the run's model on the gene list `genes`, from shapes only (nothing is
-  allocated)."""
-  model = nnx.eval_shape(
-      lambda: methods.get(config.method).build(config, genes, num_classes, config.seed))
-  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
-
-
-def model_problems(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> list[str]:
-  """Whether the method's model can be built on the cohort's gene list (MCAT: its signatures are
-  found by gene symbol), from shapes only."""
-  try:
-    parameter_count(config, cohort.gene_names, cohort.num_classes)
-  except DataError as e:
-    return str(e).split("\n")
-  return []
-
-
-def checkpoint_bytes(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int
-                     ) -> tuple[int, int, int]:
-  """Disk the run's checkpoints need at most.
-
-  Returns:
-    (bytes, parameters P, checkpoints K): bytes = P x 3 (weights and two Adam moments) x 4 (float32)
-    x K, with K = MAX_TO_KEEP per training stage, plus the best fine-tuned one.
-  """
-  params = parameter_count(config, genes, num_classes)
-  kept = MAX_TO_KEEP * sum(s in TRAINING_STAGES for s in config.stages)
-  kept += int("finetune" in config.stages)
-  return params * 3 * 4 * kept, params, kept
-
-
-def _tree_bytes(path: str) -> int:
-  return sum(os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(path)
-             for n in names)
-
-
-# Upper bounds of what a run writes beside its checkpoints. A report figure is a PNG of at most a
-# few hundred KiB (the largest of the tiny run: 140 KiB) and a heatmap grows with the slide; 4 MiB
-# each covers both, counted 2.5 times (the PNG, and base64 in report.html). A metrics record
-# (metrics.jsonl line and TensorBoard events) takes well under 1 KiB per step.
-REPORT_FIGURE_BYTES = 4 << 20
-METRICS_STEP_BYTES = 1 << 10
-
-
-def report_bytes(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> tuple[int, int]:
-  """(bytes, figures): disk the report, the prediction CSVs and the metrics need at most."""
-  if "test" not in config.stages:
-    return 0, 0
-  stages = config.stages
-  figures = 4 + 1 + int(config.report.heatmaps)  # ROC + confusion (val, test), training curves
-  figures += 2 * int("pretrain" in stages)  # t-SNE, pre-training diagnostics
-  csv = 64 * (cohort.num_classes + 4) * len(cohort.patients)
-  train = int(cohort.split("train").size)
-  steps = sum(int(config[s].epochs) * -(-train // max(int(config[s].batch_size), 1))
-              for s in TRAINING_STAGES if s in stages and s in config)
-  return int(2.5 * figures * REPORT_FIGURE_BYTES) + csv + steps * METRICS_STEP_BYTES, figures
-
-
-def disk_problems(workdir: str, config: ml_collections.ConfigDict,
-                  cohort: cohort_lib.Cohort) -> list[str]:
-  """Whether the workdir's disk has room for the checkpoints and the report (those already there
-  count)."""
-  need, params, kept = checkpoint_bytes(config, cohort.gene_names, cohort.num_classes)
-  report, figures = report_bytes(config, cohort)
-  have = _tree_bytes(os.path.join(workdir, "checkpoints"))
-  free = shutil.disk_usage(_existing_ancestor(workdir)).free
-  if free + have < need + report:
-    there = f", {have / _MIB:.1f} MiB already there" if have else ""
-    return [f"{workdir}: disk: {free / _MIB:.1f} MiB free but the run needs about "
-            f"{(need + report) / _MIB:.1f} MiB: checkpoints {need / _MIB:.1f} MiB ({params:,} "
-            f"parameters x 3 (weights and two Adam moments) x 4 bytes x {kept} checkpoints "
-            f"kept{there}), report and metrics {report / _MIB:.1f} MiB ({figures} figures)"]
-  return []
-
-
-def _cohort(config: ml_collections.ConfigDict, normalizer: genes_lib.GeneNormalizer | None
-            ) -> tuple[cohort_lib.Cohort | None, list[str]]:
-  """The cohort with every feature file read in full, and every problem found."""
-  spec = cohort_lib.CohortSpec.from_config(config)
-  if config.data.get("source", "h5") == "tfds":
-    from gimp_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
-    try:  # the builder checked the inputs; what is left is its settings and the gene list
-      return tfds_source.load_cohort_from_tfds(config.data.tfds_dir, spec, normalizer), []
-    except DataError as e:
-      return None, str(e).split("\n")
-  # The scanned cohort itself (not only its problems): with drop_incomplete, the patients whose
-  # feature data is broken must be dropped from the cohort that trains, not only reported.
-  return cohort_lib.scan_cohort(spec, normalizer)
-
-
-def check_inputs(config: ml_collections.ConfigDict,
-                 normalizer: genes_lib.GeneNormalizer | None = None, stored: str | None = None
-                 ) -> tuple[cohort_lib.Cohort | None, list[str]]:
-  """The data checks: (the cohort, []) or (None, every problem, one line each).
-
-  Args:
-    config: the run's config (`config.data` names the inputs).
-    normalizer: the gene list the inputs must provide (resume, fine-tuning, prediction), or None.
-    stored: where `normalizer` is stored, named in the missing-genes messages.
-  """
-  cohort, problems = _cohort(config, normalizer)
-  if stored:
-    problems = [f"{p} (the gene list stored in {stored})" if "genes of the gene list" in p else p
-                for p in problems]
-  return (None, problems) if problems else (cohort, [])
-
-
-def check(config: ml_collections.ConfigDict, workdir: str | None = None
-          ) -> tuple[cohort_lib.Cohort | None, list[str]]:
-  """Runs every check.
-
-  Args:
-    config: the run's config.
-    workdir: the run's workdir (writability, disk room, stored gene list), or None to skip those.
-
-  Returns:
-    (the cohort, []) when everything is fine, else (None, every problem, one line each).
-  """
-  problems = config_problems(config)
-  if problems:  # e.g. an unknown method or source: the data checks would only add noise
-    return None, problems
-  if workdir:
-    problems += workdir_problems(workdir)
-  try:
-    normalizer, stored = stored_normalizer(config, workdir)
-  except DataError as e:
-    problems += str(e).split("\n")
-    normalizer, stored = None, None
-  cohort, found = check_inputs(config, normalizer, stored)
-  problems += found
-  if cohort is not None and not found:
-    problems += split_problems(config, cohort)
-    problems += model_problems(config, cohort)
-  if cohort is not None and workdir and not problems:
-    problems += disk_problems(workdir, config, cohort)
-  return (None, problems) if problems else (cohort, [])
-
-
-def preflight(config: ml_collections.ConfigDict, workdir: str) -> cohort_lib.Cohort:
-  """`check` for a run about to start: the cohort, or DataError listing every problem."""
-  cohort, problems = check(config, workdir)
-  if problems:
-    raise DataError("\n".join(problems))
-  return cohort
 
 
 def summary(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> str:
@@ -296,20 +37,10 @@ def summary(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> str
           f"{cohort.feature_dim}: no problems found")
 
 
-def usage(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> str:
-  """With data.allow_missing: the table of the patients each stage of the run will use."""
-  method = methods.get(config.method)
-  model = nnx.eval_shape(lambda: method.build(config, cohort.gene_names, cohort.num_classes,
-                                              config.seed))
-  return partial.usage_table(cohort, config.stages,
-                             pretrain_uses=getattr(method, "pretrain_uses", "pairs"),
-                             model_needs_genes=partial.needs_genes(model))
-
-
 def main(argv) -> None:
   del argv
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  cohort, problems = check(config, workdir)
+  cohort, problems = preflight.check(config, workdir)
   if problems:
     for line in problems:
       print(line, file=sys.stderr)
@@ -317,10 +48,10 @@ def main(argv) -> None:
     sys.exit(2)
   print(f"gimp_jax.validate: {summary(config, cohort)}")
   if config.data.get("allow_missing", False):
-    print(usage(config, cohort))
+    print(partial.usage(config, cohort))
 
 
-if __name__ == "__main__":  # flags only here: gimp_jax.main imports this module for `preflight`
+if __name__ == "__main__":  # flags only here: the module is imported by tests
   config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "The run's workdir (optional): write access, disk room, "
                       "and its stored gene list are checked too.")

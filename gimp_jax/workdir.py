@@ -13,6 +13,9 @@ the same instant cannot both win.
 the workdir's checkpoints. A rerun with a different config is refused (DataError listing the
 differing fields) unless `allow_change`; then `record_config` keeps the old record as
 `config.previous-<k>.json`, and `change_history` lists the changes for results.json.
+
+`stored_normalizer` / `save_normalizer`: the gene list the run's models were trained on
+(`normalizer.npz`), fitted on the first run's training split and reused on resume and by `predict`.
 """
 
 import contextlib
@@ -28,10 +31,12 @@ from absl import logging
 import ml_collections
 
 from gimp_jax import provenance
+from gimp_jax.data import genes as genes_lib
 from gimp_jax.errors import DataError
 
 LOCK = "run.lock"
 CONFIG = "config.json"
+NORMALIZER = "normalizer.npz"
 # Fields that change no number of a finished stage: which stages to run (each stage keeps its own
 # checkpoints), how many batches are read ahead, and what the report draws.
 NEUTRAL_FIELDS = ("stages", "data.prefetch", "report.")
@@ -207,3 +212,34 @@ def change_history(workdir: str) -> list[dict[str, Any]]:
                 "changes": config_changes(_load(_previous(workdir, k)), _load(after))})
     k += 1
   return out
+
+
+def stored_normalizer(config: ml_collections.ConfigDict, workdir: str | None
+                      ) -> tuple[genes_lib.GeneNormalizer | None, str | None]:
+  """The gene list a run must use and where it is stored, or (None, None) to fit one on train.
+
+  The workdir's own (a resumed run) comes first, then that of `config.init_from` (a model trained
+  in another workdir).
+
+  Raises:
+    DataError: the file is unreadable.
+  """
+  for directory in (workdir, config.get("init_from", "")):
+    if directory:
+      path = os.path.join(directory, NORMALIZER)
+      if os.path.exists(path):
+        return genes_lib.GeneNormalizer.load(path), path
+  return None, None
+
+
+def save_normalizer(normalizer: genes_lib.GeneNormalizer, workdir: str) -> None:
+  """Stores the run's gene list once (temporary file + rename: a kill leaves no half file)."""
+  path = os.path.join(workdir, NORMALIZER)
+  if not os.path.exists(path):
+    tmp = os.path.join(workdir, f"normalizer.tmp-{os.getpid()}.npz")
+    try:
+      normalizer.save(tmp)
+      os.replace(tmp, path)
+    finally:  # a full disk: no half temporary file left behind
+      if os.path.exists(tmp):
+        os.remove(tmp)

@@ -1,11 +1,15 @@
 """Shared test settings: CPU only, and a persistent XLA compilation cache shared by the test
-processes (the CLI tests start subprocesses that compile the same steps); and `run_numbers`, which
-checks a finished run's results.json against a NumPy recomputation from the predictions it wrote."""
+processes (the CLI tests start subprocesses that compile the same steps); `run_numbers`, which
+checks a finished run's results.json against a NumPy recomputation from the predictions it wrote;
+and the helpers the command-line tests share (`run_module`, `start_main`, `finish`, `tiny_flags`,
+the `cohort20` fixture), imported as `from conftest import ...`."""
 
 import csv
 import glob
 import json
 import os
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -16,6 +20,105 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = f"--config={os.path.join(ROOT, 'configs', 'nsclc.py')}:tiny"
+
+
+def _env() -> dict[str, str]:
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+
+
+def run_module(module: str, *args: str, timeout: int = 600,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+  """`python -m module args` from the repository root, to completion (stdout, stderr captured);
+  `env` adds to the environment."""
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
+                        env={**_env(), **(env or {})}, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def start_main(args: list[str]) -> subprocess.Popen:
+  """`python -m gimp_jax.main args` started in the background (to signal or race it)."""
+  return subprocess.Popen([sys.executable, "-m", "gimp_jax.main", *args], cwd=ROOT, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: int = 600) -> tuple[int, str, str]:
+  """(exit code, stdout, stderr) of a `start_main` process."""
+  out, err = proc.communicate(timeout=timeout)
+  return proc.returncode, out, err
+
+
+def tiny_flags(paths: dict[str, str], workdir, *extra: str) -> list[str]:
+  """The flags of a `:tiny` run of `configs/nsclc.py` on the cohort `paths` in `workdir`."""
+  return [TINY, f"--workdir={workdir}", f"--config.data.features_dir={paths['features_dir']}",
+          f"--config.data.expression={paths['expression']}",
+          f"--config.data.labels={paths['labels']}", *extra]
+
+
+@pytest.fixture(scope="session")
+def cohort20(tmp_path_factory):
+  """The command-line tests' cohort: 20 synthetic patients, 96 genes, 40-90 patches of 32."""
+  from gimp_jax.data import synthetic  # pylint: disable=g-import-not-at-top (after the env above)
+  out = tmp_path_factory.mktemp("cohort20")
+  return synthetic.make_cohort(str(out), patients=20, genes=96, min_patches=40, max_patches=90,
+                               feature_dim=32, seed=0)
+
+
+def one_config_per_method() -> list[str]:
+  """A config of every method module (`gimp_jax.methods`): the one named after it, else the first;
+  the end-to-end tests run these, `trace_stages` every config."""
+  from gimp_jax.configs import methods as method_configs  # pylint: disable=g-import-not-at-top
+  by_method = {}
+  for name in method_configs.known():
+    method = method_configs.get_config(name, "tiny").method
+    if name == method or method not in by_method:
+      by_method[method] = name
+  return sorted(by_method.values())
+
+
+def trace_stages(config, cohort) -> dict[str, dict]:
+  """{stage: metrics shapes} of one training step of each training stage of `config` on the first
+  batch the stage's pipeline gives from `cohort` (a loaded `Cohort`): the model is built and the
+  CLI's step (`steps.make_train_step`) traced with `jax.eval_shape`, nothing compiled."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from gimp_jax import methods  # pylint: disable=g-import-not-at-top
+  from gimp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from gimp_jax.models import build  # pylint: disable=g-import-not-at-top
+  from gimp_jax.objectives import supervised, survival  # pylint: disable=g-import-not-at-top
+  from gimp_jax.train import steps  # pylint: disable=g-import-not-at-top
+  from gimp_jax.train.state import create_state, frozen_regex, train_state  # pylint: disable=g-import-not-at-top
+  method = methods.get(config.method)
+  outputs = survival.num_outputs(config, cohort.num_classes)
+  d = config.data
+  stages = {
+      "gene_pretrain": lambda: (
+          build.build_gene_classifier(config, cohort.num_genes, outputs, 0),
+          supervised.gene_loss(config), "",
+          pipeline.gene_batches(cohort, "train", batch_size=2, prefetch=0)),
+      "pretrain": lambda: (
+          method.build(build.pretrain_config(config), cohort.gene_names, outputs, 0),
+          method.pretrain_loss(config), config.pretrain.frozen,
+          pipeline.pretrain_batches(cohort, "train", batch_size=2, window=config.pretrain.window,
+                                    ratio=config.pretrain.mask_ratio, seed=0, epoch=0,
+                                    prefetch=0)),
+      "finetune": lambda: (
+          method.build(config, cohort.gene_names, outputs, 0), method.finetune_loss(config),
+          config.finetune.frozen,
+          pipeline.bag_batches(cohort, "train", batch_size=2, bucket_sizes=d.bucket_sizes,
+                               prefetch=0)),
+  }
+  out = {}
+  for name in [s for s in config.stages if s in stages]:
+    model, loss_fn, frozen, batches = stages[name]()
+    frozen = frozen_regex(frozen, create_state(model).params)
+    state = train_state(model, config.optim, steps_per_epoch=1, epochs=1, frozen=frozen)
+    _, metrics = jax.eval_shape(steps.make_train_step(loss_fn, frozen), state,
+                                next(iter(batches)), jax.random.key(0))
+    out[name] = metrics
+  return out
 
 
 def _mann_whitney_auc(positive: np.ndarray, scores: np.ndarray) -> tuple[float, float]:

@@ -4,25 +4,17 @@ anything runs, `--help` exits 0, a full disk is one line and exit 4 with nothing
 import errno
 import logging
 import os
-import subprocess
-import sys
 
 import pytest
 
+from conftest import TINY, run_module
 from gimp_jax import cli
 from gimp_jax import errors
 from gimp_jax import main as main_lib
 from gimp_jax.configs import checks
 from gimp_jax.data import synthetic
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = f"--config={os.path.join(ROOT, 'configs', 'nsclc.py')}:tiny"
-
-
-def run_module(module, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+CONFIG = TINY
 
 
 def errors_of(proc):

@@ -3,8 +3,6 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -12,31 +10,18 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from conftest import run_module, tiny_flags
 from gimp_jax.configs import nsclc
 from gimp_jax.data import cohort as cohort_lib
-from gimp_jax.data import synthetic
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-  out = tmp_path_factory.mktemp("cohort")
-  return synthetic.make_cohort(str(out), patients=20, genes=96, min_patches=40, max_patches=90,
-                               feature_dim=32, seed=0)
-
-
-def tiny_overrides(paths, workdir):
-  return [f"--config={os.path.join(ROOT, 'configs', 'nsclc.py')}:tiny", f"--workdir={workdir}",
-          f"--config.data.features_dir={paths['features_dir']}",
-          f"--config.data.expression={paths['expression']}",
-          f"--config.data.labels={paths['labels']}"]
+def cohort(cohort20):
+  return cohort20
 
 
 def run_cli(args, **kw):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", "gimp_jax.main", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600, **kw)
+  return run_module("gimp_jax.main", *args, **kw)
 
 
 def check_linear_reference(results, paths, workdir):
@@ -89,7 +74,7 @@ def check_linear_reference(results, paths, workdir):
 
 def test_cli_runs_all_stages_and_writes_every_output(cohort, tmp_path, run_numbers):
   workdir = tmp_path / "run"
-  proc = run_cli(tiny_overrides(cohort, workdir))
+  proc = run_cli(tiny_flags(cohort, workdir))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "test_accuracy=" in proc.stdout
   results = json.loads((workdir / "results.json").read_text())
@@ -113,7 +98,7 @@ def test_cli_runs_all_stages_and_writes_every_output(cohort, tmp_path, run_numbe
     assert os.listdir(workdir / "checkpoints" / stage)
 
   # Running the same command again skips the finished stages and gives the same numbers.
-  again = run_cli(tiny_overrides(cohort, workdir))
+  again = run_cli(tiny_flags(cohort, workdir))
   assert again.returncode == 0, again.stderr[-3000:]
   rerun = json.loads((workdir / "results.json").read_text())
   assert rerun["test_accuracy"] == results["test_accuracy"]
@@ -122,7 +107,7 @@ def test_cli_runs_all_stages_and_writes_every_output(cohort, tmp_path, run_numbe
 
 def test_bad_input_is_one_line_and_exit_code_2(cohort, tmp_path):
   bad = dict(cohort, labels=str(tmp_path / "missing.csv"))
-  proc = run_cli(tiny_overrides(bad, tmp_path / "run"))
+  proc = run_cli(tiny_flags(bad, tmp_path / "run"))
   assert proc.returncode == 2
   assert "missing.csv" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -132,13 +117,10 @@ def test_pretraining_on_a_two_device_mesh_matches_one_device(cohort, tmp_path):
   losses = {}
   for devices in (1, 2):
     workdir = tmp_path / f"run{devices}"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    args = tiny_overrides(cohort, workdir) + [
+    args = tiny_flags(cohort, workdir) + [
         "--config.stages=('pretrain',)", "--config.model.gene_encoder=none",
         "--config.pretrain.epochs=1"]
-    proc = subprocess.run([sys.executable, "-m", "gimp_jax.main", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = run_cli(args, env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ("does not split" in proc.stderr) is False
     rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]

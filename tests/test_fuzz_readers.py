@@ -3,7 +3,7 @@
 The byte-level fuzzing of single files is in the data layer's tests (test_clam: corrupted `.h5`
 bytes; test_cohort: labels CSVs; test_expression: matrix and per-sample tables; test_genes:
 normaliser files). Here: well-formed HDF5 files of the wrong structure, whole cohorts with
-corrupted or edited inputs through `validate.check` and `load_cohort`, GDC folders with
+corrupted or edited inputs through `preflight.check` and `load_cohort`, GDC folders with
 manifests, and the run records `predict` reads.
 """
 
@@ -20,7 +20,7 @@ import pytest
 
 from gimp_jax.configs import nsclc
 from gimp_jax import predict
-from gimp_jax import validate
+from gimp_jax import preflight
 from gimp_jax.data import clam
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import expression as expr
@@ -159,7 +159,7 @@ def test_fuzz_cohorts_validator_never_raises(base, edits, split, drop):
       _apply(root, edit)
     c = _config(root)
     c.data.drop_incomplete = drop
-    cohort, problems = validate.check(c, os.path.join(root, "run"))  # never raises
+    cohort, problems = preflight.check(c, os.path.join(root, "run"))  # never raises
     assert (cohort is None) == bool(problems)
     assert all(isinstance(p, str) and p and "\n" not in p for p in problems)
     try:

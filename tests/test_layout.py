@@ -3,6 +3,7 @@ the scripts in experiments/ (or a top-level `configs` that an installed package 
 
 import ast
 import os
+import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,3 +70,41 @@ def test_library_never_imports_experiments_or_top_level_configs():
   bad = {m: sorted(n for n in names if not n.startswith("gimp_jax"))
          for m, names in _imports().items()}
   assert not {m: n for m, n in bad.items() if n}
+
+
+def test_no_library_file_over_500_lines():
+  long = {}
+  for folder, _, files in os.walk(os.path.join(ROOT, "gimp_jax")):
+    for name in files:
+      if name.endswith(".py"):
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+          n = sum(1 for _ in f)
+        if n > 500:
+          long[os.path.relpath(os.path.join(folder, name), ROOT)] = n
+  assert not long
+
+
+def test_only_the_experiments_tests_import_experiments():
+  here = os.path.join(ROOT, "tests")
+  bad = []
+  for name in sorted(os.listdir(here)):
+    if not name.endswith(".py") or name.startswith("test_experiments"):
+      continue
+    tree = ast.parse(open(os.path.join(here, name), encoding="utf-8").read())
+    for node in ast.walk(tree):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+               else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+      bad += [f"{name}: {n}" for n in names if n.split(".")[0] == "experiments"]
+  assert not bad
+
+
+def test_committed_results_carry_no_absolute_paths():
+  found = []
+  for folder, _, files in os.walk(os.path.join(ROOT, "experiments", "results")):
+    for name in files:
+      path = os.path.join(folder, name)
+      with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+      found += [f"{os.path.relpath(path, ROOT)}: {m}"
+                for m in re.findall(r"(?<![\w.])/(?:work|root|home|tmp|Users)/[^\s\"']*", text)]
+  assert not found, found[:5]

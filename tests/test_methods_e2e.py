@@ -1,18 +1,15 @@
-"""Every method of GiMP's Tables 1 and 2 trains and evaluates end to end at tiny size, through
-`train_and_evaluate`, on one tiny synthetic cohort; and the tables script resumes and reports."""
-
-import importlib
-import json
-import os
+"""Every method (`gimp_jax.methods`) trains and evaluates end to end at tiny size, through
+`train_and_evaluate`, on one tiny synthetic cohort; every method config (`configs/methods`, the
+ablations of Tables 1 and 2 included) builds its models and traces each of its training steps."""
 
 import numpy as np
 import pytest
 
-from experiments import tables
+from conftest import one_config_per_method, trace_stages
+from gimp_jax import preflight
+from gimp_jax.configs import methods as method_configs
 from gimp_jax.data import synthetic
 from gimp_jax.train import run
-
-RUN = tables.GROUPS["all"]  # Table 2's GroupMSA row and full model are Table 1's GiMP configs
 
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
@@ -26,7 +23,7 @@ def cohort(tmp_path_factory):
 
 
 def tiny_config(name, paths):
-  config = importlib.import_module(f"gimp_jax.configs.methods.{name}").get_config("tiny")
+  config = method_configs.get_config(name, "tiny")
   for key, value in paths.items():
     config.data[key] = value
   config.report.tsne = False
@@ -39,7 +36,17 @@ def tiny_config(name, paths):
   return config
 
 
-@pytest.mark.parametrize("name", RUN)
+def test_every_method_config_traces_its_training_steps(cohort, tmp_path):
+  loaded = preflight.preflight(tiny_config("gimp", cohort), str(tmp_path))
+  for name in method_configs.known():
+    config = tiny_config(name, cohort)
+    traced = trace_stages(config, loaded)
+    assert set(traced) == set(config.stages) - {"test", "probe"}, name
+    for metrics in traced.values():
+      assert metrics["loss"].shape == () and "grad_norm" in metrics, name
+
+
+@pytest.mark.parametrize("name", one_config_per_method())
 def test_method_trains_and_evaluates(name, cohort, tmp_path, run_numbers):
   config = tiny_config(name, cohort)
   results = run.train_and_evaluate(config, str(tmp_path))
@@ -53,32 +60,3 @@ def test_method_trains_and_evaluates(name, cohort, tmp_path, run_numbers):
   assert written["method"] == config.method
   for split in ("val", "test"):
     assert written[f"{split}_accuracy"] == results[f"{split}_accuracy"]
-
-
-def test_tables_script_resumes_and_reports_failures(cohort, tmp_path, monkeypatch):
-  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # for the spawned worker processes
-  out = tmp_path / "tables"
-  overrides = ["--config.report.tsne=False", "--config.report.heatmaps=0"]
-  args = ["--out", str(out), "--methods", "abmil", "--seeds", "0", "--size", "tiny",
-          "--features_dir", cohort["features_dir"], "--expression", cohort["expression"],
-          "--labels", cohort["labels"]] + overrides
-  tables.main(args)
-  text = (out / "tables.md").read_text()
-  row = next(line for line in text.splitlines() if "| ABMIL |" in line)
-  assert " ± " in row and row.endswith("| 0.7737 | 1 |")
-  done = out / "runs" / "abmil" / "seed_0" / "results.json"
-  mtime = os.path.getmtime(done)
-  summary = json.loads((out / "summary.json").read_text())
-  assert [r["config"] for r in summary["runs"]] == ["abmil"] and summary["runs"][0]["ok"]
-
-  # A second call skips the finished run; a failing run is reported, not fatal.
-  broken = tables.make_config("dsmil", "tiny", 0, dict(cohort, labels=str(tmp_path / "no.csv")),
-                              [])
-  runs = {("abmil", 0): tables.make_config("abmil", "tiny", 0, cohort, overrides),
-          ("dsmil", 0): broken}
-  outcomes = tables.run_all(runs, str(out), workers=1)
-  assert outcomes[("abmil", 0)]["skipped"] and os.path.getmtime(done) == mtime
-  assert not outcomes[("dsmil", 0)]["ok"] and "no.csv" in outcomes[("dsmil", 0)]["error"]
-  table = tables.markdown(["abmil", "dsmil"], {"abmil": "abmil", "dsmil": "dsmil"}, [0], outcomes,
-                          "# t")
-  assert "| DSMIL | — (1 failed) |" in table and "## Runs without a result" in table

@@ -13,7 +13,7 @@ from gimp_jax.configs import nsclc
 from gimp_jax import methods
 from gimp_jax.objectives import clip, itm, mgca, mil, refers
 from gimp_jax.train import optim, steps
-from gimp_jax.train.state import create_state
+from gimp_jax.train.state import train_state
 
 RNG = np.random.default_rng(0)
 
@@ -291,10 +291,7 @@ def test_objective_steps_lower_the_loss_and_keep_the_gene_encoder_frozen(module)
   cfg.optim.learning_rate = 1e-3
   method = methods.get(cfg.method)
   model = method.build(cfg, [f"G{i}" for i in range(cfg.data.num_genes)], 2, 0)
-  params = create_state(model).params
-  tx = optim.make_optimizer(cfg.optim, params, total_steps=12, steps_per_epoch=12,
-                            frozen_regex=cfg.pretrain.frozen)
-  state = create_state(model, tx)
+  state = train_state(model, cfg.optim, steps_per_epoch=12, epochs=1, frozen=cfg.pretrain.frozen)
   before = {k: np.array(v) for k, v in optim.flat_paths(state.params).items()}  # state is donated
   step = steps.make_train_step(method.pretrain_loss(cfg))
   batch = _window_batch(cfg)

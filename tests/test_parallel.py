@@ -17,7 +17,7 @@ from gimp_jax.configs import nsclc
 from gimp_jax import parallel
 from gimp_jax.models import build
 from gimp_jax.train import optim, steps
-from gimp_jax.train.state import create_state
+from gimp_jax.train.state import train_state
 from gimp_jax.objectives import gimp as gimp_objective
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,9 +43,7 @@ def _batch(cfg, b: int, seed: int = 0) -> dict[str, np.ndarray]:
 def _state(cfg, grad_accum_steps: int = 1):
   cfg.optim.grad_accum_steps = grad_accum_steps
   model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
-  tx = optim.make_optimizer(cfg.optim, create_state(model).params, total_steps=100,
-                            steps_per_epoch=10, frozen_regex=cfg.pretrain.frozen)
-  return create_state(model, tx)
+  return train_state(model, cfg.optim, steps_per_epoch=10, epochs=10, frozen=cfg.pretrain.frozen)
 
 
 def _run_steps(step, state, batches, place=lambda b: b):

@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from gimp_jax import predict, validate
+from gimp_jax import predict, preflight
 from gimp_jax.configs import nsclc
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import synthetic
 from gimp_jax.errors import DataError
-from gimp_jax.train import run
+from gimp_jax.train import partial, run
 
 SLIDE_ONLY = {0, 1, 2, 3, 4, 8, 9, 10, 11, 12}  # patients whose expression column is removed
 UNLABELLED = {3, 4, 5, 6, 7}      # patients whose label is emptied (3, 4: neither)
@@ -81,7 +81,7 @@ def test_mixed_cohort_trains_through_every_stage_each_using_what_it_can(mixed, t
   paths, slide_only, unlabelled = mixed
   config = _config(paths, modality_dropout=0.5)
   results = run.train_and_evaluate(config, str(tmp_path))
-  cohort = run.load_cohort(config, str(tmp_path))
+  cohort = preflight.preflight(config, str(tmp_path))
   ids = [p.patient_id for p in cohort.patients]
   assert np.isnan(cohort.genes[[ids.index(p) for p in slide_only]]).all()
   assert (cohort.labels[[ids.index(p) for p in unlabelled]] == -1).all()
@@ -99,7 +99,7 @@ def test_mixed_cohort_trains_through_every_stage_each_using_what_it_can(mixed, t
     assert 0.0 <= results[f"{s}_slide_only_accuracy"] <= 1.0  # the same model, slides alone
     assert 0.0 <= results[f"gene_only_{s}_accuracy"] <= 1.0  # GroupMSA: the patients with genes
   assert results["probe"]["train_patients"] == len(labelled["train"])
-  table = validate.usage(config, cohort)
+  table = partial.usage(config, cohort)
   expect = {"patients": [len(split[s]) for s in ("train", "val", "test")],
             "gene_pretrain uses": [len(split[s] - slide_only - unlabelled)
                                    for s in ("train", "val", "test")],

@@ -10,7 +10,7 @@ from gimp_jax.configs import nsclc
 from gimp_jax.models import build
 from gimp_jax.models.nystrom import NystromAttention
 from gimp_jax.train import optim, steps
-from gimp_jax.train.state import create_state
+from gimp_jax.train.state import create_state, train_state
 from gimp_jax.objectives import gimp as gimp_objective
 from flax import nnx
 
@@ -79,9 +79,7 @@ def test_bfloat16_pretrain_loss_close_to_float32():
 def test_bfloat16_train_step_keeps_float32_state():
   cfg = _config("bfloat16")
   model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
-  tx = optim.make_optimizer(cfg.optim, create_state(model).params, total_steps=10,
-                            steps_per_epoch=1, frozen_regex=cfg.pretrain.frozen)
-  state = create_state(model, tx)
+  state = train_state(model, cfg.optim, steps_per_epoch=1, epochs=10, frozen=cfg.pretrain.frozen)
   state, metrics = steps.make_train_step(gimp_objective.make_loss(cfg), cfg.pretrain.frozen)(state, _batch(cfg), jax.random.key(0))
   assert np.isfinite(float(metrics["loss"]))
   for leaf in jax.tree_util.tree_leaves((state.params, state.opt_state)):

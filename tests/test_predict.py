@@ -13,12 +13,12 @@ import pytest
 
 from gimp_jax.configs import nsclc
 from gimp_jax import methods
-from gimp_jax import predict
+from gimp_jax import predict, preflight
 from gimp_jax.data import pipeline
 from gimp_jax.data import synthetic
 from gimp_jax.errors import DataError
 from gimp_jax.train import run as run_lib
-from gimp_jax.train.state import create_state
+from gimp_jax.train.state import create_state, restore_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,9 +47,9 @@ def trained(tmp_path_factory):
 def _independent(workdir, paths):
   """softmax(head) per patient: each bag alone, padded to its bucket, the best checkpoint."""
   c = _config(paths)
-  cohort = run_lib.load_cohort(c, workdir)
+  cohort = preflight.preflight(c, workdir)
   model = methods.get(c.method).build(c, cohort.gene_names, cohort.num_classes, c.seed)
-  params = run_lib.restore_params(workdir, "finetune_best", model)
+  params = restore_params(workdir, "finetune_best", model)
   state = create_state(model).replace(params=params)
   forward = jax.jit(lambda state, batch: state.model(train=False)(
       batch["patches"], batch["genes"], batch["patch_mask"]))

@@ -11,8 +11,9 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from gimp_jax.configs import nsclc
 from gimp_jax.configs.methods import tangle as tangle_config
 from gimp_jax.data import synthetic
+from gimp_jax import methods, preflight
 from gimp_jax.train import probe, run
-from gimp_jax.train.state import create_state
+from gimp_jax.train.state import restored
 
 
 def _embeddings(seed=0, n=60, dim=6):
@@ -77,10 +78,9 @@ def test_probe_stage_is_deterministic_and_reads_the_pretrained_encoder(cohort, t
   with open(tmp_path / "a" / probe.FILENAME, encoding="utf-8") as f:
     assert json.load(f) == first
   # The embeddings it probed are the pre-trained slide encoder's, in eval mode.
-  r = run.Run(config, str(tmp_path / "a"))
-  model = r.build()
-  params = run.restore_params(str(tmp_path / "a"), "pretrain", model)
-  frozen = create_state(model).replace(params=params).model(train=False)
+  r = run.Run(config, str(tmp_path / "a"), preflight.preflight(config, str(tmp_path / "a")),
+              methods.get(config.method))
+  frozen = restored(r.build(), str(tmp_path / "a"), "pretrain").model(train=False)
   emb = probe.embed_slides(frozen, r.cohort, config.data.bucket_sizes)
   p = 0
   bag = r.cohort.bag(p).features(np.arange(r.cohort.patients[p].num_patches))
@@ -114,17 +114,3 @@ def test_tangle_baselines_pretrain_and_probe(config_name, cohort, tmp_path):
   assert results["stages"]["pretrain"]["steps"] > 0
   assert np.isfinite(results["stages"]["pretrain"]["final_metrics"]["loss"])
   assert results["probe"]["encoder"] == "pretrain" and "test" in results["probe"]["shots"]["all"]
-
-
-def test_third_table_reports_each_seeds_mean_over_draws():
-  from experiments import tables  # pylint: disable=g-import-not-at-top
-  shots = lambda v: {"shots": {k: {"test": {"balanced_accuracy": {"mean": v}, "auc": {"mean": v}}}
-                               for k in ("1", "all")}}
-  outcomes = {("tangle", 0): {"ok": True, "probe": shots(0.6)},
-              ("tangle", 1): {"ok": True, "probe": shots(0.8)},
-              ("intra", 0): {"ok": False, "error": tables.NOT_RUN},
-              ("intra", 1): {"ok": False, "error": tables.NOT_RUN}}
-  text = tables.probe_markdown(["tangle", "intra"], {"tangle": "tangle", "intra": "intra"}, [0, 1],
-                               outcomes, "# t")
-  assert "| TANGLE | 0.700 ± 0.141 | 0.700 ± 0.141 | 2 |" in text  # sample std of 0.6, 0.8
-  assert "| Intra | — (2 not run yet) |" in text

@@ -10,7 +10,7 @@ import pytest
 
 from gimp_jax.configs import nsclc
 from gimp_jax import provenance
-from gimp_jax import validate
+from gimp_jax import preflight
 from gimp_jax.data import synthetic
 
 
@@ -21,7 +21,7 @@ def run_inputs(tmp_path):
   c = nsclc.get_config("tiny")
   c.data.update(features_dir=paths["features_dir"], expression=paths["expression"],
                 labels=paths["labels"], feature_dim=4, num_genes=0)
-  cohort, problems = validate.check(c)
+  cohort, problems = preflight.check(c)
   assert not problems
   return c, cohort, paths
 

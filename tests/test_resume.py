@@ -13,8 +13,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 from flax import nnx
@@ -26,17 +24,16 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import ROOT, finish, start_main, tiny_flags
+from gimp_jax import workdir as workdir_lib
 from gimp_jax.configs import nsclc
 from gimp_jax.checkpoint import StageCheckpoints
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import genes as genes_lib
 from gimp_jax.data import pipeline
-from gimp_jax.data import synthetic
 from gimp_jax.train import loop
-from gimp_jax.train import run as run_lib
 from gimp_jax.train.state import create_state
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # orbax reads of damaged files fail inside coroutines that are garbage-collected in later tests.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 CHECKPOINTS = ("pretrain", "finetune", "finetune_best")
@@ -47,32 +44,19 @@ FINETUNE_PER_EPOCH = 6
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-  out = tmp_path_factory.mktemp("cohort")
-  return synthetic.make_cohort(str(out), patients=20, genes=96, min_patches=40, max_patches=90,
-                               feature_dim=32, seed=0)
+def inputs(cohort20):
+  return cohort20
 
 
 def flags(paths, workdir, *extra):
-  return [f"--config={os.path.join(ROOT, 'configs', 'nsclc.py')}:tiny", f"--workdir={workdir}",
-          f"--config.data.features_dir={paths['features_dir']}",
-          f"--config.data.expression={paths['expression']}",
-          f"--config.data.labels={paths['labels']}", "--config.report.tsne=False",
-          "--config.report.heatmaps=0", "--config.pretrain.checkpoint_every=2",
-          "--config.finetune.checkpoint_every=1000",
-          *([] if any(x.startswith("--config.stages=") for x in extra) else [
-              "--config.stages=('pretrain','finetune','test')"]), *extra]
+  return tiny_flags(paths, workdir, "--config.report.tsne=False", "--config.report.heatmaps=0",
+                    "--config.pretrain.checkpoint_every=2",
+                    "--config.finetune.checkpoint_every=1000",
+                    *([] if any(x.startswith("--config.stages=") for x in extra) else [
+                        "--config.stages=('pretrain','finetune','test')"]), *extra)
 
 
-def start(args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  return subprocess.Popen([sys.executable, "-m", "gimp_jax.main", *args], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc, timeout=600):
-  out, err = proc.communicate(timeout=timeout)
-  return proc.returncode, out, err
+start = start_main
 
 
 def logged(workdir, stage):
@@ -343,10 +327,10 @@ def test_a_kill_while_the_gene_list_is_written_leaves_no_half_file(tmp_path, mon
     raise KeyboardInterrupt  # the process dies here
   monkeypatch.setattr(genes_lib.GeneNormalizer, "save", killed)
   with pytest.raises(KeyboardInterrupt):
-    run_lib.save_normalizer(cohort, str(tmp_path))
+    workdir_lib.save_normalizer(cohort.normalizer, str(tmp_path))
   assert not (tmp_path / "normalizer.npz").exists()  # the next run fits it again
   monkeypatch.setattr(genes_lib.GeneNormalizer, "save", real_save)
-  run_lib.save_normalizer(cohort, str(tmp_path))
+  workdir_lib.save_normalizer(cohort.normalizer, str(tmp_path))
   assert genes_lib.GeneNormalizer.load(str(tmp_path / "normalizer.npz")).genes == ("a", "b", "c")
 
 

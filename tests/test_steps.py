@@ -1,21 +1,20 @@
 """The step factory: freezing (optimizer mask, stop_gradient, eval mode) on the real stage runner,
 the trainable-only gradient norm, validation selection and early stopping, the pure steps."""
 
-import copy
+import dataclasses
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from gimp_jax.configs import nsclc
 from gimp_jax.models import build
 from gimp_jax.data import synthetic
-from gimp_jax.train import loop, optim, steps
+from gimp_jax.train import evaluate, gene_stage, loop, optim, pretrain_stage, selection, steps
 from gimp_jax.train import run as run_lib
-from gimp_jax.train.state import create_state
+from gimp_jax.train.state import create_state, train_state
 from gimp_jax.objectives import gimp as gimp_objective
 from gimp_jax.objectives import supervised
 
@@ -33,10 +32,8 @@ def _batch(cfg, b=4, seed=0):
 
 def _pretrain_state(cfg, total_steps=30):
   model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
-  params = create_state(model).params
-  tx = optim.make_optimizer(cfg.optim, params, total_steps=total_steps, steps_per_epoch=1,
-                            frozen_regex=cfg.pretrain.frozen)
-  return create_state(model, tx)
+  return train_state(model, cfg.optim, steps_per_epoch=1, epochs=total_steps,
+                     frozen=cfg.pretrain.frozen)
 
 
 def test_frozen_leaves_unchanged_and_without_moments():
@@ -82,10 +79,7 @@ def test_pretrain_step_lowers_loss():
 def test_finetune_and_eval_steps_on_padded_bags():
   cfg = nsclc.get_config("tiny")
   model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
-  params = create_state(model).params
-  tx = optim.make_optimizer(cfg.optim, params, total_steps=5, steps_per_epoch=1,
-                            frozen_regex=cfg.finetune.frozen)
-  state = create_state(model, tx)
+  state = train_state(model, cfg.optim, steps_per_epoch=1, epochs=5, frozen=cfg.finetune.frozen)
   rng = np.random.default_rng(0)
   batch = {"patches": jnp.asarray(rng.standard_normal((2, 50, 32)), jnp.float32),
            "patch_mask": jnp.asarray(np.arange(50)[None] < np.array([[50], [20]])),
@@ -105,9 +99,7 @@ def test_finetune_and_eval_steps_on_padded_bags():
 def test_gene_pretrain_step():
   cfg = nsclc.get_config("tiny")
   model = build.build_gene_classifier(cfg, cfg.data.num_genes, 2, seed=0)
-  params = create_state(model).params
-  tx = optim.make_optimizer(cfg.optim, params, total_steps=5, steps_per_epoch=1)
-  state = create_state(model, tx)
+  state = train_state(model, cfg.optim, steps_per_epoch=1, epochs=5)
   b = _batch(cfg)
   state, m = steps.make_train_step(supervised.gene_loss(cfg))(state, {"genes": b["genes"], "label": b["label"]},
                                       jax.random.key(0))
@@ -131,9 +123,9 @@ def pretrain_run(tmp_path_factory):
   cfg.pretrain.epochs = 1
   cfg.data.bucket_sizes = (128,)
   workdir = str(tmp_path_factory.mktemp("run"))
-  r = run_lib.Run(cfg, workdir)
-  run_lib.gene_pretrain(r)
-  spec, state, batch_size = run_lib.pretrain_stage(r)
+  r = run_lib.open_run(cfg, workdir)
+  gene_stage.gene_pretrain(r)
+  spec, state, batch_size = pretrain_stage.pretrain_stage(r)
   batch = loop.to_device(next(iter(spec.batches(0, 0))))
   return r, spec, state, batch, batch_size
 
@@ -165,7 +157,7 @@ def test_stage_runner_keeps_frozen_leaves_bit_identical(pretrain_run):
   r, spec, state, _, batch_size = pretrain_run
   assert spec.frozen == r"^gene_encoder/"
   before = {k: np.asarray(v) for k, v in optim.flat_paths(state.params).items()}
-  final, _ = r.fit(spec, _copy(state), batch_size=batch_size)
+  final, _ = loop.fit_stage(r, spec, _copy(state), batch_size=batch_size)
   after = optim.flat_paths(final.params)
   frozen = [k for k in before if k.startswith("gene_encoder/")]
   assert frozen and int(final.step) > 0
@@ -251,10 +243,9 @@ def test_keep_best_selects_on_the_configured_metric_and_stops_early(pretrain_run
               {"accuracy": 0.75, "auc": 0.55}, {"accuracy": 0.6, "auc": 0.65}]
   for metric, best_epoch, stops in (("val_auc", 1, [False, False, False, True]),
                                     ("val_accuracy", 2, [False, False, False, False])):
-    r = copy.copy(shared)  # the module's Run stays as the other tests expect it
-    r.workdir = str(tmp_path / metric)
+    r = dataclasses.replace(shared, workdir=str(tmp_path / metric))  # the module's Run unchanged
     it = iter(scripted)
-    best, on_epoch_end = run_lib.keep_best(r, "probe", lambda s: next(it), metric, patience=2)
+    best, on_epoch_end = selection.keep_best(r, "probe", lambda s: next(it), metric, patience=2)
     got = []
     for epoch in range(4):
       out = on_epoch_end(state.replace(step=jnp.asarray(epoch + 1, jnp.int32)), epoch, {})
@@ -262,21 +253,17 @@ def test_keep_best_selects_on_the_configured_metric_and_stops_early(pretrain_run
     assert out["best_epoch"] == best_epoch and got == stops
     best.close()
   with pytest.raises(ValueError, match="select_metric"):
-    run_lib.selection_key({"accuracy": 1.0, "auc": 1.0}, "val_loss")
+    selection.selection_key({"accuracy": 1.0, "auc": 1.0}, "val_loss")
 
 
 def test_every_step_records_its_time_and_throughput(pretrain_run, tmp_path):
   """step_s, wait_s and patches/s of every step in metrics.jsonl; the stage summary's medians are
   those of the records. A batch source that sleeps and a loss that sleeps on the host (inside the
   jitted step) make the lower bounds checkable."""
-  import dataclasses
   import json
   import time
   shared, spec, state, _, batch_size = pretrain_run
-  r = copy.copy(shared)
-  r.workdir = str(tmp_path)
-  r.writer = loop.MetricsWriter(r.workdir)
-  r.results = {"stages": {}}
+  r = dataclasses.replace(shared, workdir=str(tmp_path), writer=loop.MetricsWriter(str(tmp_path)))
   pause = 0.05
 
   def slow_batches(epoch, start):
@@ -290,7 +277,7 @@ def test_every_step_records_its_time_and_throughput(pretrain_run, tmp_path):
                               jax.ShapeDtypeStruct((), jnp.float32))
     return loss + 0.0 * slept, metrics
   timed = dataclasses.replace(spec, loss_fn=slow_loss, batches=slow_batches)
-  r.fit(timed, _copy(state), batch_size=batch_size)
+  _, summary = loop.fit_stage(r, timed, _copy(state), batch_size=batch_size)
   r.writer.close()
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   rows = [row for row in rows if row["stage"] == "pretrain"]
@@ -300,7 +287,6 @@ def test_every_step_records_its_time_and_throughput(pretrain_run, tmp_path):
     assert row["step_s"] >= pause and row["wait_s"] >= pause
     np.testing.assert_allclose(row["patches_per_s"], batch_size * window / row["step_s"],
                                rtol=1e-6)
-  summary = r.results["stages"]["pretrain"]
   assert summary["median_step_s"] == pytest.approx(np.median([row["step_s"] for row in rows]))
   assert summary["median_patches_per_s"] == pytest.approx(
       np.median([row["patches_per_s"] for row in rows]))
@@ -311,19 +297,19 @@ def test_shuffling_the_evaluated_patients_changes_no_probability(pretrain_run):
   """`run.predict` (the report's and `predict`'s path) batches several bags: each patient's
   probabilities must not depend on its batch-mates. 64 landmarks on bags of 40-90 patches make the
   pseudo-inverse iteration far from converged, so a batch-wide pinv scale would show."""
-  import dataclasses
   shared = pretrain_run[0]
-  r = copy.copy(shared)
-  r.config = shared.config.copy_and_resolve_references()
-  r.config.model.num_landmarks = 64
-  r.config.finetune.batch_size = 4
+  config = shared.config.copy_and_resolve_references()
+  config.model.num_landmarks = 64
+  config.finetune.batch_size = 4
+  r = dataclasses.replace(shared, config=config)
   state = create_state(r.build())
   everyone = np.arange(len(r.cohort.patients))
   probs = {}
   for seed in (0, 1, 2):
     order = np.random.default_rng(seed).permutation(everyone)
-    r.cohort = dataclasses.replace(shared.cohort, splits={**shared.cohort.splits, "test": order})
-    out = run_lib.predict(r, state, "test")
+    r = dataclasses.replace(r, cohort=dataclasses.replace(
+        shared.cohort, splits={**shared.cohort.splits, "test": order}))
+    out = evaluate.predict(r, state, "test")
     assert list(out["patient_id"]) == [shared.cohort.patients[i].patient_id for i in order]
     probs[seed] = dict(zip(out["patient_id"], out["probs"]))
   for seed in (1, 2):

@@ -1,17 +1,23 @@
-"""Every method of Tables 1 and 2 trains and evaluates as a survival model (config.task =
-"survival") at tiny size, through `train_and_evaluate`, on one tiny synthetic survival cohort:
-each stage's loss is finite and the C-index in results.json is Harrell's on the risks it wrote;
-and `predict` on a survival run writes risks and per-bin survival."""
+"""Every method config traces its training steps as a survival model (config.task = "survival");
+the methods whose survival path is their own train and evaluate end to end at tiny size, through
+`train_and_evaluate`, on one tiny synthetic survival cohort: each stage's loss is finite and the
+C-index in results.json is Harrell's on the risks it wrote; and `predict` on a survival run (MCAT)
+writes risks and per-bin survival.
+
+End to end: GiMP (gene pre-training on the survival loss, the triplet on the uncensored cases'
+time bins), DSMIL (both streams take the survival loss), CLAM-SB and CLAM-MB (the instance loss on
+the time bin); every other method fine-tunes with `supervised.finetune_loss`, as GiMP does, and
+pre-trains without labels (the probe and `predict` tests run TANGLE and MCAT)."""
 
 import csv
-import importlib
 import os
 
 import numpy as np
 import pytest
 
-from experiments import tables
-from gimp_jax import predict
+from conftest import trace_stages
+from gimp_jax import predict, preflight
+from gimp_jax.configs import methods as method_configs
 from gimp_jax.data import synthetic
 from gimp_jax.train import run
 
@@ -37,9 +43,29 @@ def harrell(t, c, risk):
   return num / den if den else float("nan")
 
 
-@pytest.mark.parametrize("name", tables.GROUPS["all"])
+def _survival_config(name, cohort):
+  config = method_configs.get_config(name, "tiny")
+  for key in ("features_dir", "expression", "labels"):
+    config.data[key] = cohort[key]
+  config.task = "survival"
+  config.data.bucket_sizes = (64,)
+  config.pretrain.window = 16
+  return config
+
+
+def test_every_method_config_traces_its_survival_steps(cohort, tmp_path):
+  loaded = preflight.preflight(_survival_config("gimp", cohort), str(tmp_path))
+  for name in method_configs.known():
+    config = _survival_config(name, cohort)
+    traced = trace_stages(config, loaded)
+    assert set(traced) == set(config.stages) - {"test", "probe"}, name
+    for metrics in traced.values():
+      assert metrics["loss"].shape == () and "grad_norm" in metrics, name
+
+
+@pytest.mark.parametrize("name", ["gimp", "dsmil", "clam_sb", "clam_mb"])
 def test_method_trains_a_survival_head(name, cohort, tmp_path):
-  config = importlib.import_module(f"gimp_jax.configs.methods.{name}").get_config("tiny")
+  config = method_configs.get_config(name, "tiny")
   for key in ("features_dir", "expression", "labels"):
     config.data[key] = cohort[key]
   config.task = "survival"
@@ -66,7 +92,7 @@ def test_predict_on_a_survival_run_writes_risk_and_per_bin_survival(cohort, tmp_
   """`predict` on a survival workdir (MCAT, its signature tokens rebuilt from normalizer.npz): the
   risks the run reported for its test cases, hazards and survival per time bin, the known
   outcomes copied; and the same risks from a CSV without outcomes."""
-  config = importlib.import_module("gimp_jax.configs.methods.mcat").get_config("tiny")
+  config = method_configs.get_config("mcat", "tiny")
   for key in ("features_dir", "expression", "labels"):
     config.data[key] = cohort[key]
   config.task = "survival"
@@ -78,7 +104,7 @@ def test_predict_on_a_survival_run_writes_risk_and_per_bin_survival(cohort, tmp_
   config.finetune.batch_size = 2
   workdir = str(tmp_path / "run")
   run.train_and_evaluate(config, workdir)
-  bins = run.load_cohort(config, workdir).class_names
+  bins = preflight.preflight(config, workdir).class_names
   out = str(tmp_path / "predictions.csv")
   predict.write_csv(out, predict.predict(workdir, config))
   with open(out, encoding="utf-8") as f:

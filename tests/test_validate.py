@@ -4,8 +4,6 @@ training from `gimp_jax.main`."""
 
 import os
 import shutil
-import subprocess
-import sys
 
 from flax import nnx
 import h5py
@@ -14,15 +12,15 @@ from jax import numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import run_module, tiny_flags
 from gimp_jax.configs import nsclc
 from gimp_jax import methods
-from gimp_jax import validate
+from gimp_jax import preflight
 from gimp_jax.data import genes as genes_lib
 from gimp_jax.data import synthetic
 from gimp_jax.errors import DataError
 from gimp_jax.train import run as run_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D = 32
 P0, P1, P2 = "TCGA-SY-0000", "TCGA-SY-0001", "TCGA-SY-0002"  # P1 and P2 have two slides each
 
@@ -86,7 +84,7 @@ def edit_expression(root, sample, gene_row, value):
 
 
 def problems_of(c, workdir=None):
-  cohort, problems = validate.check(c, workdir)
+  cohort, problems = preflight.check(c, workdir)
   assert (cohort is None) == bool(problems)
   return problems
 
@@ -100,7 +98,7 @@ def only(problems, expected):
 
 def test_clean_cohort_has_no_problems(cohort, tmp_path):
   _, c = cohort
-  result, problems = validate.check(c, str(tmp_path / "run"))
+  result, problems = preflight.check(c, str(tmp_path / "run"))
   assert problems == [] and len(result.patients) == 10
   assert not (tmp_path / "run").exists()  # checking creates nothing
 
@@ -227,7 +225,7 @@ def test_split_file_with_a_patient_in_two_splits(cohort):
 
 def _stored_gene_list(c, workdir, extra):
   """A normaliser like a trained run's, whose gene list has genes the table lacks."""
-  cohort, _ = validate.check(c)
+  cohort, _ = preflight.check(c)
   n = cohort.normalizer
   stored = genes_lib.GeneNormalizer(n.genes[:-2] + tuple(extra), n.mean, n.std)
   os.makedirs(workdir, exist_ok=True)
@@ -267,8 +265,8 @@ def test_workdir_not_writable(cohort):
 
 def test_no_disk_room_for_the_checkpoints_and_the_report(cohort, tmp_path, monkeypatch):
   _, c = cohort
-  real = validate.shutil.disk_usage
-  monkeypatch.setattr(validate.shutil, "disk_usage",
+  real = preflight.shutil.disk_usage
+  monkeypatch.setattr(preflight.shutil, "disk_usage",
                       lambda p: real(p)._replace(free=1 << 20))
   (problem,) = problems_of(c, str(tmp_path / "run"))
   # Independent count: the model built for real; 2 classes, 40 genes.
@@ -285,10 +283,10 @@ def test_no_disk_room_for_the_checkpoints_and_the_report(cohort, tmp_path, monke
                      "checkpoints kept), report and metrics "
                      f"{report / 2**20:.1f} MiB (8 figures)")
   # Room for the checkpoints alone is not enough: the report would fail after training.
-  monkeypatch.setattr(validate.shutil, "disk_usage",
+  monkeypatch.setattr(preflight.shutil, "disk_usage",
                       lambda p: real(p)._replace(free=need + 1))
   assert len(problems_of(c, str(tmp_path / "run"))) == 1
-  monkeypatch.setattr(validate.shutil, "disk_usage",
+  monkeypatch.setattr(preflight.shutil, "disk_usage",
                       lambda p: real(p)._replace(free=need + report + 1))
   assert problems_of(c, str(tmp_path / "run")) == []
 
@@ -326,7 +324,7 @@ def test_drop_incomplete_drops_the_broken_patients(cohort, tmp_path):
   os.remove(root / "features" / "orphan.h5")  # a global problem, never dropped
   c.data.drop_incomplete = True
   c.stages = ("pretrain",)  # both validation patients are dropped: only pre-training can run
-  result = validate.preflight(c, str(tmp_path / "run"))
+  result = preflight.preflight(c, str(tmp_path / "run"))
   kept = {p.patient_id for p in result.patients}
   assert kept == {f"TCGA-SY-{i:04d}" for i in range(10)} - {P0, P2, "TCGA-SY-0003",
                                                            "TCGA-SY-0005"}
@@ -334,28 +332,19 @@ def test_drop_incomplete_drops_the_broken_patients(cohort, tmp_path):
   assert all(np.isfinite(result.bag(i).features()).all() for i in range(len(result.patients)))
 
 
-def _cli(module, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
-
-
 def _flags(c, workdir):
-  return [f"--config={os.path.join(ROOT, 'configs', 'nsclc.py')}:tiny", f"--workdir={workdir}",
-          f"--config.data.features_dir={c.data.features_dir}",
-          f"--config.data.expression={c.data.expression}",
-          f"--config.data.labels={c.data.labels}", "--config.data.num_genes=0"]
+  return tiny_flags(c.data, workdir, "--config.data.num_genes=0")
 
 
 def test_validate_command_line(cohort, tmp_path):
   root, c = cohort
-  ok = _cli("gimp_jax.validate", *_flags(c, tmp_path / "run"))
+  ok = run_module("gimp_jax.validate", *_flags(c, tmp_path / "run"))
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert ok.stdout.splitlines() == [
       "gimp_jax.validate: 10 patients (train 6, val 2, test 2), 12 slides, 2 classes, 40 genes, "
       "feature width 32: no problems found"]
   expected = _break_many(root, c)
-  bad = _cli("gimp_jax.validate", *_flags(c, tmp_path / "run"))
+  bad = run_module("gimp_jax.validate", *_flags(c, tmp_path / "run"))
   assert bad.returncode == 2 and "Traceback" not in bad.stderr
   lines = [x for x in bad.stderr.splitlines() if x.startswith(str(root))]
   assert sorted(lines) == sorted(expected)
@@ -365,7 +354,7 @@ def test_validate_command_line(cohort, tmp_path):
 def test_training_refuses_bad_inputs_before_any_stage(cohort, tmp_path):
   root, c = cohort
   expected = _break_many(root, c)
-  proc = _cli("gimp_jax.main", *_flags(c, tmp_path / "run"))
+  proc = run_module("gimp_jax.main", *_flags(c, tmp_path / "run"))
   assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
   lines = [x.removeprefix("gimp_jax: error: ") for x in proc.stderr.splitlines()]
   assert sorted(x for x in lines if x.startswith(str(root))) == sorted(expected)
@@ -430,7 +419,7 @@ def test_expression_cells_that_are_not_numbers_all_reported_and_droppable(cohort
       f"values (first gene {genes_lib.strip_version(g4)})"])
   c.data.drop_incomplete = True
   c.stages = ("pretrain",)
-  kept = {p.patient_id for p in validate.preflight(c, str(tmp_path / "run")).patients}
+  kept = {p.patient_id for p in preflight.preflight(c, str(tmp_path / "run")).patients}
   assert kept == {f"TCGA-SY-{i:04d}" for i in range(10)} - {P1, "TCGA-SY-0003", "TCGA-SY-0004"}
 
 
@@ -460,7 +449,7 @@ def test_excel_bom_is_accepted(cohort):
     with open(path, "w", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8"
       f.write(text)
     assert open(path, "rb").read(3) == b"\xef\xbb\xbf"
-  result, problems = validate.check(c)
+  result, problems = preflight.check(c)
   assert problems == [] and len(result.patients) == 10
 
 
@@ -502,11 +491,11 @@ def test_slide_ids_ending_in_h5_are_one_line_with_the_cause(cohort):
 
 def test_drop_incomplete_keeps_everyone_else_in_their_split(cohort):
   root, c = cohort
-  before, _ = validate.check(c)
+  before, _ = preflight.check(c)
   split_of = {before.patients[i].patient_id: k for k, idx in before.splits.items() for i in idx}
   os.remove(h5(root, "TCGA-SY-0005"))
   c.data.drop_incomplete = True
-  after, problems = validate.check(c)
+  after, problems = preflight.check(c)
   assert problems == [] and len(after.patients) == 9
   assert {after.patients[i].patient_id: k for k, idx in after.splits.items() for i in idx} == {
       pid: k for pid, k in split_of.items() if pid != "TCGA-SY-0005"}

@@ -15,34 +15,22 @@ import time
 
 import pytest
 
+from conftest import finish, start_main, tiny_flags
 from gimp_jax import workdir as workdir_lib
 from gimp_jax.configs import nsclc
-from gimp_jax.data import synthetic
 from gimp_jax.errors import DataError
 from gimp_jax.train import run as run_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def flags(paths, workdir, *extra):
-  return [f"--config={os.path.join(ROOT, 'configs', 'nsclc.py')}:tiny", f"--workdir={workdir}",
-          f"--config.data.features_dir={paths['features_dir']}",
-          f"--config.data.expression={paths['expression']}",
-          f"--config.data.labels={paths['labels']}", "--config.report.tsne=False",
-          "--config.report.heatmaps=0", "--config.pretrain.checkpoint_every=2",
-          "--config.finetune.checkpoint_every=1000",
-          "--config.stages=('pretrain','finetune','test')", *extra]
+  return tiny_flags(paths, workdir, "--config.report.tsne=False", "--config.report.heatmaps=0",
+                    "--config.pretrain.checkpoint_every=2",
+                    "--config.finetune.checkpoint_every=1000",
+                    "--config.stages=('pretrain','finetune','test')", *extra)
 
 
-def start(args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  return subprocess.Popen([sys.executable, "-m", "gimp_jax.main", *args], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc, timeout=600):
-  out, err = proc.communicate(timeout=timeout)
-  return proc.returncode, out, err
+start = start_main
 
 
 def read_json(path):
@@ -51,10 +39,8 @@ def read_json(path):
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-  out = tmp_path_factory.mktemp("cohort")
-  return synthetic.make_cohort(str(out), patients=20, genes=96, min_patches=40, max_patches=90,
-                               feature_dim=32, seed=0)
+def inputs(cohort20):
+  return cohort20
 
 
 @pytest.fixture(scope="module")

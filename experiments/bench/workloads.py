@@ -45,7 +45,7 @@ from gimp_jax.data import clam, pipeline
 from gimp_jax.data.cohort import Cohort, Patient
 from gimp_jax.models import build
 from gimp_jax.train import loop, optim, steps
-from gimp_jax.train.state import create_state
+from gimp_jax.train.state import create_state, train_state
 
 NUM_CLASSES = 2
 FEATURE_DIM = 1024
@@ -164,10 +164,7 @@ def _first_call(fn) -> tuple[object, float]:
 def jax_step_runner(name: str, cfg, model, loss_fn, frozen: str, batch: dict) -> Runner:
   """The CLI's train step, donating its state: the state lives in a box replaced by every call."""
   step_fn = steps.make_train_step(loss_fn, frozen)
-  params = nnx.state(model, nnx.Param)
-  tx = optim.make_optimizer(cfg.optim, params, total_steps=1000, steps_per_epoch=100,
-                            frozen_regex=frozen)
-  state = create_state(model, tx)
+  state = train_state(model, cfg.optim, steps_per_epoch=100, epochs=10, frozen=frozen)
   batch = loop.to_device(batch)
   key = jax.random.key(0)
   start = time.perf_counter()

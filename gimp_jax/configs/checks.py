@@ -6,9 +6,13 @@ config does not have (a method's config without a stage block) are skipped.
 """
 
 import math
+import os
 from typing import Any
 
 import ml_collections
+
+from gimp_jax import methods
+from gimp_jax import workdir
 
 STAGES = ("gene_pretrain", "pretrain", "finetune", "test", "probe")  # the order they run in
 SELECT = ("val_accuracy", "val_auc", "val_f1")
@@ -70,6 +74,7 @@ _RANGES = {
 _CHOICES = {
     "compute_dtype": ("float32", "bfloat16", "float16"),
     "task": ("classification", "survival"),
+    "data.source": ("h5", "tfds"),
     "survival.loss": ("nll", "cox"),
     "gene_pretrain.select_metric": SELECT,
     "finetune.select_metric": SELECT,
@@ -119,6 +124,16 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   elif list(stages) != sorted(stages, key=STAGES.index) or len(set(stages)) != len(stages):
     out.append(f"config: stages: {stages!r}: each stage at most once, in the order "
                f"{', '.join(STAGES)}")
+  method = config.get("method", "")
+  if method not in methods.known():
+    out.append(f"config: method: {method!r}, expected one of {', '.join(methods.known())}")
+  if config.get("task", "") == "survival" and config.data.get("source", "h5") == "tfds":
+    out.append("config: data.source: 'tfds' datasets carry class labels only; survival reads the "
+               "labels CSV (data.source='h5')")
+  init_from = config.get("init_from", "")
+  if init_from and not os.path.exists(os.path.join(init_from, workdir.NORMALIZER)):
+    out.append(f"{init_from}: init_from: no {workdir.NORMALIZER}, so the gene list its model was "
+               "trained on is unknown (not a gimp_jax workdir?)")
   for field, spec in _RANGES.items():
     present, value = _get(config, field)
     if present and not _in_range(value, *spec):

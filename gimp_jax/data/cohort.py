@@ -1,6 +1,6 @@
 """A cohort: patients with slides, an expression vector and a label, split into train/val/test.
 
-Inputs (issue 4): a labels CSV `patient_id,slide_id,label[,split][,expression_id]` (CLAM's
+Inputs: a labels CSV `patient_id,slide_id,label[,split][,expression_id]` (CLAM's
 `case_id` is accepted for `patient_id`; several rows per patient = several slides, concatenated in
 row order), a folder of CLAM `<slide_id>.h5` files, and an expression matrix or GDC folder
 (`expression.py`). For `task="survival"` the label column is replaced by `survival_months,

@@ -48,7 +48,9 @@ def build_gene_classifier(config, num_genes: int, num_classes: int, seed: int) -
                         num_classes, rngs=rngs)
 
 
-def build_gimp(config, num_genes: int, num_classes: int, seed: int) -> GiMP:
+def build_gimp(config, num_genes: int, num_classes: int, seed: int,
+               objective: nnx.Module | None = None) -> GiMP:
+  """GiMP of `config.model` on `num_genes` genes (with a compared objective's heads)."""
   m = config.model
   rngs = nnx.Rngs(params=seed, dropout=seed + 1)
   aggregator = PatchAggregator(config.data.feature_dim, m.dim, depth=m.depth, heads=m.heads,
@@ -58,4 +60,4 @@ def build_gimp(config, num_genes: int, num_classes: int, seed: int) -> GiMP:
   return GiMP(aggregator, build_gene_encoder(config, num_genes, rngs),
               in_dim=config.data.feature_dim, dim=m.dim, num_classes=num_classes,
               head_hidden=m.head_hidden, head_dropout=m.head_dropout,
-              modality_dropout=m.get("modality_dropout", 0.0), rngs=rngs)
+              modality_dropout=m.get("modality_dropout", 0.0), objective=objective, rngs=rngs)

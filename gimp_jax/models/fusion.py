@@ -12,8 +12,8 @@
   attends over the patches, then a transformer and attention pooling per modality, concatenation
   and a classifier.
 
-All take trailing-padded bags with `patch_mask` and ignore the padding; `predict(patches, genes,
-patch_mask) -> (logits [B, C], fused embedding [B, E])`, `__call__ -> logits`.
+All take trailing-padded bags with `patch_mask` and ignore the padding, and answer the methods'
+protocol `__call__(patches, genes, patch_mask) -> (logits [B, C], fused embedding [B, E])`.
 """
 
 from collections.abc import Sequence

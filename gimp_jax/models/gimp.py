@@ -41,14 +41,17 @@ class GiMP(nnx.Module):
   `gene_encoder=None` gives the image-only model (GiMP w/o GroupMSA, Table 1), whose CLS_pat is
   CLS_img alone. `modality_dropout` > 0 adds the learned missing-genes token
   (`models.modality_dropout`): CLS_ge replaced with that probability in fine-tuning, and for
-  patients without expression (NaN rows) always.
+  patients without expression (NaN rows) always. `objective`: the extra parameters of a compared
+  pre-training objective (`objectives.heads`), carried along unused by fine-tuning.
   """
 
   def __init__(self, aggregator: PatchAggregator, gene_encoder: nnx.Module | None, *,
                in_dim: int, dim: int, num_classes: int, head_hidden: int, head_dropout: float,
-               modality_dropout: float = 0.0, rngs: nnx.Rngs):
+               modality_dropout: float = 0.0, objective: nnx.Module | None = None,
+               rngs: nnx.Rngs):
     self.aggregator = aggregator
     self.gene_encoder = gene_encoder
+    self.objective = objective
     self.missing_genes = (ModalityDropout((dim,), modality_dropout, rngs=rngs)
                           if modality_dropout > 0 and gene_encoder is not None else None)
     self.decoder = nnx.Linear(dim, in_dim, dtype=aggregator.dtype, rngs=rngs)  # compute dtype

@@ -9,9 +9,9 @@
 
 Every model takes whole, trailing-padded bags (`patch_mask` [B, N], True = real patch) and ignores the
 padding: masked softmaxes and maxima, and TransMIL's square layout rebuilt per example, so a padded
-bag gives the logits of the unpadded one. `predict(patches, genes, patch_mask) -> (logits [B, C],
-embedding [B, E])` (genes are ignored; the embedding is what the reports' t-SNE shows) and
-`__call__(...) -> logits`, the signature of the fine-tuning loss.
+bag gives the logits of the unpadded one. Every model answers the methods' protocol,
+`__call__(patches, genes, patch_mask) -> (logits [B, C], embedding [B, E])` (genes are ignored;
+the embedding is what the reports' t-SNE shows).
 """
 
 import math

@@ -37,10 +37,8 @@ def build_with_objective(
     make_objective: Callable[[ml_collections.ConfigDict, int, nnx.Rngs], nnx.Module]) -> GiMP:
   """GiMP (config.model) on the gene list `genes` with `model.objective = make_objective(config,
   G, rngs)`."""
-  num_genes = len(genes)
-  model = build.build_gimp(config, num_genes, num_classes, seed)
-  if model.gene_encoder is None:
+  if config.model.gene_encoder == "none":
     raise ValueError(f"config.method={config.method!r} aligns images with genes: set "
                      "model.gene_encoder to 'group_msa' or 'snn', not 'none'.")
-  model.objective = make_objective(config, num_genes, nnx.Rngs(params=seed + 2, dropout=seed + 3))
-  return model
+  objective = make_objective(config, len(genes), nnx.Rngs(params=seed + 2, dropout=seed + 3))
+  return build.build_gimp(config, len(genes), num_classes, seed, objective=objective)

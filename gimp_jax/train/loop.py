@@ -120,6 +120,18 @@ class MetricsWriter:
     self._tb.close()
 
 
+def stage_records(workdir: str, stage: str) -> list[tuple[int, dict]]:
+  """[(step, metrics)] of a stage from the `MetricsWriter`'s metrics.jsonl, the last record of
+  each step (a resumed run repeats the steps after its checkpoint)."""
+  records = {}
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      row = json.loads(line)
+      if row.pop("stage") == stage:
+        records[row.pop("step")] = row
+  return sorted(records.items())
+
+
 @dataclasses.dataclass
 class StageSpec:
   """One training stage.
@@ -254,3 +266,21 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
     bar.close()
     ckpt.close()
   return state, meta
+
+
+def fit_stage(run, spec: StageSpec, state: TrainState,
+              batch_size: int = 1) -> tuple[TrainState, dict[str, Any]]:
+  """`fit` in a run's workdir (`run`: a `train.run.Run`), data parallel when the batch splits
+  over the devices (`parallel.stage_mesh`).
+
+  Returns:
+    (the final state, the stage's entry of results.json["stages"]).
+  """
+  state, meta = fit(spec, state, workdir=run.workdir, key=run.stage_key(spec.name),
+                    writer=run.writer, stop=run.stop,
+                    mesh=parallel.stage_mesh(run.config, batch_size),
+                    parallel_cfg=run.config.parallel)
+  return state, {
+      "steps": int(state.step), "wall_s": round(meta.get("wall_s", 0.0), 2),
+      "final_metrics": meta.get("last_metrics", {}), "history": meta.get("history", []),
+      **step_time_summary(stage_records(run.workdir, spec.name))}

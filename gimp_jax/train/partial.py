@@ -15,11 +15,13 @@ Without `allow_missing` every patient has both and a label, so every stage uses 
 
 import dataclasses
 
+from flax import nnx
+import ml_collections
 import numpy as np
 
+from gimp_jax import methods
+from gimp_jax.configs.checks import STAGES
 from gimp_jax.data.cohort import Cohort
-
-STAGE_ORDER = ("gene_pretrain", "pretrain", "finetune", "test", "probe")
 
 
 def has_genes(cohort: Cohort) -> np.ndarray:
@@ -49,7 +51,7 @@ def stage_patients(cohort: Cohort, split: str, stage: str, *, pretrain_uses: str
           "probe": np.ones_like(genes)}
   keep["test"] = keep["finetune"]
   if stage not in keep:
-    raise ValueError(f"Unknown stage {stage!r}; known: {STAGE_ORDER}.")
+    raise ValueError(f"Unknown stage {stage!r}; known: {STAGES}.")
   return idx[keep[stage]]
 
 
@@ -63,11 +65,26 @@ def usage_table(cohort: Cohort, stages, *, pretrain_uses: str, model_needs_genes
                      ("  unlabelled", ~labelled)):
     lines.append(f"| {what} | " + " | ".join(str(int(mask[cohort.split(s)].sum())) for s in splits)
                  + " |")
-  for stage in [s for s in STAGE_ORDER if s in stages]:
+  for stage in [s for s in STAGES if s in stages]:
     counts = [stage_patients(cohort, s, stage, pretrain_uses=pretrain_uses,
                              model_needs_genes=model_needs_genes).size for s in splits]
     lines.append(f"| {stage} uses | " + " | ".join(map(str, counts)) + " |")
   return "\n".join(lines)
+
+
+def method_uses(config: ml_collections.ConfigDict, cohort: Cohort) -> dict:
+  """The keyword arguments of `stage_patients` / `usage_table` for the run's method: its
+  `pretrain_uses` and whether its model needs genes (from the model's structure only)."""
+  method = methods.get(config.method)
+  model = nnx.eval_shape(lambda: method.build(config, cohort.gene_names, cohort.num_classes,
+                                              config.seed))
+  return {"pretrain_uses": getattr(method, "pretrain_uses", "pairs"),
+          "model_needs_genes": needs_genes(model)}
+
+
+def usage(config: ml_collections.ConfigDict, cohort: Cohort) -> str:
+  """With data.allow_missing: the table of the patients each stage of the run will use."""
+  return usage_table(cohort, config.stages, **method_uses(config, cohort))
 
 
 def slide_only(cohort: Cohort) -> Cohort:

@@ -140,9 +140,9 @@ def _encoder_params(run, model):
   return params, "initialisation (no pre-training)"
 
 
-def probe(run) -> None:
-  """The stage: embeds every slide with the frozen encoder, probes, writes `probe.json` and
-  `run.results["probe"]`."""
+def probe(run) -> dict:
+  """The stage (`run`: a `train.run.Run`): embeds every slide with the frozen encoder, probes,
+  writes `probe.json`; returns its content (results.json["probe"])."""
   cfg = run.config
   model = run.build()
   if not hasattr(model, "embed_slide"):
@@ -163,7 +163,6 @@ def probe(run) -> None:
                     seed=cfg.seed, num_classes=run.num_classes, max_iter=cfg.probe.max_iter)
   summary = {"encoder": source, "train_patients": int(y.size), "embedding_dim": int(emb.shape[1]),
              "shots": result}
-  run.results["probe"] = summary
   with open(os.path.join(run.workdir, FILENAME), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2)
   for k, entry in result.items():
@@ -172,3 +171,4 @@ def probe(run) -> None:
       logging.info("probe k=%s (%d draws): test balanced accuracy %.4f ± %.4f, AUC %.4f ± %.4f",
                    k, entry["draws"], t["balanced_accuracy"]["mean"],
                    t["balanced_accuracy"]["std"], t["auc"]["mean"], t["auc"]["std"])
+  return summary

@@ -1,16 +1,21 @@
 """The whole train state as one pytree."""
 
+import os
 import re
 import zlib
 
 from typing import Any
 
+from absl import logging
 import flax.struct
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
+from gimp_jax.checkpoint import StageCheckpoints
+from gimp_jax.train import optim
 from gimp_jax.train.optim import flat_paths, path_str
 
 
@@ -85,3 +90,46 @@ def create_state(model: nnx.Module, tx: optax.GradientTransformation | None = No
   tx = tx if tx is not None else optax.identity()
   return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                     opt_state=tx.init(params), graphdef=graphdef, rest=rest, tx=tx)
+
+
+def train_state(model: nnx.Module, cfg_optim: ml_collections.ConfigDict, *, steps_per_epoch: int,
+                epochs: int, frozen: str = "", params=None) -> TrainState:
+  """The state a stage trains: `model`'s parameters (or `params`, same structure) and the
+  config's optimizer (`optim.make_optimizer`: AdamW + cosine, `frozen` leaves masked)."""
+  params = create_state(model).params if params is None else params
+  tx = optim.make_optimizer(cfg_optim, params, total_steps=steps_per_epoch * epochs,
+                            steps_per_epoch=steps_per_epoch, frozen_regex=frozen)
+  return create_state(model, tx).replace(params=params)
+
+
+def frozen_regex(regex: str, params) -> str:
+  """The config's freezing regex, or '' when the model has nothing it could match."""
+  if regex and not any(jax.tree_util.tree_leaves(optim.frozen_mask(params, regex))):
+    logging.info("Freezing regex %r matches nothing in this model: nothing is frozen.", regex)
+    return ""
+  return regex
+
+
+def restore_params(workdir: str, stage: str, model: nnx.Module) -> Any | None:
+  """The parameters of `stage`'s latest checkpoint in `workdir`, restored into `model`'s shapes;
+  None when there is none (no folder is created)."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints", stage)):
+    return None
+  ckpt = StageCheckpoints(workdir, stage)
+  try:
+    return ckpt.restore_params(create_state(model).params)
+  finally:
+    ckpt.close()
+
+
+def restored(model: nnx.Module, workdir: str, stage: str) -> TrainState:
+  """An evaluation state of `model` with `stage`'s parameters from `workdir`.
+
+  Raises:
+    FileNotFoundError: the workdir has no checkpoint of `stage`.
+  """
+  params = restore_params(workdir, stage, model)
+  if params is None:
+    raise FileNotFoundError(f"{os.path.join(workdir, 'checkpoints', stage)}: no checkpoint; run "
+                            "the stage that writes it first")
+  return create_state(model).replace(params=params)

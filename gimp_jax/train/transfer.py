@@ -6,6 +6,7 @@ from absl import logging
 import jax
 
 from gimp_jax.train.optim import flat_paths, path_str
+from gimp_jax.train.state import create_state, restore_params
 
 
 def transfer_params(src, dst, *, include: str = r".*", exclude: str = r"^$"):
@@ -57,3 +58,29 @@ def gene_encoder_into_gimp(gene_params, gimp_params):
 def pretrained_into_finetune(pretrained, finetune_params):
   """The pre-trained GiMP weights go into the fine-tuning model; the head is new."""
   return transfer_params(pretrained, finetune_params, exclude=r"^head/")
+
+
+def initial_params(run, model, stage: str):
+  """The parameters `stage` ("pretrain" or "finetune") starts from (`run`: a `train.run.Run`):
+  the run's pre-training for fine-tuning; else its supervised GroupMSA for a model with a gene
+  encoder; else `config.init_from`'s weights; else `model`'s own initialisation.
+
+  Raises:
+    FileNotFoundError: the checkpoint it must start from is missing.
+  """
+  params = create_state(model).params
+  cfg = run.config
+  if stage == "finetune" and "pretrain" in cfg.stages:
+    source = (run.workdir, "pretrain", run.build(), pretrained_into_finetune)
+  elif getattr(model, "gene_encoder", None) is not None and "gene_pretrain" in cfg.stages:
+    source = (run.workdir, "gene_pretrain_best", run.gene_classifier(), gene_encoder_into_gimp)
+  elif cfg.init_from:
+    source = (cfg.init_from, "finetune" if stage == "finetune" else "pretrain", run.build(),
+              pretrained_into_finetune)
+  else:
+    return params
+  workdir, name, source_model, into = source
+  src = restore_params(workdir, name, source_model)
+  if src is None:
+    raise FileNotFoundError(f"{stage}: no {name} checkpoint in {workdir}")
+  return into(src, params)[0]
