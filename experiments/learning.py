@@ -32,6 +32,10 @@ RECIPES = {
     "joint+modality_dropout": ("gimp_no_pretrain", ["--config.stages=('finetune','test')",
                                                     "--config.finetune.frozen=",
                                                     "--config.model.modality_dropout=0.5"]),
+    "joint+modality_dropout+wd": ("gimp_no_pretrain", ["--config.stages=('finetune','test')",
+                                                       "--config.finetune.frozen=",
+                                                       "--config.model.modality_dropout=0.5",
+                                                       "--config.optim.weight_decay=0.1"]),
     "mcat": ("mcat", []),
     "abmil": ("abmil", []),
 }
