@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from experiments import reference
 from experiments import tables
 
 # name -> (method config, overrides): the candidates of issue 23, on validation.
@@ -36,6 +37,14 @@ RECIPES = {
                                                        "--config.finetune.frozen=",
                                                        "--config.model.modality_dropout=0.5",
                                                        "--config.optim.weight_decay=0.1"]),
+    "joint+modality_dropout+wd+snn": ("gimp_no_pretrain", [
+        "--config.stages=('finetune','test')", "--config.finetune.frozen=",
+        "--config.model.modality_dropout=0.5", "--config.optim.weight_decay=0.1",
+        "--config.model.gene_encoder=snn"]),
+    "joint+modality_dropout+wd+slow": ("gimp_no_pretrain", [
+        "--config.stages=('finetune','test')", "--config.finetune.frozen=",
+        "--config.model.modality_dropout=0.5", "--config.optim.weight_decay=0.1",
+        "--config.optim.learning_rate=0.0002", "--config.finetune.epochs=20"]),
     "mcat": ("mcat", []),
     "abmil": ("abmil", []),
 }
@@ -95,6 +104,15 @@ def cell(values) -> str:
   return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.3f}"
 
 
+def _paired(a: dict, b: dict) -> str:
+  """'mean [low, high] (n)' of the paired difference a - b (`reference.paired_difference`)."""
+  d = reference.paired_difference(a, b)
+  if not d["n"]:
+    return "—"
+  ci = "" if d["ci95"] is None else f" [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+  return f"{d['mean']:+.3f}{ci} ({d['n']})"
+
+
 def markdown(recipes, seeds, outcomes, header) -> str:
   cols = ("val_accuracy", "test_accuracy", "reference_val_accuracy", "reference_test_accuracy",
           "vs_reference_val_accuracy", "vs_reference_test_accuracy", "gene_only_val_accuracy")
@@ -110,6 +128,16 @@ def markdown(recipes, seeds, outcomes, header) -> str:
                  f"{cell([f.get('val_norm_img') for f in fused])} | "
                  f"{cell([f.get('val_norm_ge') for f in fused])} | "
                  f"{cell([o.get('wall_s') for o in ok])} |")
+  lines += ["", "Paired differences over the seeds both have (same seed = same split), mean and "
+            "95% t interval:", "",
+            "| recipe | metric | minus `paper` | minus linear reference (both) |", "|---|---|---|---|"]
+  for name in recipes:
+    for metric in ("val_accuracy", "test_accuracy"):
+      mine = {s: o[metric] for s in seeds for o in [outcomes.get((name, s), {})] if o.get("ok")}
+      base = {s: o[metric] for s in seeds for o in [outcomes.get(("paper", s), {})] if o.get("ok")}
+      ref = {s: o[f"reference_{metric}"] for s in seeds
+             for o in [outcomes.get((name, s), {})] if o.get("ok")}
+      lines.append(f"| {name} | {metric} | {_paired(mine, base)} | {_paired(mine, ref)} |")
   lines += ["", "Per seed (val acc. / test acc. / reference test acc.):", ""]
   for name in recipes:
     per = [f"{s}: {o['val_accuracy']:.3f}/{o['test_accuracy']:.3f}/"
