@@ -45,6 +45,7 @@ RECIPES = {
         "--config.stages=('finetune','test')", "--config.finetune.frozen=",
         "--config.model.modality_dropout=0.5", "--config.optim.weight_decay=0.1",
         "--config.optim.learning_rate=0.0002", "--config.finetune.epochs=20"]),
+    "snn": ("gimp_no_pretrain", ["--config.model.gene_encoder=snn"]),
     "mcat": ("mcat", []),
     "abmil": ("abmil", []),
 }
