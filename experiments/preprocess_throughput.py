@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gimp_jax.preprocess import encoders
 from gimp_jax.preprocess import resnet
 
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Patches per batch.')
@@ -28,7 +29,9 @@ def main(argv):
   del argv
   dtype = (resnet.default_compute_dtype() if _DTYPE.value == 'auto'
            else jnp.dtype(_DTYPE.value))
-  features = resnet.make_feature_fn(resnet.ResNet50Trunk(dtype=dtype, rngs=nnx.Rngs(0)))
+  preset = encoders.PRESETS['resnet50_trunc']
+  features = encoders.make_feature_fn(preset,
+                                     encoders.build(preset, dtype=dtype, rngs=nnx.Rngs(0)))
   images = np.random.default_rng(0).integers(
       0, 256, (_BATCH.value, _PATCH.value, _PATCH.value, 3), dtype=np.uint8)
   start = time.perf_counter()

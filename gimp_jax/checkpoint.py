@@ -3,9 +3,10 @@
 Each checkpoint holds the train state's arrays (params, optimizer state, step) and a JSON `meta`
 dict (epoch, next batch, best validation metric, finished flag, config). orbax writes into a
 temporary directory and renames it when complete, so a half-written checkpoint is never picked up;
-leftover temporary directories are removed when the stage's manager opens. A finished step can
-still be damaged (a kill while a step is being deleted, data lost in a power cut): reads fall back
-to the newest step that reads back and move the damaged ones to `<stage>.damaged/`.
+leftover temporary directories are removed when the stage's manager opens for writing (one opened
+`read_only` touches nothing). A finished step can still be damaged (a kill while a step is being
+deleted, data lost in a power cut): reads fall back to the newest step that reads back and move the
+damaged ones to `<stage>.damaged/` (read-only: leave them in place).
 The RNG needs no saving: every step's key is `fold_in(stage_key, step)`.
 """
 
@@ -33,13 +34,17 @@ def _abstract(tree):
 class StageCheckpoints:
   """Save/restore of one stage's train state under `workdir/checkpoints/<name>`."""
 
-  def __init__(self, workdir: str, name: str, max_to_keep: int = MAX_TO_KEEP):
+  def __init__(self, workdir: str, name: str, max_to_keep: int = MAX_TO_KEEP,
+               read_only: bool = False):
+    """Opens the stage's checkpoints; `read_only` (a workdir that is only read: `predict`,
+    `init_from`) creates, cleans and moves nothing: another run may own the folder."""
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints", name))
+    self.read_only = read_only
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             cleanup_tmp_directories=True,
-                                             enable_async_checkpointing=False),
+        options=ocp.CheckpointManagerOptions(  # (orbax's own read_only warns on every open)
+            max_to_keep=max_to_keep, create=not read_only, cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=False),
         item_names=("params", "opt", "meta"))
 
   def latest_step(self) -> int | None:
@@ -47,6 +52,8 @@ class StageCheckpoints:
 
   def save(self, state: State, meta: dict[str, Any]) -> None:
     """Saves (synchronously) at the state's step, replacing a checkpoint of the same step."""
+    if self.read_only:
+      raise RuntimeError(f"{self.directory}: opened read-only, nothing is saved")
     step = int(state.step)
     latest = self.manager.latest_step()
     if latest is not None and step < latest:  # orbax would skip the save without a word
@@ -64,8 +71,9 @@ class StageCheckpoints:
     """`read(step)`, by default at the newest step that reads back; None if there is no step.
 
     A step that fails while an older one reads back is damaged: it is moved to
-    `<directory>.damaged/` with a warning. When no step reads back (e.g. the config no longer
-    builds the model that was saved), nothing is moved and DataError names the newest failure.
+    `<directory>.damaged/` with a warning (read-only: left in place). When no step reads back
+    (e.g. the config no longer builds the model that was saved), nothing is moved and DataError
+    names the newest failure.
     """
     if step is not None:
       return read(step)
@@ -89,7 +97,11 @@ class StageCheckpoints:
     return None
 
   def _set_aside(self, step: int, error: Exception) -> None:
-    """Moves a damaged step out of the manager's view (kept for inspection)."""
+    """Moves a damaged step out of the manager's view (kept for inspection); read-only: warns."""
+    if self.read_only:
+      logging.warning("%s: step %d is damaged (%s); using an older step.", self.directory, step,
+                      type(error).__name__)
+      return
     target = os.path.join(f"{self.directory}.damaged", f"{step}-{time.time_ns()}")
     os.makedirs(os.path.dirname(target), exist_ok=True)
     os.replace(os.path.join(self.directory, str(step)), target)

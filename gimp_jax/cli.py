@@ -6,6 +6,7 @@ checkpoints, JSON files and the report are written through temporary names); 128
 after a stop on request (130 SIGINT, 143 SIGTERM).
 """
 
+import logging as py_logging
 import re
 import sys
 
@@ -17,6 +18,16 @@ EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
 EXIT_DISK_FULL = 4
 _HELP = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+# Loggers whose INFO lines a user cannot act on (orbax's per-checkpoint chatter, JAX's line about
+# a TPU backend it did not find); their warnings and errors still pass.
+_QUIET = ("orbax", "jax._src.xla_bridge", "absl.orbax")
+
+
+def quiet_libraries(record) -> bool:
+  """A logging filter (`absl.logging.get_absl_handler().addFilter`) that drops the INFO lines of
+  `_QUIET` loggers; warnings and errors still pass."""
+  return (record.levelno >= py_logging.WARNING or not record.name.startswith(_QUIET)
+          and "orbax" not in record.pathname)
 
 
 def fail(prog: str, message: str, code: int = EXIT_BAD_INPUT) -> None:

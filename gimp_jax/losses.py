@@ -66,6 +66,14 @@ def _hardest(d: jax.Array, labels: jax.Array, use: jax.Array | None = None):
   return hardest_pos, hardest_neg, jnp.any(pos, axis=1) & jnp.any(neg, axis=1)
 
 
+def triplet_anchors(labels: jax.Array, use: jax.Array | None = None) -> jax.Array:
+  """[B] bool: the examples that can anchor a triplet, i.e. have a positive (another example with
+  their label) and a negative among `use` [B] bool (None: all). None of them: L_tri is 0 with no
+  gradient, whatever the embeddings (survival: too few uncensored cases per time bin)."""
+  pos, neg = _pairs(labels, use)
+  return jnp.any(pos, axis=1) & jnp.any(neg, axis=1)
+
+
 def _valid_triplets(labels: jax.Array, use: jax.Array | None = None) -> jax.Array:
   """[B, B, B] bool: (a, p, n) with p a positive of a (not a itself) and n a negative of a."""
   pos, neg = _pairs(labels, use)

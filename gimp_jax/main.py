@@ -10,7 +10,6 @@ stopped training (the last good checkpoint is kept); 4 disk full; 128 + signal n
 143 SIGTERM) after a checkpoint was saved on request. The same command resumes.
 """
 
-import logging as py_logging
 import signal
 import sys
 
@@ -30,9 +29,6 @@ _ALLOW_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Go on in a workdir made with another config: finished stages "
     "are kept, the others run with this config (results.json lists the changes).")
 flags.mark_flags_as_required(["config", "workdir"])
-# Loggers whose INFO lines a user cannot act on (orbax's per-checkpoint chatter, JAX's line about
-# a TPU backend it did not find); their warnings and errors still pass.
-_QUIET = ("orbax", "jax._src.xla_bridge", "absl.orbax")
 
 
 class _StopFlag:
@@ -50,15 +46,9 @@ class _StopFlag:
     logging.warning("Stop requested: saving a checkpoint after the current step.")
 
 
-def quiet_libraries(record) -> bool:
-  """Drops the INFO lines of `_QUIET` loggers; warnings and errors still pass."""
-  return (record.levelno >= py_logging.WARNING or not record.name.startswith(_QUIET)
-          and "orbax" not in record.pathname)
-
-
 def main(argv):
   del argv
-  logging.get_absl_handler().addFilter(quiet_libraries)
+  logging.get_absl_handler().addFilter(cli.quiet_libraries)
   stop = _StopFlag()
   signal.signal(signal.SIGTERM, stop)
   signal.signal(signal.SIGINT, stop)

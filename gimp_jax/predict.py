@@ -5,15 +5,20 @@ python -m gimp_jax.predict --workdir=runs/nsclc --config=configs/nsclc.py --out=
     --config.data.expression=new/expression.tsv
 
 Uses the best fine-tuned checkpoint of `--workdir` and the gene list stored with it
-(`normalizer.npz`). The model's settings and class names come from the run (`config.json`,
-`provenance.json`); `--config` only says where the new inputs are. The labels CSV needs
+(`normalizer.npz`). The model's settings (feature width, size, buckets) and class names come from
+the run (`config.json`, `provenance.json`), whatever `--config` says: `--config` (any config file,
+e.g. the one above for a `:tiny` run) only says where the new inputs are and how to read them
+(`INPUT_FIELDS`; an input it leaves out is absent, never the run's own). The labels CSV needs
 `patient_id,slide_id`; a `label` column is optional (when present it must use the run's classes).
+It may name a few patients of a shared features folder: the folder's other `.h5` files are
+ignored (their number is logged).
 
 Every input is checked first, as `gimp_jax.validate` does: an expression table that lacks genes of
 the stored list, feature files of another width than the model's, or any other bad input is
 refused with every problem on its own line and exit code 2.
 
-Slide-only patients (no expression column) are predicted from the slide alone when the model can:
+Slide-only patients (no expression column, or no table at all: `--config.data.expression=`) are
+predicted from the slide alone when the model can:
 a slide-only model, or a multimodal one fine-tuned with modality dropout (`model.modality_dropout` >
 0, its learned missing-genes token stands for the expression); a multimodal model without one
 refuses them, naming each patient.
@@ -43,25 +48,29 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from gimp_jax import atomic
 from gimp_jax import cli
 from gimp_jax import methods
 from gimp_jax import preflight
 from gimp_jax import provenance
 from gimp_jax import workdir as workdir_lib
 from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import labels as labels_lib
 from gimp_jax.data import survival as survival_data
 from gimp_jax.errors import DataError
 from gimp_jax.objectives import survival
+from gimp_jax.report import slides
 from gimp_jax.train import evaluate
 from gimp_jax.train import partial
 from gimp_jax.train import run as run_lib
 from gimp_jax.train.state import create_state, restore_params
 
-# config.data fields that say where the new inputs are and how to read them; all other settings
-# (feature_dim, num_genes, gene handling, model, classes) are the trained run's.
-INPUT_FIELDS = ("source", "labels", "features_dir", "expression", "tfds_dir", "manifest",
-                "value_column", "preferred_sample_types", "drop_incomplete", "bucket_sizes",
-                "prefetch")
+# config.data fields that say where the new inputs are (empty when `--config` leaves them out:
+# never the trained run's own inputs) and how to read them; all other settings (feature_dim,
+# num_genes, gene handling, buckets, model, classes) are the trained run's, whatever `--config` says.
+INPUT_PATHS = ("labels", "features_dir", "expression", "tfds_dir", "manifest")
+INPUT_FIELDS = INPUT_PATHS + ("source", "value_column", "preferred_sample_types",
+                              "drop_incomplete")
 
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
@@ -90,7 +99,9 @@ def merge_config(trained: ml_collections.ConfigDict, given: ml_collections.Confi
   """The trained run's config with the input fields of `given.data`, the run's classes (a survival
   run's time bins), no split files, and evaluation one patient at a time."""
   d = trained.to_dict()
-  d["data"].update({name: given.data[name] for name in INPUT_FIELDS if name in given.data})
+  d["data"].update({name: "" for name in INPUT_PATHS})
+  d["data"].update({name: given.data[name] for name in INPUT_FIELDS
+                    if name in given.data and given.data[name] is not None})
   d["data"]["class_names"] = list(class_names)
   d["data"].update(splits_dir="", num_folds=0)  # the run's split files name its own cases
   # One bag per batch: the Nystrom pseudo-inverse starts from a batch-wide scale (as the PyTorch
@@ -131,7 +142,7 @@ def _outcomes(path: str) -> dict[str, tuple[float, int]]:
   if survival_data.outcome_columns(cols) is None:
     return {}
   return {r.patient_id: (r.time, r.censorship)
-          for r in cohort_lib.read_labels(path, "survival", allow_unlabelled=True)}
+          for r in labels_lib.read_labels(path, "survival", allow_unlabelled=True)}
 
 
 def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
@@ -149,15 +160,13 @@ def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
   config = merge_config(trained, given, class_names)
   width = int(trained.data.feature_dim)
   problems = []
-  if int(given.data.feature_dim) != width:
-    problems.append(f"config: data.feature_dim: {given.data.feature_dim}, but the model in "
-                    f"{workdir} was trained on features of width {width}")
   config.data.allow_missing = True  # slide-only patients: refused below only if the model needs genes
   surv = config.get("task", "classification") == "survival"
   # The cohort's rows are loaded as a classification cohort (a survival run's outcomes are read
   # apart, `_outcomes`), from a labels CSV given a placeholder label where it has none.
   loader = ml_collections.ConfigDict(config.to_dict())
   loader.task = "classification"
+  loader.data.listed_only = True  # a shared features folder: the listed patients only
   loader.data.labels, labelled = _labels_csv(config.data.labels, class_names[0], tmpdir,
                                              ignore_labels=surv)
   cohort, found = preflight.load_cohort(loader, normalizer, stored)
@@ -175,8 +184,10 @@ def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
   return config, cohort, labelled, known
 
 
-def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Predictions of the best fine-tuned model of `workdir` on the cohort of `given.data`.
+def predict(workdir: str, given: ml_collections.ConfigDict, attention_dir: str = ""
+            ) -> dict[str, Any]:
+  """Predictions of the best fine-tuned model of `workdir` on the cohort of `given.data`; with
+  `attention_dir`, also every slide's attention (`report.slides.write_attention`).
 
   Returns:
     patient_id [N], label [N] (-1 when unknown), probs [N, C] float32, modality [N], class_names
@@ -194,13 +205,18 @@ def predict(workdir: str, given: ml_collections.ConfigDict) -> dict[str, Any]:
                     "checkpoint; run the finetune stage first")
   genes = partial.has_genes(cohort)
   if partial.needs_genes(model) and not genes.all():
+    table = config.data.expression or "data.expression (none given)"
     raise DataError("\n".join(
-        f"{config.data.expression}: patient {cohort.patients[i].patient_id}: no expression, and the "
+        f"{table}: patient {cohort.patients[i].patient_id}: no expression, and the "
         f"model in {workdir} needs it (fine-tuned without model.modality_dropout): it cannot "
         "predict from the slide alone" for i in np.flatnonzero(~genes)))
   logging.info("predict: %d patients (%d slide-only), model of %s", len(cohort.patients),
                int((~genes).sum()), workdir)
-  out = evaluate.predict(run, create_state(model).replace(params=params), "all")
+  state = create_state(model).replace(params=params)
+  out = evaluate.predict(run, state, "all")
+  if attention_dir:
+    slides.write_attention(attention_dir, state.model(train=False), cohort, config,
+                           given.data.get("slides_dir", ""))
   labels = out["label"] if labelled else np.full(len(out["patient_id"]), -1)
   uses_genes = getattr(model, "gene_encoder", None) is not None
   modality = np.where(genes & uses_genes, "slide+genes", "slide")
@@ -243,19 +259,21 @@ def _rows(result: dict[str, Any]) -> list[list]:
 def write_csv(path: str, result: dict[str, Any]) -> None:
   """One row per patient (module docstring): ID, known label, predicted class (index and name), the
   modality the prediction used, P(class); or a survival run's risk and per-bin hazards and
-  survival. Written through a temporary file and a rename (a full disk leaves no half file)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-      csv.writer(f).writerows(_rows(result))
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  survival. Written through a temporary file and a rename (`gimp_jax.atomic`: a full disk leaves
+  no half file; a path that is not a regular file is refused)."""
+  atomic.write(path, lambda f: csv.writer(f).writerows(_rows(result)), newline="")
 
 
-def prepare_out(path: str) -> None:
-  """Creates the folder of the output CSV before any inference; DataError when it cannot be."""
+def _inside(path: str, folder: str) -> bool:
+  """Whether `path` is `folder` or under it (both resolved)."""
+  return os.path.commonpath([path, folder]) == folder
+
+
+def prepare_out(path: str, workdir: str, given: ml_collections.ConfigDict) -> None:
+  """Creates the folder of the output CSV before any inference; DataError when it cannot be, or
+  when `path` is not ours to replace: not a regular file (`atomic.problem`), an input of `given`
+  (labels CSV, expression table, manifest, a file under the features or TFDS folder) or a file of
+  the trained run's `workdir`."""
   folder = os.path.dirname(os.path.abspath(path))
   try:
     os.makedirs(folder, exist_ok=True)
@@ -263,13 +281,25 @@ def prepare_out(path: str) -> None:
     raise DataError(f"{path}: --out: cannot create the folder {folder} ({e.strerror or e})") from e
   if os.path.isdir(path):
     raise DataError(f"{path}: --out: is a folder; give the CSV file to write")
+  why = atomic.problem(path)
+  if why:
+    raise DataError(f"--out: {why}")
+  real = os.path.realpath(path)
+  data = given.data
+  for field in ("labels", "expression", "manifest", "features_dir", "tfds_dir", None):
+    where = data.get(field, "") if field else workdir
+    if where and _inside(real, os.path.realpath(where)):
+      what = f"the input data.{field}" if field else "the trained run's workdir"
+      raise DataError(f"{path}: --out: is {'in ' if real != os.path.realpath(where) else ''}"
+                      f"{what} ({where}); write the predictions elsewhere")
 
 
 def main(argv) -> None:
   del argv
+  logging.get_absl_handler().addFilter(cli.quiet_libraries)  # as gimp_jax.main: no orbax chatter
   try:
-    prepare_out(flags.FLAGS.out)
-    result = predict(flags.FLAGS.workdir, flags.FLAGS.config)
+    prepare_out(flags.FLAGS.out, flags.FLAGS.workdir, flags.FLAGS.config)
+    result = predict(flags.FLAGS.workdir, flags.FLAGS.config, flags.FLAGS.attention)
     write_csv(flags.FLAGS.out, result)
   except Exception as e:  # pylint: disable=broad-except
     if cli.exit_code(e) is None:
@@ -283,5 +313,7 @@ if __name__ == "__main__":  # flags only here, as in gimp_jax.validate
                                   lock_config=False)
   flags.DEFINE_string("workdir", None, "Workdir of the trained run.")
   flags.DEFINE_string("out", "predictions.csv", "Output CSV.")
+  flags.DEFINE_string("attention", "", "Folder for every slide's attention: heatmap PNG, scores "
+                      "CSV and QuPath GeoJSON (on the slide with --config.data.slides_dir).")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=cli.flags_parser("gimp_jax.predict"))

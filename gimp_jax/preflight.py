@@ -30,9 +30,15 @@ from gimp_jax.checkpoint import MAX_TO_KEEP
 from gimp_jax.configs import checks
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import genes as genes_lib
+from gimp_jax.data import split_checks
 from gimp_jax.errors import DataError
+from gimp_jax.train import probe
 
 TRAINING_STAGES = ("gene_pretrain", "pretrain", "finetune")
+# Config problems after which the inputs are not read (as configured they cannot be); after the
+# others (e.g. finetune.epochs) the data problems are reported too.
+_BLOCKING = ("config: method", "config: data.", "config: task", "config: survival",
+             "config: compute_dtype")
 _MIB = float(1 << 20)
 
 
@@ -67,6 +73,8 @@ def split_problems(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort)
   sizes = {k: int(v.size) for k, v in cohort.splits.items()}
   how = f"{len(cohort.patients)} patients: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
   where = config.data.labels or config.data.get("tfds_dir", "")
+  if config.data.get("splits_dir", ""):
+    return []  # `split_checks` names the split file and its column
   out = []
   for split, stages in need.items():
     users = [s for s in config.stages if s in stages]
@@ -194,7 +202,7 @@ def check(config: ml_collections.ConfigDict, workdir: str | None = None
     (the cohort, []) when everything is fine, else (None, every problem, one line each).
   """
   problems = checks.problems(config)
-  if problems:  # e.g. an unknown method or source: the data checks would only add noise
+  if any(p.startswith(_BLOCKING) for p in problems):  # the inputs cannot be read as configured
     return None, problems
   if workdir:
     problems += workdir_problems(workdir)
@@ -204,12 +212,14 @@ def check(config: ml_collections.ConfigDict, workdir: str | None = None
     problems += str(e).split("\n")
     normalizer, stored = None, None
   cohort, found = load_cohort(config, normalizer, stored)
-  problems += found
+  problems += found + split_checks.problems(config)
   if cohort is not None and not found:
     problems += split_problems(config, cohort)
-    problems += model_problems(config, cohort)
+    if not any(p.startswith("config:") for p in problems):  # the model is built from the config
+      problems += model_problems(config, cohort) + probe.encoder_problems(config, cohort)
   if cohort is not None and workdir and not problems:
     problems += disk_problems(workdir, config, cohort)
+  problems = list(dict.fromkeys(problems))  # a fold's split file is read by two checks
   return (None, problems) if problems else (cohort, [])
 
 

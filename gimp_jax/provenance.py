@@ -23,6 +23,7 @@ from absl import logging
 import jax
 import ml_collections
 
+from gimp_jax import atomic
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.errors import DataError
 
@@ -114,18 +115,9 @@ def _changes(old: dict, new: dict) -> list[str]:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON through a temporary file and a rename (a kill or a full disk never leaves half a
-  file)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=2, default=float)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:  # a full disk: no half temporary file left behind
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  """Writes JSON through a temporary file and a rename (`gimp_jax.atomic`: a kill or a full disk
+  never leaves half a file; a path that is not a regular file is refused with DataError)."""
+  atomic.write(path, lambda f: json.dump(obj, f, indent=2, default=float))
 
 
 def record(workdir: str, config: ml_collections.ConfigDict,

@@ -18,6 +18,7 @@ from ml_collections import config_flags
 from gimp_jax import cli
 from gimp_jax import preflight
 from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import labels as labels_lib
 from gimp_jax.train import partial
 
 
@@ -27,7 +28,7 @@ def summary(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> str
   slides = sum(len(p.slide_ids) for p in cohort.patients)
   dropped = ""
   if config.data.get("source", "h5") != "tfds":
-    listed = {r.patient_id for r in cohort_lib.read_labels(
+    listed = {r.patient_id for r in labels_lib.read_labels(
         config.data.labels, config.get("task", "classification"),
         config.data.get("allow_missing", False))}
     if len(listed) > len(cohort.patients):

@@ -88,7 +88,7 @@ def trace_stages(config, cohort) -> dict[str, dict]:
   from gimp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from gimp_jax.models import build  # pylint: disable=g-import-not-at-top
   from gimp_jax.objectives import supervised, survival  # pylint: disable=g-import-not-at-top
-  from gimp_jax.train import steps  # pylint: disable=g-import-not-at-top
+  from gimp_jax.train import loop, steps  # pylint: disable=g-import-not-at-top
   from gimp_jax.train.state import create_state, frozen_regex, train_state  # pylint: disable=g-import-not-at-top
   method = methods.get(config.method)
   outputs = survival.num_outputs(config, cohort.num_classes)
@@ -116,7 +116,7 @@ def trace_stages(config, cohort) -> dict[str, dict]:
     frozen = frozen_regex(frozen, create_state(model).params)
     state = train_state(model, config.optim, steps_per_epoch=1, epochs=1, frozen=frozen)
     _, metrics = jax.eval_shape(steps.make_train_step(loss_fn, frozen), state,
-                                next(iter(batches)), jax.random.key(0))
+                                loop.to_device(next(iter(batches))), jax.random.key(0))
     out[name] = metrics
   return out
 

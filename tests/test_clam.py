@@ -201,3 +201,62 @@ def test_fuzz_corrupted_bytes_raise_only_data_error(tmp_path, offset, junk):
   except DataError:
     pass
   os.remove(path)
+
+
+def _hostile(path, rows, chunked=True):
+  """A small file whose headers declare `rows` rows of features [rows, 32] and coords [rows, 2]
+  that were never written."""
+  with h5py.File(path, 'w') as f:
+    for name, width, dtype in (('features', 32, 'f4'), ('coords', 2, 'i8')):
+      kw = dict(chunks=(32, width), maxshape=(None, width)) if chunked else {}
+      f.create_dataset(name, shape=(rows, width), dtype=dtype, **kw)
+  return str(path)
+
+
+_CEILING = r'''
+import resource, sys
+from gimp_jax.data import clam
+vm = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmSize"))) << 10
+resource.setrlimit(resource.RLIMIT_AS, (vm + (512 << 20), vm + (512 << 20)))
+print("\n".join(clam.check_bag(sys.argv[1], 32)))
+'''
+
+
+def test_a_file_declaring_rows_it_cannot_hold_is_refused_within_a_memory_ceiling(tmp_path):
+  """10^8 declared rows (12.8 GB of features, 1.6 GB of coords) in a file of a few KB: refused
+  from the chunk index, in a process that may allocate at most 512 MiB more than at start."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  path = _hostile(tmp_path / 'hostile.h5', 10**8)
+  assert os.path.getsize(path) < 10_000
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, '-c', _CEILING, path], capture_output=True, text=True,
+                       timeout=120, cwd=root, env=dict(os.environ, PYTHONPATH=root))
+  assert out.returncode == 0, out.stderr[-2000:]
+  size = os.path.getsize(path)
+  assert out.stdout.splitlines() == [
+      f'{path}: features: declares 100000000 x 32 float32 (12,800,000,000 bytes) but only 0 of '
+      f'its 3125000 chunks are stored (the file has {size:,} bytes): never written, or truncated',
+      f'{path}: coords: declares 100000000 x 2 int64 (1,600,000,000 bytes) but only 0 of its '
+      f'3125000 chunks are stored (the file has {size:,} bytes): never written, or truncated']
+
+
+def test_partly_written_and_contiguous_unwritten_datasets_are_refused(tmp_path):
+  rng = np.random.default_rng(3)
+  feats, coords = bag_arrays(rng, 100, 32)
+  path = write_clam(tmp_path / 'grown.h5', feats, coords)
+  with h5py.File(path, 'a') as f:  # resized, the new rows never written
+    f['features'].resize((1000, 32))
+    f['coords'].resize((1000, 2))
+  problems = clam.check_bag(path, 32)
+  assert [p.split(': ')[1] for p in problems] == ['features', 'coords']
+  assert 'only 4 of its 32 chunks are stored' in problems[0]
+  flat = _hostile(tmp_path / 'flat.h5', 1000, chunked=False)
+  assert clam.check_bag(flat, 32)[0] == (
+      f'{flat}: features: declares 1000 x 32 float32 (128,000 bytes) but the file holds 0 bytes '
+      f'of it (the file has {os.path.getsize(flat):,} bytes): never written, or truncated')
+  packed = str(tmp_path / 'gzip.h5')  # compressed: fewer bytes stored than declared, all chunks
+  with h5py.File(packed, 'w') as f:
+    f.create_dataset('features', data=np.zeros((1000, 32), np.float32), chunks=(32, 32),
+                     compression='gzip')
+    f.create_dataset('coords', data=np.zeros((1000, 2), np.int64), compression='gzip')
+  assert clam.check_bag(packed, 32) == []

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gimp_jax.data import cohort as ch
+from gimp_jax.data import labels as labels_lib
 from gimp_jax.data import genes as genes_lib
 from gimp_jax.errors import DataError
 
@@ -141,7 +142,7 @@ def test_patient_in_two_splits_and_other_label_errors(tmp_path):
 def test_label_file_errors(tmp_path, body, fragment):
   (tmp_path / 'l.csv').write_text(body)
   with pytest.raises(DataError, match='l.csv') as e:
-    ch.read_labels(str(tmp_path / 'l.csv'))
+    labels_lib.read_labels(str(tmp_path / 'l.csv'))
   assert fragment in str(e.value)
 
 
@@ -249,7 +250,7 @@ def test_fuzz_label_files_raise_only_data_error(tmp_path, data):
   path = tmp_path / 'labels.csv'
   path.write_bytes(data)
   try:
-    rows = ch.read_labels(str(path))
+    rows = labels_lib.read_labels(str(path))
     assert rows and all(r.patient_id and r.slide_id and r.label for r in rows)
   except DataError:
     pass

@@ -83,6 +83,18 @@ def test_cli_runs_all_stages_and_writes_every_output(cohort, tmp_path, run_numbe
   assert set(results["stages"]) == {"gene_pretrain", "pretrain", "finetune"}
   for stage in results["stages"].values():
     assert stage["steps"] > 0 and "loss" in stage["final_metrics"]
+  # Progress in the log (no terminal): stage k/N, each stage's compile announced, its last step.
+  log = [x.split("] ", 1)[1] for x in proc.stderr.splitlines() if x[:1] == "I" and "] " in x]
+  names = ("gene_pretrain", "pretrain", "finetune", "test")
+  assert [x for x in log if x.startswith("Stage ")] == [f"Stage {k}/4: {n}"
+                                                      for k, n in enumerate(names, 1)]
+  for name, stage in results["stages"].items():
+    n = stage["steps"]
+    assert f"{name}: compiling the training step (XLA; the first step takes longer), then {n} " \
+        "step(s) to go" in log
+    if n > 1:
+      assert any(x.startswith(f"{name}: step {n}/{n} (100%), ") and ", done, loss " in x
+                 for x in log), log
   run_numbers(str(workdir), cohort["labels"])  # results.json == NumPy on predictions_*.csv
   check_linear_reference(results, cohort, workdir)
   assert "reference_test_accuracy=" in proc.stdout and "vs_reference_test_accuracy=" in proc.stdout

@@ -1,7 +1,13 @@
 """Every method (`gimp_jax.methods`) trains and evaluates end to end at tiny size, through
-`train_and_evaluate`, on one tiny synthetic cohort; every method config (`configs/methods`, the
-ablations of Tables 1 and 2 included) builds its models and traces each of its training steps."""
+`train_and_evaluate`, on one tiny synthetic cohort, and draws its heatmaps; every method config
+(`configs/methods`, the ablations of Tables 1 and 2 included) builds its models and traces each of
+its training steps."""
 
+import csv
+import os
+import re
+
+import h5py
 import numpy as np
 import pytest
 
@@ -27,8 +33,8 @@ def tiny_config(name, paths):
   for key, value in paths.items():
     config.data[key] = value
   config.report.tsne = False
-  config.report.heatmaps = 0
-  # One epoch per stage, one bag shape: this file runs 19 methods, mostly XLA compilation.
+  config.report.heatmaps = 1
+  # One epoch per stage, one bag shape: mostly XLA compilation.
   config.gene_pretrain.epochs = config.pretrain.epochs = config.finetune.epochs = 1
   config.data.bucket_sizes = (64,)
   config.pretrain.window = 16
@@ -46,11 +52,13 @@ def test_every_method_config_traces_its_training_steps(cohort, tmp_path):
       assert metrics["loss"].shape == () and "grad_norm" in metrics, name
 
 
-@pytest.mark.parametrize("name", one_config_per_method())
+# TANGLE, TANGLE-Rec and Intra pre-train and probe (no test stage): end to end in test_probe.py.
+@pytest.mark.parametrize("name", [n for n in one_config_per_method()
+                                  if "test" in method_configs.get_config(n, "tiny").stages])
 def test_method_trains_and_evaluates(name, cohort, tmp_path, run_numbers):
   config = tiny_config(name, cohort)
   results = run.train_and_evaluate(config, str(tmp_path))
-  expected = set(config.stages) - {"test"}
+  expected = set(config.stages) - {"test", "probe"}
   assert set(results["stages"]) == expected
   for stage in results["stages"].values():
     assert stage["steps"] > 0 and np.isfinite(stage["final_metrics"]["loss"])
@@ -60,3 +68,21 @@ def test_method_trains_and_evaluates(name, cohort, tmp_path, run_numbers):
   assert written["method"] == config.method
   for split in ("val", "test"):
     assert written[f"{split}_accuracy"] == results[f"{split}_accuracy"]
+  # Every method answers the attention protocol: its first test patient's slides get heatmaps,
+  # whose score files hold one row per patch of the slide's feature file.
+  report = tmp_path / "report"
+  markdown = (report / "report.md").read_text()
+  drawn = re.findall(r"\]\((heatmap_[^)]+\.png)\)", markdown)
+  slide_ids = re.findall(r"^### .*: slide (\S+)$", markdown, flags=re.M)
+  assert drawn and len(drawn) == len(slide_ids)
+  for png, slide_id in zip(drawn, slide_ids):
+    assert (report / png).stat().st_size > 0
+    stem = png[len("heatmap_"):-len(".png")]
+    with open(report / "slides" / stem / "scores.csv") as f:
+      rows = list(csv.DictReader(f))
+    with h5py.File(os.path.join(cohort["features_dir"], f"{slide_id}.h5")) as f:
+      coords = f["coords"][:]
+    assert [(int(r["x"]), int(r["y"])) for r in rows] == [tuple(c) for c in coords.tolist()]
+    scores = np.array([float(r["attention"]) for r in rows])
+    assert np.all(np.isfinite(scores)) and np.all(scores >= 0) and scores.max() > 0
+    assert (report / "slides" / stem / "scores.geojson").is_file()

@@ -47,7 +47,7 @@ def test_abmil_matches_numpy():
   model.eval()
   x = RNG.standard_normal((1, 9, IN)).astype(np.float32)
   h = np.maximum(x[0] @ params(model, "fc", "kernel") + params(model, "fc", "bias"), 0)
-  a = np_softmax(np_gated(model.attention, h)[:, 0])
+  a = np_softmax(np_gated(model.attention_net, h)[:, 0])
   bag = a @ h
   want = bag @ params(model, "head", "kernel") + params(model, "head", "bias")
   logits, emb = model(jnp.asarray(x))
@@ -80,7 +80,7 @@ def test_clam_matches_numpy(multi_branch):
   model.eval()
   x = RNG.standard_normal((9, IN)).astype(np.float32)
   h = np.maximum(x @ params(model, "fc", "kernel") + params(model, "fc", "bias"), 0)
-  a = np_softmax(np_gated(model.attention, h).T, axis=-1)                            # [K, N]
+  a = np_softmax(np_gated(model.attention_net, h).T, axis=-1)                            # [K, N]
   pooled = a @ h                                                                      # [K, dim]
   if multi_branch:
     want = np.einsum("cd,cd->c", pooled, params(model, "head_kernel")) + params(model, "head_bias")

@@ -371,6 +371,9 @@ def test_gimp_pretrain_loss_terms_match_numpy(normalize, triplet_on, var_weight)
   np.testing.assert_allclose(float(metrics["tri_loss"]), want_tri, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(float(loss), want, rtol=1e-4, atol=1e-6)
   assert ("gene_gap" in metrics) == ("pat" in triplet_on)
+  assert float(metrics["tri_anchors"]) == 1.0  # three of each class: every case anchors
+  none = dict(batch, label=jnp.asarray([0, 1, 2, 3, 4, 5], jnp.int32))  # no positive anywhere
+  assert float(gimp_objective.make_loss(cfg)(model, none)[1]["tri_anchors"]) == 0.0
 
 
 def _padded_windows(cfg, lengths, seed=0):
@@ -411,18 +414,19 @@ def test_gimp_pretrain_loss_on_padded_short_windows_equals_every_position_decode
                                patch_mask=batch["patch_mask"])
     return cls, m.reconstruct(tokens)
 
-  new_loss = gimp_objective.make_loss(cfg)
-  _, metrics = new_loss(model, batch)
-  cls_old, rec_full = every_position(model)
+  new_loss = gimp_objective.make_loss(cfg)  # jitted below: eager dispatch costs 5x the compile
+  _, metrics = nnx.jit(new_loss)(model, batch)
+  cls_old, rec_full = nnx.jit(every_position)(model)
   want = np.abs(np.asarray(rec_full, np.float64) - np.asarray(batch["patches"]))[
       np.asarray(real_masked)].mean()
   np.testing.assert_allclose(float(metrics["rec_loss"]), want, rtol=1e-5)
   slots = masking.mpm_slots(batch["mpm_mask"], masking.num_masked(64, 0.5), batch["patch_mask"])
-  cls_new, _ = model.aggregator(batch["patches"], mpm_mask=slots, patch_mask=batch["patch_mask"])
+  cls_new, _ = nnx.jit(lambda m: m.aggregator(batch["patches"], mpm_mask=slots,
+                                              patch_mask=batch["patch_mask"]))(model)
   np.testing.assert_allclose(np.asarray(cls_new), np.asarray(cls_old), rtol=1e-5, atol=1e-6)
-  g_new = nnx.grad(lambda m: new_loss(m, batch)[1]["rec_loss"])(model)
-  g_old = nnx.grad(lambda m: losses.masked_l1(every_position(m)[1], batch["patches"],
-                                              real_masked))(model)
+  g_new = nnx.jit(nnx.grad(lambda m: new_loss(m, batch)[1]["rec_loss"]))(model)
+  g_old = nnx.jit(nnx.grad(lambda m: losses.masked_l1(every_position(m)[1], batch["patches"],
+                                                      real_masked)))(model)
   for a, b in zip(jax.tree_util.tree_leaves(g_new), jax.tree_util.tree_leaves(g_old)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
@@ -430,14 +434,16 @@ def test_gimp_pretrain_loss_on_padded_short_windows_equals_every_position_decode
 def test_gimp_pretrain_loss_is_nan_for_a_mask_outside_the_static_bound():
   """A window with more than K = num_masked(L, ratio) masked patches cannot be decoded in K slots:
   L_rec is NaN (the loop's non-finite guard stops), not a loss over part of them."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
   from gimp_jax.models import build  # pylint: disable=g-import-not-at-top
   from gimp_jax.objectives import gimp as gimp_objective  # pylint: disable=g-import-not-at-top
   cfg = nsclc.get_config("tiny")
   model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
   batch = _padded_windows(cfg, [64, 64])
   del batch["patch_mask"]
-  _, metrics = gimp_objective.make_loss(cfg)(model, batch)
+  loss_fn = nnx.jit(gimp_objective.make_loss(cfg))  # one compile: eager dispatch is 5x slower
+  _, metrics = loss_fn(model, batch)
   assert np.isfinite(float(metrics["rec_loss"]))
   batch["mpm_mask"] = batch["mpm_mask"].at[1].set(jnp.arange(64) < 33)
-  loss, metrics = gimp_objective.make_loss(cfg)(model, batch)
+  loss, metrics = loss_fn(model, batch)
   assert np.isnan(float(metrics["rec_loss"])) and np.isnan(float(loss))

@@ -115,6 +115,12 @@ def test_mixed_cohort_trains_through_every_stage_each_using_what_it_can(mixed, t
   assert {p for p, m in used.items() if m == "slide"} == slide_only
   assert np.isfinite(result["probs"]).all() and len(used) == 24
   assert (result["label"][[list(result["patient_id"]).index(p) for p in unlabelled]] == -1).all()
+  given.data.expression = ""  # slides only, no table at all: every patient from the slide alone
+  alone = predict.predict(str(tmp_path), given)
+  assert list(alone["patient_id"]) == list(result["patient_id"])
+  assert set(alone["modality"]) == {"slide"}
+  rows = [list(result["patient_id"]).index(p) for p in sorted(slide_only)]
+  np.testing.assert_array_equal(alone["probs"][rows], result["probs"][rows])  # same input
 
 
 def test_predict_refuses_slide_only_patients_for_a_model_without_the_token(mixed, tmp_path):
@@ -128,3 +134,10 @@ def test_predict_refuses_slide_only_patients_for_a_model_without_the_token(mixed
   lines = str(e.value).splitlines()
   assert sorted(line.split("patient ")[1].split(":")[0] for line in lines) == sorted(slide_only)
   assert all("cannot predict from the slide alone" in line for line in lines)
+  given = _config(paths)
+  given.data.expression = ""  # no table: every patient would be slide-only
+  with pytest.raises(DataError) as e:
+    predict.predict(str(tmp_path), given)
+  lines = str(e.value).splitlines()
+  assert len(lines) == 24 and all(line.startswith("data.expression (none given): patient ")
+                                  for line in lines)

@@ -68,8 +68,25 @@ def _independent(workdir, paths):
 
 def test_predictions_equal_an_independent_forward_pass(trained, tmp_path):
   workdir, paths = trained
-  result = predict.predict(workdir, _config(paths))
+  result = predict.predict(workdir, _config(paths), attention_dir=str(tmp_path / "attention"))
   expected = _independent(workdir, paths)
+  # --attention: each slide's scores are the model's attention over its bag alone, unpadded.
+  c = _config(paths)
+  cohort = preflight.preflight(c, workdir)
+  model = methods.get(c.method).build(c, cohort.gene_names, cohort.num_classes, c.seed)
+  model = create_state(model).replace(params=restore_params(
+      workdir, "finetune_best", model)).model(train=False)
+  for i, p in enumerate(cohort.patients[:4]):  # eager forward passes: a few patients
+    bag = cohort.bag(i)
+    want = np.asarray(model.attention(jax.numpy.asarray(bag.features()[None]),
+                                      jax.numpy.asarray(cohort.genes[i:i + 1]), None))[0]
+    rows = []
+    for slide_id in p.slide_ids:  # the whole bag's scores, cut per slide in bag order
+      with open(tmp_path / "attention" / "slides" / slide_id / "scores.csv") as f:
+        rows += list(csv.DictReader(f))
+      assert (tmp_path / "attention" / f"heatmap_{slide_id}.png").is_file()
+    assert [(int(r["x"]), int(r["y"])) for r in rows] == [tuple(v) for v in bag.coords().tolist()]
+    np.testing.assert_allclose([float(r["attention"]) for r in rows], want, rtol=1e-4, atol=1e-7)
   assert list(result["patient_id"]) == sorted(expected)
   for pid, probs in zip(result["patient_id"], result["probs"]):
     np.testing.assert_allclose(probs, expected[pid], rtol=0, atol=2e-6)
@@ -110,10 +127,31 @@ def test_refuses_features_of_another_width(trained, tmp_path):
              for x in lines[:-1])
   assert lines[-1] == f"{workdir}: the model was trained on features of width 32"
   c = _config(new)
-  c.data.feature_dim = 16  # a config saying so does not make the model fit
-  with pytest.raises(DataError, match=(r"^config: data.feature_dim: 16, but the model in "
-                                       rf"{workdir} was trained on features of width 32\n")):
+  c.data.feature_dim = 16  # --config does not set the model's width: the run's config rules
+  with pytest.raises(DataError) as again:
     predict.predict(workdir, c)
+  assert str(again.value) == str(e.value)
+
+
+def test_a_few_listed_patients_of_a_shared_features_folder(trained, tmp_path, caplog):
+  """The labels CSV names 5 of the 20 patients whose slides share one folder: those 5 are
+  predicted (as in the whole cohort's prediction) and the other slide files are ignored."""
+  workdir, paths = trained
+  everyone = predict.predict(workdir, _config(paths))
+  lines = open(paths["labels"]).read().split()
+  wanted = sorted({r.split(",")[0] for r in lines[1:]})[3:8]
+  few = tmp_path / "few.csv"
+  few.write_text("\n".join([lines[0]] + [r for r in lines[1:] if r.split(",")[0] in wanted]) + "\n")
+  c = _config(paths)
+  c.data.labels = str(few)
+  with caplog.at_level("INFO"):
+    result = predict.predict(workdir, c)
+  assert list(result["patient_id"]) == wanted
+  rows = [list(everyone["patient_id"]).index(p) for p in wanted]
+  np.testing.assert_array_equal(result["probs"], everyone["probs"][rows])
+  others = len(os.listdir(paths["features_dir"])) - (len(open(few).read().split()) - 1)
+  assert f"{others} slide file(s) have no row in {few} (first: " in caplog.text
+  assert "ignored, only the 5 listed patient(s) are used" in caplog.text
 
 
 def test_refuses_labels_outside_the_run_classes(trained, tmp_path):
@@ -133,7 +171,7 @@ def test_command_line(trained, tmp_path):
   lines = open(new["expression"]).read().splitlines()
   open(new["expression"], "w").write("\n".join(lines[:-1]) + "\n")  # one gene fewer
   args = [sys.executable, "-m", "gimp_jax.predict", f"--workdir={workdir}",
-          f"--config={os.path.join(ROOT, 'configs', 'nsclc.py')}:tiny",
+          f"--config={os.path.join(ROOT, 'configs', 'nsclc.py')}",  # the --help example, :tiny run
           f"--config.data.features_dir={new['features_dir']}",
           f"--config.data.expression={new['expression']}",
           f"--config.data.labels={new['labels']}", f"--out={tmp_path / 'p.csv'}"]
@@ -153,6 +191,9 @@ def test_command_line(trained, tmp_path):
   ok = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert ok.returncode == 0, ok.stderr[-3000:]
   assert ok.stdout.splitlines()[-1] == f"gimp_jax.predict: 20 patients -> {out}"
+  logged = [x for x in ok.stderr.splitlines() if x[:1] in "IWE"]  # absl's lines
+  assert not [x for x in logged if "orbax" in x or "checkpoint" in x.split("]")[0]], logged
+  assert "Missing metrics" not in ok.stderr and len(logged) <= 6, logged
   expected = predict.predict(workdir, _config(paths))
   names = list(expected["class_names"])
   rows = list(csv.DictReader(open(out)))
@@ -164,11 +205,36 @@ def test_command_line(trained, tmp_path):
 
 def test_an_output_folder_that_cannot_be_made_is_refused_before_inference(tmp_path):
   (tmp_path / "file").write_text("x")
+  given = _config({"features_dir": "", "expression": "", "labels": ""})
   with pytest.raises(DataError, match=f"^{tmp_path}/file/p.csv: --out: cannot create the folder "
                      f"{tmp_path}/file "):
-    predict.prepare_out(str(tmp_path / "file" / "p.csv"))
+    predict.prepare_out(str(tmp_path / "file" / "p.csv"), str(tmp_path / "run"), given)
   with pytest.raises(DataError, match="--out: is a folder"):
-    predict.prepare_out(str(tmp_path))
+    predict.prepare_out(str(tmp_path), str(tmp_path / "run"), given)
+
+
+def test_an_output_over_an_input_or_the_trained_run_is_refused(trained, tmp_path):
+  workdir, paths = trained
+  given = _config(paths)
+  slide = sorted(os.listdir(paths["features_dir"]))[0]
+  link = tmp_path / "link.csv"
+  link.symlink_to(paths["labels"])
+  cases = {
+      paths["labels"]: f"is the input data.labels ({paths['labels']})",
+      paths["expression"]: f"is the input data.expression ({paths['expression']})",
+      os.path.join(paths["features_dir"], slide): f"is in the input data.features_dir "
+                                                  f"({paths['features_dir']})",
+      os.path.join(workdir, "config.json"): f"is in the trained run's workdir ({workdir})",
+      os.path.join(workdir, "new", "p.csv"): f"is in the trained run's workdir ({workdir})"}
+  before = {p: open(p, "rb").read() for p in cases if os.path.isfile(p)}
+  for out, why in cases.items():
+    with pytest.raises(DataError) as e:
+      predict.prepare_out(out, workdir, given)
+    assert str(e.value) == f"{out}: --out: {why}; write the predictions elsewhere"
+  with pytest.raises(DataError, match=rf"^--out: {link}: is a symbolic link to {paths['labels']}"):
+    predict.prepare_out(str(link), workdir, given)
+  assert {p: open(p, "rb").read() for p in before} == before
+  predict.prepare_out(str(tmp_path / "p.csv"), workdir, given)  # elsewhere: fine
 
 
 def test_a_workdir_without_a_fine_tuned_model_is_left_as_it_was(trained, tmp_path):
@@ -181,5 +247,21 @@ def test_a_workdir_without_a_fine_tuned_model_is_left_as_it_was(trained, tmp_pat
   with pytest.raises(DataError, match="finetune_best: no fine-tuned checkpoint; run the finetune "
                      "stage first"):
     predict.predict(str(copy), _config(paths))
+  assert sorted(os.path.relpath(os.path.join(r, n), copy)
+                for r, ds, ns in os.walk(copy) for n in ds + ns) == listing
+
+
+def test_predict_leaves_the_workdir_it_reads_as_it_was(trained, tmp_path):
+  """A save in progress there (orbax's temporary folder) is not removed: predict restores
+  read-only, so nothing in the trained run's workdir is created, cleaned or moved."""
+  workdir, paths = trained
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  best = copy / "checkpoints" / "finetune_best"
+  step = sorted(os.listdir(best))[0]
+  shutil.copytree(best / step, best / f"{int(step) + 1}.orbax-checkpoint-tmp-1700000000")
+  listing = sorted(os.path.relpath(os.path.join(r, n), copy)
+                   for r, ds, ns in os.walk(copy) for n in ds + ns)
+  predict.predict(str(copy), _config(paths))
   assert sorted(os.path.relpath(os.path.join(r, n), copy)
                 for r, ds, ns in os.walk(copy) for n in ds + ns) == listing

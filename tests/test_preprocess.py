@@ -20,8 +20,8 @@ from torch import nn
 from gimp_jax.data import clam
 from gimp_jax.errors import DataError
 from gimp_jax.preprocess import convert
+from gimp_jax.preprocess import encoders
 from gimp_jax.preprocess import extract
-from gimp_jax.preprocess import resnet
 from gimp_jax.preprocess import tiling
 
 
@@ -118,7 +118,7 @@ def weights_safetensors(torch_model, tmp_path_factory):
 
 def test_matches_torch_resnet50_trunk(torch_model, weights_pth):
   model = convert.resnet50_trunk_from_file(weights_pth)
-  features = resnet.make_feature_fn(model)
+  features = encoders.make_feature_fn(encoders.PRESETS['resnet50_trunc'], model)
   rng = np.random.default_rng(0)
   small = rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
   large = rng.integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
@@ -148,7 +148,8 @@ def test_bfloat16_compute_is_close(torch_model):
   model = convert.resnet50_trunk_from_state_dict(state, dtype=jnp.bfloat16)
   assert model.conv1.kernel[...].dtype == jnp.float32  # parameters stay float32.
   images = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
-  ours = np.asarray(resnet.make_feature_fn(model)(images))
+  features = encoders.make_feature_fn(encoders.PRESETS['resnet50_trunc'], model)
+  ours = np.asarray(features(images))
   ref = _torch_features(torch_model, images)
   assert ours.dtype == np.float32
   assert np.abs(ours - ref).max() < 0.05 * np.abs(ref).max()

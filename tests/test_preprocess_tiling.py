@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from gimp_jax.errors import DataError
 from gimp_jax.preprocess import tiling
 from gimp_jax.preprocess import tissue
 from gimp_jax.preprocess import writer
@@ -69,8 +70,11 @@ def test_level0_mpp_and_fallbacks():
   assert tiling.level0_mpp({'openslide.mpp-x': '0.2527'}, 's') == pytest.approx(0.2527)
   with mock.patch.object(tiling.logging, 'warning') as warning:
     assert tiling.level0_mpp({'openslide.objective-power': '40'}, 's') == pytest.approx(0.25)
-    assert tiling.level0_mpp({'openslide.mpp-x': 'n/a'}, 's') == pytest.approx(0.5)
-  assert warning.call_count == 2
+  assert warning.call_count == 1
+  with pytest.raises(DataError, match=r's: .*--mpp='):  # no guess: the user is told the fix
+    tiling.level0_mpp({'openslide.mpp-x': 'n/a'}, 's')
+  assert tiling.level0_mpp({'openslide.mpp-x': 'n/a'}, 's', override=0.5) == 0.5
+  assert tiling.level0_mpp({'openslide.mpp-x': '0.25'}, 's', override=0.5) == 0.5
 
 
 @pytest.mark.parametrize('mpp, downsamples, level, read_size', [

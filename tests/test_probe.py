@@ -92,7 +92,6 @@ def test_probe_stage_is_deterministic_and_reads_the_pretrained_encoder(cohort, t
   clf = LogisticRegression(max_iter=500).fit(x, y)
   assert first["shots"]["all"]["test"]["balanced_accuracy"]["mean"] == pytest.approx(
       balanced_accuracy_score(r.cohort.labels[test], clf.predict(emb[test])), abs=1e-12)
-  r.writer.close()
 
 
 def test_probe_without_pretraining_uses_the_initial_gimp_aggregator(cohort, tmp_path):

@@ -1,19 +1,17 @@
 """gimp_jax/reference.py (the penalised linear reference of every run): mean pooling read in chunks
 against h5py, the penalty chosen on validation only, the Cox row against scikit-survival fitted
-here; and experiments/reference.py's paired difference against scipy's paired t-test."""
+here."""
 
 import csv
 import os
 
 import h5py
 import numpy as np
-from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sksurv.linear_model import CoxnetSurvivalAnalysis
 from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
 
-from experiments import reference as experiments_reference
 from gimp_jax import reference
 from gimp_jax.configs import nsclc
 from gimp_jax.data import cohort as cohort_lib
@@ -91,15 +89,3 @@ def test_cox_row_matches_scikit_survival_and_missing_genes_are_the_training_mean
   filled[260, 2:] = mu[2:]
   assert reference.fit_cox(missing, times, censorship, splits) == reference.fit_cox(
       filled, times, censorship, splits)
-
-
-def test_paired_difference_matches_scipy_ttest_rel():
-  a = {0: 0.90, 1: 0.85, 2: 0.88, 3: 0.91, 4: 0.87, 7: 0.5}   # seed 7 has no partner: ignored
-  b = {0: 0.88, 1: 0.86, 2: 0.84, 3: 0.90, 4: 0.83, 9: 0.1}
-  got = experiments_reference.paired_difference(a, b)
-  x, y = np.array([a[s] for s in range(5)]), np.array([b[s] for s in range(5)])
-  ci = stats.ttest_rel(x, y).confidence_interval(0.95)
-  assert got["n"] == 5 and sorted(got["per_seed"]) == [0, 1, 2, 3, 4]
-  np.testing.assert_allclose(got["mean"], np.mean(x - y), rtol=1e-12)
-  np.testing.assert_allclose(got["ci95"], (ci.low, ci.high), rtol=1e-10)
-  assert experiments_reference.paired_difference({0: 1.0}, {0: 0.5})["ci95"] is None

@@ -13,7 +13,10 @@ import pytest
 
 from gimp_jax import report
 from gimp_jax.report import heatmap
+from gimp_jax.report import figures as figures_lib
 from gimp_jax.report import page
+from gimp_jax.report import slides
+from gimp_jax.report import survival as survival_report
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -213,9 +216,9 @@ def test_write_report(tmp_path):
                         'finetune': {'final_losses': {'l_cls': 0.25}, 'wall_time_s': 40.0}}}
   xs, ys = np.meshgrid(np.arange(30), np.arange(20))
   coords = np.stack([xs.ravel(), ys.ravel()], 1) * 256
-  heatmaps = [('TCGA-001', coords, rng.uniform(size=600)),
-              ('TCGA-001', coords[:300], rng.uniform(size=300)),  # a second slide, same patient
-              ('TCGA 002/x', coords[100:], rng.uniform(size=500))]
+  heatmaps = [slides.SlideScores('TCGA-001', 's1', coords, rng.uniform(size=600), 256),
+              slides.SlideScores('TCGA-001', 's2', coords[:300], rng.uniform(size=300), 256),
+              slides.SlideScores('TCGA 002/x', 's3', coords[100:], rng.uniform(size=500), 256)]
   history = {'finetune': [(s, {'loss': 1 / (s + 1), 'val_accuracy': s / 10}) for s in range(10)]}
   tsne = (rng.normal(size=(40, 16)), np.arange(40) % 2)
   (tmp_path / 'heatmap_stale.png').write_bytes(b'old')  # an earlier report's file
@@ -225,14 +228,18 @@ def test_write_report(tmp_path):
                                 heatmaps=heatmaps, history=history, seed=1)
   assert md_path == os.path.join(tmp_path, 'report.md')
   markdown = open(md_path).read()
-  written = set(os.listdir(tmp_path)) - {'report.md', 'report.html', 'notes.txt'}
+  written = {os.path.relpath(os.path.join(root, name), tmp_path)
+             for root, _, names in os.walk(tmp_path) for name in names}
+  written -= {'report.md', 'report.html', 'notes.txt'}
   links = _links(markdown)
   assert len(links) == len(set(links))
   assert set(links) == written  # exactly the files that exist
+  per_slide = {f'slides/{stem}/scores.{ext}' for stem in ('TCGA-001', 'TCGA-001_2', 'TCGA_002_x')
+               for ext in ('csv', 'geojson')}
   assert written == {'roc_test.png', 'roc_val.png', 'confusion_test.png', 'confusion_val.png',
                      'tsne_train.png', 'heatmap_TCGA-001.png', 'heatmap_TCGA-001_2.png',
                      'heatmap_TCGA_002_x.png', 'loss_curves.png', 'predictions_test.csv',
-                     'predictions_val.csv'}
+                     'predictions_val.csv'} | per_slide
   for name in written:
     if name.endswith('.png'):
       _assert_png(tmp_path / name)
@@ -330,3 +337,68 @@ def test_a_failed_report_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
     report.write_report(out, **kwargs)
   assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
   assert os.listdir(tmp_path) == ['report']
+
+
+def _captured(monkeypatch, module):
+  """Figures passed to `module`'s save_png, kept (the PNG still written)."""
+  figs = []
+  owner = module if module is figures_lib else module.figures
+  real = owner.save_png
+  def keep(fig, path):
+    figs.append(fig)
+    return real(fig, path)
+  monkeypatch.setattr(owner, 'save_png', keep)
+  return figs
+
+
+def _inside(fig):
+  """Whether everything drawn on `fig` (titles, labels, tick labels, legends) lies on the canvas:
+  the tight bounding box of the drawn artists, in inches, within the figure's size."""
+  fig.canvas = FigureCanvasAgg(fig)
+  renderer = fig.canvas.get_renderer()
+  box = fig.get_tightbbox(renderer)
+  width, height = fig.get_size_inches()
+  return box.x0 >= -0.01 and box.y0 >= -0.01 and box.x1 <= width + 0.01 and box.y1 <= height + 0.01
+
+
+def test_curves_fill_every_panel_and_mark_the_kept_epoch(tmp_path, monkeypatch):
+  figs = _captured(monkeypatch, figures_lib)
+  history = {'pretrain': [(s, {'l_rec': 1 / (s + 1)}) for s in range(20)],  # no validation
+             'finetune': [(s, {'loss': 0.7 - s / 100}) for s in range(10)]}
+  val_history = {'finetune': [(e, {'accuracy': e / 5}) for e in range(5)]}
+  report.loss_curves_png(tmp_path / 'c.png', history, val_history, chosen={'finetune': 3})
+  (fig,) = figs
+  titles = [ax.get_title() for ax in fig.axes]
+  assert titles == ['pretrain: losses', 'finetune: losses', 'finetune: validation']
+  assert all(ax.lines and ax.axison for ax in fig.axes)  # no empty panel
+  marks = [line for line in fig.axes[2].lines if line.get_label() == 'kept (epoch 3)']
+  assert len(marks) == 1 and list(marks[0].get_xdata()) == [3, 3]
+  assert _inside(fig)
+
+
+def test_survival_figures_have_time_units_and_unclipped_labels(tmp_path, monkeypatch):
+  figs = _captured(monkeypatch, survival_report)
+  rng = np.random.default_rng(0)
+  times, censorship = rng.uniform(1, 60, 40), rng.integers(0, 2, 40)
+  survival_report.km_png(str(tmp_path / 'km.png'), times, censorship, np.arange(40) % 2 == 0,
+                         'Kaplan-Meier, test', 'months')
+  survival_report.risk_png(str(tmp_path / 'risk.png'), {'test': rng.normal(size=40)}, 0.0)
+  km, risk = figs
+  assert km.axes[0].get_xlabel() == 'time (months)'
+  assert _inside(km) and _inside(risk)
+
+
+def test_report_shows_data_run_and_gene_only_numbers(tmp_path):
+  rng = np.random.default_rng(5)
+  test = _predictions(rng, 10, 2)
+  facts = {'splits': {'train': {'patients': 30, 'LUAD': 14, 'LUSC': 16},
+                      'test': {'patients': 10, 'LUAD': 5, 'LUSC': 5}},
+           'command': 'main.py --config=configs/methods/abmil.py:tiny',
+           'config_diff': ['finetune.epochs: 100 -> 1', 'seed: 0 -> 3']}
+  report.write_report(tmp_path, results={'test_accuracy': 0.8, 'gene_only_test_accuracy': 0.7},
+                      class_names=['LUAD', 'LUSC'], predictions={'test': test}, facts=facts)
+  markdown = (tmp_path / 'report.md').read_text()
+  assert '| train | 30 | 14 | 16 |' in markdown and '| test | 10 | 5 | 5 |' in markdown
+  assert 'Command: main.py --config=configs/methods/abmil.py:tiny' in markdown
+  assert '| finetune.epochs | 100 -\\> 1 |' in markdown and '| seed | 0 -\\> 3 |' in markdown
+  assert '| gene\\_only\\_accuracy | 0.7000 |' in markdown

@@ -39,3 +39,27 @@ def test_stage_records_keep_the_last_record_of_each_step(tmp_path):
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   assert loop.stage_records(str(tmp_path), "pretrain") == [(1, {"loss": 3.0}),
                                                               (2, {"loss": 2.5})]
+
+
+def test_a_triplet_without_anchors_names_the_batch_not_the_margin(monkeypatch):
+  """Survival pre-training with few uncensored cases per batch: L_tri = 0 because no batch holds an
+  anchor; the warning says so and suggests only what is not already set."""
+  seen = []
+  monkeypatch.setattr(logging, "warning", lambda msg, *args: seen.append(msg % args))
+  cfg = ml_collections.ConfigDict({"margin": 0.8, "batch_size": 8, "triplet_normalize": True,
+                                   "triplet_on": "pat+img"})
+  meta = {"history": [{"tri_active": 0.0, "tri_anchors": 0.0, "uncensored": 2.25,
+                       "gene_gap": 0.0, "img_spread": 0.9}]}
+  pretrain_stage.diagnose_pretrain(cfg, 3, meta)
+  assert seen == [
+      "pretrain epoch 3: L_tri had no anchor in any batch, so it sent no gradient: each batch of 8 "
+      "windows held 2.25 uncensored cases on average (the survival triplet uses the uncensored "
+      "cases only, their time bins as classes), too few for a triplet (two uncensored cases of "
+      "one time bin and one of another). Raise pretrain.batch_size (now 8), or lower "
+      "survival.num_bins."]
+  seen.clear()  # anchors there, hinges satisfied: the defaults already on are not suggested
+  meta = {"history": [{"tri_active": 0.0, "tri_anchors": 0.5, "gene_gap": 3.0,
+                       "img_spread": 0.9}]}
+  pretrain_stage.diagnose_pretrain(cfg, 0, meta)
+  assert len(seen) == 1 and seen[0].endswith("no triplet gradient. Raise pretrain.margin (now "
+                                             "0.8).")

@@ -12,6 +12,7 @@ import pytest
 from gimp_jax import losses
 from gimp_jax import metrics
 from gimp_jax.data import cohort as ch
+from gimp_jax.data import labels as labels_lib
 from gimp_jax.data import splits as splits_lib
 from gimp_jax.data import survival as surv_data
 from gimp_jax.data import synthetic
@@ -160,7 +161,7 @@ def test_bad_survival_values_are_refused_one_line_each(cohort_files, tmp_path):
   assert f"line 11: patient {df.case_id[9]}: censorship: '2' must be 0 or 1" in lines[2]
   no_columns = _write(tmp_path / "nocols.csv", "case_id,slide_id,label\nA,A1,x\n")
   with pytest.raises(DataError, match="header: survival needs columns survival_months,censorship"):
-    ch.read_labels(no_columns, "survival")
+    labels_lib.read_labels(no_columns, "survival")
 
 
 def test_split_files_unknown_case_and_no_events(cohort_files, tmp_path):
@@ -203,6 +204,16 @@ def test_triplet_on_uncensored_cases_equals_triplet_on_their_subset():
                                jnp.asarray(use))
     want = losses.triplet_terms(jnp.asarray(emb[use]), jnp.asarray(labels[use]), 0.8, mining)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
+
+
+def test_triplet_anchors_are_the_uncensored_cases_with_a_positive_and_a_negative():
+  for seed in range(5):
+    rng = np.random.default_rng(seed)
+    labels, use = rng.integers(0, 4, 8), rng.uniform(size=8) < 0.4
+    want = [bool(use[i] and any(use[j] and j != i and labels[j] == labels[i] for j in range(8))
+                 and any(use[j] and labels[j] != labels[i] for j in range(8))) for i in range(8)]
+    got = losses.triplet_anchors(jnp.asarray(labels), jnp.asarray(use))
+    np.testing.assert_array_equal(np.asarray(got), want)
 
 
 def test_synthetic_survival_mode(cohort_files):

@@ -501,18 +501,28 @@ def test_drop_incomplete_keeps_everyone_else_in_their_split(cohort):
       pid: k for pid, k in split_of.items() if pid != "TCGA-SY-0005"}
 
 
-def test_config_ranges_are_checked_before_any_input(cohort):
-  _, c = cohort
+def test_config_and_data_problems_are_reported_together(cohort):
+  root, c = cohort
   c.pretrain.window = 1  # round(0.5 x 1) = 0 or 1 patch masked: no visible or no masked patch
   c.finetune.label_smoothing = 1.0
   c.optim.learning_rate = 0.0
   c.model.heads = 5  # does not divide dim 32
   c.finetune.select_metric = "val_loss"
-  c.data.labels = "/absent.csv"  # not read: config problems come alone
+  c.finetune.epochs = -1
+  os.remove(h5(root, P0))  # a data problem: reported beside the config's
   assert problems_of(c) == [
       "config: optim.learning_rate: 0.0, expected a number > 0",
+      "config: finetune.epochs: -1, expected an integer >= 1",
       "config: finetune.label_smoothing: 1.0, expected a number >= 0 and < 1",
       "config: finetune.select_metric: 'val_loss', expected one of val_accuracy, val_auc, val_f1",
       "config: model.heads: 5 does not divide model.dim 32",
       "config: pretrain.mask_ratio: 0.5 of a window of 1 patches masks 0: L_rec needs at least "
-      "one masked and one visible patch"]
+      "one masked and one visible patch",
+      f"{where(root, P0)}feature file missing (no image modality)"]
+  with pytest.raises(DataError) as e:  # the same lines from training, before anything is written
+    run_lib.train_and_evaluate(c, str(root / "run"))
+  assert str(e.value).split("\n") == problems_of(c) and not (root / "run").exists()
+  c.data.feature_dim = 0  # the inputs cannot be read as configured: config problems alone
+  problems = problems_of(c)
+  assert "config: data.feature_dim: 0, expected an integer >= 1" in problems
+  assert all(p.startswith("config: ") for p in problems), problems

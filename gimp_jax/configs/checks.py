@@ -151,6 +151,25 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   if present and folds and (folds < 3 or not -1 <= fold < folds):
     out.append(f"config: data.num_folds/fold: {folds}/{fold}, expected num_folds >= 3 and "
                "-1 <= fold < num_folds (-1: every fold; or num_folds 0: one split)")
+  _, splits_dir = _get(config, "data.splits_dir")
+  if present and folds and splits_dir:
+    out.append(f"config: data.num_folds/splits_dir: both set ({folds} and {splits_dir!r}): the "
+               "split files define the folds; set data.num_folds=0, or data.splits_dir='' for "
+               f"{folds} seeded folds")
+  _, task = _get(config, "task")
+  _, loss = _get(config, "survival.loss")
+  present, batch = _get(config, "finetune.batch_size")
+  if (task == "survival" and loss == "cox" and "finetune" in stages and present
+      and isinstance(batch, int) and 0 < batch < 2):
+    out.append(f"config: finetune.batch_size: {batch} with survival.loss='cox': the Cox partial "
+               "likelihood ranks the cases of a batch against each other, so a batch of one case "
+               "has no gradient (every loss 0, nothing trained); set finetune.batch_size >= 2 "
+               "(e.g. 16) or survival.loss='nll'")
+  present, shots = _get(config, "probe.shots")
+  if present and not (isinstance(shots, (tuple, list)) and all(
+      isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in shots)):
+    out.append(f"config: probe.shots: {shots!r}, expected positive integers (k training patients "
+               "per class; the fit on all of them is always added)")
   present, window = _get(config, "pretrain.window")
   _, ratio = _get(config, "pretrain.mask_ratio")
   _, mpm = _get(config, "pretrain.use_mpm")

@@ -33,6 +33,7 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.data.features_dir = ""                    # folder of <slide_id>.h5 (CLAM layout)
   c.data.expression = ""                      # Xena-style matrix file or folder of GDC per-sample files
   c.data.labels = ""                          # CSV patient_id,slide_id,label[,split]
+  c.data.slides_dir = ""                      # whole-slide images <slide_id>.svs|... (heatmaps on tissue)
   c.data.tfds_dir = ""                        # data_dir of the TFDS dataset when source == "tfds"
   c.data.feature_dim = 1024                   # CLAM ResNet50-trunc features [paper 2.2]
   c.data.num_genes = 60480                    # genes fed to the encoder [paper 3.1]; 0 = all in the table
@@ -143,5 +144,10 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
 
   c.report = ml_collections.ConfigDict()
   c.report.heatmaps = 3                       # test slides drawn with CLS -> patch attention
+  c.report.top_k = 8                          # top-scoring patches cropped per heatmap slide
+  c.report.patch_size_level0 = 256            # level-0 patch side when the .h5 coords attrs do not say
+  c.report.thumbnail_size = 2048              # heatmap thumbnail's longer side (pixels)
+  c.report.deepzoom_size = 8192               # report.html viewer: finest Deep Zoom level's longer side
+  c.report.time_unit = "months"               # survival times' unit (MCAT/PORPOISE: survival_months)
   c.report.tsne = True                        # t-SNE of CLS_pat on the training set after pre-training
   return sizes.apply(c, arg)

@@ -134,12 +134,41 @@ def inspect_slide(path: str, feature_dim: int | None = None) -> SlideInfo:
   return SlideInfo(path=path, num_patches=int(n), feature_dim=int(d))
 
 
+def _storage_problems(f: h5py.File, path: str) -> list[str]:
+  """Datasets that declare more rows than the file holds (a hostile or truncated header): a
+  chunked dataset must have every chunk stored, a contiguous one all its bytes, and no dataset
+  more stored bytes than the file has. Reads no data, only the chunk index."""
+  size = os.path.getsize(path)
+  problems = []
+  for name in (FEATURES, COORDS):
+    ds = f[name]
+    declared = f'declares {" x ".join(map(str, ds.shape))} {ds.dtype} ({ds.nbytes:,} bytes)'
+    stored = ds.id.get_storage_size()
+    if ds.chunks:
+      chunks = int(np.prod([-(-n // c) for n, c in zip(ds.shape, ds.chunks)]))
+      have = ds.id.get_num_chunks()
+      if have < chunks:
+        problems.append(f'{path}: {name}: {declared} but only {have} of its {chunks} chunks are '
+                        f'stored (the file has {size:,} bytes): never written, or truncated')
+        continue
+    elif stored < ds.nbytes:
+      problems.append(f'{path}: {name}: {declared} but the file holds {stored:,} bytes of it '
+                      f'(the file has {size:,} bytes): never written, or truncated')
+      continue
+    if stored > size:
+      problems.append(f'{path}: {name}: {stored:,} bytes stored but the file has {size:,}: '
+                      'truncated')
+  return problems
+
+
 def check_bag(path: str, feature_dim: int | None = None, dtype: str = 'float32') -> list[str]:
   """Every problem of one feature file, for a validator that reports all at once.
 
-  Checks the headers (as `inspect_slide`), then reads all features block by block for NaN/Inf once
-  cast to `dtype` (float64 values beyond its range become Inf there), and all coords for
-  readability (a truncated file can have intact headers and broken data).
+  Checks the headers (as `inspect_slide`) and that the file holds what they declare (a header can
+  declare 10^8 rows in a 2 KB file: `_storage_problems`), then reads all features block by block
+  for NaN/Inf once cast to `dtype` (float64 values beyond its range become Inf there), and all
+  coords block by block for readability (a truncated file can have intact headers and broken
+  data). Memory: one block of `_SCAN_ROWS` rows at a time.
 
   Args:
     path: the `.h5` file.
@@ -155,6 +184,11 @@ def check_bag(path: str, feature_dim: int | None = None, dtype: str = 'float32')
     return [str(e)]
   with f:
     problems = _header_problems(f, path, feature_dim)
+    if not problems:
+      try:
+        problems = _storage_problems(f, path)
+      except Exception as e:  # a corrupt chunk index
+        problems = [f'{path}: cannot read the storage of its datasets ({e})']
     if problems:
       return problems
     n = f[FEATURES].shape[0]
@@ -176,7 +210,8 @@ def check_bag(path: str, feature_dim: int | None = None, dtype: str = 'float32')
       problems.append(f'{path}: features: {bad_rows} rows contain NaN/Inf{cast_note} (first row '
                       f'{first_bad})')
     try:
-      f[COORDS][:]
+      for lo in range(0, n, _SCAN_ROWS):
+        f[COORDS][lo:lo + _SCAN_ROWS]
     except Exception as e:
       problems.append(f'{path}: coords: cannot read data ({e})')
   return problems

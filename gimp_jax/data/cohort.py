@@ -1,11 +1,9 @@
 """A cohort: patients with slides, an expression vector and a label, split into train/val/test.
 
-Inputs: a labels CSV `patient_id,slide_id,label[,split][,expression_id]` (CLAM's
-`case_id` is accepted for `patient_id`; several rows per patient = several slides, concatenated in
+Inputs: the labels CSV (`labels.py`: several rows per patient = several slides, concatenated in
 row order), a folder of CLAM `<slide_id>.h5` files, and an expression matrix or GDC folder
-(`expression.py`). For `task="survival"` the label column is replaced by `survival_months,
-censorship` (MCAT/PORPOISE) or `time,event` (`survival.py`), and each case's label is its time bin,
-fitted on the training split.
+(`expression.py`). For `task="survival"` each case's label is its time bin, fitted on the
+training split (`survival.py`).
 
 Splits: the `split` column (train/val/test) when present; a `splits_<fold>.csv` file of
 `splits_dir` (MCAT's); otherwise a seeded patient-level stratified split or k folds (`splits.py`;
@@ -13,8 +11,8 @@ survival cases are stratified by censorship). The gene list and the normalisatio
 training split only (`genes.py`), or taken from a stored `GeneNormalizer`.
 
 Every problem is one line naming the file, the patient and the field. `load_cohort` raises all of
-them at once as one `DataError`; `scan_cohort` returns
-them after reading every feature file in full (for `python -m gimp_jax.validate`).
+them at once as one `DataError`; `scan_cohort` returns them after reading every feature file in
+full (`gimp_jax.preflight`).
 With `drop_incomplete`, patients with problems of their own (a missing modality, a broken slide
 file, NaN in their expression) are dropped with a warning instead.
 
@@ -25,7 +23,6 @@ split stratifies the labelled ones. `gimp_jax.train.partial` says which stage us
 """
 
 from collections.abc import Mapping, Sequence
-import csv
 import dataclasses
 import os
 
@@ -35,14 +32,13 @@ import numpy as np
 from gimp_jax.data import clam
 from gimp_jax.data import expression as expr
 from gimp_jax.data import genes as genes_lib
+from gimp_jax.data import labels as labels_lib
 from gimp_jax.data import source
 from gimp_jax.data import splits as splits_lib
 from gimp_jax.data import survival
 from gimp_jax.errors import DataError
 
 SPLITS = splits_lib.SPLITS
-_SPLIT_NAMES = {'train': 'train', 'training': 'train', 'val': 'val', 'valid': 'val',
-                'validation': 'val', 'test': 'test', 'testing': 'test'}
 _SHOW = 5
 
 
@@ -64,7 +60,10 @@ class CohortSpec:
     task: "classification" or "survival".
     num_bins: survival time bins (k of NLL-surv).
     drop_incomplete: drop patients with problems of their own instead of failing.
-    allow_missing: keep patients without expression (NaN row) and with an empty label (-1).
+    allow_missing: keep patients without expression (NaN row) and with an empty label (-1); with
+      a stored gene list and no `expression` at all, every patient is slide-only.
+    listed_only: the labels CSV names the patients wanted from a shared `features_dir`: its other
+      slide files are ignored (their number logged) instead of refused (prediction).
     num_genes: length G of the gene list fitted on the training table (0: all genes; fewer: the
       most variable on the training split; more: padded with constant genes).
     strip_gene_versions: match genes without Ensembl version suffixes.
@@ -97,6 +96,7 @@ class CohortSpec:
   manifest: str | None = None
   preferred_sample_types: tuple[str, ...] | None = ('01',)
   compute_dtype: str = 'float32'
+  listed_only: bool = False
 
   @classmethod
   def from_mapping(cls, m: Mapping, **overrides) -> 'CohortSpec':
@@ -120,19 +120,6 @@ class CohortSpec:
                             compute_dtype=config.get('compute_dtype', 'float32'),
                             task=config.get('task', 'classification'),
                             num_bins=survival.get('num_bins', 4))
-
-
-@dataclasses.dataclass(frozen=True)
-class LabelRow:
-  """One row of the labels CSV (`line` is its 1-based line number)."""
-  line: int
-  patient_id: str
-  slide_id: str
-  label: str
-  split: str | None = None
-  expression_id: str | None = None
-  time: float | None = None
-  censorship: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,124 +222,7 @@ class Cohort:
     return self.bags[index]
 
 
-def _plain_name(slide_id: str) -> bool:
-  """Whether `features_dir/<slide_id>.h5` stays inside features_dir."""
-  return (slide_id not in ('.', '..') and '/' not in slide_id and '\\' not in slide_id
-          and os.sep not in slide_id and not os.path.isabs(slide_id))
-
-
-def read_labels(path: str, task: str = 'classification', allow_unlabelled: bool = False
-                ) -> list[LabelRow]:
-  """Reads the labels CSV; DataError listing every malformed row (an empty label is one unless
-  `allow_unlabelled`, `data.allow_missing`).
-
-  For `task="survival"` the outcome columns (`survival.FORMS`) replace `label` (any `label`
-  column is ignored) and each row's time and censorship are checked.
-  """
-  if not os.path.isfile(path):
-    raise DataError(f'{path}: labels file not found')
-  try:
-    with open(path, newline='', encoding='utf-8-sig') as f:  # -sig: Excel's "CSV UTF-8" BOM
-      reader = csv.reader(f)
-      header = next(reader, None)
-      table = [(reader.line_num, r) for r in reader]
-  except (UnicodeDecodeError, csv.Error) as e:
-    raise DataError(f'{path}: not a readable CSV ({e})') from e
-  if header is None:
-    raise DataError(f'{path}: header: file is empty')
-  cols = [h.strip().lower() for h in header]
-  cols = ['patient_id' if c == 'case_id' else c for c in cols]
-  required = ('patient_id', 'slide_id', 'label')
-  outcome = None
-  if task == 'survival':
-    required = ('patient_id', 'slide_id')
-    outcome = survival.outcome_columns(cols)
-    if outcome is None:
-      raise DataError(f'{path}: header: survival needs columns survival_months,censorship '
-                      f'(1 = censored) or time,event (1 = observed) (got {header})')
-  missing = [c for c in required if c not in cols]
-  if missing:
-    raise DataError(f'{path}: header: missing column(s) {", ".join(missing)} (got {header})')
-  if len(set(cols)) != len(cols):
-    raise DataError(f'{path}: header: duplicated column names {header}')
-  rows, problems = [], []
-  for line, r in table:
-    if not any(x.strip() for x in r):
-      continue
-    if len(r) != len(cols):
-      problems.append(f'{path}: line {line}: {len(r)} fields, the header has {len(cols)}')
-      continue
-    d = {c: x.strip() for c, x in zip(cols, r)}
-    if any('\n' in x or '\r' in x for x in d.values()):  # a quote left open spans lines
-      problems.append(f'{path}: line {line}: a field spans several lines (an unclosed quote?)')
-      continue
-    empty = [c for c in required if not d[c] and not (c == 'label' and allow_unlabelled)]
-    if empty:
-      problems.append(f'{path}: line {line}: patient {d["patient_id"] or "?"}: empty '
-                      f'{", ".join(empty)}')
-      continue
-    if not _plain_name(d['slide_id']):
-      problems.append(f'{path}: line {line}: patient {d["patient_id"]}: slide_id '
-                      f'{d["slide_id"]!r} is not a file name inside features_dir (no folders, no '
-                      '"..", not an absolute path)')
-      continue
-    split = None
-    if 'split' in cols:
-      split = _SPLIT_NAMES.get(d['split'].lower())
-      if split is None:
-        problems.append(f'{path}: line {line}: patient {d["patient_id"]}: split: {d["split"]!r} is '
-                        'not train/val/test')
-        continue
-    time = censored = None
-    if outcome is not None:
-      parsed = survival.parse_outcome(d, outcome, f'{path}: line {line}: patient {d["patient_id"]}')
-      if isinstance(parsed, str):
-        problems.append(parsed)
-        continue
-      time, censored = parsed
-    rows.append(LabelRow(line, d['patient_id'], d['slide_id'], d.get('label', '') if outcome is None
-                         else '', split, d.get('expression_id') or None, time, censored))
-  if problems:
-    raise DataError('\n'.join(problems))
-  if not rows:
-    raise DataError(f'{path}: no label rows')
-  return rows
-
-
-def _group(rows: list[LabelRow], path: str, class_names: Sequence[str]
-           ) -> tuple[dict[str, list[LabelRow]], tuple[str, ...], list[str]]:
-  """Groups rows by patient; returns (patient -> rows, class names, problems)."""
-  problems = []
-  by_patient: dict[str, list[LabelRow]] = {}
-  seen_slides: dict[str, LabelRow] = {}
-  for r in rows:
-    if r.slide_id in seen_slides:
-      problems.append(f'{path}: line {r.line}: patient {r.patient_id}: slide_id {r.slide_id} '
-                      f'duplicated (first on line {seen_slides[r.slide_id].line})')
-      continue
-    seen_slides[r.slide_id] = r
-    by_patient.setdefault(r.patient_id, []).append(r)
-  for pid, rs in by_patient.items():
-    for field in ('label', 'split', 'expression_id', 'time', 'censorship'):
-      values = sorted({str(getattr(r, field)) for r in rs})
-      if len(values) > 1:
-        what = 'two splits' if field == 'split' else f'conflicting {field}s'
-        problems.append(f'{path}: lines {", ".join(str(r.line) for r in rs)}: patient {pid}: '
-                        f'{field}: {what} ({", ".join(values)})')
-  if rows[0].time is not None:  # survival: the classes are the time bins, fitted later
-    return by_patient, (), problems
-  given = {r.label for r in rows} - {''}  # '' = unlabelled (allow_missing)
-  names = tuple(class_names) or tuple(sorted(given))
-  unknown = sorted(given - set(names))
-  if unknown:
-    problems.append(f'{path}: label: unknown value(s) {", ".join(unknown)} (classes: '
-                    f'{", ".join(names)})')
-  if len(names) < 2:
-    problems.append(f'{path}: label: only one class ({", ".join(names)}); need at least two')
-  return by_patient, names, problems
-
-
-def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
+def _slides(spec: CohortSpec, by_patient: dict[str, list[labels_lib.LabelRow]], scan: bool
             ) -> tuple[dict[str, list[clam.SlideInfo]], dict[str, list[str]], list[str]]:
   """Inspects (or fully checks) every slide: (patient -> infos, patient -> problems, global)."""
   if not os.path.isdir(spec.features_dir):
@@ -387,14 +257,16 @@ def _slides(spec: CohortSpec, by_patient: dict[str, list[LabelRow]], scan: bool
   if unlabelled:
     msg = (f'{spec.features_dir}: {len(unlabelled)} slide file(s) have no row in {spec.labels} '
            f'(first: {", ".join(unlabelled[:_SHOW])})')
-    if spec.drop_incomplete:
+    if spec.listed_only:
+      logging.info('%s: ignored, only the %d listed patient(s) are used', msg, len(by_patient))
+    elif spec.drop_incomplete:
       logging.warning('%s; ignored', msg)
     else:
       extra.append(msg)
   return infos, problems, extra
 
 
-def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
+def _expression(spec: CohortSpec, by_patient: dict[str, list[labels_lib.LabelRow]],
                 gene_list: Sequence[str] | None, strip: bool, log: bool
                 ) -> tuple[dict[str, np.ndarray], tuple[str, ...], dict[str, str],
                            dict[str, list[str]], list[str], tuple[str, ...]]:
@@ -405,6 +277,8 @@ def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
     IDs of those values, patient -> column, patient -> problems, global problems, the genes'
     symbols [G] when the table has them (STAR's gene_name) else ()).
   """
+  if not spec.expression and spec.allow_missing and gene_list is not None:
+    return {}, tuple(gene_list), {}, {}, [], ()  # no table: every patient is slide-only
   try:
     source = expr.open_expression(spec.expression, spec.value_column, spec.manifest)
   except DataError as e:
@@ -458,40 +332,13 @@ def _expression(spec: CohortSpec, by_patient: dict[str, list[LabelRow]],
   return out, genes, matched, problems, [], symbols
 
 
-def _transposed(source: expr.MatrixSource, by_patient: Mapping[str, list[LabelRow]]) -> bool:
+def _transposed(source: expr.MatrixSource, by_patient: Mapping[str, list[labels_lib.LabelRow]]) -> bool:
   """Whether the patients are found in the matrix's first column (the genes' place)."""
   try:
     rows = source.gene_ids()
   except DataError:
     return False
   return bool(expr.match_samples(list(by_patient), rows, preferred_types=None)[0])
-
-
-def splits_from_column(split_col: Sequence[str]) -> dict[str, np.ndarray]:
-  """'train'/'val'/'test' -> sorted int64 indices of the patients whose split is that name."""
-  return {s: np.asarray([i for i, x in enumerate(split_col) if x == s], np.int64) for s in SPLITS}
-
-
-def _splits(spec: CohortSpec, split_col: list[str | None], labels: np.ndarray,
-            patient_ids: Sequence[str]) -> dict[str, np.ndarray]:
-  """The split column when given, else the fold's split file, k folds or the stratified split from
-  the seed (`labels`: [P] the classes, or the censorship, to stratify on; the unlabelled patients,
-  label -1, go to train)."""
-  if split_col[0] is not None:
-    return splits_from_column(split_col)
-  if (labels < 0).any():  # unlabelled patients (label -1): the labelled ones are split, they train
-    known = np.flatnonzero(labels >= 0)
-    out = {k: known[v] for k, v in _splits(spec, [None] * known.size, labels[known],
-                                           [patient_ids[j] for j in known]).items()}
-    out['train'] = np.sort(np.concatenate([out['train'], np.flatnonzero(labels < 0)]))
-    return out
-  fold = max(spec.fold, 0)
-  if spec.splits_dir:
-    return splits_lib.read_split_file(splits_lib.split_file(spec.splits_dir, fold), patient_ids,
-                                      labels, spec.split_fractions, spec.seed)
-  if spec.num_folds:
-    return splits_lib.kfold_split(labels, spec.num_folds, fold, spec.seed)
-  return splits_lib.stratified_split(labels, spec.split_fractions, spec.seed)
 
 
 def _normalise(spec: CohortSpec, raw: np.ndarray, genes: tuple[str, ...], train: np.ndarray,
@@ -523,10 +370,10 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
               ) -> tuple[Cohort | None, list[str]]:
   """Builds the cohort; returns (cohort or None, every problem found)."""
   try:
-    rows = read_labels(spec.labels, spec.task, spec.allow_missing)
+    rows = labels_lib.read_labels(spec.labels, spec.task, spec.allow_missing)
   except DataError as e:
     return None, str(e).split('\n')
-  by_patient, class_names, problems = _group(rows, spec.labels, spec.class_names)
+  by_patient, class_names, problems = labels_lib.group(rows, spec.labels, spec.class_names)
   if normalizer is not None and spec.num_genes and spec.num_genes != normalizer.num_genes:
     problems.append(f'{spec.expression}: genes: the stored gene list has {normalizer.num_genes} '
                     f'genes but num_genes is {spec.num_genes}')
@@ -579,7 +426,8 @@ def _assemble(spec: CohortSpec, normalizer: genes_lib.GeneNormalizer | None, sca
     strata = np.asarray([label_of(pid) for pid in everyone]
                         if times is None else
                         [by_patient[pid][0].censorship for pid in everyone])
-    drawn = _splits(spec, [by_patient[pid][0].split for pid in everyone], strata, everyone)
+    drawn = splits_lib.patient_splits(spec, [by_patient[pid][0].split for pid in everyone],
+                                      strata, everyone)
     position = {pid: i for i, pid in enumerate(kept)}
     splits = {k: np.asarray(sorted(position[everyone[j]] for j in v if everyone[j] in position),
                             np.int64) for k, v in drawn.items()}

@@ -164,3 +164,30 @@ def read_split_file(path: str, patient_ids: Sequence[str], strata: np.ndarray,
     rest = np.sort(np.concatenate([inner['train'], inner['test']]))  # rounding leftovers: train
     out = {'train': train[rest], 'val': train[inner['val']], 'test': out['val']}
   return out
+
+
+def from_column(split_col: Sequence[str]) -> dict[str, np.ndarray]:
+  """'train'/'val'/'test' -> sorted int64 indices of the patients whose split is that name."""
+  return {s: np.asarray([i for i, x in enumerate(split_col) if x == s], np.int64) for s in SPLITS}
+
+
+def patient_splits(spec, split_col: list[str | None], labels: np.ndarray,
+                   patient_ids: Sequence[str]) -> dict[str, np.ndarray]:
+  """A cohort's splits (`spec`: its `cohort.CohortSpec`): the split column when given, else the
+  fold's split file, k folds or the stratified split from the seed (`labels`: [P] the classes, or
+  the censorship, to stratify on; the unlabelled patients, label -1, go to train)."""
+  if split_col[0] is not None:
+    return from_column(split_col)
+  if (labels < 0).any():  # unlabelled patients (label -1): the labelled ones are split, they train
+    known = np.flatnonzero(labels >= 0)
+    out = {k: known[v] for k, v in patient_splits(spec, [None] * known.size, labels[known],
+                                           [patient_ids[j] for j in known]).items()}
+    out['train'] = np.sort(np.concatenate([out['train'], np.flatnonzero(labels < 0)]))
+    return out
+  fold = max(spec.fold, 0)
+  if spec.splits_dir:
+    return read_split_file(split_file(spec.splits_dir, fold), patient_ids,
+                                      labels, spec.split_fractions, spec.seed)
+  if spec.num_folds:
+    return kfold_split(labels, spec.num_folds, fold, spec.seed)
+  return stratified_split(labels, spec.split_fractions, spec.seed)

@@ -4,7 +4,8 @@ the discrete time bins of the NLL-surv head.
 Columns, as MCAT/PORPOISE ship them or in the plain form:
   survival_months, censorship   (censorship 1 = censored, 0 = event)
   time, event                   (event 1 = observed, 0 = censored)
-Times must be finite and >= 0, the indicator 0 or 1.
+Times must be finite, >= 0 and within float32, the indicator 0 or 1; when both pairs are given they
+must agree on every row.
 
 Bins (MCAT's `pd.qcut` on the uncensored cases): the k - 1 inner cut points are the 1/k, ..., (k-1)/k
 quantiles (linear interpolation) of the **training** cases' uncensored times; bins are [cut_{j-1},
@@ -20,6 +21,7 @@ import numpy as np
 from gimp_jax.errors import DataError
 
 FORMS = (('survival_months', 'censorship', False), ('time', 'event', True))
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def outcome_columns(columns: Sequence[str]) -> tuple[str, str, bool] | None:
@@ -39,6 +41,24 @@ def parse_outcome(row: Mapping[str, str], columns: tuple[str, str, bool], where:
     columns: `outcome_columns` of the header.
     where: '<file>: line <n>: patient <id>' for the message.
   """
+  out = _parse_pair(row, columns, where)
+  other = next((f for f in FORMS if f[0] != columns[0] and f[0] in row and f[1] in row), None)
+  if isinstance(out, str) or other is None:
+    return out
+  second = _parse_pair(row, other, where)
+  if isinstance(second, str):
+    return second
+  if second != out:  # both pairs given: they must say the same
+    a, b = FORMS
+    return (f'{where}: {a[0]},{a[1]} and {b[0]},{b[1]} both given and they disagree '
+            f'({row[a[0]]},{row[a[1]]} vs {row[b[0]]},{row[b[1]]}; {a[1]} 1 = censored, '
+            f'{b[1]} 1 = observed): keep one pair')
+  return out
+
+
+def _parse_pair(row: Mapping[str, str], columns: tuple[str, str, bool], where: str
+                ) -> tuple[float, int] | str:
+  """`parse_outcome` from one pair of columns."""
   time_col, flag_col, is_event = columns
   raw_time, raw_flag = row[time_col], row[flag_col]
   try:
@@ -48,6 +68,9 @@ def parse_outcome(row: Mapping[str, str], columns: tuple[str, str, bool], where:
         f'{where}: {time_col}: missing')
   if not np.isfinite(time) or time < 0:
     return f'{where}: {time_col}: {raw_time!r} must be a finite time >= 0'
+  if time > _FLOAT32_MAX:
+    return (f'{where}: {time_col}: {raw_time!r} overflows float32 (largest {_FLOAT32_MAX:.4g}), '
+            'the precision times are computed in; give times in months or days')
   if raw_flag not in ('0', '1', '0.0', '1.0'):
     return f'{where}: {flag_col}: {raw_flag!r} must be 0 or 1'
   flag = int(float(raw_flag))

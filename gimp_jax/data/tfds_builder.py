@@ -40,6 +40,7 @@ from tensorflow_datasets.core import writer as tfds_writer
 from tqdm import tqdm
 
 from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import labels as labels_lib
 from gimp_jax.data import expression as expr
 from gimp_jax.data import genes as genes_lib
 from gimp_jax.data import tfds_source as src
@@ -136,7 +137,7 @@ def raw_expression(spec: cohort_lib.CohortSpec, cohort: cohort_lib.Cohort) -> np
 
 def _split_source(spec: cohort_lib.CohortSpec) -> str:
   """'column' when the labels CSV fixes the splits, else 'seed'."""
-  return 'column' if cohort_lib.read_labels(spec.labels)[0].split is not None else 'seed'
+  return 'column' if labels_lib.read_labels(spec.labels)[0].split is not None else 'seed'
 
 
 def _group(sizes: Sequence[int], limit: int) -> list[tuple[int, int]]:

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import splits as splits_lib
 from gimp_jax.data import genes as genes_lib
 from gimp_jax.data import source
 from gimp_jax.errors import DataError
@@ -245,6 +246,6 @@ def load_cohort_from_tfds(data_dir: str, spec: cohort_lib.CohortSpec | None = No
                        np.asarray([int(r['num_chunks']) for r in records], np.int64),
                        int(meta['chunk_size']))
   return cohort_lib.Cohort(patients, tuple(meta['class_names']),
-                           cohort_lib.splits_from_column(split), genes, normalizer,
+                           splits_lib.from_column(split), genes, normalizer,
                            int(meta['feature_dim']),
                            RecordSource(chunks, patients, int(meta['feature_dim'])))

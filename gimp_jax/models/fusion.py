@@ -119,7 +119,8 @@ class AttentionFusion(nnx.Module):
                scale: int = 1, mmhid: int = 64, dropout: float = 0.25,
                modality_dropout: float = 0.0, rngs: nnx.Rngs):
     self.fc = nnx.Linear(in_dim, path_hidden, rngs=rngs)
-    self.attention = GatedAttention(path_hidden, path_hidden // 2, 1, dropout=dropout, rngs=rngs)
+    self.attention_net = GatedAttention(path_hidden, path_hidden // 2, 1, dropout=dropout,
+                                        rngs=rngs)
     self.rho = nnx.Linear(path_hidden, path_dim, rngs=rngs)
     self.drop = nnx.Dropout(dropout, rngs=rngs)
     self.gene_encoder = SNN(num_genes, snn_hidden, dropout=dropout, rngs=rngs)
@@ -133,7 +134,7 @@ class AttentionFusion(nnx.Module):
     """patches: [B, N, in_dim] -> (pathology vector [B, path_dim], attention [B, N])."""
     mask = full_mask(patches, patch_mask)
     h = self.drop(jax.nn.relu(self.fc(patches.astype(jnp.float32))))
-    attn = masked_softmax(self.attention(h)[..., 0], mask, axis=-1)
+    attn = masked_softmax(self.attention_net(h)[..., 0], mask, axis=-1)
     bag = jnp.einsum("bn,bnd->bd", attn, h)
     return self.drop(jax.nn.relu(self.rho(bag))), attn
 
@@ -142,6 +143,12 @@ class AttentionFusion(nnx.Module):
     fused = self.fusion(self.pool(patches, patch_mask)[0],
                         encode_genes(self.gene_encoder, self.missing_genes, genes))
     return self.head(fused), fused
+
+  def attention(self, patches: jax.Array, genes: jax.Array | None = None,
+                patch_mask: jax.Array | None = None) -> jax.Array:
+    """The pathology branch's gated attention [B, N] (`models.attention`)."""
+    del genes
+    return self.pool(patches, patch_mask)[1]
 
 
 def consecutive_groups(num_genes: int, num_groups: int) -> tuple[tuple[int, ...], ...]:
@@ -255,6 +262,12 @@ class MCAT(nnx.Module):
     h_coattn, h_omic, _ = self.coattend(patches, genes, patch_mask)
     fused = self.fusion(self.path_pool(h_coattn), self.omic_pool(h_omic))
     return self.head(fused), fused
+
+  def attention(self, patches: jax.Array, genes: jax.Array,
+                patch_mask: jax.Array | None = None) -> jax.Array:
+    """The co-attention of the K gene signatures over the patches, mean over signatures: [B, N]
+    (`models.attention`)."""
+    return jnp.mean(self.coattend(patches, genes, patch_mask)[2], axis=1)
 
 
 def build_attention_fusion(config: ml_collections.ConfigDict, genes: Sequence[str],

@@ -74,6 +74,15 @@ class GiMP(nnx.Module):
     """CLS_img, the slide embedding the probe reads: [B, N, in_dim] -> [B, d] (float32)."""
     return self.aggregator(patches, patch_mask=patch_mask, tokens=False)[0]
 
+  def attention(self, patches: jax.Array, genes: jax.Array | None = None,
+                patch_mask: jax.Array | None = None) -> jax.Array:
+    """CLS -> patch attention of the aggregator's last Nyström layer, mean over heads: [B, N]
+    (`models.attention`)."""
+    del genes
+    _, _, attn = self.aggregator(patches, patch_mask=patch_mask, return_attention=True,
+                                 tokens=False)
+    return jnp.mean(attn.astype(jnp.float32), axis=1)
+
   def reconstruct(self, tokens: jax.Array) -> jax.Array:
     """tokens: [B, N, d] -> reconstructed patch embeddings [B, N, in_dim] (float32)."""
     return self.decoder(tokens).astype(jnp.float32)

@@ -64,14 +64,14 @@ class ABMIL(nnx.Module):
                dropout: float = 0.25, rngs: nnx.Rngs):
     self.fc = nnx.Linear(in_dim, dim, rngs=rngs)
     self.drop = nnx.Dropout(dropout, rngs=rngs)
-    self.attention = GatedAttention(dim, attn_dim or dim // 2, 1, dropout=dropout, rngs=rngs)
+    self.attention_net = GatedAttention(dim, attn_dim or dim // 2, 1, dropout=dropout, rngs=rngs)
     self.head = nnx.Linear(dim, num_classes, rngs=rngs)
 
   def pool(self, patches: jax.Array, patch_mask: jax.Array | None = None):
     """patches: [B, N, in_dim] -> (bag embedding [B, dim], attention [B, N] summing to 1)."""
     mask = full_mask(patches, patch_mask)
     h = self.drop(jax.nn.relu(self.fc(patches.astype(jnp.float32))))
-    attn = masked_softmax(self.attention(h)[..., 0], mask, axis=-1)
+    attn = masked_softmax(self.attention_net(h)[..., 0], mask, axis=-1)
     return jnp.einsum("bn,bnd->bd", attn, h), attn
 
   def __call__(self, patches: jax.Array, genes: jax.Array | None = None,
@@ -80,6 +80,12 @@ class ABMIL(nnx.Module):
     del genes
     bag = self.pool(patches, patch_mask)[0]
     return self.head(bag), bag
+
+  def attention(self, patches: jax.Array, genes: jax.Array | None = None,
+                patch_mask: jax.Array | None = None) -> jax.Array:
+    """The gated attention [B, N] (`models.attention`)."""
+    del genes
+    return self.pool(patches, patch_mask)[1]
 
 
 class DSMIL(nnx.Module):
@@ -137,6 +143,16 @@ class DSMIL(nnx.Module):
     bag = jnp.einsum("bnc,bnd->bcd", attn, patches.astype(jnp.float32))
     return jnp.log(jnp.maximum(probs, 1e-30)), bag.reshape(bag.shape[0], -1)
 
+  def attention(self, patches: jax.Array, genes: jax.Array | None = None,
+                patch_mask: jax.Array | None = None) -> jax.Array:
+    """The bag stream's attention to the critical instance of the predicted class (argmax of the
+    averaged probabilities): [B, N] (`models.attention`)."""
+    del genes
+    bag_logits, max_logits, attn = self.streams(patches, patch_mask)
+    probs = jax.nn.softmax(bag_logits) + jax.nn.softmax(max_logits)
+    predicted = jnp.argmax(probs, axis=-1)
+    return jnp.take_along_axis(attn, predicted[:, None, None], axis=2)[..., 0]
+
 
 class CLAM(nnx.Module):
   """CLAM-SB (`multi_branch=False`) or CLAM-MB.
@@ -152,7 +168,7 @@ class CLAM(nnx.Module):
     branches = num_classes if multi_branch else 1
     self.fc = nnx.Linear(in_dim, dim, rngs=rngs)
     self.drop = nnx.Dropout(dropout, rngs=rngs)
-    self.attention = GatedAttention(dim, attn_dim or dim // 2, branches, dropout=dropout,
+    self.attention_net = GatedAttention(dim, attn_dim or dim // 2, branches, dropout=dropout,
                                     rngs=rngs)
     bound = 1.0 / math.sqrt(dim)
     uniform = lambda shape: jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
@@ -173,7 +189,7 @@ class CLAM(nnx.Module):
     """
     mask = full_mask(patches, patch_mask)
     h = self.drop(jax.nn.relu(self.fc(patches.astype(jnp.float32))))
-    attn = masked_softmax(jnp.swapaxes(self.attention(h), 1, 2), mask[:, None, :], axis=-1)
+    attn = masked_softmax(jnp.swapaxes(self.attention_net(h), 1, 2), mask[:, None, :], axis=-1)
     pooled = jnp.einsum("bkn,bnd->bkd", attn, h)                          # [B, K, dim]
     if self.multi_branch:
       logits = jnp.einsum("bcd,cd->bc", pooled, self.head_kernel[...]) + self.head_bias[...]
@@ -192,6 +208,15 @@ class CLAM(nnx.Module):
     del genes
     logits, _, _, pooled = self.attend(patches, patch_mask)
     return logits, pooled.reshape(pooled.shape[0], -1)
+
+  def attention(self, patches: jax.Array, genes: jax.Array | None = None,
+                patch_mask: jax.Array | None = None) -> jax.Array:
+    """The gated attention [B, N]: SB's one branch, MB's branch of the predicted class
+    (`models.attention`)."""
+    del genes
+    logits, attn, _, _ = self.attend(patches, patch_mask)
+    branch = jnp.argmax(logits, axis=-1) if self.multi_branch else jnp.zeros(logits.shape[0], int)
+    return jnp.take_along_axis(attn, branch[:, None, None], axis=1)[:, 0]
 
 
 def square_layout(mask: jax.Array):
@@ -263,6 +288,19 @@ class TransMIL(nnx.Module):
 
   def embed(self, patches: jax.Array, patch_mask: jax.Array | None = None) -> jax.Array:
     """patches: [B, N, in_dim] -> CLS embedding [B, dim]."""
+    return self._encode(patches, patch_mask)
+
+  def attention(self, patches: jax.Array, genes: jax.Array | None = None,
+                patch_mask: jax.Array | None = None) -> jax.Array:
+    """The CLS row of the last Nyström layer, mean over heads, [B, N] (`models.attention`); a
+    patch repeated by the square layout gets the sum over its copies."""
+    del genes
+    return self._encode(patches, patch_mask, return_attention=True)
+
+  def _encode(self, patches: jax.Array, patch_mask: jax.Array | None,
+              return_attention: bool = False) -> jax.Array:
+    """The CLS embedding [B, dim], or with `return_attention` the CLS attention over patches
+    [B, N]."""
     mask = full_mask(patches, patch_mask)
     h = jax.nn.relu(self.fc1(patches.astype(jnp.float32)))
     source, valid, side = square_layout(mask)
@@ -272,6 +310,12 @@ class TransMIL(nnx.Module):
     tokens_mask = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)
     h = self.layer1(jnp.concatenate([cls, h], axis=1), tokens_mask)
     h = jnp.concatenate([h[:, :1], self.pos_layer(h[:, 1:], valid, side)], axis=1)
+    if return_attention:
+      _, (left, attn3) = self.layer2(h, tokens_mask, return_attention=True, rows=1)
+      per_token = jnp.mean((left[:, :, :1] @ attn3)[:, :, 0, 1:], axis=1)  # [B, T]
+      batch = jnp.broadcast_to(jnp.arange(b)[:, None], source.shape)
+      return jnp.zeros(mask.shape, jnp.float32).at[batch, source].add(
+          jnp.where(valid, per_token, 0.0))
     h = self.layer2(h, tokens_mask)
     return self.norm(h[:, 0])
 

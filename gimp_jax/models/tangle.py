@@ -85,3 +85,9 @@ class Tangle(nnx.Module):
     del genes
     emb = self.embed_slide(patches, patch_mask)
     return self.head(emb), emb
+
+  def attention(self, patches: jax.Array, genes: jax.Array | None = None,
+                patch_mask: jax.Array | None = None) -> jax.Array:
+    """The slide encoder's gated attention [B, N] (`models.attention`)."""
+    del genes
+    return self.slide_encoder(patches, patch_mask, return_attention=True)[1]

@@ -40,7 +40,8 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   (`data.allow_missing`) a row of NaN genes or a label of -1 takes part in L_rec and the variance
   term only; the triplet terms see the labelled cases (with expression, for CLS_pat).
   Metrics: loss; rec_loss (L_rec); tri_loss (L_tri) and tri_active (fraction of anchors whose hinge
-  is active); img_tri_loss with "pat+img"; gene_gap (mean nearest-negative minus
+  is active); tri_anchors (fraction of the batch that can anchor a triplet, `losses.triplet_anchors`)
+  and, survival, uncensored (the cases of the batch the triplet uses); img_tri_loss with "pat+img"; gene_gap (mean nearest-negative minus
   farthest-positive squared distance of the CLS_ge half, to compare with the margin); img_spread
   (`losses.relative_spread` of CLS_img: ~2 for independent slide tokens, 0 when collapsed);
   img_var_loss when its weight is set.
@@ -84,7 +85,10 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
       main = cls_pat(img, ge) if "pat" in terms else img
       pairs = use & present if ge is not None and "pat" in terms else use
       tri, active = losses.triplet_terms(main, labels, cfg.margin, cfg.mining, pairs)
-      metrics.update(tri_loss=tri, tri_active=active)
+      metrics.update(tri_loss=tri, tri_active=active,
+                     tri_anchors=jnp.mean(losses.triplet_anchors(labels, pairs)))
+      if "censorship" in batch:
+        metrics["uncensored"] = jnp.sum(use).astype(jnp.float32)
       loss = loss + cfg.tri_weight * tri
       if "pat" in terms and "img" in terms:
         img_tri = losses.triplet_loss(img, labels, cfg.margin, cfg.mining, use)

@@ -8,6 +8,7 @@ import numpy as np
 import openslide
 import tqdm
 
+from gimp_jax.data import trident
 from gimp_jax.errors import DataError
 from gimp_jax.preprocess import preview
 from gimp_jax.preprocess import tiling
@@ -52,8 +53,12 @@ def _encode(slide: openslide.OpenSlide, plan: tiling.Plan, feature_fn: FeatureFn
 
 
 def extract_slide(path: str, slide_id: str, out_dir: str, feature_fn: FeatureFn, feature_dim: int,
-                  params: tiling.TilingParams, batch_size: int = 32) -> int:
+                  params: tiling.TilingParams, batch_size: int = 32,
+                  encoder: str = 'custom') -> int:
   """Writes `<out_dir>/<slide_id>.h5` and `<out_dir>/thumbnails/<slide_id>.png`; returns N patches.
+
+  The `.h5` carries TRIDENT's attributes (`trident.coords_attrs`, `trident.features_attrs`), with
+  `encoder` as the encoder's name.
 
   Raises:
     DataError: the slide cannot be opened or read.
@@ -65,9 +70,13 @@ def extract_slide(path: str, slide_id: str, out_dir: str, feature_fn: FeatureFn,
     preview.save(plan, os.path.join(out_dir, 'thumbnails', f'{slide_id}.png'))
     if not len(plan.coords):
       logging.warning('%s: no tissue patches found; writing an empty feature file', path)
-    attrs = {'patch_size': plan.patch_size, 'patch_size_level0': plan.step,
-             'patch_level': plan.level, 'magnification': params.magnification}
-    with writer.FeatureWriter(out_dir, slide_id, feature_dim, attrs) as out:
+    width, height = slide.dimensions
+    coords_attrs = trident.coords_attrs(
+        name=slide_id, patch_size=plan.patch_size, patch_size_level0=plan.step,
+        patch_level=plan.level, mpp=plan.mpp, magnification=params.magnification, width=width,
+        height=height, savetodir=out_dir, slide_path=os.path.abspath(path))
+    features_attrs = trident.features_attrs(name=slide_id, encoder=encoder, savetodir=out_dir)
+    with writer.FeatureWriter(out_dir, slide_id, feature_dim, coords_attrs, features_attrs) as out:
       _encode(slide, plan, feature_fn, out, batch_size, desc=slide_id)
     return len(plan.coords)
   except openslide.OpenSlideError as e:  # e.g. a corrupt tile met half way through the slide

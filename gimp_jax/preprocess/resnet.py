@@ -11,12 +11,9 @@ Module paths follow torchvision's parameter names (`layer1/0/conv1/kernel` for
 relies on.
 """
 
-from collections.abc import Callable
-
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 # ImageNet statistics used by torchvision's pretrained weights (RGB, on [0, 1] pixel values).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -101,29 +98,6 @@ class ResNet50Trunk(nnx.Module):
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
-def normalize(images: jax.Array) -> jax.Array:
-  """uint8 RGB [..., 3] -> ImageNet-normalised float32 (torchvision `ToTensor` + `Normalize`)."""
-  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-  std = jnp.asarray(IMAGENET_STD, jnp.float32)
-  return (images.astype(jnp.float32) / 255.0 - mean) / std
-
-
 def default_compute_dtype() -> jnp.dtype:
   """bfloat16 on accelerators (GPU/TPU), float32 on CPU where bfloat16 convolutions are slow."""
   return jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16
-
-
-def make_feature_fn(model: ResNet50Trunk) -> Callable[[np.ndarray], jax.Array]:
-  """A jitted function uint8 patches [batch, H, W, 3] -> features [batch, 1024] float32.
-
-  The model is split once; the returned function closes over its state, so every call with the same
-  batch shape reuses one compiled program. Calls are asynchronous (JAX dispatch): the caller can
-  read the next batch from the slide while this one computes.
-  """
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def features(state, images):
-    return nnx.merge(graphdef, state)(normalize(images))
-
-  return lambda images: features(state, images)

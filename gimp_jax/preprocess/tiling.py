@@ -25,6 +25,8 @@ from PIL import Image
 from gimp_jax.errors import DataError
 from gimp_jax.preprocess import tissue
 
+# The whole-slide image files OpenSlide reads (preprocess's --slides, the report's slides_dir).
+SLIDE_EXTENSIONS = ('.svs', '.tif', '.tiff', '.ndpi', '.mrxs', '.scn', '.vms', '.bif')
 # Microns per pixel at 1x under the usual convention (10x objective ~ 1 um/px).
 _MICRONS_AT_1X = 10.0
 # Scales within this factor count as equal (level choice; rounding to a whole resize factor).
@@ -40,6 +42,7 @@ class TilingParams:
   max_thumbnail_side: int = 4096
   min_tissue_patches: float = 16.0  # CLAM TCGA a_t=16 (x 512^2 px at 40x) = 16 patches at 20x
   min_hole_patches: float = 4.0  # CLAM TCGA a_h=4
+  mpp: float | None = None  # microns per level-0 pixel given by the user (--mpp); None: the slide's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Plan:
   """The patches of one slide.
 
   Attributes:
+    mpp: microns per level-0 pixel.
     level: pyramid level read.
     read_size: side of the region read at `level`, in that level's pixels.
     patch_size: side of the patch handed to the encoder (read regions are resized to it).
@@ -56,6 +60,7 @@ class Plan:
     mask: [h, w] bool tissue mask of the thumbnail.
     thumbnail_downsample: (x, y) level-0 pixels per thumbnail pixel.
   """
+  mpp: float
   level: int
   read_size: int
   patch_size: int
@@ -74,11 +79,18 @@ def open_slide(path: str) -> openslide.OpenSlide:
     raise DataError(f'{path}: OpenSlide cannot open this slide ({e})') from e
 
 
-def level0_mpp(properties, source: str) -> float:
-  """Microns per level-0 pixel: `openslide.mpp-x`, else from `openslide.objective-power`, else 20x.
+def level0_mpp(properties, source: str, override: float | None = None) -> float:
+  """Microns per level-0 pixel: `override` (--mpp), else `openslide.mpp-x`, else from
+  `openslide.objective-power` (with a warning naming the slide: magnification then rests on the
+  10x = 1 um/px convention).
 
-  The fallbacks log a warning naming the slide, since magnification then rests on a convention.
+  Raises:
+    DataError: the slide records neither, and no override was given.
   """
+  if override is not None:
+    if not (math.isfinite(override) and override > 0):
+      raise DataError(f'{source}: --mpp={override} is not a positive number of microns per pixel')
+    return float(override)
   try:
     mpp = float(properties.get(openslide.PROPERTY_NAME_MPP_X, 'nan'))
   except ValueError:
@@ -93,8 +105,9 @@ def level0_mpp(properties, source: str) -> float:
     logging.warning('%s: no openslide.mpp-x; using objective power %gx, i.e. %g um/px at level 0',
                     source, power, _MICRONS_AT_1X / power)
     return _MICRONS_AT_1X / power
-  logging.warning('%s: no openslide.mpp-x nor objective-power; assuming level 0 is 20x', source)
-  return _MICRONS_AT_1X / 20.0
+  raise DataError(f'{source}: the slide records no microns per pixel (openslide.mpp-x) nor '
+                  'objective power; pass --mpp=<microns per level-0 pixel>, e.g. --mpp=0.25 for a '
+                  '40x scan or --mpp=0.5 for 20x')
 
 
 def choose_level(mpp: float, downsamples, target_mpp: float, source: str = '') -> int:
@@ -158,7 +171,7 @@ def grid_coords(width: int, height: int, step: int, mask: np.ndarray,
 def plan_slide(slide: openslide.OpenSlide, params: TilingParams, source: str) -> Plan:
   """Level, grid and tissue mask for one slide."""
   target_mpp = _MICRONS_AT_1X / params.magnification
-  mpp = level0_mpp(slide.properties, source)
+  mpp = level0_mpp(slide.properties, source, params.mpp)
   level = choose_level(mpp, slide.level_downsamples, target_mpp, source)
   downsample = slide.level_downsamples[level]
   read_size = read_size_at(mpp * downsample, target_mpp, params.patch_size)
@@ -179,7 +192,7 @@ def plan_slide(slide: openslide.OpenSlide, params: TilingParams, source: str) ->
   coords = grid_coords(width, height, step, mask, actual_ds)
   logging.info('%s: level %d (%.3g um/px), read %d px -> %d px, step %d level-0 px, %d patches',
                source, level, mpp * downsample, read_size, params.patch_size, step, len(coords))
-  return Plan(level=level, read_size=read_size, patch_size=params.patch_size, step=step,
+  return Plan(mpp=mpp, level=level, read_size=read_size, patch_size=params.patch_size, step=step,
               coords=coords, thumbnail=thumbnail, mask=mask, thumbnail_downsample=actual_ds)
 
 

@@ -6,8 +6,10 @@ batch to `<slide_id>.h5.partial`; only a writer that finishes without error rena
 `<slide_id>.h5` (atomic on one filesystem). A file with the final name is therefore complete, and a
 rerun skips it; a leftover `.partial` is simply overwritten.
 
-`coords` carries a few attrs (`patch_size`, `patch_size_level0`, `patch_level`, `magnification`)
-that CLAM keeps in its separate patch file; readers of CLAM feature files ignore them.
+`coords` and `features` carry TRIDENT's attributes (`gimp_jax.data.trident`: `patch_size`,
+`patch_size_level0`, `level0_magnification`, `target_magnification`, ...; CLAM keeps the patch
+geometry in its separate patch file, and readers of CLAM feature files ignore them), so TRIDENT
+opens our files and a reader knows the patch footprint.
 """
 
 import os
@@ -38,19 +40,21 @@ class FeatureWriter:
   """
 
   def __init__(self, out_dir: str, slide_id: str, feature_dim: int,
-               coords_attrs: dict | None = None):
+               coords_attrs: dict | None = None, features_attrs: dict | None = None):
     self.path = feature_path(out_dir, slide_id)
     self.partial_path = self.path + PARTIAL_SUFFIX
     self._feature_dim = feature_dim
     self._coords_attrs = coords_attrs or {}
+    self._features_attrs = features_attrs or {}
     self._file = None
     self.rows = 0
 
   def __enter__(self) -> 'FeatureWriter':
     self._file = h5py.File(self.partial_path, 'w')
-    self._file.create_dataset('features', shape=(0, self._feature_dim), dtype=np.float32,
-                              maxshape=(None, self._feature_dim),
-                              chunks=(_CHUNK_ROWS, self._feature_dim))
+    features = self._file.create_dataset('features', shape=(0, self._feature_dim),
+                                         dtype=np.float32, maxshape=(None, self._feature_dim),
+                                         chunks=(_CHUNK_ROWS, self._feature_dim))
+    features.attrs.update(self._features_attrs)
     coords = self._file.create_dataset('coords', shape=(0, 2), dtype=np.int32, maxshape=(None, 2),
                                        chunks=(_CHUNK_ROWS, 2))
     coords.attrs.update(self._coords_attrs)

@@ -204,12 +204,15 @@ def curve_panels(history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]],
   return stages
 
 
-def loss_curves_png(path: str | os.PathLike[str],
-                    history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]],
-                    val_history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None
-                    ) -> str:
-  """Training curves: one row per stage; its losses per step on the left, its validation metrics
-  per epoch on the right.
+Records = Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]]  # stage -> [(step, metrics)]
+
+
+def loss_curves_png(path: str | os.PathLike[str], history: Records,
+                    val_history: Records | None = None,
+                    chosen: Mapping[str, int] | None = None) -> str:
+  """Training curves: per stage, its losses per step and its validation metrics per epoch, each
+  panel drawn only where there is something to draw (two panels a row; a stage without validation,
+  such as pre-training, has its loss panel alone).
 
   A metric is a loss when its name contains 'loss' or starts with 'l_' (l_rec, l_tri); the other
   per-step metrics (gradient norm, diagnostics) are left out. The loss axis turns logarithmic when
@@ -220,6 +223,7 @@ def loss_curves_png(path: str | os.PathLike[str],
     path: the PNG to write.
     history: stage name -> [(step, {metric name: scalar})], e.g. the metrics JSON lines.
     val_history: stage name -> [(epoch, {metric name: scalar})] of the validation after each epoch.
+    chosen: stage name -> the epoch whose model was kept (marked on its validation panel).
 
   Returns:
     `path`.
@@ -227,27 +231,28 @@ def loss_curves_png(path: str | os.PathLike[str],
   stages = curve_panels(history, val_history)
   if not stages:
     raise ValueError('history holds no numeric metrics to plot')
-  ncols = 2 if any(val for _, val in stages.values()) else 1
-  fig = Figure(figsize=(5.2 * ncols, 2.8 * len(stages)), layout='constrained')
-  axes = fig.subplots(len(stages), ncols, squeeze=False)
-  for row, (stage, panels) in enumerate(stages.items()):
-    for col, (series, x, what) in enumerate(zip(panels, ('step', 'epoch'),
-                                                ('losses', 'validation'))):
-      if col >= ncols:
-        break
-      ax = axes[row, col]
-      if not series:
-        ax.axis('off')
-        continue
-      for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, lw=1.5, marker='.' if len(ys) < 30 else None, label=name)
-      positive = [y for _, ys in series.values() for y in ys if math.isfinite(y) and y > 0]
-      if col == 0 and positive and max(positive) > 100 * min(positive):
-        ax.set_yscale('log')
-      ax.set(xlabel=x, title=f'{stage}: {what}')
-      ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # steps and epochs
-      ax.grid(alpha=0.3)
-      ax.legend(fontsize='small')
+  chosen = chosen or {}
+  panels = [(stage, series, x, what) for stage, pair in stages.items()
+            for series, x, what in zip(pair, ('step', 'epoch'), ('losses', 'validation'))
+            if series]
+  ncols = min(2, len(panels))
+  nrows = math.ceil(len(panels) / ncols)
+  fig = Figure(figsize=(5.2 * ncols, 2.8 * nrows), layout='constrained')
+  axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+  for ax in axes[len(panels):]:
+    ax.remove()
+  for ax, (stage, series, x, what) in zip(axes, panels):
+    for name, (xs, ys) in series.items():
+      ax.plot(xs, ys, lw=1.5, marker='.' if len(ys) < 30 else None, label=name)
+    positive = [y for _, ys in series.values() for y in ys if math.isfinite(y) and y > 0]
+    if what == 'losses' and positive and max(positive) > 100 * min(positive):
+      ax.set_yscale('log')
+    if what == 'validation' and stage in chosen:
+      ax.axvline(chosen[stage], color='k', ls='--', lw=1, label=f'kept (epoch {chosen[stage]})')
+    ax.set(xlabel=x, title=f'{stage}: {what}')
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # steps and epochs
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize='small')
   return save_png(fig, path)
 
 

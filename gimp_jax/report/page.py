@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from gimp_jax import metrics
+from gimp_jax.report import deepzoom
 from gimp_jax.report import figures
-from gimp_jax.report import heatmap
+from gimp_jax.report import reference_table
+from gimp_jax.report import slides
 from gimp_jax.report import survival
 
 SPLIT_ORDER = ('test', 'val', 'train')
@@ -31,6 +33,7 @@ TABLE_ROWS = 50  # per-patient rows shown on the page; the CSV holds them all
 # Files that write_report owns in report_dir; stale ones from an earlier call are removed first.
 OWNED = re.compile(r'^((roc|confusion|tsne|heatmap|km)_.+\.png|(loss_curves|pretrain_diagnostics|'
                    r'risk)\.png|(predictions|risk)_.+\.csv|report\.(md|html))$')
+OWNED_DIRS = (slides.SLIDES_DIR, deepzoom.VIEWER_DIR)  # folders write_report owns in report_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +65,14 @@ class FileLink:
   filename: str
 
 
-Block = Heading | Paragraph | Table | Image | FileLink
+@dataclasses.dataclass(frozen=True)
+class Viewer:
+  """A zoomable slide with its attention overlay (report.html only; `deepzoom.viewer_html`)."""
+  tiles: dict
+  overlay: str
+
+
+Block = Heading | Paragraph | Table | Image | FileLink | Viewer
 
 
 def fmt(value: Any) -> str:
@@ -104,9 +114,9 @@ def summary_table(results: Mapping[str, Any]) -> Table | None:
   """Metric x split from the results' scalar `<split>_<metric>` entries (train/val/test)."""
   cells: dict[str, dict[str, Any]] = {}
   for key, value in results.items():
-    match = re.fullmatch(r'(train|val|test)_(.+)', key)
-    if match and figures.as_scalar(value) is not None:
-      cells.setdefault(match[2], {})[match[1]] = value
+    match = re.fullmatch(r'(gene_only_)?(train|val|test)_(.+)', key)
+    if match and figures.as_scalar(value) is not None:  # gene_only_: the genes-only baseline
+      cells.setdefault((match[1] or '') + match[3], {})[match[2]] = value
   if not cells:
     return None
   splits = _ordered_splits({s for row in cells.values() for s in row})
@@ -116,25 +126,32 @@ def summary_table(results: Mapping[str, Any]) -> Table | None:
   return Table(['metric'] + splits, rows)
 
 
-def reference_blocks(results: Mapping[str, Any]) -> list[Block]:
-  """The penalised linear reference (`gimp_jax.reference`) beside the model: one row per input
-  (slide, genes, both), the model's row and the model minus the 'both' row, one column per
-  `<split>_<metric>` that the reference scored."""
-  ref = results.get('reference')
-  if not isinstance(ref, Mapping) or not isinstance(ref.get('both'), Mapping):
-    return []
-  cols = [k for k in ref['both'] if re.fullmatch(r'(val|test)_.+', k)]
-  rows = [[f'{ref.get("model", "linear")}, {name}'] + [fmt(ref[name].get(k, '')) for k in cols]
-          for name in ('slide', 'genes', 'both') if isinstance(ref.get(name), Mapping)]
-  rows.append(['this model'] + [fmt(results.get(k, '')) for k in cols])
-  rows.append(['this model - linear, both'] + [fmt(results.get(f'vs_reference_{k}', ''))
-                                               for k in cols])
-  return [Heading('Penalised linear reference', 2),
-          Paragraph('What a statistician fits first, on the same train/val/test patients: the '
-                    'mean-pooled patch features (slide), the expression (genes) and both, '
-                    'standardised on train, the penalty chosen on validation, test scored once. '
-                    'A model below the "both" row learns less than a linear model.'),
-          Table(['fit'] + cols, rows)]
+def facts_blocks(facts: Mapping[str, Any]) -> list[Block]:
+  """The run's data and settings (`run_facts`): patients per split and class, the command, the
+  config's differences from the defaults."""
+  blocks: list[Block] = []
+  balance = facts.get('splits') or {}
+  if balance:
+    columns = list(dict.fromkeys(k for row in balance.values() for k in row))
+    blocks += [Heading('Data', 2),
+               Table(['split'] + columns,
+                     [[split] + [str(row.get(c, 0)) for c in columns]
+                      for split, row in balance.items()])]
+  if 'command' in facts or 'config_diff' in facts:
+    blocks.append(Heading('Run', 2))
+  if facts.get('command'):
+    blocks.append(Paragraph(f'Command: {facts["command"]}'))
+  if 'config_diff' in facts:
+    diff = list(facts['config_diff'])
+    if not diff:
+      blocks.append(Paragraph("Config: the paper's defaults (configs/nsclc.py)."))
+    else:
+      blocks += [Paragraph("Config fields that differ from the paper's defaults "
+                           '(configs/nsclc.py; report.* and stages left out):'),
+                 Table(['field', 'default -> this run'],
+                       [change.split(': ', 1) if ': ' in change else [change, '']
+                        for change in diff])]
+  return blocks
 
 
 def stages_table(stages: Mapping[str, Mapping[str, Any]]) -> Table | None:
@@ -200,7 +217,7 @@ def _classification_blocks(report_dir: str, split: str, labels: np.ndarray, prob
 
 
 def _survival_blocks(report_dir: str, predictions: Mapping[str, Mapping[str, Any]],
-                     cutoff: float) -> list[Block]:
+                     cutoff: float, time_unit: str = '') -> list[Block]:
   """Kaplan-Meier curves at the training median risk with the log-rank p-value (val, test), the
   risk distribution, the per-case risk CSVs and the test cases' risk table."""
   blocks: list[Block] = [
@@ -216,7 +233,7 @@ def _survival_blocks(report_dir: str, predictions: Mapping[str, Mapping[str, Any
     risk = np.asarray(pred['risk'], np.float64)
     path, p_value = survival.km_png(os.path.join(report_dir, f'km_{safe_name(split)}.png'),
                               pred['time'], pred['censorship'], risk > cutoff,
-                              f'Kaplan-Meier, {split}')
+                              f'Kaplan-Meier, {split}', time_unit)
     images.append(Image(f'Kaplan-Meier curves, {split}', os.path.basename(path)))
     events = np.asarray(pred['censorship']) == 0
     rows.append([split, str(risk.size), str(int(events.sum())), str(int((risk > cutoff).sum())),
@@ -242,24 +259,35 @@ def _survival_blocks(report_dir: str, predictions: Mapping[str, Mapping[str, Any
   return blocks + [Heading('Files', 2)] + files
 
 
-def _heatmap_blocks(report_dir: str, heatmaps: Sequence[tuple[str, np.ndarray, np.ndarray]],
-                    patch_size: int) -> list[Block]:
-  """One heatmap per slide, named after the patient (a second slide of a patient gets _2)."""
+def _heatmap_blocks(report_dir: str, heatmaps: Sequence[slides.SlideScores],
+                    options: Mapping[str, int]) -> list[Block]:
+  """Per slide (named after the patient; a second slide of a patient gets _2): the heatmap, the
+  top patches and the zoomable viewer when the slide is at hand, the scores' CSV and GeoJSON."""
   blocks: list[Block] = [
       Heading('Attention heatmaps', 2),
-      Paragraph("CLS to patch attention at the patches' level-0 coordinates, rank-normalised per "
-                "slide (colour = percentile among the slide's patches); grey = no patch.")]
+      Paragraph("Patch attention (the model's attention protocol, `gimp_jax.models.attention`), "
+                "rank-normalised per slide: colour = percentile among the slide's patches. On "
+                'the slide where its image is at hand (config.data.slides_dir or the feature '
+                "file's slide_path), kept on tissue; else at the patches' level-0 coordinates "
+                '(grey = no patch). The GeoJSON opens in QuPath: drag it onto the slide, then '
+                'Measure > Show measurement maps > attention percentile.')]
   taken: set[str] = set()
-  for patient_id, coords, attention in heatmaps:
-    stem = base = f'heatmap_{safe_name(patient_id)}'
+  for item in heatmaps:
+    stem = base = safe_name(item.patient_id)
     copy = 1
     while stem in taken:  # two slides of one patient, or IDs equal after safe_name
       copy += 1
       stem = f'{base}_{copy}'
     taken.add(stem)
-    path = heatmap.heatmap_png(os.path.join(report_dir, f'{stem}.png'), coords, attention,
-                               patch_size, title=str(patient_id))
-    blocks.append(Image(f'Attention heatmap, {patient_id}', os.path.basename(path)))
+    files = slides.write_slide(report_dir, stem, item, **options)
+    blocks += [Heading(f'{item.patient_id}: slide {item.slide_id}', 3),
+               Image(f'Attention heatmap, {item.patient_id}', files.heatmap)]
+    if files.top_patches:
+      blocks.append(Image(f'Top patches, {item.patient_id}', files.top_patches))
+    if files.tiles:
+      blocks.append(Viewer(files.tiles, files.overlay))
+    blocks += [FileLink(f'Patch scores, {item.slide_id} (CSV)', files.scores_csv),
+               FileLink(f'Patch scores, {item.slide_id} (GeoJSON for QuPath)', files.geojson)]
   return blocks
 
 
@@ -277,19 +305,22 @@ def _clear(report_dir: str) -> None:
   for name in os.listdir(report_dir):
     if OWNED.match(name) and os.path.isfile(os.path.join(report_dir, name)):
       os.remove(os.path.join(report_dir, name))
+    elif name in OWNED_DIRS and os.path.isdir(os.path.join(report_dir, name)):
+      shutil.rmtree(os.path.join(report_dir, name))
 
 
 def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, Any],
                  class_names: Sequence[str],
                  predictions: Mapping[str, Mapping[str, Any]],
                  tsne: tuple[np.ndarray, np.ndarray] | None = None,
-                 heatmaps: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
+                 heatmaps: Sequence[slides.SlideScores] = (),
                  history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None,
                  val_history: Mapping[str, Sequence[tuple[int, Mapping[str, Any]]]] | None = None,
                  diagnostics: tuple[Sequence[tuple[int, Mapping[str, Any]]], float, float]
                  | None = None,
-                 seed: int = 0, patch_size: int = 256,
-                 survival_cutoff: float | None = None) -> str:
+                 seed: int = 0, survival_cutoff: float | None = None,
+                 slide_options: Mapping[str, int] | None = None,
+                 facts: Mapping[str, Any] | None = None) -> str:
   """Writes report.md, report.html, their PNGs and predictions_<split>.csv into `report_dir`.
 
   Args:
@@ -304,17 +335,20 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
     predictions: split -> {'patient_id': [N] str, 'label': [N] int, 'probs': [N, C]}; each split
       gets a ROC curve, a confusion matrix and a CSV; 'test' also a table on the page.
     tsne: (embeddings [N, E], labels [N]) of the training set after pre-training, or None.
-    heatmaps: (patient_id, coords [N, 2] level-0 x,y, attention [N]) per slide to draw.
+    heatmaps: the slides to draw (`slides.SlideScores`).
     history: stage -> [(step, {metric: scalar})] for the training curves (losses per step), or
       None.
     val_history: stage -> [(epoch, {metric: scalar})], the validation metrics after each epoch.
     diagnostics: (pretrain [(step, {metric: scalar})], triplet margin, collapse threshold) for the
       pre-training diagnostics figure (`figures.pretrain_diagnostics_png`), or None.
     seed: the t-SNE random state.
-    patch_size: level-0 patch size of the heatmaps' coordinates.
     survival_cutoff: for a survival run, the median training risk: the predictions then hold
       'patient_id', 'time', 'censorship' and 'risk' [N], and the page shows Kaplan-Meier curves,
       the risk distribution and the per-case risks instead of ROC curves and confusion matrices.
+    slide_options: `slides.write_slide`'s top_k, thumbnail_size and deepzoom_size.
+    facts: the run's facts (`run_facts`): 'splits' (split -> {column: count}), 'command',
+      'config_diff' (['field: default -> value']), 'chosen_epochs' (stage -> epoch, marked on the
+      curves), 'time_unit' (survival times' unit, on the Kaplan-Meier axes).
 
   Returns:
     The path of report.md.
@@ -325,7 +359,7 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
   os.makedirs(report_dir)
   try:
     _compose(report_dir, results, class_names, predictions, tsne, heatmaps, history, val_history,
-             diagnostics, seed, patch_size, survival_cutoff)
+             diagnostics, seed, survival_cutoff, slide_options or {}, facts or {})
     os.makedirs(final, exist_ok=True)
     _clear(final)
     for name in sorted(os.listdir(report_dir), key=lambda n: (n.startswith('report.'), n)):
@@ -336,7 +370,7 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
 
 
 def _compose(report_dir, results, class_names, predictions, tsne, heatmaps, history, val_history,
-             diagnostics, seed, patch_size, survival_cutoff) -> None:
+             diagnostics, seed, survival_cutoff, slide_options, facts) -> None:
   """`write_report`'s files, written into `report_dir`."""
   names = list(class_names)
   checked = {} if survival_cutoff is not None else {
@@ -349,7 +383,10 @@ def _compose(report_dir, results, class_names, predictions, tsne, heatmaps, hist
     blocks.append(Paragraph('Versions: ' + ', '.join(f'{k} {v}' for k, v in versions.items())))
   blocks += [Heading('Summary', 2),
              summary_table(results) or Paragraph('No split metrics in the results.')]
-  blocks += reference_blocks(results)
+  linear = reference_table.rows(results, fmt)  # the penalised linear reference, if fitted
+  blocks += [Heading('Penalised linear reference', 2), Paragraph(reference_table.TEXT),
+             Table(*linear)] if linear else []
+  blocks += facts_blocks(facts)
   stage_table = stages_table(results.get('stages') or {})
   if stage_table:
     blocks += [Heading('Stages', 2), stage_table]
@@ -361,12 +398,15 @@ def _compose(report_dir, results, class_names, predictions, tsne, heatmaps, hist
     blocks += [Heading('t-SNE of CLS_pat (training set, after pre-training)', 2),
                Image('t-SNE of CLS_pat', os.path.basename(path))]
   if survival_cutoff is not None:
-    blocks += _survival_blocks(report_dir, predictions, survival_cutoff)
+    blocks += _survival_blocks(report_dir, predictions, survival_cutoff,
+                               facts.get('time_unit', ''))
   if heatmaps:
-    blocks += _heatmap_blocks(report_dir, heatmaps, patch_size)
+    blocks += _heatmap_blocks(report_dir, heatmaps, slide_options)
+    if any(isinstance(block, Viewer) for block in blocks):
+      deepzoom.copy_viewer(report_dir)
   if _has_curves(history or {}, val_history or {}):
     path = figures.loss_curves_png(os.path.join(report_dir, 'loss_curves.png'), history or {},
-                                   val_history)
+                                   val_history, facts.get('chosen_epochs'))
     blocks += [Heading('Training curves', 2), Image('Training curves', os.path.basename(path))]
   if diagnostics is not None and diagnostics[0]:
     path = figures.pretrain_diagnostics_png(os.path.join(report_dir, 'pretrain_diagnostics.png'),
@@ -416,6 +456,8 @@ def to_markdown(blocks: Sequence[Block]) -> str:
       parts.append('\n'.join(lines))
     elif isinstance(block, Image):
       parts.append(f'![{_md_text(block.alt)}]({block.filename})')
+    elif isinstance(block, Viewer):
+      parts.append('Zoomable slide with the overlay: open report.html.')
     else:
       parts.append(f'- [{_md_text(block.text)}]({block.filename})')
   return '\n\n'.join(parts) + '\n'
@@ -424,12 +466,14 @@ def to_markdown(blocks: Sequence[Block]) -> str:
 _STYLE = ('body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}'
           'table{border-collapse:collapse;margin:1em 0}'
           'td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}'
-          'th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}')
+          'th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}'
+          '.viewer{border:1px solid #ccc;background:#fff}.viewer img{margin:0;max-width:none}')
 
 
 def to_html(blocks: Sequence[Block], report_dir: str) -> str:
   """The blocks as one HTML page; the PNGs in `report_dir` are inlined as base64 data URIs."""
   body = []
+  viewers = 0
   for block in blocks:
     if isinstance(block, Heading):
       body.append(f'<h{block.level}>{html.escape(block.text)}</h{block.level}>')
@@ -444,7 +488,12 @@ def to_html(blocks: Sequence[Block], report_dir: str) -> str:
       with open(os.path.join(report_dir, block.filename), 'rb') as f:
         data = base64.b64encode(f.read()).decode('ascii')
       body.append(f'<img alt="{html.escape(block.alt)}" src="data:image/png;base64,{data}">')
+    elif isinstance(block, Viewer):
+      body.append(deepzoom.viewer_html(viewers, block.tiles, block.overlay))
+      viewers += 1
     else:
       body.append(f'<p><a href="{html.escape(block.filename)}">{html.escape(block.text)}</a></p>')
+  script = deepzoom.SCRIPT_TAG if viewers else ''
   return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>GiMP report</title>'
-          f'<style>{_STYLE}</style></head>\n<body>\n' + '\n'.join(body) + '\n</body></html>\n')
+          f'<style>{_STYLE}</style>{script}</head>\n<body>\n' + '\n'.join(body)
+          + '\n</body></html>\n')

@@ -32,13 +32,14 @@ def log_rank(times: np.ndarray, censorship: np.ndarray, group: np.ndarray) -> fl
 
 
 def km_png(path: str, times: np.ndarray, censorship: np.ndarray, high: np.ndarray,
-           title: str) -> tuple[str, float]:
-  """Kaplan-Meier curves of the low- and high-risk cases (high: [N] bool); (path, log-rank p)."""
+           title: str, time_unit: str = '') -> tuple[str, float]:
+  """Kaplan-Meier curves of the low- and high-risk cases (high: [N] bool), the time axis in
+  `time_unit`; (path, log-rank p)."""
   from sksurv.nonparametric import kaplan_meier_estimator  # pylint: disable=g-import-not-at-top
   event = np.asarray(censorship) == 0
   times = np.asarray(times, np.float64)
   p = log_rank(times, censorship, high.astype(int))
-  fig = Figure(figsize=(5, 4))
+  fig = Figure(figsize=(5, 4), layout='constrained')  # no label clipped
   ax = fig.subplots()
   for name, members, colour in (('low risk', ~high, 'tab:blue'), ('high risk', high, 'tab:red')):
     if members.any():
@@ -49,7 +50,7 @@ def km_png(path: str, times: np.ndarray, censorship: np.ndarray, high: np.ndarra
       if censored.any():  # censoring ticks on the curve
         at = np.searchsorted(x, times[censored], side='right') - 1
         ax.plot(times[censored], np.where(at >= 0, y[np.maximum(at, 0)], 1.0), '|', color=colour)
-  ax.set_xlabel('time')
+  ax.set_xlabel(f'time ({time_unit})' if time_unit else 'time')
   ax.set_ylabel('survival probability')
   ax.set_ylim(0, 1.05)
   ax.set_title(f'{title} (log-rank p = {p:.3g})')
@@ -59,7 +60,7 @@ def km_png(path: str, times: np.ndarray, censorship: np.ndarray, high: np.ndarra
 
 def risk_png(path: str, risks: Mapping[str, np.ndarray], cutoff: float) -> str:
   """Histogram of the predicted risk per split, with the cutoff marked."""
-  fig = Figure(figsize=(5, 3.5))
+  fig = Figure(figsize=(5, 3.5), layout='constrained')  # no label clipped
   ax = fig.subplots()
   values = np.concatenate([np.asarray(r, np.float64) for r in risks.values()])
   bins = np.histogram_bin_edges(values, bins=min(20, max(5, values.size // 3)))

@@ -19,9 +19,8 @@ import ml_collections
 import numpy as np
 
 from gimp_jax import provenance
-from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import split_checks
 from gimp_jax.data import splits as splits_lib
-from gimp_jax.data import survival as survival_lib
 from gimp_jax.errors import DataError
 from gimp_jax.train import run as run_lib
 
@@ -35,33 +34,6 @@ def num_folds(config: ml_collections.ConfigDict) -> int:
   if config.data.get('splits_dir', ''):
     return splits_lib.count_split_files(config.data.splits_dir)
   return int(config.data.get('num_folds', 0))
-
-
-def split_file_problems(config: ml_collections.ConfigDict, k: int) -> list[str]:
-  """Every fold's split file checked against the labels CSV before any fold trains: unknown or
-  repeated cases, and (survival) a split without an event; one line each."""
-  task = config.get('task', 'classification')
-  try:
-    rows = cohort_lib.read_labels(config.data.labels, task)
-  except DataError as e:
-    return str(e).split('\n')
-  first = {}
-  for r in rows:
-    first.setdefault(r.patient_id, r)
-  ids = list(first)
-  censorship = np.asarray([first[i].censorship or 0 for i in ids])
-  problems = []
-  for fold in range(k):
-    path = splits_lib.split_file(config.data.splits_dir, fold)
-    try:
-      split = splits_lib.read_split_file(path, ids, censorship, config.data.split_fractions,
-                                         config.seed)
-    except DataError as e:
-      problems += str(e).split('\n')
-      continue
-    if task == 'survival':
-      problems += survival_lib.split_problems(split, censorship, path)
-  return problems
 
 
 def summarize(per_fold: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
@@ -104,10 +76,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   k = num_folds(config)
   if not k:
     return run_lib.train_and_evaluate(config, workdir, stop, allow_config_change)
-  if config.data.get('splits_dir', ''):
-    problems = split_file_problems(config, k)
-    if problems:
-      raise DataError('\n'.join(problems))
+  problems = split_checks.problems(config)  # every fold, before any trains
+  if problems:
+    raise DataError('\n'.join(problems))
   per_fold = []
   for fold in range(k):
     cfg = config.copy_and_resolve_references()

@@ -1,4 +1,5 @@
-"""The training loop shared by every stage: resumable, logged, with a progress bar."""
+"""The training loop shared by every stage: resumable, logged, with progress and ETA
+(`train.progress`)."""
 
 import dataclasses
 import json
@@ -10,11 +11,11 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from gimp_jax import parallel
 from gimp_jax.losses import LossFn
 from gimp_jax.checkpoint import StageCheckpoints
+from gimp_jax.train import progress
 from gimp_jax.train import steps
 from gimp_jax.train.state import TrainState
 
@@ -212,8 +213,7 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
     meta["wall_s"] = wall_before + time.time() - start_time
     ckpt.save(state, meta)
 
-  bar = tqdm.tqdm(total=total, initial=int(state.step), desc=spec.name, unit="step",
-                  dynamic_ncols=True, disable=None)
+  bar = progress.Progress(spec.name, total, int(state.step))
   try:
     for epoch in range(meta["epoch"], spec.epochs):
       if meta.get("stop_early"):
@@ -223,6 +223,7 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
       position = meta["batch"] if epoch == meta["epoch"] else 0
       ready = time.perf_counter()
       for batch in spec.batches(epoch, position):
+        bar.before_step()
         begin = time.perf_counter()
         state, metrics = step_fn(state, place(batch), jax.random.fold_in(key, state.step))
         position += 1
@@ -233,8 +234,7 @@ def fit(spec: StageSpec, state: TrainState, *, workdir: str, key: jax.Array,
           raise non_finite(f"non-finite loss {metrics['loss']} (gradient norm "
                            f"{metrics.get('grad_norm')})", step, epoch)
         writer.write(spec.name, step, {**metrics, **timing})
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", epoch=epoch)
+        bar.update(metrics["loss"], epoch)
         sums = meta.setdefault("epoch_sums", {})
         for k, v in metrics.items():
           sums[k] = sums.get(k, 0.0) + v

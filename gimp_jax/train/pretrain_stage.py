@@ -7,7 +7,7 @@ import ml_collections
 
 from gimp_jax.data import pipeline
 from gimp_jax.models import build
-from gimp_jax.train import loop, transfer
+from gimp_jax.train import loop, transfer, triplet_advice
 from gimp_jax.train.state import TrainState, frozen_regex, train_state
 
 COLLAPSE_SPREAD = 0.05  # relative spread of CLS_img below which the slide token has collapsed
@@ -59,12 +59,7 @@ def diagnose_pretrain(cfg: ml_collections.ConfigDict, epoch: int, meta: dict) ->
   means, warned = meta["history"][-1], list(meta.get("warned", []))
   if means.get("tri_active", 1.0) == 0.0 and "triplet" not in warned:
     warned.append("triplet")
-    logging.warning(
-        "pretrain epoch %d: L_tri was inactive for every anchor of the epoch: the gene half alone "
-        "separates the classes (gene gap %.3g, squared distance) against a margin of %g, so the "
-        "image branch gets no triplet gradient. Set pretrain.triplet_normalize=True, raise "
-        "pretrain.margin, or add the image-only term (pretrain.triplet_on='pat+img').",
-        epoch, means.get("gene_gap", float("nan")), cfg.margin)
+    logging.warning("%s", triplet_advice.message(cfg, epoch, means))
   if means.get("img_spread", 1.0) < COLLAPSE_SPREAD and "collapse" not in warned:
     warned.append("collapse")
     logging.warning(

@@ -18,14 +18,17 @@ import json
 import os
 
 from absl import logging
+from flax import nnx
 import jax
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
+from gimp_jax import methods
 from gimp_jax import metrics as metrics_lib
 from gimp_jax.checkpoint import StageCheckpoints
 from gimp_jax.data import pipeline
+from gimp_jax.objectives import survival
 from gimp_jax.train.state import create_state
 
 PROBE_STREAM = 0x70726F  # separates the probe's draws from the other streams of the seed
@@ -129,7 +132,7 @@ def _encoder_params(run, model):
     sources.append((cfg.init_from, "pretrain"))
   params = create_state(model).params
   for workdir, stage in sources:
-    ckpt = StageCheckpoints(workdir, stage)
+    ckpt = StageCheckpoints(workdir, stage, read_only=True)
     try:
       restored = ckpt.restore_params(params)
     finally:
@@ -140,14 +143,32 @@ def _encoder_params(run, model):
   return params, "initialisation (no pre-training)"
 
 
+def _has_slide_encoder(model) -> bool:
+  """Whether the model's class defines `embed_slide` (the protocol the probe reads)."""
+  return callable(getattr(type(model), "embed_slide", None))
+
+
+def encoder_problems(config, cohort) -> list[str]:
+  """The probe stage on a model without a slide encoder (ABMIL, MCAT, ...), one line; [] when
+  the stage is not run or the model has one. The model is built from shapes only."""
+  if "probe" not in config.stages:
+    return []
+  model = nnx.eval_shape(lambda: methods.get(config.method).build(
+      config, cohort.gene_names, survival.num_outputs(config, cohort.num_classes), config.seed))
+  if _has_slide_encoder(model):
+    return []
+  return [f"config: stages: 'probe' needs a slide encoder to freeze (a model with embed_slide: "
+          f"gimp, tangle, ...), and method {config.method!r} ({type(model).__name__}) has none; "
+          "remove 'probe' from stages"]
+
+
 def probe(run) -> dict:
   """The stage (`run`: a `train.run.Run`): embeds every slide with the frozen encoder, probes,
   writes `probe.json`; returns its content (results.json["probe"])."""
   cfg = run.config
   model = run.build()
-  if not hasattr(model, "embed_slide"):
-    raise ValueError(f"Method {cfg.method!r} has no slide encoder to probe; remove 'probe' from "
-                     "stages.")
+  if not _has_slide_encoder(model):
+    raise ValueError(encoder_problems(cfg, run.cohort)[0])
   params, source = _encoder_params(run, model)
   frozen = create_state(model).replace(params=params).model(train=False)
   emb = embed_slides(frozen, run.cohort, cfg.data.bucket_sizes, cfg.data.prefetch)

@@ -1,40 +1,17 @@
 """The report of a run (`report/`): numbers, ROC and confusion figures, training curves, the
-t-SNE of CLS_pat after pre-training, the pre-training diagnostics and attention heatmaps."""
+t-SNE of CLS_pat after pre-training, the pre-training diagnostics, and for every model that
+answers the attention protocol (`models.attention`) its heatmaps on the test patients' slides."""
 
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gimp_jax import report as report_lib
-from gimp_jax.data import pipeline
+from gimp_jax.models import attention
+from gimp_jax.report import run_facts
+from gimp_jax.report import slides
 from gimp_jax.train import evaluate, loop, pretrain_stage
-from gimp_jax.train.state import TrainState, restored
-
-
-def cls_attention(run, state: TrainState, index: int) -> tuple[np.ndarray, np.ndarray]:
-  """CLS -> patch attention of the last Nyström layer (mean over heads) on a patient's first slide.
-
-  Returns:
-    coords [N, 2] level-0 (x, y) and attention [N] for the N patches of that slide.
-  """
-  n = run.cohort.patients[index].slide_patches[0]
-  rows = np.arange(n)
-  bag = run.cohort.bag(index)
-  size = pipeline.bucket_size(n, run.config.data.bucket_sizes)  # padded: one compile per bucket
-  patches = np.zeros((1, size, run.cohort.feature_dim), np.float32)
-  patches[0, :n] = bag.features(rows)
-  attn = _cls_attention(state.model(train=False), jnp.asarray(patches),
-                        jnp.asarray(np.arange(size)[None] < n))
-  return bag.coords(rows), np.asarray(attn[0, :n])
-
-
-@jax.jit
-def _cls_attention(model, patches: jax.Array, patch_mask: jax.Array) -> jax.Array:
-  """[1, N, D] padded bag -> [1, N] CLS attention of the last layer, mean over heads."""
-  _, _, attn = model.aggregator(patches, patch_mask=patch_mask, return_attention=True)
-  return attn.mean(1)
+from gimp_jax.train.state import restored
 
 
 def write_report(run, evaluation: evaluate.Evaluation, results: dict) -> str:
@@ -49,11 +26,16 @@ def write_report(run, evaluation: evaluate.Evaluation, results: dict) -> str:
     tsne = (train["embedding"], train["label"])
   heatmaps = []
   best = restored(model, run.workdir, evaluate.BEST)
-  if hasattr(model, "aggregator"):
+  if attention.supports(model):
     for index in run.cohort.split("test")[:cfg.report.heatmaps]:
       evaluate.check_stop(run)
-      coords, attention = cls_attention(run, best, int(index))
-      heatmaps.append((run.cohort.patients[index].patient_id, coords, attention))
+      heatmaps += slides.patient_scores(
+          best.model(train=False), run.cohort, int(index), bucket_sizes=cfg.data.bucket_sizes,
+          slides_dir=cfg.data.get("slides_dir", ""),
+          default_patch_size=cfg.report.get("patch_size_level0", 256),
+          caption=slides.caption(evaluation.predictions["test"],
+                                 run.cohort.patients[index].patient_id, run.cohort.class_names,
+                                 cfg.report.get("time_unit", "")))
   stages = results["stages"]
   history = {name: loop.stage_records(run.workdir, name) for name in stages}
   val_history = {name: [(epoch, scores) for epoch, (_, scores) in
@@ -71,4 +53,9 @@ def write_report(run, evaluation: evaluate.Evaluation, results: dict) -> str:
       os.path.join(run.workdir, "report"), results=results,
       class_names=list(run.cohort.class_names), predictions=evaluation.predictions, tsne=tsne,
       heatmaps=heatmaps, history=history, val_history=val_history, diagnostics=diagnostics,
-      seed=cfg.seed, survival_cutoff=survival_cutoff)
+      seed=cfg.seed, survival_cutoff=survival_cutoff,
+      slide_options={k: cfg.report[k] for k in ("top_k", "thumbnail_size", "deepzoom_size")
+                     if k in cfg.report},
+      facts=dict(splits=run_facts.split_balance(run.cohort), command=run_facts.command(),
+                 config_diff=run_facts.config_diff(cfg), time_unit=cfg.report.get("time_unit", ""),
+                 chosen_epochs=run_facts.chosen_epochs(run.workdir, stages)))

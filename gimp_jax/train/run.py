@@ -97,10 +97,10 @@ def run_stages(run: Run) -> dict[str, Any]:
   """`config.stages` in order, then the report; the run's results (without the config)."""
   results: dict[str, Any] = {"stages": {}}
   evaluation = None
-  for name in run.config.stages:
+  for k, name in enumerate(run.config.stages, 1):
     if run.stop():
       raise KeyboardInterrupt
-    logging.info("Stage %s", name)
+    logging.info("Stage %d/%d: %s", k, len(run.config.stages), name)
     if name in TRAINING:
       results["stages"][name] = TRAINING[name](run)
     elif name == "test":

@@ -112,10 +112,10 @@ def frozen_regex(regex: str, params) -> str:
 
 def restore_params(workdir: str, stage: str, model: nnx.Module) -> Any | None:
   """The parameters of `stage`'s latest checkpoint in `workdir`, restored into `model`'s shapes;
-  None when there is none (no folder is created)."""
+  None when there is none (nothing in `workdir` is created, cleaned or moved)."""
   if not os.path.isdir(os.path.join(workdir, "checkpoints", stage)):
     return None
-  ckpt = StageCheckpoints(workdir, stage)
+  ckpt = StageCheckpoints(workdir, stage, read_only=True)
   try:
     return ckpt.restore_params(create_state(model).params)
   finally:
