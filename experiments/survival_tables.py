@@ -58,7 +58,7 @@ def bayes_optimal(config, truth_csv: str) -> dict:
 
 
 def references(runs: dict, folds: list[int], out: str, truth: str | None) -> dict:
-  """{fold: {"cox": reference.cox_rows, "bayes": bayes_optimal}}, cached per fold."""
+  """{fold: {"cox": reference.linear_rows, "bayes": bayes_optimal}}, cached per fold."""
   from experiments import reference  # pylint: disable=g-import-not-at-top
   rows, cache = {}, os.path.join(out, "reference")
   os.makedirs(cache, exist_ok=True)
@@ -66,7 +66,7 @@ def references(runs: dict, folds: list[int], out: str, truth: str | None) -> dic
     config = next((c for (_, f), c in runs.items() if f == fold), None)
     path = os.path.join(cache, f"fold_{fold}.json")
     if config is not None and not os.path.exists(path):
-      row = {"cox": reference.cox_rows(config, cache)}
+      row = {"cox": reference.linear_rows(config, cache)}
       if truth:
         row["bayes"] = bayes_optimal(config, truth)
       with open(path + ".tmp", "w", encoding="utf-8") as f:

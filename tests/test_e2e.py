@@ -1,12 +1,18 @@
 """The command line end to end on a tiny synthetic cohort: every stage, every output file."""
 
+import csv
 import json
 import os
 
+import h5py
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 from conftest import run_module, tiny_flags
+from gimp_jax.configs import nsclc
+from gimp_jax.data import cohort as cohort_lib
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +22,54 @@ def cohort(cohort20):
 
 def run_cli(args, **kw):
   return run_module("gimp_jax.main", *args, **kw)
+
+
+def check_linear_reference(results, paths, workdir):
+  """results["reference"]["both"] against scikit-learn fitted here on the run's own patients: the
+  mean of every patch read with h5py beside the run's normalised genes, standardised on train; the
+  chosen C has the best validation accuracy of the grid and gives the stored val/test numbers."""
+  config = nsclc.get_config("tiny")
+  for key in ("features_dir", "expression", "labels"):
+    config.data[key] = paths[key]
+  cohort = cohort_lib.load_cohort(cohort_lib.CohortSpec.from_config(config))
+  ids = np.array([p.patient_id for p in cohort.patients])
+  split = {}
+  for name in ("val", "test"):
+    with open(workdir / "report" / f"predictions_{name}.csv", encoding="utf-8") as f:
+      split[name] = np.flatnonzero(np.isin(ids, [r["patient_id"] for r in csv.DictReader(f)]))
+    np.testing.assert_array_equal(split[name], cohort.split(name))  # the run's patients
+  split["train"] = np.setdiff1d(np.arange(ids.size), np.concatenate([split["val"], split["test"]]))
+  slides = {}
+  with open(paths["labels"], encoding="utf-8") as f:
+    for row in csv.DictReader(f):
+      slides.setdefault(row["patient_id"], []).append(row["slide_id"])
+  pooled = []
+  for pid in ids:
+    rows = []
+    for slide in slides[pid]:
+      with h5py.File(os.path.join(paths["features_dir"], f"{slide}.h5"), "r") as f:
+        rows.append(f["features"][()])
+    pooled.append(np.concatenate(rows).mean(0))
+  x = np.concatenate([np.array(pooled, np.float64), cohort.genes.astype(np.float64)], 1)
+  mu, sd = x[split["train"]].mean(0), x[split["train"]].std(0)
+  z = (x - mu) / np.where(sd > 0, sd, 1.0)
+  y = cohort.labels
+  ref = results["reference"]["both"]
+
+  def fit(c):
+    model = LogisticRegression(C=c, max_iter=5000).fit(z[split["train"]], y[split["train"]])
+    return {name: (np.mean(model.predict(z[split[name]]) == y[split[name]]),
+                   roc_auc_score(y[split[name]], model.predict_proba(z[split[name]])[:, 1]))
+            for name in ("val", "test")}
+  chosen = fit(ref["C"])
+  assert all(fit(c)["val"][0] <= chosen["val"][0] for c in (1e-3, 1e-2, 1e-1, 1.0))
+  for name in ("val", "test"):
+    np.testing.assert_allclose([ref[f"{name}_accuracy"], ref[f"{name}_auc"]], chosen[name],
+                               atol=1e-6)
+    np.testing.assert_allclose(results[f"reference_{name}_accuracy"], chosen[name][0], atol=1e-6)
+  np.testing.assert_allclose(results["vs_reference_test_accuracy"],
+                             results["test_accuracy"] - chosen["test"][0], atol=1e-6)
+  assert set(results["reference"]) >= {"slide", "genes", "both"}
 
 
 def test_cli_runs_all_stages_and_writes_every_output(cohort, tmp_path, run_numbers):
@@ -42,6 +96,9 @@ def test_cli_runs_all_stages_and_writes_every_output(cohort, tmp_path, run_numbe
       assert any(x.startswith(f"{name}: step {n}/{n} (100%), ") and ", done, loss " in x
                  for x in log), log
   run_numbers(str(workdir), cohort["labels"])  # results.json == NumPy on predictions_*.csv
+  check_linear_reference(results, cohort, workdir)
+  assert "reference_test_accuracy=" in proc.stdout and "vs_reference_test_accuracy=" in proc.stdout
+  assert "Penalised linear reference" in (workdir / "report" / "report.md").read_text()
   assert (workdir / "metrics.jsonl").stat().st_size > 0
   assert any(f.startswith("events") for f in os.listdir(workdir / "tb"))
   report = workdir / "report"

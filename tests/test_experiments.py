@@ -1,11 +1,15 @@
 """The scripts of experiments/: the tables script resumes, reports failures and writes the third
-table's rows (the library's own tests never import experiments/)."""
+table's rows; the paired difference of two methods against scipy's paired t-test (the library's
+own tests never import experiments/)."""
 
 import json
 import os
 
+import numpy as np
 import pytest
+from scipy import stats
 
+from experiments import reference
 from experiments import tables
 from gimp_jax.data import synthetic
 
@@ -57,3 +61,15 @@ def test_third_table_reports_each_seeds_mean_over_draws():
                                outcomes, "# t")
   assert "| TANGLE | 0.700 ± 0.141 | 0.700 ± 0.141 | 2 |" in text  # sample std of 0.6, 0.8
   assert "| Intra | — (2 not run yet) |" in text
+
+
+def test_paired_difference_matches_scipy_ttest_rel():
+  a = {0: 0.90, 1: 0.85, 2: 0.88, 3: 0.91, 4: 0.87, 7: 0.5}   # seed 7 has no partner: ignored
+  b = {0: 0.88, 1: 0.86, 2: 0.84, 3: 0.90, 4: 0.83, 9: 0.1}
+  got = reference.paired_difference(a, b)
+  x, y = np.array([a[s] for s in range(5)]), np.array([b[s] for s in range(5)])
+  ci = stats.ttest_rel(x, y).confidence_interval(0.95)
+  assert got["n"] == 5 and sorted(got["per_seed"]) == [0, 1, 2, 3, 4]
+  np.testing.assert_allclose(got["mean"], np.mean(x - y), rtol=1e-12)
+  np.testing.assert_allclose(got["ci95"], (ci.low, ci.high), rtol=1e-10)
+  assert reference.paired_difference({0: 1.0}, {0: 0.5})["ci95"] is None

@@ -7,9 +7,15 @@ import os
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
+from sksurv.linear_model import CoxnetSurvivalAnalysis
+from sksurv.util import Surv
 
+from gimp_jax.configs.methods import abmil
+from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import genes as genes_lib
 from gimp_jax.data import synthetic
 from gimp_jax.train import folds
 
@@ -51,6 +57,52 @@ def mcat_cohort(tmp_path_factory):
   return dict(paths, splits_dir=str(splits), held_out=held_out)
 
 
+def check_cox_reference(results, paths, fold_dir):
+  """results["reference"]["both"] against scikit-survival's elastic-net Cox fitted here on the
+  fold's patients (val and test from the risk CSVs, train the rest): the mean of every patch read
+  with h5py beside the run's normalised genes, standardised on train; the chosen penalty has the
+  best validation C-index of the path and gives the stored val/test C-index."""
+  config = abmil.get_config("tiny")
+  config.task = "survival"
+  for key in ("features_dir", "expression", "labels"):
+    config.data[key] = paths[key]
+  cohort = cohort_lib.load_cohort(cohort_lib.CohortSpec.from_config(config))
+  ids = np.array([p.patient_id for p in cohort.patients])
+  split = {}
+  for name in ("val", "test"):
+    with open(fold_dir / "report" / f"risk_{name}.csv", encoding="utf-8") as f:
+      split[name] = np.flatnonzero(np.isin(ids, [r["patient_id"] for r in csv.DictReader(f)]))
+  split["train"] = np.setdiff1d(np.arange(ids.size), np.concatenate([split["val"], split["test"]]))
+  with open(paths["labels"], encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  pooled = []
+  for pid in ids:
+    feats = []
+    for r in rows:
+      if r["case_id"] == pid:
+        with h5py.File(os.path.join(paths["features_dir"], f"{r['slide_id']}.h5"), "r") as f:
+          feats.append(f["features"][()])
+    pooled.append(np.concatenate(feats).mean(0))
+  # The genes as the fold's run normalised them (its stored normaliser, fitted on its train).
+  cohort = cohort_lib.load_cohort(cohort_lib.CohortSpec.from_config(config),
+                                  genes_lib.GeneNormalizer.load(str(fold_dir / "normalizer.npz")))
+  x = np.concatenate([np.array(pooled, np.float64), cohort.genes.astype(np.float64)], 1)
+  mu, sd = x[split["train"]].mean(0), x[split["train"]].std(0)
+  z = (x - mu) / np.where(sd > 0, sd, 1.0)
+  t, c = cohort.times.astype(np.float64), cohort.censorship
+  model = CoxnetSurvivalAnalysis(l1_ratio=0.5, alpha_min_ratio=0.05, n_alphas=30, max_iter=5000)
+  model.fit(z[split["train"]], Surv.from_arrays(c[split["train"]] == 0, t[split["train"]]))
+  score = lambda name, a: np_harrell(t[split[name]], c[split[name]],
+                                     model.predict(z[split[name]], alpha=a))
+  ref = results["reference"]["both"]
+  assert min(abs(model.alphas_ - ref["alpha"])) <= 1e-9 * ref["alpha"]
+  assert all(score("val", a) <= ref["val_c_index"] + 1e-12 for a in model.alphas_)
+  for name in ("val", "test"):
+    np.testing.assert_allclose(ref[f"{name}_c_index"], score(name, ref["alpha"]), atol=1e-12)
+  np.testing.assert_allclose(results["vs_reference_test_c_index"],
+                             results["test_c_index"] - ref["test_c_index"], atol=1e-12)
+
+
 def test_five_fold_survival_cli_from_mcat_files(mcat_cohort, tmp_path):
   workdir = tmp_path / "run"
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
@@ -77,13 +129,16 @@ def test_five_fold_survival_cli_from_mcat_files(mcat_cohort, tmp_path):
     c = np.array([int(r["censorship"]) for r in risk])
     r = np.array([float(r["risk"]) for r in risk])
     np.testing.assert_allclose(results["test_c_index"], np_harrell(t, c, r), atol=1e-12)
-    per_fold.append([results[n] for n in ("val_c_index", "test_c_index")])
+    per_fold.append([results[n] for n in ("val_c_index", "test_c_index", "reference_test_c_index")])
     assert (fold_dir / "report" / "km_test.png").exists()
+    if k == 0:
+      check_cox_reference(results, mcat_cohort, fold_dir)
   with open(workdir / "summary.csv", encoding="utf-8") as f:
     table = list(csv.reader(f))
   header = table[0]
   assert [row[0] for row in table[1:]] == ["0", "1", "2", "3", "4", "mean", "std"]
-  cols = [header.index("val_c_index"), header.index("test_c_index")]
+  cols = [header.index(n) for n in ("val_c_index", "test_c_index", "reference_test_c_index")]
+  assert "vs_reference_test_c_index" in header and "reference_test_c_index=" in proc.stdout
   got = np.array([[float(row[i]) for i in cols] for row in table[1:]])
   want = np.array(per_fold)
   np.testing.assert_allclose(got[:5], want, rtol=1e-5)

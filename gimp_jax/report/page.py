@@ -23,6 +23,7 @@ import numpy as np
 from gimp_jax import metrics
 from gimp_jax.report import deepzoom
 from gimp_jax.report import figures
+from gimp_jax.report import reference_table
 from gimp_jax.report import slides
 from gimp_jax.report import survival
 
@@ -382,6 +383,9 @@ def _compose(report_dir, results, class_names, predictions, tsne, heatmaps, hist
     blocks.append(Paragraph('Versions: ' + ', '.join(f'{k} {v}' for k, v in versions.items())))
   blocks += [Heading('Summary', 2),
              summary_table(results) or Paragraph('No split metrics in the results.')]
+  linear = reference_table.rows(results, fmt)  # the penalised linear reference, if fitted
+  blocks += [Heading('Penalised linear reference', 2), Paragraph(reference_table.TEXT),
+             Table(*linear)] if linear else []
   blocks += facts_blocks(facts)
   stage_table = stages_table(results.get('stages') or {})
   if stage_table:

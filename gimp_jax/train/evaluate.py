@@ -1,5 +1,6 @@
 """Whole-bag predictions of a trained model, and the `test` stage: the best fine-tuned model on
-val and test (and from the slides alone, and the genes-only baseline)."""
+val and test (and from the slides alone, the genes-only baseline, and the penalised linear
+reference on the same patients, `gimp_jax.reference`)."""
 
 import dataclasses
 from typing import Any
@@ -8,6 +9,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from gimp_jax import reference
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import pipeline
 from gimp_jax.objectives import survival
@@ -90,6 +92,10 @@ def test(run) -> Evaluation:
     scores = selection.split_scores(task, predictions[split])
     results.update({f"{split}_{k}": float(scores[k]) for k in keys})
     results[f"{split}_metrics"] = scores
+  results["reference"] = reference.linear_reference(run.cohort, {
+      split: run.cohort.split(run.patients(split, "finetune" if split == "train" else "test"))
+      for split in ("train", "val", "test")})  # the statistician's row, same patients
+  results.update(reference.scalars(results["reference"], results))
   train_risk = None
   if task == "survival":  # the report splits the test cases at the median training risk
     train_risk = predict(run, state, "train", stoppable=True)["risk"]

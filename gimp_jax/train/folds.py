@@ -24,7 +24,7 @@ from gimp_jax.data import splits as splits_lib
 from gimp_jax.errors import DataError
 from gimp_jax.train import run as run_lib
 
-SUMMARY_KEY = re.compile(r'^(gene_only_)?(val|test)_[a-z_0-9]+$')
+SUMMARY_KEY = re.compile(r'^(gene_only_|reference_|vs_reference_)?(val|test)_[a-z_0-9]+$')
 
 
 def num_folds(config: ml_collections.ConfigDict) -> int:
