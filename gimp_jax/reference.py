@@ -21,7 +21,6 @@ from typing import Any
 from absl import logging
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from gimp_jax import metrics as metrics_lib
