@@ -105,6 +105,7 @@ def read_meta(workdir, stage, step):
 def scores(results):
   """results.json without what legitimately differs between runs (wall time, paths)."""
   out = {k: v for k, v in results.items() if k not in ("stages", "report")}
+  out["reference"] = {k: v for k, v in results["reference"].items() if k != "wall_s"}
   timing = ("wall_s", "median_step_s", "median_patches_per_s")
   out["stages"] = {name: {k: v for k, v in s.items() if k not in timing}
                    for name, s in results["stages"].items()}
