@@ -121,6 +121,29 @@ def trace_stages(config, cohort) -> dict[str, dict]:
   return out
 
 
+def assert_every_config_traces(config_of, cohort) -> None:
+  """Every method config (`config_of(name)` -> its config) traces one step of each of its
+  training stages on `cohort` (`trace_stages`): a scalar loss and the gradient norm."""
+  from gimp_jax.configs import methods as method_configs  # pylint: disable=g-import-not-at-top
+  for name in method_configs.known():
+    config = config_of(name)
+    traced = trace_stages(config, cohort)
+    assert set(traced) == set(config.stages) - {"test", "probe"}, name
+    for metrics in traced.values():
+      assert metrics["loss"].shape == () and "grad_norm" in metrics, name
+
+
+def run_split(ids: np.ndarray, report_dir, prefix: str) -> dict[str, np.ndarray]:
+  """A finished run's val and test patients (indices into `ids`) from its `<prefix>_<split>.csv`
+  files in `report_dir`, and train the rest."""
+  split = {}
+  for name in ("val", "test"):
+    with open(os.path.join(report_dir, f"{prefix}_{name}.csv"), encoding="utf-8") as f:
+      split[name] = np.flatnonzero(np.isin(ids, [r["patient_id"] for r in csv.DictReader(f)]))
+  split["train"] = np.setdiff1d(np.arange(ids.size), np.concatenate([split["val"], split["test"]]))
+  return split
+
+
 def _mann_whitney_auc(positive: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
   """AUC of `scores` for `positive` over all (positive, negative) pairs, ties counting 1/2, and
   the largest error the ties can cause when `scores` were rounded: half the tied pair fraction."""

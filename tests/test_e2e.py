@@ -10,7 +10,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from conftest import run_module, tiny_flags
+from conftest import run_module, run_split, tiny_flags
 from gimp_jax.configs import nsclc
 from gimp_jax.data import cohort as cohort_lib
 
@@ -33,12 +33,9 @@ def check_linear_reference(results, paths, workdir):
     config.data[key] = paths[key]
   cohort = cohort_lib.load_cohort(cohort_lib.CohortSpec.from_config(config))
   ids = np.array([p.patient_id for p in cohort.patients])
-  split = {}
+  split = run_split(ids, workdir / "report", "predictions")
   for name in ("val", "test"):
-    with open(workdir / "report" / f"predictions_{name}.csv", encoding="utf-8") as f:
-      split[name] = np.flatnonzero(np.isin(ids, [r["patient_id"] for r in csv.DictReader(f)]))
     np.testing.assert_array_equal(split[name], cohort.split(name))  # the run's patients
-  split["train"] = np.setdiff1d(np.arange(ids.size), np.concatenate([split["val"], split["test"]]))
   slides = {}
   with open(paths["labels"], encoding="utf-8") as f:
     for row in csv.DictReader(f):

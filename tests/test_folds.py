@@ -13,6 +13,7 @@ import pytest
 from sksurv.linear_model import CoxnetSurvivalAnalysis
 from sksurv.util import Surv
 
+from conftest import run_split
 from gimp_jax.configs.methods import abmil
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import genes as genes_lib
@@ -68,11 +69,7 @@ def check_cox_reference(results, paths, fold_dir):
     config.data[key] = paths[key]
   cohort = cohort_lib.load_cohort(cohort_lib.CohortSpec.from_config(config))
   ids = np.array([p.patient_id for p in cohort.patients])
-  split = {}
-  for name in ("val", "test"):
-    with open(fold_dir / "report" / f"risk_{name}.csv", encoding="utf-8") as f:
-      split[name] = np.flatnonzero(np.isin(ids, [r["patient_id"] for r in csv.DictReader(f)]))
-  split["train"] = np.setdiff1d(np.arange(ids.size), np.concatenate([split["val"], split["test"]]))
+  split = run_split(ids, fold_dir / "report", "risk")
   with open(paths["labels"], encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
   pooled = []

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import one_config_per_method, trace_stages
+from conftest import assert_every_config_traces, one_config_per_method
 from gimp_jax import preflight
 from gimp_jax.configs import methods as method_configs
 from gimp_jax.data import synthetic
@@ -43,13 +43,8 @@ def tiny_config(name, paths):
 
 
 def test_every_method_config_traces_its_training_steps(cohort, tmp_path):
-  loaded = preflight.preflight(tiny_config("gimp", cohort), str(tmp_path))
-  for name in method_configs.known():
-    config = tiny_config(name, cohort)
-    traced = trace_stages(config, loaded)
-    assert set(traced) == set(config.stages) - {"test", "probe"}, name
-    for metrics in traced.values():
-      assert metrics["loss"].shape == () and "grad_norm" in metrics, name
+  assert_every_config_traces(lambda name: tiny_config(name, cohort),
+                             preflight.preflight(tiny_config("gimp", cohort), str(tmp_path)))
 
 
 # TANGLE, TANGLE-Rec and Intra pre-train and probe (no test stage): end to end in test_probe.py.
