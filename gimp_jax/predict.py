@@ -286,13 +286,20 @@ def prepare_out(path: str, workdir: str, given: ml_collections.ConfigDict) -> No
   why = atomic.problem(path)
   if why:
     raise DataError(f"--out: {why}")
+  refuse_over_inputs(path, "--out", workdir, given)
+
+
+def refuse_over_inputs(path: str, flag: str, workdir: str,
+                       given: ml_collections.ConfigDict) -> None:
+  """DataError when `path` (what `flag` names) is or lies in an input of `given` (labels CSV,
+  expression table, manifest, features or TFDS folder) or in the trained run's `workdir`."""
   real = os.path.realpath(path)
   data = given.data
   for field in ("labels", "expression", "manifest", "features_dir", "tfds_dir", None):
     where = data.get(field, "") if field else workdir
     if where and _inside(real, os.path.realpath(where)):
       what = f"the input data.{field}" if field else "the trained run's workdir"
-      raise DataError(f"{path}: --out: is {'in ' if real != os.path.realpath(where) else ''}"
+      raise DataError(f"{path}: {flag}: is {'in ' if real != os.path.realpath(where) else ''}"
                       f"{what} ({where}); write the predictions elsewhere")
 
 
@@ -302,6 +309,9 @@ def main(argv) -> None:
   try:
     parallel.initialize_distributed(flags.FLAGS.config)  # no-op for a single process
     prepare_out(flags.FLAGS.out, flags.FLAGS.workdir, flags.FLAGS.config)
+    if flags.FLAGS.attention:
+      refuse_over_inputs(flags.FLAGS.attention, "--attention", flags.FLAGS.workdir,
+                         flags.FLAGS.config)
     result = predict(flags.FLAGS.workdir, flags.FLAGS.config, flags.FLAGS.attention)
     if jax.process_index() == 0:  # of a job of several processes, process 0 writes
       write_csv(flags.FLAGS.out, result)

@@ -235,6 +235,13 @@ def test_an_output_over_an_input_or_the_trained_run_is_refused(trained, tmp_path
     predict.prepare_out(str(link), workdir, given)
   assert {p: open(p, "rb").read() for p in before} == before
   predict.prepare_out(str(tmp_path / "p.csv"), workdir, given)  # elsewhere: fine
+  for folder, why in ((os.path.join(workdir, "attention"), f"is in the trained run's workdir "
+                       f"({workdir})"), (paths["features_dir"], f"is the input data.features_dir "
+                                                                f"({paths['features_dir']})")):
+    with pytest.raises(DataError) as e:
+      predict.refuse_over_inputs(folder, "--attention", workdir, given)
+    assert str(e.value) == f"{folder}: --attention: {why}; write the predictions elsewhere"
+  predict.refuse_over_inputs(str(tmp_path / "attention"), "--attention", workdir, given)
 
 
 def test_a_workdir_without_a_fine_tuned_model_is_left_as_it_was(trained, tmp_path):
