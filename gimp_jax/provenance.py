@@ -9,7 +9,8 @@ Every input file the run reads (labels CSV, expression matrix or per-sample file
 
 The record holds no timestamps, so the same config on the same inputs and libraries writes the same
 file. When a resumed run finds a record that differs (inputs or config changed in between), the
-old one is kept as `provenance.previous-<k>.json` and a warning names what changed.
+old one is kept as `provenance.previous-<k>.json` and a warning names what changed; where the
+processes of a job meet (`JOB_FIELDS`: a resumed job gets a new port) is not a change.
 """
 
 import hashlib
@@ -30,6 +31,9 @@ from gimp_jax.errors import DataError
 FILENAME = "provenance.json"
 FULL_HASH_BYTES = 64 << 20
 _EDGE_BYTES = 1 << 20
+# `parallel` fields that say where the processes of a job meet and which of them this is: a resumed
+# job gets a new coordinator port (each process its own rank), and that is not a change of the run.
+JOB_FIELDS = ("coordinator_address", "process_id", "local_device_ids")
 _LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "h5py",
               "ml-collections", "tensorflow-datasets", "array-record")
 
@@ -109,7 +113,11 @@ def _changes(old: dict, new: dict) -> list[str]:
     elif a.get("sha256") != b["sha256"]:
       out.append(f"{path}: content changed")
   for key in ("seed", "config", "versions"):
-    if old.get(key) != new[key]:
+    a, b = old.get(key), new[key]
+    if key == "config" and isinstance(a, dict):  # a resumed job's new port is no change
+      a, b = [{**c, "parallel": {k: v for k, v in c.get("parallel", {}).items()
+                                 if k not in JOB_FIELDS}} for c in (a, b)]
+    if a != b:
       out.append(f"{key} changed")
   return out
 

@@ -43,8 +43,8 @@ NORMALIZER = "normalizer.npz"
 # Fields that change no number of a finished stage: which stages to run (each stage keeps its own
 # checkpoints), how many batches are read ahead, what the report draws, and where the processes
 # of a job meet and which of them this is (a resumed job gets a new port; each process its rank).
-NEUTRAL_FIELDS = ("stages", "data.prefetch", "report.", "parallel.coordinator_address",
-                  "parallel.process_id", "parallel.local_device_ids")
+NEUTRAL_FIELDS = ("stages", "data.prefetch", "report.",
+                  *(f"parallel.{name}" for name in provenance.JOB_FIELDS))
 
 
 class WorkdirBusy(DataError):

@@ -74,3 +74,20 @@ def test_a_resumed_run_on_changed_inputs_keeps_the_old_record(run_inputs, tmp_pa
   with open(tmp_path / "provenance.previous-1.json") as f:
     assert json.load(f) == json.loads(json.dumps(first))
   assert f"{paths['expression']}: content changed" in caplog.text
+
+
+def test_a_resumed_job_on_a_new_coordinator_port_keeps_its_record(run_inputs, tmp_path, caplog):
+  """A job of several processes resumed after a kill meets on a new port (`JOB_FIELDS`): no
+  previous record, as for one process resumed; another `parallel` field is a change."""
+  c, cohort, _ = run_inputs
+  c.parallel.update(coordinator_address="localhost:1234", num_processes=2, process_id=0)
+  provenance.record(str(tmp_path), c, cohort)
+  c.parallel.coordinator_address = "localhost:5678"
+  provenance.record(str(tmp_path), c, cohort)
+  assert sorted(os.listdir(tmp_path)) == ["in", "provenance.json"]
+  with open(tmp_path / "provenance.json") as f:
+    assert json.load(f)["config"]["parallel"]["coordinator_address"] == "localhost:5678"
+  c.parallel.num_processes = 4
+  provenance.record(str(tmp_path), c, cohort)
+  assert os.path.exists(tmp_path / "provenance.previous-1.json")
+  assert "config changed" in caplog.text
