@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import h5py
+import jax
 import numpy as np
 import pytest
 from sksurv.linear_model import CoxnetSurvivalAnalysis
@@ -154,6 +155,20 @@ def test_summary_over_folds_matches_numpy(tmp_path):
   np.testing.assert_allclose(out["test_accuracy_std"], np.std([0.5, 0.75, 1.0], ddof=1))
   saved = json.loads((tmp_path / "summary.json").read_text())
   assert saved["folds"] == 3 and saved["per_fold"][1] == {"test_accuracy": 0.75, "val_auc": 0.9}
+
+
+def test_summary_is_written_by_process_zero_only(tmp_path, monkeypatch):
+  """In a job of several processes the others return the same summary and write nothing."""
+  values = np.array([[0.5], [1.0]])
+  expected = {"test_accuracy": 0.75, "test_accuracy_std": np.std([0.5, 1.0], ddof=1)}
+  for process in (1, 0):
+    monkeypatch.setattr(jax, "process_index", lambda p=process: p)
+    workdir = tmp_path / f"process{process}"
+    workdir.mkdir()
+    assert folds.write_summary(str(workdir), ["test_accuracy"], values) == expected
+  assert not os.listdir(tmp_path / "process1")
+  assert sorted(os.listdir(tmp_path / "process0")) == ["summary.csv", "summary.json",
+                                                      "summary.md"]
 
 
 def test_every_split_file_is_checked_before_any_fold_trains(mcat_cohort, tmp_path):

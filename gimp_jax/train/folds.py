@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from absl import logging
+import jax
 import ml_collections
 import numpy as np
 
@@ -45,9 +46,14 @@ def summarize(per_fold: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
 
 
 def write_summary(workdir: str, names: list[str], values: np.ndarray) -> dict[str, Any]:
-  """summary.csv / .json / .md of [k, M] fold values; returns {metric: mean, metric_std: std}."""
+  """summary.csv / .json / .md of [k, M] fold values (by process 0 of a job of several processes);
+  returns {metric: mean, metric_std: std}."""
   mean = np.nanmean(values, 0)
   std = np.nanstd(values, 0, ddof=1) if values.shape[0] > 1 else np.zeros(len(names))
+  out = {k: float(m) for k, m in zip(names, mean)}
+  out.update({f'{k}_std': float(s) for k, s in zip(names, std)})
+  if jax.process_index() != 0:  # of a job of several processes, process 0 writes
+    return out
   with open(os.path.join(workdir, 'summary.csv'), 'w', newline='', encoding='utf-8') as f:
     writer = csv.writer(f)
     writer.writerow(['fold'] + names)
@@ -61,8 +67,6 @@ def write_summary(workdir: str, names: list[str], values: np.ndarray) -> dict[st
                + ' |')
   with open(os.path.join(workdir, 'summary.md'), 'w', encoding='utf-8') as f:
     f.write('\n'.join(lines) + '\n')
-  out = {k: float(m) for k, m in zip(names, mean)}
-  out.update({f'{k}_std': float(s) for k, s in zip(names, std)})
   provenance.write_json_atomic(os.path.join(workdir, 'summary.json'), {
       'folds': values.shape[0], 'mean': {k: float(m) for k, m in zip(names, mean)},
       'std': {k: float(s) for k, s in zip(names, std)},
