@@ -2,7 +2,8 @@
 processes (the CLI tests start subprocesses that compile the same steps); `run_numbers`, which
 checks a finished run's results.json against a NumPy recomputation from the predictions it wrote;
 and the helpers the command-line tests share (`run_module`, `start_main`, `finish`, `tiny_flags`,
-the `cohort20` fixture), imported as `from conftest import ...`."""
+the `cohort20` fixture, the checkpoint readers `saved_arrays` and `assert_checkpoints_match`),
+imported as `from conftest import ...`."""
 
 import csv
 import glob
@@ -131,6 +132,67 @@ def assert_every_config_traces(config_of, cohort) -> None:
     assert set(traced) == set(config.stages) - {"test", "probe"}, name
     for metrics in traced.values():
       assert metrics["loss"].shape == () and "grad_norm" in metrics, name
+
+
+def saved_steps(workdir: str, stage: str) -> list[int]:
+  """The steps of a stage's checkpoints in `workdir`, oldest first."""
+  d = os.path.join(workdir, "checkpoints", stage)
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
+
+
+def _orbax_items(workdir: str, stage: str):
+  """(checkpointer, folder, {"params", "opt": metadata tree}) of a stage's newest checkpoint."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  d = os.path.join(workdir, "checkpoints", stage, str(saved_steps(workdir, stage)[-1]))
+  ckpt, meta = ocp.StandardCheckpointer(), {}
+  for item in ("params", "opt"):
+    m = ckpt.metadata(os.path.join(d, item))
+    meta[item] = getattr(m, "item_metadata", m)
+  return ckpt, d, meta
+
+
+def saved_arrays(workdir: str, stage: str) -> dict[str, np.ndarray]:
+  """Every array of a stage's newest checkpoint (params, optimizer state), read with plain orbax
+  onto this process's first device, whatever the devices it was saved from."""
+  import jax  # pylint: disable=g-import-not-at-top
+  ckpt, d, meta = _orbax_items(workdir, stage)
+  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  tree = {item: ckpt.restore(os.path.join(d, item), jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), meta[item]))
+          for item in meta}
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def saved_device_counts(workdir: str, stage: str) -> set[int]:
+  """The device counts of the shardings that a stage's newest checkpoint records for its
+  parameters: {1} from one device, {n} from an n-device mesh."""
+  import jax  # pylint: disable=g-import-not-at-top
+  meta = _orbax_items(workdir, stage)[2]["params"]
+  return {int(np.prod(getattr(m.sharding, "shape", [1])))
+          for m in jax.tree_util.tree_leaves(meta)}
+
+
+def assert_checkpoints_match(got: str, expected: str, stage: str, tol: float,
+                             learning_rate: float) -> None:
+  """A stage's newest checkpoint in workdir `got` equals the one in `expected` (same steps), every
+  leaf to `tol`, but for the key third of GroupMSA's fused [q | k | v] bias: softmax is invariant
+  to it, so its true gradient is 0 and Adam turns the float rounding of that 0 (which differs
+  between two XLA programs) into steps of up to the learning rate; there the bound is learning
+  rate x steps."""
+  steps = saved_steps(expected, stage)
+  assert saved_steps(got, stage) == steps
+  one, two = saved_arrays(expected, stage), saved_arrays(got, stage)
+  assert one.keys() == two.keys()
+  key_bias = 0
+  for key in one:
+    a, b = one[key], two[key]
+    if "['qkv']['bias']" in key:
+      a, b = a.reshape(3, -1), b.reshape(3, -1)
+      assert np.max(np.abs(b[1] - a[1])) <= learning_rate * steps[-1], key
+      a, b, key_bias = a[[0, 2]], b[[0, 2]], key_bias + 1
+    np.testing.assert_allclose(b, a, rtol=tol, atol=tol, err_msg=key)
+  assert key_bias >= 2  # GroupMSA's intra- and inter-fragment attention
 
 
 def run_split(ids: np.ndarray, report_dir, prefix: str) -> dict[str, np.ndarray]:

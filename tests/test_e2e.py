@@ -10,7 +10,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from conftest import run_module, run_split, tiny_flags
+from conftest import (assert_checkpoints_match, run_module, run_split, saved_device_counts,
+                      tiny_flags)
 from gimp_jax.configs import nsclc
 from gimp_jax.data import cohort as cohort_lib
 
@@ -121,18 +122,37 @@ def test_bad_input_is_one_line_and_exit_code_2(cohort, tmp_path):
   assert "missing.csv" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_pretraining_on_a_two_device_mesh_matches_one_device(cohort, tmp_path):
-  """The CLI's data-parallel path (2 XLA host devices) gives the single-device losses."""
-  losses = {}
+def test_training_on_a_two_device_mesh_matches_one_device(cohort, tmp_path):
+  """The CLI's data-parallel path (2 XLA host devices): every training stage trains on the mesh,
+  as the sharding its checkpoints record shows (each stage's batch splits over the 2 devices: 12
+  training patients in one gene pre-training batch, 4 windows, bags in pairs), and gives the
+  single-device metrics and checkpoints (`assert_checkpoints_match`: 1e-5)."""
+  stages = ("gene_pretrain", "gene_pretrain_best", "pretrain", "finetune", "finetune_best")
+  metrics = {}
   for devices in (1, 2):
     workdir = tmp_path / f"run{devices}"
     args = tiny_flags(cohort, workdir) + [
-        "--config.stages=('pretrain',)", "--config.model.gene_encoder=none",
-        "--config.pretrain.epochs=1"]
+        "--config.stages=('gene_pretrain', 'pretrain', 'finetune')",
+        "--config.gene_pretrain.epochs=1", "--config.pretrain.epochs=1",
+        "--config.finetune.epochs=1"]
     proc = run_cli(args, env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert ("does not split" in proc.stderr) is False
+    assert "does not split" not in proc.stderr
+    for stage in stages:
+      assert saved_device_counts(str(workdir), stage) == {devices}, stage
     rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-    losses[devices] = [r["loss"] for r in rows if r["stage"] == "pretrain"]
-  assert len(losses[1]) == len(losses[2]) > 0
-  np.testing.assert_allclose(losses[2], losses[1], rtol=1e-4, atol=1e-5)
+    metrics[devices] = {(r.pop("stage"), r.pop("step")): r for r in rows}
+    for row in metrics[devices].values():
+      for timing in ("step_s", "wait_s", "patches_per_s"):
+        row.pop(timing, None)
+  assert metrics[2].keys() == metrics[1].keys()
+  assert {stage for stage, _ in metrics[1]} == {
+      "gene_pretrain", "gene_pretrain_val", "pretrain", "finetune", "finetune_val"}
+  for key, row in metrics[1].items():
+    assert metrics[2][key].keys() == row.keys(), key
+    np.testing.assert_allclose([metrics[2][key][k] for k in row], list(row.values()),
+                               rtol=1e-4, atol=1e-5, err_msg=str(key))
+  learning_rate = nsclc.get_config("tiny").optim.learning_rate
+  for stage in stages:
+    assert_checkpoints_match(str(tmp_path / "run2"), str(tmp_path / "run1"), stage, 1e-5,
+                             learning_rate)

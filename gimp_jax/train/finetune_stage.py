@@ -13,7 +13,8 @@ def finetune(run) -> dict:
   model = run.build()
   params = transfer.initial_params(run, model, "finetune")
   train = run.patients("train", "finetune")
-  per_epoch = pipeline.num_batches(run.cohort.split(train).size, cfg.finetune.batch_size, False)
+  n_train = run.cohort.split(train).size
+  per_epoch = pipeline.num_batches(n_train, cfg.finetune.batch_size, False)
   frozen = frozen_regex(cfg.finetune.frozen, params)
   state = train_state(model, cfg.optim, steps_per_epoch=per_epoch, epochs=cfg.finetune.epochs,
                       frozen=frozen, params=params)
@@ -31,6 +32,7 @@ def finetune(run) -> dict:
       steps_per_epoch=per_epoch, epochs=cfg.finetune.epochs,
       checkpoint_every=cfg.finetune.checkpoint_every, on_epoch_end=on_epoch_end, frozen=frozen)
   try:
-    return loop.fit_stage(run, spec, state)[1]
+    # data parallel when the batch splits over the devices (a smaller last batch is replicated)
+    return loop.fit_stage(run, spec, state, min(cfg.finetune.batch_size, n_train))[1]
   finally:
     best.close()

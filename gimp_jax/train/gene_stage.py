@@ -17,8 +17,8 @@ def gene_pretrain(run) -> dict:
   """The stage (`run`: a `train.run.Run`); returns its entry of results.json["stages"]."""
   cfg = run.config
   train = run.patients("train", "gene_pretrain")
-  per_epoch = pipeline.num_batches(run.cohort.split(train).size, cfg.gene_pretrain.batch_size,
-                                   False)
+  n_train = run.cohort.split(train).size
+  per_epoch = pipeline.num_batches(n_train, cfg.gene_pretrain.batch_size, False)
   state = train_state(run.gene_classifier(), cfg.optim, steps_per_epoch=per_epoch,
                       epochs=cfg.gene_pretrain.epochs)
   best, on_epoch_end = selection.keep_best(
@@ -34,7 +34,8 @@ def gene_pretrain(run) -> dict:
       steps_per_epoch=per_epoch, epochs=cfg.gene_pretrain.epochs,
       checkpoint_every=cfg.pretrain.checkpoint_every, on_epoch_end=on_epoch_end)
   try:
-    return loop.fit_stage(run, spec, state)[1]
+    # data parallel when the batch splits over the devices (a smaller last batch is replicated)
+    return loop.fit_stage(run, spec, state, min(cfg.gene_pretrain.batch_size, n_train))[1]
   finally:
     best.close()
 
