@@ -279,9 +279,10 @@ def stored_normalizer(config: ml_collections.ConfigDict, workdir: str | None
 
 
 def save_normalizer(normalizer: genes_lib.GeneNormalizer, workdir: str) -> None:
-  """Stores the run's gene list once (temporary file + rename: a kill leaves no half file)."""
+  """Stores the run's gene list once (temporary file + rename: a kill leaves no half file); in a
+  job of several processes process 0 writes it."""
   path = os.path.join(workdir, NORMALIZER)
-  if not os.path.exists(path):
+  if jax.process_index() == 0 and not os.path.exists(path):
     tmp = os.path.join(workdir, f"normalizer.tmp-{os.getpid()}.npz")
     try:
       normalizer.save(tmp)

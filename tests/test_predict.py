@@ -17,6 +17,7 @@ from gimp_jax import predict, preflight
 from gimp_jax.data import pipeline
 from gimp_jax.data import synthetic
 from gimp_jax.errors import DataError
+from gimp_jax.report import slides
 from gimp_jax.train import run as run_lib
 from gimp_jax.train.state import create_state, restore_params
 
@@ -42,6 +43,19 @@ def trained(tmp_path_factory):
   workdir = str(base / "run")
   run_lib.train_and_evaluate(c, workdir)
   return workdir, paths
+
+
+def test_attention_files_are_written_by_process_zero_only(trained, tmp_path, monkeypatch):
+  """`--attention` in a job of several processes: every process computes the scores (the model's
+  parameters are global arrays there), and the others write nothing."""
+  workdir, paths = trained
+  c = _config(paths)
+  cohort = preflight.preflight(c, workdir)
+  model = methods.get(c.method).build(c, cohort.gene_names, cohort.num_classes, c.seed)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  assert slides.write_attention(str(tmp_path / "attention"), create_state(model).model(
+      train=False), cohort, c, "") == []
+  assert not (tmp_path / "attention").exists()
 
 
 def _independent(workdir, paths):

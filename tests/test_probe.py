@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -94,13 +95,21 @@ def test_probe_stage_is_deterministic_and_reads_the_pretrained_encoder(cohort, t
       balanced_accuracy_score(r.cohort.labels[test], clf.predict(emb[test])), abs=1e-12)
 
 
-def test_probe_without_pretraining_uses_the_initial_gimp_aggregator(cohort, tmp_path):
+def test_probe_without_pretraining_uses_the_initial_gimp_aggregator(cohort, tmp_path,
+                                                                   monkeypatch):
   config = _config(nsclc.get_config("tiny"), cohort)
   config.stages = ("probe",)
-  results = run.train_and_evaluate(config, str(tmp_path))
+  results = run.train_and_evaluate(config, str(tmp_path / "run"))
   assert results["probe"]["encoder"].startswith("initialisation")
   assert results["probe"]["embedding_dim"] == config.model.dim  # CLS_img, not CLS_pat
-  assert os.path.exists(tmp_path / probe.FILENAME)
+  assert os.path.exists(tmp_path / "run" / probe.FILENAME)
+  # In a job of several processes the others compute the same probe and write nothing.
+  (tmp_path / "process1").mkdir()
+  other = run.Run(config, str(tmp_path / "process1"),
+                  preflight.preflight(config, str(tmp_path / "run")), methods.get(config.method))
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  assert probe.probe(other) == results["probe"]
+  assert not os.listdir(tmp_path / "process1")
 
 
 @pytest.mark.parametrize("config_name", ["tangle_rec", "intra"])

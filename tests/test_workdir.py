@@ -13,11 +13,14 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from conftest import finish, start_main, tiny_flags
 from gimp_jax import workdir as workdir_lib
 from gimp_jax.configs import nsclc
+from gimp_jax.data import genes as genes_lib
 from gimp_jax.errors import DataError
 from gimp_jax.train import run as run_lib
 
@@ -219,3 +222,14 @@ def test_an_unreadable_config_record_is_a_data_error(tmp_path):
   (tmp_path / "config.json").write_text("{")
   with pytest.raises(DataError, match="config.json: unreadable config record"):
     workdir_lib.check_config(str(tmp_path), nsclc.get_config("tiny"), False)
+
+
+def test_the_gene_list_is_stored_by_process_zero_only(tmp_path, monkeypatch):
+  """In a job of several processes the others leave normalizer.npz to process 0."""
+  norm = genes_lib.GeneNormalizer.fit(np.arange(6.0).reshape(2, 3), ["a", "b", "c"])
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  workdir_lib.save_normalizer(norm, str(tmp_path))
+  assert not os.listdir(tmp_path)
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  workdir_lib.save_normalizer(norm, str(tmp_path))
+  assert genes_lib.GeneNormalizer.load(str(tmp_path / "normalizer.npz")).genes == ("a", "b", "c")

@@ -14,6 +14,7 @@ import dataclasses
 import os
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import openslide
@@ -186,7 +187,8 @@ def caption(predictions: dict, patient_id: str, class_names, time_unit: str = ''
 
 def write_attention(out_dir: str, model, cohort, config, slides_dir: str) -> list[SlideFiles]:
   """Every patient's slides (`patient_scores`, `write_slide`) into `out_dir`, one stem per slide
-  ID; the model answers `attention.supports` (DataError naming the method otherwise).
+  ID; the model answers `attention.supports` (DataError naming the method otherwise). In a job of
+  several processes every process computes the scores and process 0 writes (and lists) the files.
 
   Args:
     out_dir: the folder (created if missing).
@@ -205,6 +207,8 @@ def write_attention(out_dir: str, model, cohort, config, slides_dir: str) -> lis
     for item in patient_scores(model, cohort, index, bucket_sizes=config.data.bucket_sizes,
                                slides_dir=slides_dir,
                                default_patch_size=report.get('patch_size_level0', 256)):
+      if jax.process_index() != 0:  # every process computes (a job's model is global); 0 writes
+        continue
       written.append(write_slide(out_dir, re.sub(r'[^A-Za-z0-9._-]+', '_', item.slide_id),
                                  item, **options))
   return written

@@ -184,8 +184,9 @@ def probe(run) -> dict:
                     seed=cfg.seed, num_classes=run.num_classes, max_iter=cfg.probe.max_iter)
   summary = {"encoder": source, "train_patients": int(y.size), "embedding_dim": int(emb.shape[1]),
              "shots": result}
-  with open(os.path.join(run.workdir, FILENAME), "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
+  if jax.process_index() == 0:  # of a job of several processes, process 0 writes
+    with open(os.path.join(run.workdir, FILENAME), "w", encoding="utf-8") as f:
+      json.dump(summary, f, indent=2)
   for k, entry in result.items():
     if "test" in entry:
       t = entry["test"]
