@@ -16,6 +16,7 @@ from typing import Any, Callable, TypeVar
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from gimp_jax import parallel
@@ -113,8 +114,11 @@ class StageCheckpoints:
                       type(error).__name__)
       return
     target = os.path.join(f"{self.directory}.damaged", f"{step}-{time.time_ns()}")
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.replace(os.path.join(self.directory, str(step)), target)
+    if jax.process_index() == 0:  # of a job of several processes, process 0 moves it
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      os.replace(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:  # the others list the folder again once it is moved
+      multihost_utils.sync_global_devices(f"{self.directory}: step {step} set aside")
     self.manager.reload()
     logging.warning("%s: step %d is damaged (%s: %s); moved to %s, using an older step.",
                     self.directory, step, type(error).__name__,

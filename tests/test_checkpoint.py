@@ -125,6 +125,23 @@ def test_damaged_latest_step_falls_back_to_the_previous_one(tmp_path, how, damag
   assert sorted(os.listdir(d)) == ["1", "2", "3"]
 
 
+def test_a_damaged_step_is_set_aside_by_process_zero_only(tmp_path, monkeypatch, damage):
+  """In a job of several processes the others read the older step and leave the moving to
+  process 0."""
+  ckpt = StageCheckpoints(str(tmp_path), "s", max_to_keep=3)
+  for k in (1, 2):
+    ckpt.save(_bump(_state(), k), {"epoch": k})
+  ckpt.close()
+  d = tmp_path / "checkpoints" / "s"
+  damage(str(d / "2"))
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  ckpt = StageCheckpoints(str(tmp_path), "s", max_to_keep=3)
+  state, meta = ckpt.restore(_state())
+  ckpt.close()
+  assert int(state.step) == 1 and meta == {"epoch": 1}
+  assert sorted(os.listdir(d)) == ["1", "2"] and not os.path.exists(str(d) + ".damaged")
+
+
 def test_checkpoints_that_do_not_fit_the_model_are_refused_not_discarded(tmp_path):
   ckpt = StageCheckpoints(str(tmp_path), "s")
   for k in (1, 2):
