@@ -46,6 +46,13 @@ RECIPES = {
         "--config.model.modality_dropout=0.5", "--config.optim.weight_decay=0.1",
         "--config.optim.learning_rate=0.0002", "--config.finetune.epochs=20"]),
     "snn": ("gimp_no_pretrain", ["--config.model.gene_encoder=snn"]),
+    # With pre-training (the supervised gene stage kept: the triplet needs a trained CLS_ge).
+    "gimp": ("gimp", []),
+    "gimp+modality_dropout+wd": ("gimp", ["--config.model.modality_dropout=0.5",
+                                          "--config.optim.weight_decay=0.1"]),
+    "gimp+modality_dropout+wd+unfrozen": ("gimp", ["--config.model.modality_dropout=0.5",
+                                                   "--config.optim.weight_decay=0.1",
+                                                   "--config.finetune.frozen="]),
     "mcat": ("mcat", []),
     "abmil": ("abmil", []),
 }
