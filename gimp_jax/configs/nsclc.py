@@ -1,9 +1,12 @@
-"""GiMP on TCGA-NSCLC: the paper's settings (MICCAI 2023, sections 2 and 3.1).
+"""GiMP on TCGA-NSCLC: the paper's settings (MICCAI 2023, sections 2 and 3.1), fine-tuned with the
+recipe chosen on validation (`RECIPE`, README "Where the deep models lose to a linear model").
 
 Values the paper leaves open are marked "choice" and discussed in the README.
 Run: python -m gimp_jax.main --config=configs/nsclc.py --workdir=runs/nsclc
 The argument picks the size (sizes.py): `configs/nsclc.py:cpu` is the demo on the synthetic cohort,
 `:tiny` the tests' model; the default is the paper's.
+`published(size)` is GiMP as the paper trains it (`configs/methods/gimp_published.py`); the other
+methods' configs start from it, so the recipe changes GiMP's family only.
 """
 
 import math
@@ -14,7 +17,25 @@ from gimp_jax import parallel
 from gimp_jax.configs import sizes
 
 
+# GiMP's fine-tuning recipe (issue 23), chosen on validation accuracy over seeds on the synthetic
+# cohorts (experiments/results/learning/): the supervised, frozen GroupMSA memorises the training
+# labels and the fused head then stops learning from the slides. Half of each fine-tuning batch
+# sees the learned missing-genes token instead of CLS_ge, the gene encoder trains with the slides,
+# and the weights decay 1,000x more strongly. The paper's values are in `published`.
+RECIPE = {"model.modality_dropout": 0.5, "finetune.frozen": "", "optim.weight_decay": 0.1}
+
+
 def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
+  """GiMP as gimp_jax trains it by default: the paper's settings with `RECIPE`."""
+  c = published(arg)
+  for field, value in RECIPE.items():
+    block, name = field.split(".")
+    c[block][name] = value
+  return c
+
+
+def published(arg: str = "paper") -> ml_collections.ConfigDict:
+  """The paper's settings (and our choices where it is silent) at size `arg`."""
   c = ml_collections.ConfigDict()
   c.seed = 0                                  # root PRNG seed; data order is a function of (seed, epoch)
   c.method = "gimp"                           # model/objective family (see gimp_jax.methods)
@@ -78,11 +99,11 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.model.head_dropout = 0.25                 # CLAM's default dropout (choice)
   c.model.modality_dropout = 0.0              # P(gene embedding -> learned "missing" token) per
                                               # patient in fine-tuning; > 0 allows slide-only
-                                              # prediction (0 = GiMP as published)
+                                              # prediction (0 = GiMP as published; RECIPE: 0.5)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4                # [paper 3.1]
-  c.optim.weight_decay = 1e-4                 # choice (paper: AdamW, value not given)
+  c.optim.weight_decay = 1e-4                 # choice (paper: AdamW, value not given; RECIPE: 0.1)
   c.optim.warmup_epochs = 0.0                 # linear warm-up before the cosine decay (choice: none)
   c.optim.end_lr_fraction = 0.0               # cosine decays to this fraction of the peak
   c.optim.grad_clip = 1.0                     # global-norm clipping (choice; 0 = off)
@@ -129,7 +150,7 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   c.finetune = ml_collections.ConfigDict()
   c.finetune.epochs = 70                      # [paper 3.1], best validation epoch kept
   c.finetune.batch_size = 1                   # whole bags
-  c.finetune.frozen = r"^gene_encoder/"       # choice: the supervised GroupMSA stays frozen
+  c.finetune.frozen = r"^gene_encoder/"       # choice: the supervised GroupMSA stays frozen (RECIPE: "")
   c.finetune.label_smoothing = 0.0
   c.finetune.select_metric = "val_accuracy"   # [paper 3.1] evaluate on val every epoch, keep the best
   c.finetune.patience = 0                     # epochs without a better val score before stopping (0 = never)

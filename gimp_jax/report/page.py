@@ -144,11 +144,11 @@ def facts_blocks(facts: Mapping[str, Any]) -> list[Block]:
   if 'config_diff' in facts:
     diff = list(facts['config_diff'])
     if not diff:
-      blocks.append(Paragraph("Config: the paper's defaults (configs/nsclc.py)."))
+      blocks.append(Paragraph("Config: the paper's settings (configs/nsclc.py, published)."))
     else:
-      blocks += [Paragraph("Config fields that differ from the paper's defaults "
-                           '(configs/nsclc.py; report.* and stages left out):'),
-                 Table(['field', 'default -> this run'],
+      blocks += [Paragraph("Config fields that differ from the paper's settings "
+                           '(configs/nsclc.py, published; report.* and stages left out):'),
+                 Table(['field', 'paper -> this run'],
                        [change.split(': ', 1) if ': ' in change else [change, '']
                         for change in diff])]
   return blocks

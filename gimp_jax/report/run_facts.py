@@ -18,9 +18,10 @@ def command() -> str:
 
 
 def config_diff(config: ml_collections.ConfigDict) -> list[str]:
-  """'field: default -> this run' for every field that differs from `configs.nsclc`'s paper
-  defaults (`workdir.config_changes`, which leaves out stages, data.prefetch and report.*)."""
-  return workdir_lib.config_changes(workdir_lib.as_json(nsclc.get_config()),
+  """'field: paper -> this run' for every field that differs from the paper's settings
+  (`configs.nsclc.published`; so GiMP's default recipe shows) (`workdir.config_changes`, which
+  leaves out stages, data.prefetch and report.*)."""
+  return workdir_lib.config_changes(workdir_lib.as_json(nsclc.published()),
                                     workdir_lib.as_json(config))
 
 

@@ -7,7 +7,7 @@ from gimp_jax.configs import nsclc
 
 
 def get_config(arg: str = "paper"):
-  c = methods.image_only(nsclc.get_config(arg))
+  c = methods.image_only(nsclc.published(arg))
   c.method = "clam_sb"
   c.clam = ml_collections.ConfigDict()
   c.clam.k_sample = 8                         # patches per pseudo-labelled set [CLAM]

@@ -5,6 +5,6 @@ from gimp_jax.configs import nsclc
 
 
 def get_config(arg: str = "paper"):
-  c = methods.image_only(nsclc.get_config(arg))
+  c = methods.image_only(nsclc.published(arg))
   c.method = "dsmil"
   return c

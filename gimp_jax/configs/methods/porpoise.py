@@ -8,7 +8,7 @@ from gimp_jax.configs import nsclc
 
 
 def get_config(arg: str = "paper"):
-  c = methods.end_to_end(nsclc.get_config(arg))
+  c = methods.end_to_end(nsclc.published(arg))
   c.method = "porpoise"
   c.model.gene_encoder = "snn"                # documents the genomic branch (built by the method)
   d = c.model.dim

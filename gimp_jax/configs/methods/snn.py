@@ -1,4 +1,4 @@
-"""Table 2, row 1: GiMP without pre-training, GroupMSA replaced by an SNN (supervised, frozen)."""
+"""Table 2, row 1: GiMP without pre-training (`gimp_no_pretrain`), GroupMSA replaced by an SNN."""
 
 from gimp_jax.configs.methods import gimp_no_pretrain
 

@@ -10,7 +10,7 @@ from gimp_jax.configs import nsclc
 
 
 def get_config(arg: str = "paper", method: str = "tangle"):
-  c = nsclc.get_config(arg)
+  c = nsclc.published(arg)
   c.method = method
   c.stages = ("pretrain", "probe")            # TANGLE's protocol: pre-train, then probe the slides
   c.model.gene_encoder = "none"               # the method builds its own encoders
