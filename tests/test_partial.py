@@ -125,16 +125,16 @@ def test_mixed_cohort_trains_through_every_stage_each_using_what_it_can(mixed, t
 
 def test_predict_refuses_slide_only_patients_for_a_model_without_the_token(mixed, tmp_path):
   paths, slide_only, _ = mixed
-  config = _config(paths)
-  config.stages = ("finetune",)  # no modality dropout: fine-tuned on the patients with genes
+  config = _config(paths, modality_dropout=0.0)
+  config.stages = ("finetune",)  # no missing-genes token: fine-tuned on the patients with genes
   results = run.train_and_evaluate(config, str(tmp_path))
   assert results["stages"]["finetune"]["steps"] > 0
   with pytest.raises(DataError) as e:
-    predict.predict(str(tmp_path), _config(paths))
+    predict.predict(str(tmp_path), _config(paths, modality_dropout=0.0))
   lines = str(e.value).splitlines()
   assert sorted(line.split("patient ")[1].split(":")[0] for line in lines) == sorted(slide_only)
   assert all("cannot predict from the slide alone" in line for line in lines)
-  given = _config(paths)
+  given = _config(paths, modality_dropout=0.0)
   given.data.expression = ""  # no table: every patient would be slide-only
   with pytest.raises(DataError) as e:
     predict.predict(str(tmp_path), given)

@@ -8,5 +8,6 @@ from gimp_jax.configs import nsclc
 
 def get_config(arg: str = "paper"):
   c = nsclc.get_config(arg)
-  c.stages = ("finetune", "test")
+  c.stages = ("finetune", "test")             # choice: no supervised gene stage (issue 23)
+  c.finetune.frozen = ""                      # GroupMSA trains with the slides
   return c
