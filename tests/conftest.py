@@ -91,12 +91,12 @@ def trace_stages(config, cohort) -> dict[str, dict]:
   from gimp_jax.train import loop, steps  # pylint: disable=g-import-not-at-top
   from gimp_jax.train.state import create_state, frozen_regex, train_state  # pylint: disable=g-import-not-at-top
   method = methods.get(config.method)
-  outputs = survival.num_outputs(config, cohort.num_classes)
+  outputs = survival.num_outputs(cohort.task, config.survival, cohort.num_classes)
   d = config.data
   stages = {
       "gene_pretrain": lambda: (
-          build.build_gene_classifier(config, cohort.num_genes, outputs, 0),
-          supervised.gene_loss(config), "",
+          build.build_gene_classifier(config.model, cohort.num_genes, outputs, 0),
+          supervised.gene_loss(cohort.task, config.survival), "",
           pipeline.gene_batches(cohort, "train", batch_size=2, prefetch=0)),
       "pretrain": lambda: (
           method.build(build.pretrain_config(config), cohort.gene_names, outputs, 0),

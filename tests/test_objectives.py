@@ -342,7 +342,8 @@ def test_gimp_pretrain_loss_terms_match_numpy(normalize, triplet_on, var_weight)
   cfg.pretrain.img_variance_weight = var_weight
   cfg.pretrain.tri_weight, cfg.pretrain.rec_weight = 2.0, 0.5
   cfg.pretrain.margin = 0.3
-  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                           dtype=cfg.compute_dtype)
   model.eval()
   rng = np.random.default_rng(0)
   labels = np.array([0, 1, 0, 1, 1, 0], np.int32)
@@ -404,7 +405,8 @@ def test_gimp_pretrain_loss_on_padded_short_windows_equals_every_position_decode
   from gimp_jax.models import build  # pylint: disable=g-import-not-at-top
   from gimp_jax.objectives import gimp as gimp_objective  # pylint: disable=g-import-not-at-top
   cfg = nsclc.get_config("tiny")  # L = 64
-  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                           dtype=cfg.compute_dtype)
   model.eval()
   batch = _padded_windows(cfg, [64, 37, 5, 64])
   real_masked = batch["mpm_mask"] & batch["patch_mask"]
@@ -438,7 +440,8 @@ def test_gimp_pretrain_loss_is_nan_for_a_mask_outside_the_static_bound():
   from gimp_jax.models import build  # pylint: disable=g-import-not-at-top
   from gimp_jax.objectives import gimp as gimp_objective  # pylint: disable=g-import-not-at-top
   cfg = nsclc.get_config("tiny")
-  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                           dtype=cfg.compute_dtype)
   batch = _padded_windows(cfg, [64, 64])
   del batch["patch_mask"]
   loss_fn = nnx.jit(gimp_objective.make_loss(cfg))  # one compile: eager dispatch is 5x slower

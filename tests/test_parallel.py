@@ -42,7 +42,8 @@ def _batch(cfg, b: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def _state(cfg, grad_accum_steps: int = 1):
   cfg.optim.grad_accum_steps = grad_accum_steps
-  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                           dtype=cfg.compute_dtype)
   return train_state(model, cfg.optim, steps_per_epoch=10, epochs=10, frozen=cfg.pretrain.frozen)
 
 

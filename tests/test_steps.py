@@ -31,7 +31,8 @@ def _batch(cfg, b=4, seed=0):
 
 
 def _pretrain_state(cfg, total_steps=30):
-  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                           dtype=cfg.compute_dtype)
   return train_state(model, cfg.optim, steps_per_epoch=1, epochs=total_steps,
                      frozen=cfg.pretrain.frozen)
 
@@ -78,7 +79,8 @@ def test_pretrain_step_lowers_loss():
 
 def test_finetune_and_eval_steps_on_padded_bags():
   cfg = nsclc.get_config("tiny")
-  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                           dtype=cfg.compute_dtype)
   state = train_state(model, cfg.optim, steps_per_epoch=1, epochs=5, frozen=cfg.finetune.frozen)
   rng = np.random.default_rng(0)
   batch = {"patches": jnp.asarray(rng.standard_normal((2, 50, 32)), jnp.float32),
@@ -98,10 +100,10 @@ def test_finetune_and_eval_steps_on_padded_bags():
 
 def test_gene_pretrain_step():
   cfg = nsclc.get_config("tiny")
-  model = build.build_gene_classifier(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gene_classifier(cfg.model, cfg.data.num_genes, 2, seed=0)
   state = train_state(model, cfg.optim, steps_per_epoch=1, epochs=5)
   b = _batch(cfg)
-  state, m = steps.make_train_step(supervised.gene_loss(cfg))(state, {"genes": b["genes"], "label": b["label"]},
+  state, m = steps.make_train_step(supervised.gene_loss(cfg.task, cfg.survival))(state, {"genes": b["genes"], "label": b["label"]},
                                       jax.random.key(0))
   assert set(m) >= {"loss", "accuracy"} and np.isfinite(float(m["loss"]))
 

@@ -237,7 +237,7 @@ def test_cox_head_is_one_log_risk_and_its_loss_is_the_partial_likelihood(method)
   cfg = importlib.import_module(f"gimp_jax.configs.methods.{method}").get_config("tiny")
   cfg.task, cfg.survival.loss = "survival", "cox"
   module = methods.get(method)
-  model = module.build(cfg, [f"G{i}" for i in range(96)], survival.num_outputs(cfg, 4), 0)
+  model = module.build(cfg, [f"G{i}" for i in range(96)], survival.num_outputs(cfg.task, cfg.survival, 4), 0)
   batch = {"patches": jnp.asarray(RNG.normal(size=(6, 12, 32)), jnp.float32),
            "patch_mask": jnp.ones((6, 12), bool), "genes": jnp.zeros((6, 96)),
            "label": jnp.asarray([0, 1, 2, 3, 1, 0]),

@@ -88,7 +88,8 @@ def model_config(dtype: str) -> ml_collections.ConfigDict:
 
 def model_and_params(cfg, num_genes: int, seed: int = 0):
   """A gimp_jax GiMP and its parameters as {path: array}."""
-  model = build.build_gimp(cfg, num_genes, NUM_CLASSES, seed=seed)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, num_genes, NUM_CLASSES, seed=seed,
+                           dtype=cfg.compute_dtype)
   flat = {k: np.asarray(v) for k, v in optim.flat_paths(nnx.state(model, nnx.Param)).items()}
   return model, flat
 

@@ -12,7 +12,8 @@ from gimp_jax.objectives.supervised import finetune_loss  # pylint: disable=unus
 
 def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int, seed: int):
   """GiMP (config.model) on the gene list `genes`."""
-  return build_gimp(config, len(genes), num_classes, seed)
+  return build_gimp(config.model, config.data.feature_dim, len(genes), num_classes, seed,
+                    dtype=config.compute_dtype)
 
 
 # With data.allow_missing: MPM on every training slide, the triplet terms on the labelled pairs

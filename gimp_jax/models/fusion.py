@@ -283,16 +283,15 @@ def build_attention_fusion(config: ml_collections.ConfigDict, genes: Sequence[st
       rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
-def mcat_gene_groups(config: ml_collections.ConfigDict, genes: Sequence[str]
+def mcat_gene_groups(mcat_cfg: ml_collections.ConfigDict, genes: Sequence[str], where: str
                      ) -> tuple[tuple[int, ...], ...]:
   """The gene-list positions of MCAT's tokens: its six signatures found by symbol in `genes`
-  (config.mcat.gene_groups = "signatures", `data.signatures.gene_groups`), or
-  config.mcat.num_gene_groups consecutive slices ("slices"; a config without the field, from a run
-  older than the signatures, gets slices)."""
-  c = config.mcat
+  (the `mcat` config block's gene_groups = "signatures", `data.signatures.gene_groups`; `where`
+  names the expression input in its messages), or num_gene_groups consecutive slices ("slices"; a
+  config without the field, from a run older than the signatures, gets slices)."""
+  c = mcat_cfg
   if c.get("gene_groups", "slices") == "signatures":
-    return tuple(pos for _, pos in signatures.gene_groups(
-        genes, where=config.data.get("expression", "expression")))
+    return tuple(pos for _, pos in signatures.gene_groups(genes, where=where))
   logging.warning("MCAT: config.mcat.gene_groups='slices': %d consecutive slices of the gene list, "
                   "not MCAT's six signatures", c.num_gene_groups)
   return consecutive_groups(len(genes), c.num_gene_groups)
@@ -304,7 +303,8 @@ def build_mcat(config: ml_collections.ConfigDict, genes: Sequence[str], num_clas
   model's gene list (names, symbols where known)."""
   c = config.mcat
   return MCAT(config.data.feature_dim, len(genes), num_classes,
-              gene_groups=mcat_gene_groups(config, genes), dim=c.dim, heads=c.heads,
+              gene_groups=mcat_gene_groups(
+                  c, genes, config.data.get("expression", "expression")), dim=c.dim, heads=c.heads,
               depth=c.depth, fusion=c.fusion, dropout=c.dropout,
               modality_dropout=config.model.get("modality_dropout", 0.0),
               rngs=nnx.Rngs(params=seed, dropout=seed + 1))

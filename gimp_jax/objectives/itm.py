@@ -49,8 +49,9 @@ def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: 
           seed: int):
   """GiMP + ITMHeads (config.itm.proj_dim)."""
   return build_with_objective(
-      config, genes, num_classes, seed,
-      lambda c, g, rngs: ITMHeads(c.model.dim, c.itm.proj_dim, rngs=rngs))
+      config.model, config.data.feature_dim, genes, num_classes, seed,
+      lambda rngs: ITMHeads(config.model.dim, config.itm.proj_dim, rngs=rngs),
+      dtype=config.compute_dtype, method=config.method)
 
 
 def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:

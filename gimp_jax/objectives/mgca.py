@@ -171,9 +171,10 @@ def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: 
     raise ValueError("config.method='mgca' aligns patch tokens with GroupMSA's fragment tokens: "
                      f"set model.gene_encoder='group_msa' (got {config.model.gene_encoder!r}).")
   return build_with_objective(
-      config, genes, num_classes, seed,
-      lambda c, g, rngs: MGCAHeads(c.model.dim, c.mgca.proj_dim, c.mgca.num_prototypes,
-                                   rngs=rngs))
+      config.model, config.data.feature_dim, genes, num_classes, seed,
+      lambda rngs: MGCAHeads(config.model.dim, config.mgca.proj_dim, config.mgca.num_prototypes,
+                             rngs=rngs),
+      dtype=config.compute_dtype, method=config.method)
 
 
 def token_subset(length: int, count: int) -> jax.Array:

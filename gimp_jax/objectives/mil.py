@@ -100,7 +100,8 @@ def make_clam_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """bag_weight * CE(bag) + (1 - bag_weight) * instance loss (config.clam: bag_weight, k_sample,
   instance_loss, subtyping)."""
   cfg = config.clam
-  head_loss = survival.bag_loss(config, config.finetune.label_smoothing)
+  head_loss = survival.bag_loss(config.get("task", "classification"), config.get("survival"),
+                                config.finetune.label_smoothing)
 
   def loss_fn(model, batch):
     mask = batch.get("patch_mask")
@@ -118,7 +119,7 @@ def make_clam_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
 def make_dsmil_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   """DSMIL's 0.5 bag + 0.5 max-instance loss: cross-entropy (`dsmil_loss`), or for survival the
   task's survival loss on each stream."""
-  head_loss = survival.bag_loss(config)
+  head_loss = survival.bag_loss(config.get("task", "classification"), config.get("survival"))
 
   def loss_fn(model, batch):
     bag_logits, max_logits, _ = model.streams(batch["patches"], batch.get("patch_mask"))

@@ -73,9 +73,10 @@ def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: 
           seed: int):
   """GiMP + REFERSHeads (config.refers.views, proj_dim)."""
   return build_with_objective(
-      config, genes, num_classes, seed,
-      lambda c, g, rngs: REFERSHeads(c.model.dim, c.refers.views, c.refers.proj_dim, g,
-                                     rngs=rngs))
+      config.model, config.data.feature_dim, genes, num_classes, seed,
+      lambda rngs: REFERSHeads(config.model.dim, config.refers.views, config.refers.proj_dim,
+                               len(genes), rngs=rngs),
+      dtype=config.compute_dtype, method=config.method)
 
 
 def split_views(patches: jax.Array, views: int) -> jax.Array:
