@@ -51,7 +51,6 @@ import numpy as np
 
 from gimp_jax import atomic
 from gimp_jax import cli
-from gimp_jax import methods
 from gimp_jax import parallel
 from gimp_jax import preflight
 from gimp_jax import provenance
@@ -200,7 +199,7 @@ def predict(workdir: str, given: ml_collections.ConfigDict, attention_dir: str =
   """
   with tempfile.TemporaryDirectory() as tmpdir:
     config, cohort, labelled, known = check(workdir, given, tmpdir)
-  run = run_lib.Run(config, workdir, cohort, methods.get(config.method))  # reads only
+  run = run_lib.Run(config, workdir, cohort)  # reads only
   model = run.build()
   params = restore_params(workdir, evaluate.BEST, model)
   if params is None:

@@ -97,8 +97,7 @@ def abstract_model(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort)
       by gene symbol).
   """
   outputs = survival.num_outputs(cohort.task, config.get("survival"), cohort.num_classes)
-  return nnx.eval_shape(lambda: methods.get(config.method).build(
-      config, cohort.gene_names, outputs, config.seed))
+  return nnx.eval_shape(lambda: methods.build(config, cohort.gene_names, outputs, config.seed))
 
 
 def parameter_count(model: nnx.Module) -> int:

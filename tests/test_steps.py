@@ -41,7 +41,7 @@ def test_frozen_leaves_unchanged_and_without_moments():
   cfg = nsclc.get_config("tiny")
   state = _pretrain_state(cfg)
   before = jax.tree_util.tree_map(np.array, optim.flat_paths(state.params))
-  step = steps.make_train_step(gimp_objective.make_loss(cfg), cfg.pretrain.frozen)
+  step = steps.make_train_step(gimp_objective.make_loss(cfg.pretrain), cfg.pretrain.frozen)
   batch = _batch(cfg)
   for i in range(5):
     state, _ = step(state, batch, jax.random.key(i))
@@ -64,7 +64,7 @@ def test_pretrain_step_lowers_loss():
   cfg = nsclc.get_config("tiny")
   cfg.optim.learning_rate = 1e-3
   state = _pretrain_state(cfg)
-  step = steps.make_train_step(gimp_objective.make_loss(cfg), cfg.pretrain.frozen)
+  step = steps.make_train_step(gimp_objective.make_loss(cfg.pretrain), cfg.pretrain.frozen)
   batch = _batch(cfg)
   history = []
   for i in range(30):
@@ -87,7 +87,8 @@ def test_finetune_and_eval_steps_on_padded_bags():
            "patch_mask": jnp.asarray(np.arange(50)[None] < np.array([[50], [20]])),
            "genes": jnp.asarray(rng.standard_normal((2, 96)), jnp.float32),
            "label": jnp.array([0, 1])}
-  state, metrics = steps.make_train_step(supervised.finetune_loss(cfg), cfg.finetune.frozen)(state, batch, jax.random.key(0))
+  state, metrics = steps.make_train_step(supervised.finetune_loss(None, cfg.finetune, cfg.task, cfg.survival),
+                                         cfg.finetune.frozen)(state, batch, jax.random.key(0))
   assert np.isfinite(float(metrics["loss"]))
   eval_step = steps.make_eval_step()
   out = eval_step(state, batch, jax.random.key(0))
@@ -224,7 +225,7 @@ def test_grad_norm_is_over_trainable_parameters(pretrain_run):
   r, spec, state, batch, _ = pretrain_run
   cfg = r.config.copy_and_resolve_references()
   cfg.pretrain.margin = 1e3
-  loss_fn = gimp_objective.make_loss(cfg)
+  loss_fn = gimp_objective.make_loss(cfg.pretrain)
   key = jax.random.key(3)
   _, metrics = steps.make_train_step(loss_fn, spec.frozen)(_copy(state), batch, key)
   assert float(metrics["tri_active"]) == 1.0

@@ -10,14 +10,15 @@ from gimp_jax.models.group_msa import GroupMSA
 from gimp_jax.models.snn import SNN
 
 
-def pretrain_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config the pre-training stage builds its model from: `model.pinv_grad` replaced by
-  `pretrain.pinv_grad` (the pseudo-inverse gradient chosen for pre-training, configs/nsclc.py);
-  `config` itself when it has no such field."""
-  if "pinv_grad" not in config.pretrain:
-    return config
-  out = config.copy_and_resolve_references()
-  out.model.pinv_grad = config.pretrain.pinv_grad
+def pretrain_model_cfg(model_cfg: ml_collections.ConfigDict,
+                       pretrain_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `model` block the pre-training stage builds its model from: `pinv_grad` replaced by the
+  `pretrain` block's (the pseudo-inverse gradient chosen for pre-training, configs/nsclc.py);
+  `model_cfg` itself when `pretrain_cfg` has no such field."""
+  if "pinv_grad" not in pretrain_cfg:
+    return model_cfg
+  out = model_cfg.copy_and_resolve_references()
+  out.pinv_grad = pretrain_cfg.pinv_grad
   return out
 
 

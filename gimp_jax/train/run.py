@@ -1,13 +1,13 @@
-"""A run is data plus stages: `Run` holds what every stage reads (config, workdir, cohort, method,
-metrics writer); `train_and_evaluate` runs `config.stages` in the paper's order, gene_pretrain ->
-pretrain -> finetune -> test (-> probe, TANGLE's few-shot protocol), each stage a function
-`stage(run) -> results` in its own module, reading the previous stage's checkpoint from the
-workdir. Finished stages are skipped and an interrupted stage resumes from its last checkpoint.
+"""A run is data plus stages: `Run` holds what every stage reads (config, workdir, cohort, the
+patients each stage uses, metrics writer); `train_and_evaluate` runs `config.stages` in the
+paper's order, gene_pretrain -> pretrain -> finetune -> test (-> probe, TANGLE's few-shot
+protocol), each stage a function `stage(run) -> results` in its own module, reading the previous
+stage's checkpoint from the workdir. Finished stages are skipped and an interrupted stage resumes
+from its last checkpoint.
 """
 
 import dataclasses
 import os
-from types import ModuleType
 from typing import Any, Callable
 
 from absl import logging
@@ -36,7 +36,6 @@ class Run:
     config: the run's config.
     workdir: where its checkpoints and metrics are.
     cohort: the patients, splits and gene list.
-    method: the method module (`gimp_jax.methods.<name>`: build, pretrain_loss, finetune_loss).
     writer: metrics.jsonl and TensorBoard (None when the run only reads: `predict`).
     uses: with data.allow_missing, the patients each stage takes (`partial.method_uses`, the
       keyword arguments of `partial.stage_patients`); None: every stage takes its whole split.
@@ -46,7 +45,6 @@ class Run:
   config: ml_collections.ConfigDict
   workdir: str
   cohort: cohort_lib.Cohort
-  method: ModuleType
   writer: loop.MetricsWriter | None = None
   uses: dict[str, Any] | None = None
   stop: Callable[[], bool] = lambda: False
@@ -68,10 +66,11 @@ class Run:
   def stage_key(self, name: str) -> jax.Array:
     return jax.random.fold_in(jax.random.key(self.config.seed), STAGES.index(name))
 
-  def build(self, config: ml_collections.ConfigDict | None = None):
-    """The method's model on the cohort's gene list (`config` defaults to the run's)."""
-    config = self.config if config is None else config
-    return self.method.build(config, self.cohort.gene_names, self.num_classes, config.seed)
+  def build(self, model_cfg: ml_collections.ConfigDict | None = None):
+    """The method's model on the cohort's gene list (`methods.build`; `model_cfg`: the `model`
+    block it is built from, default the run's)."""
+    return methods.build(self.config, self.cohort.gene_names, self.num_classes, self.config.seed,
+                         model_cfg)
 
   def gene_classifier(self):
     """The supervised GroupMSA of the run (gene encoder + head: `gene_pretrain`)."""
@@ -88,11 +87,11 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
     cohort = preflight.preflight(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   workdir_lib.save_normalizer(cohort.normalizer, workdir)
-  method = methods.get(config.method)
   uses = None
   if config.data.get("allow_missing", False):
-    uses = partial.method_uses(method, preflight.abstract_model(config, cohort))
-  return Run(config, workdir, cohort, method, loop.MetricsWriter(workdir), uses, stop)
+    uses = partial.method_uses(methods.get(config.method),
+                               preflight.abstract_model(config, cohort))
+  return Run(config, workdir, cohort, loop.MetricsWriter(workdir), uses, stop)
 
 
 TRAINING = {"gene_pretrain": gene_stage.gene_pretrain, "pretrain": pretrain_stage.pretrain,
