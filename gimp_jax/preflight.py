@@ -96,7 +96,8 @@ def abstract_model(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort)
     DataError: the model cannot be built on the cohort's gene list (MCAT: its signatures are found
       by gene symbol).
   """
-  outputs = survival.num_outputs(cohort.task, config.get("survival"), cohort.num_classes)
+  outputs = survival.num_outputs(config.get("task", "classification"), config.get("survival"),
+                                 cohort.num_classes)
   return nnx.eval_shape(lambda: methods.build(config, cohort.gene_names, outputs, config.seed))
 
 

@@ -55,7 +55,7 @@ def known() -> list[str]:
 
 
 def get(name: str) -> ModuleType:
-  """The module of method `name` (build, pretrain_loss, finetune_loss)."""
+  """The module of method `name` (CONFIG_BLOCK, build, pretrain_loss, finetune_loss)."""
   if name not in known():
     raise ValueError(f"Unknown config.method {name!r}; known: {known()}.")
   return importlib.import_module(f"{__name__}.{name}")

@@ -52,9 +52,10 @@ class Run:
 
   @property
   def num_classes(self) -> int:
-    """Outputs of the head: classes, or the survival head's (`survival.num_outputs`)."""
-    return survival.num_outputs(self.cohort.task, self.config.get("survival"),
-                               self.cohort.num_classes)
+    """Outputs of the head: classes, or the survival head's (`survival.num_outputs`; the config's
+    task: `predict` loads a survival run's new patients as a classification cohort)."""
+    return survival.num_outputs(self.config.get("task", "classification"),
+                                self.config.get("survival"), self.cohort.num_classes)
 
   def patients(self, split: str, stage: str) -> np.ndarray | str:
     """The patients of `split` that `stage` uses (`train.partial`): the split itself unless
