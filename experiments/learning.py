@@ -67,11 +67,10 @@ def run_dir(out: str, name: str, seed: int) -> str:
 def fused_scale(config, workdir: str) -> dict:
   """Norms of the two halves of CLS_pat over the training and validation patients, and the
   training accuracy of the fine-tuned model (how much of the training set it memorised)."""
-  from gimp_jax import methods, preflight  # pylint: disable=g-import-not-at-top
+  from gimp_jax import preflight  # pylint: disable=g-import-not-at-top
   from gimp_jax.train import evaluate, run as run_lib  # pylint: disable=g-import-not-at-top
   from gimp_jax.train.state import restored  # pylint: disable=g-import-not-at-top
-  run = run_lib.Run(config, workdir, preflight.preflight(config, workdir),
-                    methods.get(config.method))
+  run = run_lib.Run(config, workdir, preflight.preflight(config, workdir))
   state = restored(run.build(), workdir, evaluate.BEST)
   out = {}
   for split in ("train", "val"):

@@ -54,11 +54,10 @@ def val_pretrain_loss(config, workdir: str) -> dict[str, float]:
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
     results = json.load(f)
   cohort = preflight.preflight(config, workdir)
-  method = methods.get(config.method)
-  model = method.build(config, cohort.gene_names, results["num_classes"], config.seed)
+  model = methods.build(config, cohort.gene_names, results["num_classes"], config.seed)
   state = create_state(model)
   state = state.replace(params=restore_params(workdir, "pretrain", model))
-  loss_fn = jax.jit(lambda s, b: loss_of(s, b, method.pretrain_loss(config)))
+  loss_fn = jax.jit(lambda s, b: loss_of(s, b, methods.pretrain_loss(config)))
   p = config.pretrain
   sums, count = {}, 0
   for batch in pipeline.pretrain_batches(cohort, "val", batch_size=p.batch_size, window=p.window,
@@ -102,11 +101,10 @@ def gradient_error(config, workdir: str) -> float:
   for mode in ARMS:  # the model built directly: model.pinv_grad is what its layers read
     cfg = config.copy_and_resolve_references()
     cfg.model.pinv_grad = mode
-    method = methods.get(cfg.method)
-    model = method.build(cfg, cohort.gene_names, num_classes, cfg.seed)
+    model = methods.build(cfg, cohort.gene_names, num_classes, cfg.seed)
     state = create_state(model)
     params = restore_params(workdir, "pretrain", model)
-    loss_fn = method.pretrain_loss(cfg)
+    loss_fn = methods.pretrain_loss(cfg)
     grads[mode] = optim.flat_paths(jax.jit(jax.grad(
         lambda q, s=state, f=loss_fn: f(s.replace(params=q).model(train=False), batch)[0]))(
             params))

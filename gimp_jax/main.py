@@ -52,7 +52,7 @@ def main(argv):
   stop = _StopFlag()
   signal.signal(signal.SIGTERM, stop)
   signal.signal(signal.SIGINT, stop)
-  parallel.initialize_distributed(_CONFIG.value)  # no-op for a single process
+  parallel.initialize_distributed(_CONFIG.value.get("parallel"))  # no-op for one process
   try:
     results = folds.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop=lambda: stop.requested,
                                        allow_config_change=_ALLOW_CHANGE.value)

@@ -41,14 +41,9 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _block(config) -> ml_collections.ConfigDict:
-  """The `parallel` block of a full config, the block itself, or the defaults (None, or a full
-  config without the block)."""
-  if config is not None and "shard_params" in config:
-    return config
-  if config is not None and "parallel" in config:
-    return config.parallel
-  return default_config()
+def _block(parallel_cfg: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
+  """The `parallel` config block, or its defaults for None (a config without the block)."""
+  return default_config() if parallel_cfg is None else parallel_cfg
 
 
 def cluster_hint(environ: Mapping[str, str] | None = None) -> str | None:
@@ -67,7 +62,8 @@ def cluster_hint(environ: Mapping[str, str] | None = None) -> str | None:
   return None
 
 
-def initialize_distributed(config=None, environ: Mapping[str, str] | None = None) -> bool:
+def initialize_distributed(parallel_cfg: ml_collections.ConfigDict | None = None,
+                           environ: Mapping[str, str] | None = None) -> bool:
   """Connects the processes of a multi-host job; call it first, before any other JAX call.
 
   With `parallel.coordinator_address` set, uses the explicit fields (fields left at 0 / -1 are
@@ -76,7 +72,7 @@ def initialize_distributed(config=None, environ: Mapping[str, str] | None = None
   is a single-process run and nothing happens.
 
   Args:
-    config: the full config (with a `parallel` block), the block itself, or None.
+    parallel_cfg: the `parallel` config block, or None for its defaults.
     environ: the environment to inspect (default os.environ).
 
   Returns:
@@ -85,7 +81,7 @@ def initialize_distributed(config=None, environ: Mapping[str, str] | None = None
   Raises:
     ValueError: an explicit coordinator without process count / id and no launcher to supply them.
   """
-  p = _block(config)
+  p = _block(parallel_cfg)
   if jax.distributed.is_initialized():
     return True
   hint = cluster_hint(environ) if p.auto_detect else None
@@ -124,8 +120,9 @@ def make_mesh(num_devices: int | None = None, axis: str = "data") -> Mesh:
   return Mesh(np.asarray(devices[:n]), (axis,))
 
 
-def mesh_from_config(config=None) -> Mesh:
-  p = _block(config)
+def mesh_from_config(parallel_cfg: ml_collections.ConfigDict | None = None) -> Mesh:
+  """The mesh of the `parallel` config block (None: its defaults, every device)."""
+  p = _block(parallel_cfg)
   return make_mesh(p.num_devices, p.axis)
 
 
@@ -138,8 +135,9 @@ def batch_sharding(mesh: Mesh, axis: str = "data") -> NamedSharding:
   return NamedSharding(mesh, P(axis))
 
 
-def stage_mesh(config, batch_size: int) -> Mesh | None:
-  """The mesh a stage trains on, or None for one device.
+def stage_mesh(parallel_cfg: ml_collections.ConfigDict | None, batch_size: int) -> Mesh | None:
+  """The mesh a stage trains on (`parallel_cfg`: the `parallel` config block), or None for one
+  device.
 
   One device: None. Otherwise the mesh when `batch_size` splits evenly over it. When it does not:
   in a job of several processes still the mesh (the batch replicated: every device computes the
@@ -147,7 +145,7 @@ def stage_mesh(config, batch_size: int) -> Mesh | None:
   """
   if jax.device_count() == 1:
     return None
-  mesh = mesh_from_config(config)
+  mesh = mesh_from_config(parallel_cfg)
   if batch_size % mesh.size:
     if jax.process_count() > 1:
       logging.info("Batch size %d does not split over %d devices: the batch is replicated.",
@@ -251,10 +249,10 @@ def leaf_sharding(leaf, mesh: Mesh, axis: str = "data", min_size: int = 2 ** 18
   return replicated(mesh)
 
 
-def state_shardings(state, mesh: Mesh, config=None):
+def state_shardings(state, mesh: Mesh, parallel_cfg: ml_collections.ConfigDict | None = None):
   """A pytree of shardings for `state` (e.g. a TrainState): replicated, or with
   `parallel.shard_params` the large leaves of params and optimizer state split (`leaf_sharding`)."""
-  p = _block(config)
+  p = _block(parallel_cfg)
   if not p.shard_params:
     return jax.tree_util.tree_map(lambda _: replicated(mesh), state)
   return jax.tree_util.tree_map(
@@ -273,12 +271,13 @@ def _put(x, sharding: NamedSharding):
   return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
-def place_state(state, mesh: Mesh, config=None):
+def place_state(state, mesh: Mesh, parallel_cfg: ml_collections.ConfigDict | None = None):
   """`state` on the mesh with `state_shardings` (copies; the input may be donated later)."""
-  return jax.tree_util.tree_map(_put, state, state_shardings(state, mesh, config))
+  return jax.tree_util.tree_map(_put, state, state_shardings(state, mesh, parallel_cfg))
 
 
-def parallelize_step(step, state, mesh: Mesh, config=None):
+def parallelize_step(step, state, mesh: Mesh,
+                     parallel_cfg: ml_collections.ConfigDict | None = None):
   """`step` (from `train.steps.make_train_step`) jitted for the mesh, donating the state.
 
   Returns:
@@ -286,5 +285,5 @@ def parallelize_step(step, state, mesh: Mesh, config=None):
     `batch` from `shard_batch` or `place_batch` (split or replicated: the input shardings are
     the arguments'), the state keeps its shardings, metrics replicated.
   """
-  return jax.jit(step, out_shardings=(state_shardings(state, mesh, config), replicated(mesh)),
+  return jax.jit(step, out_shardings=(state_shardings(state, mesh, parallel_cfg), replicated(mesh)),
                  donate_argnums=0)

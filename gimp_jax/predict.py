@@ -51,7 +51,6 @@ import numpy as np
 
 from gimp_jax import atomic
 from gimp_jax import cli
-from gimp_jax import methods
 from gimp_jax import parallel
 from gimp_jax import preflight
 from gimp_jax import provenance
@@ -155,7 +154,7 @@ def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
   listing every problem (missing genes, feature width, bad inputs). A survival run's cohort is
   loaded without outcomes (no time bins are fitted on new patients)."""
   trained, class_names = load_run(workdir)
-  normalizer, stored = workdir_lib.stored_normalizer(trained, workdir)
+  normalizer, stored = workdir_lib.stored_normalizer(workdir, trained.get("init_from", ""))
   if normalizer is None or stored != os.path.join(workdir, workdir_lib.NORMALIZER):
     raise DataError(f"{workdir}: no {workdir_lib.NORMALIZER}: the gene list of the model is "
                     "unknown")
@@ -171,7 +170,8 @@ def check(workdir: str, given: ml_collections.ConfigDict, tmpdir: str
   loader.data.listed_only = True  # a shared features folder: the listed patients only
   loader.data.labels, labelled = _labels_csv(config.data.labels, class_names[0], tmpdir,
                                              ignore_labels=surv)
-  cohort, found = preflight.load_cohort(loader, normalizer, stored)
+  cohort, found = preflight.load_cohort(cohort_lib.CohortSpec.from_config(loader), loader.data,
+                                        normalizer, stored)
   problems += [p.replace(loader.data.labels, config.data.labels) for p in found]
   known = {}
   if surv:
@@ -199,7 +199,7 @@ def predict(workdir: str, given: ml_collections.ConfigDict, attention_dir: str =
   """
   with tempfile.TemporaryDirectory() as tmpdir:
     config, cohort, labelled, known = check(workdir, given, tmpdir)
-  run = run_lib.Run(config, workdir, cohort, methods.get(config.method))  # reads only
+  run = run_lib.Run(config, workdir, cohort)  # reads only
   model = run.build()
   params = restore_params(workdir, evaluate.BEST, model)
   if params is None:
@@ -217,8 +217,10 @@ def predict(workdir: str, given: ml_collections.ConfigDict, attention_dir: str =
   state = create_state(model).replace(params=params)
   out = evaluate.predict(run, state, "all")
   if attention_dir:
-    slides.write_attention(attention_dir, state.model(train=False), cohort, config,
-                           given.data.get("slides_dir", ""))
+    slides.write_attention(attention_dir, state.model(train=False), cohort,
+                           given.data.get("slides_dir", ""), method=config.method,
+                           bucket_sizes=config.data.bucket_sizes,
+                           report_cfg=config.get("report", {}))
   labels = out["label"] if labelled else np.full(len(out["patient_id"]), -1)
   uses_genes = getattr(model, "gene_encoder", None) is not None
   modality = np.where(genes & uses_genes, "slide+genes", "slide")
@@ -307,7 +309,7 @@ def main(argv) -> None:
   del argv
   logging.get_absl_handler().addFilter(cli.quiet_libraries)  # as gimp_jax.main: no orbax chatter
   try:
-    parallel.initialize_distributed(flags.FLAGS.config)  # no-op for a single process
+    parallel.initialize_distributed(flags.FLAGS.config.get("parallel"))  # no-op for one process
     prepare_out(flags.FLAGS.out, flags.FLAGS.workdir, flags.FLAGS.config)
     if flags.FLAGS.attention:
       refuse_over_inputs(flags.FLAGS.attention, "--attention", flags.FLAGS.workdir,

@@ -14,7 +14,7 @@ With `data.drop_incomplete` the patients with problems of their own are dropped 
 `preflight`), `python -m gimp_jax.validate` and `python -m gimp_jax.predict` all call it.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import os
 import shutil
 import tempfile
@@ -32,6 +32,7 @@ from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import genes as genes_lib
 from gimp_jax.data import split_checks
 from gimp_jax.errors import DataError
+from gimp_jax.objectives import survival
 from gimp_jax.train import probe
 
 TRAINING_STAGES = ("gene_pretrain", "pretrain", "finetune")
@@ -65,19 +66,21 @@ def workdir_problems(workdir: str) -> list[str]:
   return []
 
 
-def split_problems(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> list[str]:
-  """The splits the stages need: train to train on, val to pick the best epoch on (gene_pretrain,
-  finetune) and to report, test to report."""
+def split_problems(data_cfg: ml_collections.ConfigDict, stages: Sequence[str],
+                   cohort: cohort_lib.Cohort) -> list[str]:
+  """The splits `stages` need (`data_cfg`: the `data` config block, naming the inputs): train to
+  train on, val to pick the best epoch on (gene_pretrain, finetune) and to report, test to
+  report."""
   need = {"train": TRAINING_STAGES, "val": ("gene_pretrain", "finetune", "test"),
           "test": ("test",)}
   sizes = {k: int(v.size) for k, v in cohort.splits.items()}
   how = f"{len(cohort.patients)} patients: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
-  where = config.data.labels or config.data.get("tfds_dir", "")
-  if config.data.get("splits_dir", ""):
+  where = data_cfg.labels or data_cfg.get("tfds_dir", "")
+  if data_cfg.get("splits_dir", ""):
     return []  # `split_checks` names the split file and its column
   out = []
-  for split, stages in need.items():
-    users = [s for s in config.stages if s in stages]
+  for split, users_of in need.items():
+    users = [s for s in stages if s in users_of]
     if users and not sizes.get(split):
       out.append(f"{where}: split: no {split} patients ({how}), but stage(s) "
                  f"{', '.join(users)} need them: add patients, change data.split_fractions, or "
@@ -85,37 +88,34 @@ def split_problems(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort)
   return out
 
 
-def parameter_count(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int
-                    ) -> int:
-  """Parameters of the run's model on the gene list `genes`, from shapes only (nothing is
-  allocated)."""
-  model = nnx.eval_shape(
-      lambda: methods.get(config.method).build(config, genes, num_classes, config.seed))
+def abstract_model(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> nnx.Module:
+  """The run's model (`config.method`'s `build` on the cohort's gene list, with the head the run
+  trains: `survival.num_outputs`) from shapes only: nothing is allocated.
+
+  Raises:
+    DataError: the model cannot be built on the cohort's gene list (MCAT: its signatures are found
+      by gene symbol).
+  """
+  outputs = survival.num_outputs(config.get("task", "classification"), config.get("survival"),
+                                 cohort.num_classes)
+  return nnx.eval_shape(lambda: methods.build(config, cohort.gene_names, outputs, config.seed))
+
+
+def parameter_count(model: nnx.Module) -> int:
+  """Parameters of `model` (an `abstract_model` will do)."""
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
 
 
-def model_problems(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> list[str]:
-  """Whether the method's model can be built on the cohort's gene list (MCAT: its signatures are
-  found by gene symbol), from shapes only."""
-  try:
-    parameter_count(config, cohort.gene_names, cohort.num_classes)
-  except DataError as e:
-    return str(e).split("\n")
-  return []
-
-
-def checkpoint_bytes(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int
-                     ) -> tuple[int, int, int]:
-  """Disk the run's checkpoints need at most.
+def checkpoint_bytes(params: int, stages: Sequence[str]) -> tuple[int, int]:
+  """Disk the checkpoints of a model of `params` parameters need at most over `stages`.
 
   Returns:
-    (bytes, parameters P, checkpoints K): bytes = P x 3 (weights and two Adam moments) x 4 (float32)
-    x K, with K = MAX_TO_KEEP per training stage, plus the best fine-tuned one.
+    (bytes, checkpoints K): bytes = params x 3 (weights and two Adam moments) x 4 (float32) x K,
+    with K = MAX_TO_KEEP per training stage, plus the best fine-tuned one.
   """
-  params = parameter_count(config, genes, num_classes)
-  kept = MAX_TO_KEEP * sum(s in TRAINING_STAGES for s in config.stages)
-  kept += int("finetune" in config.stages)
-  return params * 3 * 4 * kept, params, kept
+  kept = MAX_TO_KEEP * sum(s in TRAINING_STAGES for s in stages)
+  kept += int("finetune" in stages)
+  return params * 3 * 4 * kept, kept
 
 
 def _tree_bytes(path: str) -> int:
@@ -131,26 +131,29 @@ REPORT_FIGURE_BYTES = 4 << 20
 METRICS_STEP_BYTES = 1 << 10
 
 
-def report_bytes(config: ml_collections.ConfigDict, cohort: cohort_lib.Cohort) -> tuple[int, int]:
-  """(bytes, figures): disk the report, the prediction CSVs and the metrics need at most."""
-  if "test" not in config.stages:
+def report_bytes(cohort: cohort_lib.Cohort, stages: Sequence[str],
+                 stage_cfgs: Mapping[str, ml_collections.ConfigDict], heatmaps: int
+                 ) -> tuple[int, int]:
+  """(bytes, figures): disk the report (with `heatmaps` heatmaps: `report.heatmaps`), the
+  prediction CSVs and the metrics need at most; `stage_cfgs`: the training stages' config blocks
+  (epochs, batch_size) by name."""
+  if "test" not in stages:
     return 0, 0
-  stages = config.stages
-  figures = 4 + 1 + int(config.report.heatmaps)  # ROC + confusion (val, test), training curves
+  figures = 4 + 1 + int(heatmaps)  # ROC + confusion (val, test), training curves
   figures += 2 * int("pretrain" in stages)  # t-SNE, pre-training diagnostics
   csv = 64 * (cohort.num_classes + 4) * len(cohort.patients)
   train = int(cohort.split("train").size)
-  steps = sum(int(config[s].epochs) * -(-train // max(int(config[s].batch_size), 1))
-              for s in TRAINING_STAGES if s in stages and s in config)
+  steps = sum(int(stage_cfgs[s].epochs) * -(-train // max(int(stage_cfgs[s].batch_size), 1))
+              for s in TRAINING_STAGES if s in stages and s in stage_cfgs)
   return int(2.5 * figures * REPORT_FIGURE_BYTES) + csv + steps * METRICS_STEP_BYTES, figures
 
 
-def disk_problems(workdir: str, config: ml_collections.ConfigDict,
-                  cohort: cohort_lib.Cohort) -> list[str]:
-  """Whether the workdir's disk has room for the checkpoints and the report (those already there
-  count)."""
-  need, params, kept = checkpoint_bytes(config, cohort.gene_names, cohort.num_classes)
-  report, figures = report_bytes(config, cohort)
+def disk_problems(workdir: str, checkpoints: tuple[int, int, int], report: tuple[int, int]
+                  ) -> list[str]:
+  """Whether the workdir's disk has room for the checkpoints (bytes, parameters, checkpoints
+  kept: `checkpoint_bytes`) and the report (`report_bytes`); those already there count."""
+  need, params, kept = checkpoints
+  report, figures = report
   have = _tree_bytes(os.path.join(workdir, "checkpoints"))
   free = shutil.disk_usage(_existing_ancestor(workdir)).free
   if free + have < need + report:
@@ -162,23 +165,23 @@ def disk_problems(workdir: str, config: ml_collections.ConfigDict,
   return []
 
 
-def load_cohort(config: ml_collections.ConfigDict,
+def load_cohort(spec: cohort_lib.CohortSpec, data_cfg: ml_collections.ConfigDict,
                 normalizer: genes_lib.GeneNormalizer | None = None, stored: str | None = None
                 ) -> tuple[cohort_lib.Cohort | None, list[str]]:
-  """The cohort of `config.data` with every feature file read in full: (the cohort, []) or (None,
-  every problem, one line each).
+  """The cohort of `spec` with every feature file read in full: (the cohort, []) or (None, every
+  problem, one line each).
 
   Args:
-    config: the run's config (`config.data` names the inputs; `data.source` "h5" or "tfds").
+    spec: the cohort's inputs and settings (`CohortSpec.from_config`).
+    data_cfg: the `data` config block (`source` "h5" or "tfds", and `tfds_dir`).
     normalizer: the gene list the inputs must provide (resume, fine-tuning, prediction), or None
       to fit one on the training split.
     stored: where `normalizer` is stored, named in the missing-genes messages.
   """
-  spec = cohort_lib.CohortSpec.from_config(config)
-  if config.data.get("source", "h5") == "tfds":
+  if data_cfg.get("source", "h5") == "tfds":
     from gimp_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
     try:  # the builder checked the inputs; what is left is its settings and the gene list
-      return tfds_source.load_cohort_from_tfds(config.data.tfds_dir, spec, normalizer), []
+      return tfds_source.load_cohort_from_tfds(data_cfg.tfds_dir, spec, normalizer), []
     except DataError as e:
       return None, str(e).split("\n")
   # The scanned cohort itself (not only its problems): with drop_incomplete, the patients whose
@@ -207,18 +210,30 @@ def check(config: ml_collections.ConfigDict, workdir: str | None = None
   if workdir:
     problems += workdir_problems(workdir)
   try:
-    normalizer, stored = workdir_lib.stored_normalizer(config, workdir)
+    normalizer, stored = workdir_lib.stored_normalizer(workdir, config.get("init_from", ""))
   except DataError as e:
     problems += str(e).split("\n")
     normalizer, stored = None, None
-  cohort, found = load_cohort(config, normalizer, stored)
+  cohort, found = load_cohort(cohort_lib.CohortSpec.from_config(config), config.data, normalizer,
+                              stored)
   problems += found + split_checks.problems(config)
+  model = None
   if cohort is not None and not found:
-    problems += split_problems(config, cohort)
+    problems += split_problems(config.data, config.stages, cohort)
     if not any(p.startswith("config:") for p in problems):  # the model is built from the config
-      problems += model_problems(config, cohort) + probe.encoder_problems(config, cohort)
-  if cohort is not None and workdir and not problems:
-    problems += disk_problems(workdir, config, cohort)
+      try:
+        model = abstract_model(config, cohort)
+      except DataError as e:
+        problems += str(e).split("\n")
+      else:
+        problems += probe.encoder_problems(model, config.method, config.stages)
+  if model is not None and workdir and not problems:
+    params = parameter_count(model)
+    need, kept = checkpoint_bytes(params, config.stages)
+    stage_cfgs = {s: config[s] for s in TRAINING_STAGES if s in config}
+    problems += disk_problems(workdir, (need, params, kept),
+                              report_bytes(cohort, config.stages, stage_cfgs,
+                                           config.report.heatmaps))
   problems = list(dict.fromkeys(problems))  # a fold's split file is read by two checks
   return (None, problems) if problems else (cohort, [])
 

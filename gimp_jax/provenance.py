@@ -75,10 +75,9 @@ def _files_under(path: str) -> list[str]:
   return sorted(os.path.join(root, n) for root, _, names in os.walk(path) for n in names)
 
 
-def input_files(config: ml_collections.ConfigDict,
-                cohort: cohort_lib.Cohort | None) -> list[str]:
-  """Every file the run reads: labels, expression, manifest and the kept patients' slides."""
-  data = config.data
+def input_files(data: ml_collections.ConfigDict, cohort: cohort_lib.Cohort | None) -> list[str]:
+  """Every file a run of the `data` config block reads: labels, expression, manifest and the kept
+  patients' slides."""
   if data.get("source", "h5") == "tfds":
     return _files_under(data.tfds_dir)
   files = [data.labels, *_files_under(data.expression)]
@@ -94,7 +93,8 @@ def build_record(config: ml_collections.ConfigDict,
   """The provenance record of a run on `cohort` (the loaded, validated cohort)."""
   record = {"seed": int(config.seed), "config": json.loads(config.to_json_best_effort()),
             "versions": library_versions(),
-            "inputs": {os.path.abspath(p): fingerprint(p) for p in input_files(config, cohort)}}
+            "inputs": {os.path.abspath(p): fingerprint(p)
+                       for p in input_files(config.data, cohort)}}
   if cohort is not None:
     record["cohort"] = {"class_names": list(cohort.class_names),
                         "feature_dim": int(cohort.feature_dim), "num_genes": int(cohort.num_genes),

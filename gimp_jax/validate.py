@@ -16,6 +16,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from gimp_jax import cli
+from gimp_jax import methods
 from gimp_jax import preflight
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import labels as labels_lib
@@ -49,7 +50,9 @@ def main(argv) -> None:
     sys.exit(2)
   print(f"gimp_jax.validate: {summary(config, cohort)}")
   if config.data.get("allow_missing", False):
-    print(partial.usage(config, cohort))
+    uses = partial.method_uses(methods.get(config.method),
+                               preflight.abstract_model(config, cohort))
+    print(partial.usage_table(cohort, config.stages, **uses))
 
 
 if __name__ == "__main__":  # flags only here: the module is imported by tests

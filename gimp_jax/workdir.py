@@ -260,17 +260,17 @@ def change_history(workdir: str) -> list[dict[str, Any]]:
   return out
 
 
-def stored_normalizer(config: ml_collections.ConfigDict, workdir: str | None
+def stored_normalizer(workdir: str | None, init_from: str = ""
                       ) -> tuple[genes_lib.GeneNormalizer | None, str | None]:
   """The gene list a run must use and where it is stored, or (None, None) to fit one on train.
 
-  The workdir's own (a resumed run) comes first, then that of `config.init_from` (a model trained
-  in another workdir).
+  The workdir's own (a resumed run) comes first, then that of `init_from` (`config.init_from`: a
+  model trained in another workdir).
 
   Raises:
     DataError: the file is unreadable.
   """
-  for directory in (workdir, config.get("init_from", "")):
+  for directory in (workdir, init_from):
     if directory:
       path = os.path.join(directory, NORMALIZER)
       if os.path.exists(path):

@@ -91,22 +91,22 @@ def trace_stages(config, cohort) -> dict[str, dict]:
   from gimp_jax.objectives import supervised, survival  # pylint: disable=g-import-not-at-top
   from gimp_jax.train import loop, steps  # pylint: disable=g-import-not-at-top
   from gimp_jax.train.state import create_state, frozen_regex, train_state  # pylint: disable=g-import-not-at-top
-  method = methods.get(config.method)
-  outputs = survival.num_outputs(config, cohort.num_classes)
+  outputs = survival.num_outputs(cohort.task, config.survival, cohort.num_classes)
   d = config.data
   stages = {
       "gene_pretrain": lambda: (
-          build.build_gene_classifier(config, cohort.num_genes, outputs, 0),
-          supervised.gene_loss(config), "",
+          build.build_gene_classifier(config.model, cohort.num_genes, outputs, 0),
+          supervised.gene_loss(cohort.task, config.survival), "",
           pipeline.gene_batches(cohort, "train", batch_size=2, prefetch=0)),
       "pretrain": lambda: (
-          method.build(build.pretrain_config(config), cohort.gene_names, outputs, 0),
-          method.pretrain_loss(config), config.pretrain.frozen,
+          methods.build(config, cohort.gene_names, outputs, 0,
+                        build.pretrain_model_cfg(config.model, config.pretrain)),
+          methods.pretrain_loss(config), config.pretrain.frozen,
           pipeline.pretrain_batches(cohort, "train", batch_size=2, window=config.pretrain.window,
                                     ratio=config.pretrain.mask_ratio, seed=0, epoch=0,
                                     prefetch=0)),
       "finetune": lambda: (
-          method.build(config, cohort.gene_names, outputs, 0), method.finetune_loss(config),
+          methods.build(config, cohort.gene_names, outputs, 0), methods.finetune_loss(config),
           config.finetune.frozen,
           pipeline.bag_batches(cohort, "train", batch_size=2, bucket_sizes=d.bucket_sizes,
                                prefetch=0)),

@@ -20,7 +20,7 @@ CONFIGS = {"gimp": nsclc, "porpoise": porpoise, "pathomic": pathomic, "mcat": mc
 def _build(name, rate):
   c = CONFIGS[name].get_config("tiny")
   c.model.modality_dropout = rate
-  return methods.get(c.method).build(c, synthetic.gene_symbols(96), 2, 0)
+  return methods.build(c, synthetic.gene_symbols(96), 2, 0)
 
 
 def _inputs():

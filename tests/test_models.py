@@ -14,7 +14,8 @@ from gimp_jax.models.aggregator import PatchAggregator
 def test_gimp_paper_dims_shapes():
   cfg = nsclc.get_config()
   cfg.data.num_genes = 60480
-  model = build.build_gimp(cfg, 60480, 2, seed=0)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, 60480, 2, seed=0,
+                           dtype=cfg.compute_dtype)
   model.eval()
   patches = jnp.ones((2, 300, 1024))
   genes = jnp.ones((2, 60480))

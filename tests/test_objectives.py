@@ -265,7 +265,8 @@ def test_dsmil_loss_matches_numpy():
   bag, mx = RNG.standard_normal((2, 4, 3))
   y = np.array([0, 2, 1, 1])
   want = np.mean([0.5 * np_ce(bag[i], y[i]) + 0.5 * np_ce(mx[i], y[i]) for i in range(4)])
-  loss_fn = mil.make_dsmil_loss(nsclc.get_config("tiny"))
+  cfg = nsclc.get_config("tiny")
+  loss_fn = mil.make_dsmil_loss(None, cfg.finetune, cfg.task, cfg.survival)
   got, _ = loss_fn(_Streams(bag, mx), {"patches": jnp.zeros((4, 1, 1)), "label": jnp.asarray(y)})
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
@@ -289,11 +290,10 @@ def _window_batch(cfg, b=4):
 def test_objective_steps_lower_the_loss_and_keep_the_gene_encoder_frozen(module):
   cfg = module.get_config("tiny")
   cfg.optim.learning_rate = 1e-3
-  method = methods.get(cfg.method)
-  model = method.build(cfg, [f"G{i}" for i in range(cfg.data.num_genes)], 2, 0)
+  model = methods.build(cfg, [f"G{i}" for i in range(cfg.data.num_genes)], 2, 0)
   state = train_state(model, cfg.optim, steps_per_epoch=12, epochs=1, frozen=cfg.pretrain.frozen)
   before = {k: np.array(v) for k, v in optim.flat_paths(state.params).items()}  # state is donated
-  step = steps.make_train_step(method.pretrain_loss(cfg))
+  step = steps.make_train_step(methods.pretrain_loss(cfg))
   batch = _window_batch(cfg)
   history = []
   for i in range(12):
@@ -342,7 +342,8 @@ def test_gimp_pretrain_loss_terms_match_numpy(normalize, triplet_on, var_weight)
   cfg.pretrain.img_variance_weight = var_weight
   cfg.pretrain.tri_weight, cfg.pretrain.rec_weight = 2.0, 0.5
   cfg.pretrain.margin = 0.3
-  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                           dtype=cfg.compute_dtype)
   model.eval()
   rng = np.random.default_rng(0)
   labels = np.array([0, 1, 0, 1, 1, 0], np.int32)
@@ -350,7 +351,7 @@ def test_gimp_pretrain_loss_terms_match_numpy(normalize, triplet_on, var_weight)
            "mpm_mask": jnp.asarray(np.argsort(rng.random((6, 16)), axis=1) < 8),
            "genes": jnp.asarray(rng.standard_normal((6, 96)), jnp.float32),
            "label": jnp.asarray(labels)}
-  loss, metrics = gimp_objective.make_loss(cfg)(model, batch)
+  loss, metrics = gimp_objective.make_loss(cfg.pretrain)(model, batch)
   cls_img, tokens = model.aggregator(batch["patches"], mpm_mask=batch["mpm_mask"])
   img = np.asarray(cls_img, np.float64)
   ge = np.asarray(model.gene_encoder(batch["genes"]), np.float64)
@@ -373,7 +374,7 @@ def test_gimp_pretrain_loss_terms_match_numpy(normalize, triplet_on, var_weight)
   assert ("gene_gap" in metrics) == ("pat" in triplet_on)
   assert float(metrics["tri_anchors"]) == 1.0  # three of each class: every case anchors
   none = dict(batch, label=jnp.asarray([0, 1, 2, 3, 4, 5], jnp.int32))  # no positive anywhere
-  assert float(gimp_objective.make_loss(cfg)(model, none)[1]["tri_anchors"]) == 0.0
+  assert float(gimp_objective.make_loss(cfg.pretrain)(model, none)[1]["tri_anchors"]) == 0.0
 
 
 def _padded_windows(cfg, lengths, seed=0):
@@ -404,7 +405,8 @@ def test_gimp_pretrain_loss_on_padded_short_windows_equals_every_position_decode
   from gimp_jax.models import build  # pylint: disable=g-import-not-at-top
   from gimp_jax.objectives import gimp as gimp_objective  # pylint: disable=g-import-not-at-top
   cfg = nsclc.get_config("tiny")  # L = 64
-  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                           dtype=cfg.compute_dtype)
   model.eval()
   batch = _padded_windows(cfg, [64, 37, 5, 64])
   real_masked = batch["mpm_mask"] & batch["patch_mask"]
@@ -414,7 +416,7 @@ def test_gimp_pretrain_loss_on_padded_short_windows_equals_every_position_decode
                                patch_mask=batch["patch_mask"])
     return cls, m.reconstruct(tokens)
 
-  new_loss = gimp_objective.make_loss(cfg)  # jitted below: eager dispatch costs 5x the compile
+  new_loss = gimp_objective.make_loss(cfg.pretrain)  # jitted below: eager dispatch costs 5x
   _, metrics = nnx.jit(new_loss)(model, batch)
   cls_old, rec_full = nnx.jit(every_position)(model)
   want = np.abs(np.asarray(rec_full, np.float64) - np.asarray(batch["patches"]))[
@@ -438,10 +440,11 @@ def test_gimp_pretrain_loss_is_nan_for_a_mask_outside_the_static_bound():
   from gimp_jax.models import build  # pylint: disable=g-import-not-at-top
   from gimp_jax.objectives import gimp as gimp_objective  # pylint: disable=g-import-not-at-top
   cfg = nsclc.get_config("tiny")
-  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                           dtype=cfg.compute_dtype)
   batch = _padded_windows(cfg, [64, 64])
   del batch["patch_mask"]
-  loss_fn = nnx.jit(gimp_objective.make_loss(cfg))  # one compile: eager dispatch is 5x slower
+  loss_fn = nnx.jit(gimp_objective.make_loss(cfg.pretrain))  # one compile: eager is 5x slower
   _, metrics = loss_fn(model, batch)
   assert np.isfinite(float(metrics["rec_loss"]))
   batch["mpm_mask"] = batch["mpm_mask"].at[1].set(jnp.arange(64) < 33)

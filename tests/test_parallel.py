@@ -42,7 +42,8 @@ def _batch(cfg, b: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def _state(cfg, grad_accum_steps: int = 1):
   cfg.optim.grad_accum_steps = grad_accum_steps
-  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                           dtype=cfg.compute_dtype)
   return train_state(model, cfg.optim, steps_per_epoch=10, epochs=10, frozen=cfg.pretrain.frozen)
 
 
@@ -59,7 +60,7 @@ def check_eight_devices() -> None:
   assert jax.device_count() == 8, jax.devices()
   cfg = _config()
   batches = [_batch(cfg, 8, seed=s) for s in range(2)]
-  step = steps.make_train_step(gimp_objective.make_loss(cfg), cfg.pretrain.frozen)
+  step = steps.make_train_step(gimp_objective.make_loss(cfg.pretrain), cfg.pretrain.frozen)
   single, single_losses = _run_steps(step, _state(cfg), [dict(b) for b in batches])
   for shard in (False, True):
     pcfg = parallel.default_config()
@@ -109,10 +110,10 @@ def test_gradient_accumulation_applies_the_mean_micro_batch_gradient():
   cfg = _config(use_triplet=False, dropout=0.0)
   big = _batch(cfg, k * micro)
   micro_batches = [{n: v[i * micro:(i + 1) * micro] for n, v in big.items()} for i in range(k)]
-  accum, _ = _run_steps(steps.make_train_step(gimp_objective.make_loss(cfg), cfg.pretrain.frozen), _state(cfg, k), micro_batches)
+  accum, _ = _run_steps(steps.make_train_step(gimp_objective.make_loss(cfg.pretrain), cfg.pretrain.frozen), _state(cfg, k), micro_batches)
   state = _state(cfg)
   before = optim.flat_paths(state.params)
-  loss_fn = gimp_objective.make_loss(cfg)
+  loss_fn = gimp_objective.make_loss(cfg.pretrain)
   grad = jax.jit(jax.grad(lambda p, b: loss_fn(state.replace(params=p).model(None, train=True),
                                                b)[0]))
   grads = [grad(state.params, b) for b in micro_batches]
@@ -125,7 +126,7 @@ def test_gradient_accumulation_applies_the_mean_micro_batch_gradient():
   moved = sum(not np.allclose(before[n], expected[n]) for n in expected)
   assert moved > 10
   # After k - 1 micro-batches nothing is applied yet.
-  partial, _ = _run_steps(steps.make_train_step(gimp_objective.make_loss(cfg), cfg.pretrain.frozen), _state(cfg, k),
+  partial, _ = _run_steps(steps.make_train_step(gimp_objective.make_loss(cfg.pretrain), cfg.pretrain.frozen), _state(cfg, k),
                           micro_batches[:-1])
   np.testing.assert_array_equal(np.asarray(optim.flat_paths(partial.params)["decoder/kernel"]),
                                 np.asarray(before["decoder/kernel"]))
@@ -137,7 +138,7 @@ def test_big_batch_differs_only_through_batch_coupling():
   cfg = _config(use_triplet=False, dropout=0.0)
   cfg.pretrain.img_variance_weight = 0.0  # a batch statistic by design: L_rec alone here
   state = _state(cfg)
-  loss_fn = gimp_objective.make_loss(cfg)
+  loss_fn = gimp_objective.make_loss(cfg.pretrain)
   grad = jax.jit(jax.grad(lambda p, b: loss_fn(state.replace(params=p).model(None, train=True),
                                                b)[0]))
   def flat(g):

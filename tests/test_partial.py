@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gimp_jax import predict, preflight
+from gimp_jax import methods, predict, preflight
 from gimp_jax.configs import nsclc
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import synthetic
@@ -99,7 +99,8 @@ def test_mixed_cohort_trains_through_every_stage_each_using_what_it_can(mixed, t
     assert 0.0 <= results[f"{s}_slide_only_accuracy"] <= 1.0  # the same model, slides alone
     assert 0.0 <= results[f"gene_only_{s}_accuracy"] <= 1.0  # GroupMSA: the patients with genes
   assert results["probe"]["train_patients"] == len(labelled["train"])
-  table = partial.usage(config, cohort)
+  uses = partial.method_uses(methods.get(config.method), preflight.abstract_model(config, cohort))
+  table = partial.usage_table(cohort, config.stages, **uses)
   expect = {"patients": [len(split[s]) for s in ("train", "val", "test")],
             "gene_pretrain uses": [len(split[s] - slide_only - unlabelled)
                                    for s in ("train", "val", "test")],

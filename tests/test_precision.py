@@ -44,8 +44,10 @@ def _in_dtypes(eqn) -> set[str]:
 
 
 def test_bfloat16_model_keeps_float32_parameters_and_the_same_initialisation():
-  f32 = create_state(build.build_gimp(_config("float32"), 96, 2, seed=0)).params
-  bf16 = create_state(build.build_gimp(_config("bfloat16"), 96, 2, seed=0)).params
+  cfg = _config("float32")
+  f32, bf16 = (create_state(build.build_gimp(cfg.model, cfg.data.feature_dim, 96, 2, seed=0,
+                                             dtype=dtype)).params
+               for dtype in ("float32", "bfloat16"))
   a, b = optim.flat_paths(f32), optim.flat_paths(bf16)
   assert a.keys() == b.keys()
   for name in a:
@@ -65,9 +67,10 @@ def test_bfloat16_pretrain_loss_close_to_float32():
   out = {}
   for dtype in ("float32", "bfloat16"):
     cfg = _config(dtype)
-    model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+    model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                             dtype=cfg.compute_dtype)
     model.eval()
-    loss_fn = gimp_objective.make_loss(cfg)
+    loss_fn = gimp_objective.make_loss(cfg.pretrain)
     loss, metrics = jax.jit(lambda m, b: loss_fn(m, b))(model, _batch(cfg))
     assert loss.dtype == jnp.float32 and metrics["rec_loss"].dtype == jnp.float32
     out[dtype] = {"loss": float(loss), "rec": float(metrics["rec_loss"])}
@@ -78,9 +81,10 @@ def test_bfloat16_pretrain_loss_close_to_float32():
 
 def test_bfloat16_train_step_keeps_float32_state():
   cfg = _config("bfloat16")
-  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                           dtype=cfg.compute_dtype)
   state = train_state(model, cfg.optim, steps_per_epoch=1, epochs=10, frozen=cfg.pretrain.frozen)
-  state, metrics = steps.make_train_step(gimp_objective.make_loss(cfg), cfg.pretrain.frozen)(state, _batch(cfg), jax.random.key(0))
+  state, metrics = steps.make_train_step(gimp_objective.make_loss(cfg.pretrain), cfg.pretrain.frozen)(state, _batch(cfg), jax.random.key(0))
   assert np.isfinite(float(metrics["loss"]))
   for leaf in jax.tree_util.tree_leaves((state.params, state.opt_state)):
     if jnp.issubdtype(leaf.dtype, jnp.floating):

@@ -62,7 +62,7 @@ def _independent(workdir, paths):
   """softmax(head) per patient: each bag alone, padded to its bucket, the best checkpoint."""
   c = _config(paths)
   cohort = preflight.preflight(c, workdir)
-  model = methods.get(c.method).build(c, cohort.gene_names, cohort.num_classes, c.seed)
+  model = methods.build(c, cohort.gene_names, cohort.num_classes, c.seed)
   params = restore_params(workdir, "finetune_best", model)
   state = create_state(model).replace(params=params)
   forward = jax.jit(lambda state, batch: state.model(train=False)(
@@ -87,7 +87,7 @@ def test_predictions_equal_an_independent_forward_pass(trained, tmp_path):
   # --attention: each slide's scores are the model's attention over its bag alone, unpadded.
   c = _config(paths)
   cohort = preflight.preflight(c, workdir)
-  model = methods.get(c.method).build(c, cohort.gene_names, cohort.num_classes, c.seed)
+  model = methods.build(c, cohort.gene_names, cohort.num_classes, c.seed)
   model = create_state(model).replace(params=restore_params(
       workdir, "finetune_best", model)).model(train=False)
   for i, p in enumerate(cohort.patients[:4]):  # eager forward passes: a few patients

@@ -12,7 +12,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from gimp_jax.configs import nsclc
 from gimp_jax.configs.methods import tangle as tangle_config
 from gimp_jax.data import synthetic
-from gimp_jax import methods, preflight
+from gimp_jax import preflight
 from gimp_jax.train import probe, run
 from gimp_jax.train.state import restored
 
@@ -79,8 +79,7 @@ def test_probe_stage_is_deterministic_and_reads_the_pretrained_encoder(cohort, t
   with open(tmp_path / "a" / probe.FILENAME, encoding="utf-8") as f:
     assert json.load(f) == first
   # The embeddings it probed are the pre-trained slide encoder's, in eval mode.
-  r = run.Run(config, str(tmp_path / "a"), preflight.preflight(config, str(tmp_path / "a")),
-              methods.get(config.method))
+  r = run.Run(config, str(tmp_path / "a"), preflight.preflight(config, str(tmp_path / "a")))
   frozen = restored(r.build(), str(tmp_path / "a"), "pretrain").model(train=False)
   emb = probe.embed_slides(frozen, r.cohort, config.data.bucket_sizes)
   p = 0

@@ -12,6 +12,7 @@ import tomllib
 import numpy as np
 import pytest
 
+from gimp_jax import methods
 from gimp_jax.configs.methods import mcat as mcat_config
 from gimp_jax.data import cohort as ch
 from gimp_jax.data import expression as expr
@@ -130,7 +131,7 @@ def test_mcat_tokens_are_the_signatures_found_in_the_cohort(cohort, tmp_path):
   with open(cohort["expression"], encoding="utf-8") as f:
     symbol = {r[0].split(".")[0]: r[1] for r in csv.reader(f, delimiter="\t")}
   assert loaded.gene_names == tuple(symbol[g] for g in loaded.normalizer.genes)
-  model = fusion.build_mcat(c, loaded.gene_names, 2, 0)
+  model = methods.build(c, loaded.gene_names, 2, 0)
   cols = _columns()
   want = [tuple(i for i, n in enumerate(loaded.gene_names) if n in set(col))
           for col in cols.values()]
@@ -143,7 +144,7 @@ def test_mcat_tokens_are_the_signatures_found_in_the_cohort(cohort, tmp_path):
   path.write_text("".join("\t".join(r) + "\n" for r in rows))
   by_symbol = ch.load_cohort(ch.CohortSpec.from_config(_config(dict(cohort, expression=str(path)))))
   assert by_symbol.gene_names == loaded.gene_names
-  assert fusion.build_mcat(c, by_symbol.gene_names, 2, 0).gene_encoder.groups == tuple(want)
+  assert methods.build(c, by_symbol.gene_names, 2, 0).gene_encoder.groups == tuple(want)
 
 
 def test_mcat_on_a_table_without_symbols_stops_before_training(cohort, tmp_path, caplog):
@@ -163,6 +164,6 @@ def test_mcat_on_a_table_without_symbols_stops_before_training(cohort, tmp_path,
   assert not (workdir / "checkpoints").exists()
   c.mcat.gene_groups = "slices"  # consecutive slices, with a warning
   with caplog.at_level(logging.WARNING):
-    model = fusion.build_mcat(c, ch.load_cohort(ch.CohortSpec.from_config(c)).gene_names, 2, 0)
+    model = methods.build(c, ch.load_cohort(ch.CohortSpec.from_config(c)).gene_names, 2, 0)
   assert model.gene_encoder.groups == fusion.consecutive_groups(60, 6)
   assert "not MCAT's six signatures" in caplog.text

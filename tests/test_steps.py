@@ -31,7 +31,8 @@ def _batch(cfg, b=4, seed=0):
 
 
 def _pretrain_state(cfg, total_steps=30):
-  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                           dtype=cfg.compute_dtype)
   return train_state(model, cfg.optim, steps_per_epoch=1, epochs=total_steps,
                      frozen=cfg.pretrain.frozen)
 
@@ -40,7 +41,7 @@ def test_frozen_leaves_unchanged_and_without_moments():
   cfg = nsclc.get_config("tiny")
   state = _pretrain_state(cfg)
   before = jax.tree_util.tree_map(np.array, optim.flat_paths(state.params))
-  step = steps.make_train_step(gimp_objective.make_loss(cfg), cfg.pretrain.frozen)
+  step = steps.make_train_step(gimp_objective.make_loss(cfg.pretrain), cfg.pretrain.frozen)
   batch = _batch(cfg)
   for i in range(5):
     state, _ = step(state, batch, jax.random.key(i))
@@ -63,7 +64,7 @@ def test_pretrain_step_lowers_loss():
   cfg = nsclc.get_config("tiny")
   cfg.optim.learning_rate = 1e-3
   state = _pretrain_state(cfg)
-  step = steps.make_train_step(gimp_objective.make_loss(cfg), cfg.pretrain.frozen)
+  step = steps.make_train_step(gimp_objective.make_loss(cfg.pretrain), cfg.pretrain.frozen)
   batch = _batch(cfg)
   history = []
   for i in range(30):
@@ -78,14 +79,16 @@ def test_pretrain_step_lowers_loss():
 
 def test_finetune_and_eval_steps_on_padded_bags():
   cfg = nsclc.get_config("tiny")
-  model = build.build_gimp(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                           dtype=cfg.compute_dtype)
   state = train_state(model, cfg.optim, steps_per_epoch=1, epochs=5, frozen=cfg.finetune.frozen)
   rng = np.random.default_rng(0)
   batch = {"patches": jnp.asarray(rng.standard_normal((2, 50, 32)), jnp.float32),
            "patch_mask": jnp.asarray(np.arange(50)[None] < np.array([[50], [20]])),
            "genes": jnp.asarray(rng.standard_normal((2, 96)), jnp.float32),
            "label": jnp.array([0, 1])}
-  state, metrics = steps.make_train_step(supervised.finetune_loss(cfg), cfg.finetune.frozen)(state, batch, jax.random.key(0))
+  state, metrics = steps.make_train_step(supervised.finetune_loss(None, cfg.finetune, cfg.task, cfg.survival),
+                                         cfg.finetune.frozen)(state, batch, jax.random.key(0))
   assert np.isfinite(float(metrics["loss"]))
   eval_step = steps.make_eval_step()
   out = eval_step(state, batch, jax.random.key(0))
@@ -98,10 +101,10 @@ def test_finetune_and_eval_steps_on_padded_bags():
 
 def test_gene_pretrain_step():
   cfg = nsclc.get_config("tiny")
-  model = build.build_gene_classifier(cfg, cfg.data.num_genes, 2, seed=0)
+  model = build.build_gene_classifier(cfg.model, cfg.data.num_genes, 2, seed=0)
   state = train_state(model, cfg.optim, steps_per_epoch=1, epochs=5)
   b = _batch(cfg)
-  state, m = steps.make_train_step(supervised.gene_loss(cfg))(state, {"genes": b["genes"], "label": b["label"]},
+  state, m = steps.make_train_step(supervised.gene_loss(cfg.task, cfg.survival))(state, {"genes": b["genes"], "label": b["label"]},
                                       jax.random.key(0))
   assert set(m) >= {"loss", "accuracy"} and np.isfinite(float(m["loss"]))
 
@@ -222,7 +225,7 @@ def test_grad_norm_is_over_trainable_parameters(pretrain_run):
   r, spec, state, batch, _ = pretrain_run
   cfg = r.config.copy_and_resolve_references()
   cfg.pretrain.margin = 1e3
-  loss_fn = gimp_objective.make_loss(cfg)
+  loss_fn = gimp_objective.make_loss(cfg.pretrain)
   key = jax.random.key(3)
   _, metrics = steps.make_train_step(loss_fn, spec.frozen)(_copy(state), batch, key)
   assert float(metrics["tri_active"]) == 1.0

@@ -236,8 +236,8 @@ def test_cox_head_is_one_log_risk_and_its_loss_is_the_partial_likelihood(method)
   from gimp_jax import methods  # pylint: disable=g-import-not-at-top
   cfg = importlib.import_module(f"gimp_jax.configs.methods.{method}").get_config("tiny")
   cfg.task, cfg.survival.loss = "survival", "cox"
-  module = methods.get(method)
-  model = module.build(cfg, [f"G{i}" for i in range(96)], survival.num_outputs(cfg, 4), 0)
+  model = methods.build(cfg, [f"G{i}" for i in range(96)],
+                        survival.num_outputs(cfg.task, cfg.survival, 4), 0)
   batch = {"patches": jnp.asarray(RNG.normal(size=(6, 12, 32)), jnp.float32),
            "patch_mask": jnp.ones((6, 12), bool), "genes": jnp.zeros((6, 96)),
            "label": jnp.asarray([0, 1, 2, 3, 1, 0]),
@@ -246,7 +246,7 @@ def test_cox_head_is_one_log_risk_and_its_loss_is_the_partial_likelihood(method)
   model.eval()
   logits, _ = model(batch["patches"], batch["genes"], batch["patch_mask"])
   assert logits.shape == (6, 1)
-  loss, _ = module.finetune_loss(cfg)(model, batch)
+  loss, _ = methods.finetune_loss(cfg)(model, batch)
   want = np_cox(np.asarray(logits[:, 0], np.float64), np.asarray(batch["time"]),
                 np.asarray(batch["censorship"]))
   if method == "abmil":  # the bag loss alone

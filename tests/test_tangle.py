@@ -26,7 +26,7 @@ def _model_and_batch(method, num_genes=24, batch=5, tokens=12):
   config = tangle_config.get_config("tiny", method=method)
   config.data.feature_dim = 16
   config.model.dim = 8
-  model = methods.get(method).build(config, [f"G{i}" for i in range(num_genes)], 2, 0)
+  model = methods.build(config, [f"G{i}" for i in range(num_genes)], 2, 0)
   model.eval()  # no dropout: the loss is then a function of the embeddings alone
   rng = np.random.default_rng(0)
   views = 2 if method == "intra" else 1
@@ -40,7 +40,7 @@ def _model_and_batch(method, num_genes=24, batch=5, tokens=12):
 def test_tangle_loss_is_symmetric_info_nce_of_slide_and_expression(tau):
   config, model, batch = _model_and_batch("tangle")
   config.tangle.temperature = tau
-  loss, metrics = methods.get("tangle").pretrain_loss(config)(model, batch)
+  loss, metrics = methods.pretrain_loss(config)(model, batch)
   s = np.asarray(model.slide_encoder(batch["patches"]), np.float64)
   e = np.asarray(model.expression_encoder(batch["genes"]), np.float64)
   np.testing.assert_allclose(float(loss), _np_info_nce_symmetric(s, e, tau), rtol=2e-4)
@@ -52,7 +52,7 @@ def test_tangle_loss_is_symmetric_info_nce_of_slide_and_expression(tau):
 def test_tangle_rec_loss_is_mse_of_the_predicted_expression():
   config, model, batch = _model_and_batch("tangle_rec")
   assert model.expression_encoder is None and model.expression_decoder is not None
-  loss, _ = methods.get("tangle_rec").pretrain_loss(config)(model, batch)
+  loss, _ = methods.pretrain_loss(config)(model, batch)
   pred = np.asarray(model.expression_decoder(model.slide_encoder(batch["patches"])), np.float64)
   np.testing.assert_allclose(float(loss), np.mean((pred - batch["genes"]) ** 2), rtol=1e-5)
 
@@ -60,7 +60,7 @@ def test_tangle_rec_loss_is_mse_of_the_predicted_expression():
 def test_intra_contrasts_the_two_halves_of_the_window():
   config, model, batch = _model_and_batch("intra")
   assert model.expression_encoder is None and model.expression_decoder is None
-  loss, _ = methods.get("intra").pretrain_loss(config)(model, batch)
+  loss, _ = methods.pretrain_loss(config)(model, batch)
   p = batch["patches"]
   a = np.asarray(model.slide_encoder(p[:, :12]), np.float64)
   b = np.asarray(model.slide_encoder(p[:, 12:]), np.float64)

@@ -270,7 +270,7 @@ def test_no_disk_room_for_the_checkpoints_and_the_report(cohort, tmp_path, monke
                       lambda p: real(p)._replace(free=1 << 20))
   (problem,) = problems_of(c, str(tmp_path / "run"))
   # Independent count: the model built for real; 2 classes, 40 genes.
-  model = methods.get(c.method).build(c, [f"G{i}" for i in range(40)], 2, 0)
+  model = methods.build(c, [f"G{i}" for i in range(40)], 2, 0)
   n = sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
   need = n * 3 * 4 * (2 * 3 + 1)  # 3 training stages x 2 kept + the best fine-tuned one
   # The report: ROC + confusion of val and test, curves, 1 heatmap, t-SNE, diagnostics = 8

@@ -114,7 +114,6 @@ def check_parity() -> dict:
   cfg = wl.model_config("float32")
   cfg.model.num_fragments = 24
   cfg.pretrain.window = 800
-  method = methods.get(cfg.method)
   with tempfile.TemporaryDirectory(prefix="gimp_bench_") as tmp:
     batch = wl.pretrain_batch(wl.write_cohort(tmp, [cfg.pretrain.window] * 4, 600), cfg)
   model, flat = wl.model_and_params(cfg, 600)
@@ -122,8 +121,8 @@ def check_parity() -> dict:
   tmodel = wl.torch_model(cfg, 600, flat).eval()
   jb, tb = {k: jnp.asarray(v) for k, v in batch.items()}, tr.to_torch(batch)
   p = cfg.pretrain
-  pretrain_loss = jax.jit(lambda m, b: method.pretrain_loss(cfg)(m, b)[0])
-  finetune_loss = jax.jit(lambda m, b: method.finetune_loss(cfg)(m, b)[0])
+  pretrain_loss = jax.jit(lambda m, b: methods.pretrain_loss(cfg)(m, b)[0])
+  finetune_loss = jax.jit(lambda m, b: methods.finetune_loss(cfg)(m, b)[0])
   out = {}
   with torch.no_grad():
     out["pretrain_loss"] = (float(pretrain_loss(model, jb)),

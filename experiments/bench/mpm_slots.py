@@ -58,7 +58,8 @@ def main(argv):
   del argv
   jax.config.update("jax_default_matmul_precision", "highest")
   sizes = wl.SIZES[_SIZE.value]
-  cfg = build.pretrain_config(wl.model_config("float32"))
+  cfg = wl.model_config("float32")
+  cfg.model = build.pretrain_model_cfg(cfg.model, cfg.pretrain)
   cfg.pretrain.window = sizes.window
   cfg.model.pinv_grad = _PINV_GRAD.value or cfg.model.pinv_grad
   print(f"load at start {os.getloadavg()}; pinv_grad {cfg.model.pinv_grad}", flush=True)
@@ -68,7 +69,7 @@ def main(argv):
   runners = []
   for name, loss_fn in (("before: every position embedded and decoded", every_position_loss(cfg)),
                         ("after: masking.mpm_slots (objectives.gimp)",
-                         gimp_objective.make_loss(cfg))):
+                         gimp_objective.make_loss(cfg.pretrain))):
     model, _ = wl.model_and_params(cfg, sizes.genes)
     runners.append(wl.jax_step_runner(name, cfg, model, loss_fn, cfg.pretrain.frozen, batch))
   times = measure.interleaved(runners, _REPEATS.value)

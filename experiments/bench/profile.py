@@ -57,7 +57,7 @@ def pretrain_parts(cohort, sizes) -> list[measure.Runner]:
   cfg = wl.model_config("float32")
   cfg.pretrain.window = sizes.window
   batch = wl.pretrain_batch(cohort, cfg)
-  loss_fn = methods.get(cfg.method).pretrain_loss(cfg)
+  loss_fn = methods.pretrain_loss(cfg)
   runners = []
   for mode in ("unrolled", "implicit"):
     cfg.model.pinv_grad = mode
@@ -96,7 +96,7 @@ def implicit_gradient_error(cohort, sizes) -> float:
   cfg = wl.model_config("float32")
   cfg.pretrain.window = sizes.window
   batch = loop.to_device(wl.pretrain_batch(cohort, cfg))
-  loss_fn = methods.get(cfg.method).pretrain_loss(cfg)
+  loss_fn = methods.pretrain_loss(cfg)
   grads = {}
   for mode in ("unrolled", "implicit"):
     cfg.model.pinv_grad = mode
@@ -113,7 +113,7 @@ def implicit_gradient_error(cohort, sizes) -> float:
 
 def finetune_parts(cohort, sizes) -> list[measure.Runner]:
   cfg = wl.model_config("float32")
-  loss_fn = methods.get(cfg.method).finetune_loss(cfg)
+  loss_fn = methods.finetune_loss(cfg)
   runners = []
   n = sizes.finetune_patches
   pow2 = tuple(1024 * 2 ** k for k in range(9))
@@ -167,7 +167,7 @@ def bucket_costs(cohort, sizes, repeats: int) -> dict:
   """Measured on the bench's bag: compile seconds of the fine-tuning step and of the evaluation
   step (median over two shapes), and CPU seconds per padded patch of each (one shape)."""
   cfg = wl.model_config("float32")
-  loss_fn = methods.get(cfg.method).finetune_loss(cfg)
+  loss_fn = methods.finetune_loss(cfg)
   n = sizes.finetune_patches
   compile_step, compile_eval, runners = [], [], []
   for size in (pipeline.bucket_size(n, (k * 128 for k in range(1, 4096))),

@@ -82,7 +82,7 @@ def _child() -> None:
       runner = wl.jax_eval_runner(model, batch)
     else:
       runner = wl.jax_step_runner("gimp_jax", cfg, model,
-                                  methods.get(cfg.method).finetune_loss(cfg),
+                                  methods.finetune_loss(cfg),
                                   cfg.finetune.frozen, batch)
   else:
     del model
@@ -144,7 +144,7 @@ def _xla_memory(name: str, n: int) -> int:
     tx = optim.make_optimizer(cfg.optim, params, total_steps=1000, steps_per_epoch=100,
                                  frozen_regex=cfg.finetune.frozen)
     state = create_state(model, tx)
-    step = steps.make_train_step(methods.get(cfg.method).finetune_loss(cfg),
+    step = steps.make_train_step(methods.finetune_loss(cfg),
                                     cfg.finetune.frozen)
   return measure.xla_costs(step.lower(state, batch, key).compile())["xla_memory_bytes"]
 

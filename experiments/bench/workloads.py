@@ -1,8 +1,8 @@
 """What the benchmark times: gimp_jax as the CLI runs it, the PyTorch reference, the data loader.
 
 Measure what runs: a gimp_jax step is `steps.make_train_step(loss_fn, frozen_regex)` with the
-loss of the config's method (`methods.get(config.method).pretrain_loss(config)` /
-`.finetune_loss(config)`) and the stage's `frozen` regex, on a batch of
+loss of the config's method (`methods.pretrain_loss(config)` /
+`methods.finetune_loss(config)`) and the stage's `frozen` regex, on a batch of
 `pipeline.pretrain_batches` / `pipeline.bag_batches` read from CLAM `.h5` files
 (`write_cohort`) and placed by `loop.to_device`, as `gimp_jax.train.loop.fit` does.
 
@@ -88,7 +88,8 @@ def model_config(dtype: str) -> ml_collections.ConfigDict:
 
 def model_and_params(cfg, num_genes: int, seed: int = 0):
   """A gimp_jax GiMP and its parameters as {path: array}."""
-  model = build.build_gimp(cfg, num_genes, NUM_CLASSES, seed=seed)
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, num_genes, NUM_CLASSES, seed=seed,
+                           dtype=cfg.compute_dtype)
   flat = {k: np.asarray(v) for k, v in optim.flat_paths(nnx.state(model, nnx.Param)).items()}
   return model, flat
 
@@ -277,13 +278,14 @@ def _torch_step_runners(frameworks: list[str], compile_mode: str, cfg, num_genes
 def pretrain(cohort: Cohort, sizes: Sizes, dtype: str, frameworks: list[str],
              compile_mode: str) -> tuple[list[Runner], dict]:
   """Runners of one pre-training step, and the shapes."""
-  cfg = build.pretrain_config(model_config(dtype))  # the pre-training stage's model, as run.py
+  cfg = model_config(dtype)
+  cfg.model = build.pretrain_model_cfg(cfg.model, cfg.pretrain)  # the pre-training stage's model
   cfg.pretrain.window = sizes.window
   batch = pretrain_batch(cohort, cfg)
   model, flat = model_and_params(cfg, sizes.genes)
   runners = []
   if "gimp_jax" in frameworks:
-    loss_fn = methods.get(cfg.method).pretrain_loss(cfg)
+    loss_fn = methods.pretrain_loss(cfg)
     runners.append(jax_step_runner("gimp_jax", cfg, model, loss_fn, cfg.pretrain.frozen, batch))
     # The other pseudo-inverse gradient beside the config's default, so that both are visible.
     other = {"unrolled": "implicit", "implicit": "unrolled"}[cfg.model.pinv_grad]
@@ -291,7 +293,7 @@ def pretrain(cohort: Cohort, sizes: Sizes, dtype: str, frameworks: list[str],
     option.model.pinv_grad = other
     runners.append(jax_step_runner(f"gimp_jax_{other}_pinv", option,
                                    model_and_params(option, sizes.genes)[0],
-                                   methods.get(cfg.method).pretrain_loss(option),
+                                   methods.pretrain_loss(option),
                                    cfg.pretrain.frozen, batch))
   p = cfg.pretrain
   loss_fn = lambda m, b: tr.pretrain_loss(m, b, p)  # noqa: E731
@@ -332,7 +334,7 @@ def finetune(cohort: Cohort, sizes: Sizes, dtype: str, frameworks: list[str],
   model, flat = model_and_params(cfg, sizes.genes)
   runners = []
   if "gimp_jax" in frameworks:
-    loss_fn = methods.get(cfg.method).finetune_loss(cfg)
+    loss_fn = methods.finetune_loss(cfg)
     runners.append(jax_step_runner("gimp_jax", cfg, model, loss_fn, cfg.finetune.frozen,
                                     bucketed))
   runners += _torch_step_runners(frameworks, compile_mode, cfg, sizes.genes, flat,

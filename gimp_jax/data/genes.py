@@ -9,7 +9,7 @@ genes `<pad_k>` that are always 0 when it has fewer, e.g. 60,483 GDC HTSeq genes
 on the training split only; it holds the gene list (IDs, and the gene symbols the input gave, e.g.
 the `gene_name` column of GDC STAR files) and is saved as `.npz` or JSON without pickle. Its
 `names` (a gene's symbol, else its ID: a symbol-indexed table's IDs are symbols) are the gene list
-the model is built on (`methods.get(name).build(config, names, ...)`; MCAT maps its signatures on
+the model is built on (`methods.build(config, names, ...)`; MCAT maps its signatures on
 them).
 """
 

@@ -42,11 +42,10 @@ def _comparable(times: np.ndarray, censorship: np.ndarray) -> bool:
   return events.size > 0 and bool((events.min() < times).any())
 
 
-def _folds(config: ml_collections.ConfigDict, ids: list[str], strata: np.ndarray,
+def _folds(data: ml_collections.ConfigDict, seed: int, ids: list[str], strata: np.ndarray,
            split_col: list[str | None]) -> tuple[list[tuple[str, str, bool, dict]], list[str]]:
   """([(where, split file or '', whether the cohort loader draws it too, split)] of the folds the
-  run draws, problems)."""
-  data = config.data
+  run of `data` (the `data` config block) and `seed` draws, problems)."""
   fold = int(data.get("fold", -1))
   labels = data.labels
   if split_col[0] is not None:
@@ -61,16 +60,16 @@ def _folds(config: ml_collections.ConfigDict, ids: list[str], strata: np.ndarray
       path = splits_lib.split_file(data.splits_dir, i)
       try:
         out.append((path, path, i == max(fold, 0), splits_lib.read_split_file(
-            path, ids, strata, data.split_fractions, config.seed)))
+            path, ids, strata, data.split_fractions, seed)))
       except DataError as e:
         problems += str(e).split("\n")
     return out, problems
   k = int(data.get("num_folds", 0))
   if k:
     return [(f"{labels}: fold {i} of data.num_folds={k}", "", i == max(fold, 0),
-             splits_lib.kfold_split(strata, k, i, config.seed))
+             splits_lib.kfold_split(strata, k, i, seed))
             for i in (range(k) if fold < 0 else [fold])], []
-  return [(labels, "", True, splits_lib.stratified_split(strata, data.split_fractions, config.seed))], []
+  return [(labels, "", True, splits_lib.stratified_split(strata, data.split_fractions, seed))], []
 
 
 def problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -93,7 +92,7 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   strata = np.asarray([first[p].censorship if surv else names.index(first[p].label) for p in ids],
                       np.int64)
   try:
-    folds, out = _folds(config, ids, strata, [first[p].split for p in ids])
+    folds, out = _folds(config.data, config.seed, ids, strata, [first[p].split for p in ids])
   except DataError as e:
     return str(e).split("\n")
   stages = tuple(config.stages)

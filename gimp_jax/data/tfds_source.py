@@ -67,12 +67,13 @@ def _text(x) -> str:
   return x.decode('utf-8') if isinstance(x, bytes) else str(x)
 
 
-def _sources(data_dir: str, config: str) -> tuple[dict, Mapping, str]:
-  """(split -> `tfds.data_source` of `NAME/config`, its metadata, its folder) for messages."""
-  where = os.path.join(data_dir, NAME, config)
+def _sources(data_dir: str, builder_config: str) -> tuple[dict, Mapping, str]:
+  """(split -> `tfds.data_source` of `NAME/builder_config` (a TFDS builder config: PATIENTS or a
+  patches config), its metadata, its folder) for messages."""
+  where = os.path.join(data_dir, NAME, builder_config)
   missing = f'{where}: no prepared TFDS dataset; {_BUILD}'
   try:
-    sources = tfds.data_source(f'{NAME}/{config}', data_dir=data_dir, download=False)
+    sources = tfds.data_source(f'{NAME}/{builder_config}', data_dir=data_dir, download=False)
   except (AssertionError, FileNotFoundError, ValueError) as e:  # DatasetNotFoundError, ...
     raise DataError(missing) from e
   if not sources:  # a registered builder without prepared files gives no splits

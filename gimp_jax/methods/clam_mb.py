@@ -6,5 +6,6 @@ import functools
 from gimp_jax.methods import clam_sb
 from gimp_jax.objectives.mil import make_clam_loss as finetune_loss  # pylint: disable=unused-import
 
+CONFIG_BLOCK = "clam"
 pretrain_loss = None
 build = functools.partial(clam_sb.build, multi_branch=True)

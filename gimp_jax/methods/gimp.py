@@ -10,9 +10,15 @@ from gimp_jax.objectives.gimp import make_loss as pretrain_loss  # pylint: disab
 from gimp_jax.objectives.supervised import finetune_loss  # pylint: disable=unused-import
 
 
-def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int, seed: int):
-  """GiMP (config.model) on the gene list `genes`."""
-  return build_gimp(config, len(genes), num_classes, seed)
+CONFIG_BLOCK = "pretrain"  # the pre-training objective (objectives.gimp.make_loss)
+
+
+def build(model_cfg: ml_collections.ConfigDict, data_cfg: ml_collections.ConfigDict,
+          method_cfg: ml_collections.ConfigDict | None, genes: Sequence[str], num_classes: int,
+          seed: int, dtype: str = "float32"):
+  """GiMP (the `model` block) on the gene list `genes`."""
+  del method_cfg
+  return build_gimp(model_cfg, data_cfg.feature_dim, len(genes), num_classes, seed, dtype=dtype)
 
 
 # With data.allow_missing: MPM on every training slide, the triplet terms on the labelled pairs

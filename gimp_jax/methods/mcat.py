@@ -4,4 +4,5 @@ end to end."""
 from gimp_jax.models.fusion import build_mcat as build  # pylint: disable=unused-import
 from gimp_jax.objectives.supervised import finetune_loss  # pylint: disable=unused-import
 
+CONFIG_BLOCK = "mcat"
 pretrain_loss = None

@@ -4,3 +4,5 @@ head on CLS_pat fine-tuned as GiMP's."""
 from gimp_jax.objectives.mgca import build  # pylint: disable=unused-import
 from gimp_jax.objectives.mgca import make_loss as pretrain_loss  # pylint: disable=unused-import
 from gimp_jax.objectives.supervised import finetune_loss  # pylint: disable=unused-import
+
+CONFIG_BLOCK = "mgca"

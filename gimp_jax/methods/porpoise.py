@@ -4,4 +4,5 @@
 from gimp_jax.models.fusion import build_attention_fusion as build  # pylint: disable=unused-import
 from gimp_jax.objectives.supervised import finetune_loss  # pylint: disable=unused-import
 
+CONFIG_BLOCK = "fusion"
 pretrain_loss = None

@@ -4,3 +4,5 @@ symmetric InfoNCE; then the slide encoder alone (probe stage, or a linear head f
 from gimp_jax.objectives.supervised import finetune_loss  # pylint: disable=unused-import
 from gimp_jax.objectives.tangle import build  # pylint: disable=unused-import
 from gimp_jax.objectives.tangle import tangle_loss as pretrain_loss  # pylint: disable=unused-import
+
+CONFIG_BLOCK = "tangle"

@@ -8,12 +8,15 @@ from flax import nnx
 from gimp_jax.models import mil
 from gimp_jax.objectives.supervised import finetune_loss  # pylint: disable=unused-import
 
+CONFIG_BLOCK = ""
 pretrain_loss = None
 
 
-def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int, seed: int):
-  del genes
-  m = config.model
-  return mil.TransMIL(config.data.feature_dim, m.dim, num_classes, heads=m.heads,
+def build(model_cfg: ml_collections.ConfigDict, data_cfg: ml_collections.ConfigDict,
+          method_cfg: ml_collections.ConfigDict | None, genes: Sequence[str], num_classes: int,
+          seed: int, dtype: str = "float32"):
+  del method_cfg, genes, dtype
+  m = model_cfg
+  return mil.TransMIL(data_cfg.feature_dim, m.dim, num_classes, heads=m.heads,
                       num_landmarks=m.num_landmarks, dropout=m.attn_dropout,
                       rngs=nnx.Rngs(params=seed, dropout=seed + 1))

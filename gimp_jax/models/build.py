@@ -10,24 +10,21 @@ from gimp_jax.models.group_msa import GroupMSA
 from gimp_jax.models.snn import SNN
 
 
-def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
-  return jnp.dtype(config.compute_dtype)
-
-
-def pretrain_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config the pre-training stage builds its model from: `model.pinv_grad` replaced by
-  `pretrain.pinv_grad` (the pseudo-inverse gradient chosen for pre-training, configs/nsclc.py);
-  `config` itself when it has no such field."""
-  if "pinv_grad" not in config.pretrain:
-    return config
-  out = config.copy_and_resolve_references()
-  out.model.pinv_grad = config.pretrain.pinv_grad
+def pretrain_model_cfg(model_cfg: ml_collections.ConfigDict,
+                       pretrain_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `model` block the pre-training stage builds its model from: `pinv_grad` replaced by the
+  `pretrain` block's (the pseudo-inverse gradient chosen for pre-training, configs/nsclc.py);
+  `model_cfg` itself when `pretrain_cfg` has no such field."""
+  if "pinv_grad" not in pretrain_cfg:
+    return model_cfg
+  out = model_cfg.copy_and_resolve_references()
+  out.pinv_grad = pretrain_cfg.pinv_grad
   return out
 
 
-def build_gene_encoder(config: ml_collections.ConfigDict, num_genes: int, rngs: nnx.Rngs):
-  """The configured gene encoder, or None for image-only models."""
-  m = config.model
+def build_gene_encoder(model_cfg: ml_collections.ConfigDict, num_genes: int, rngs: nnx.Rngs):
+  """The gene encoder of the `model` config block, or None for image-only models."""
+  m = model_cfg
   if m.gene_encoder == "none":
     return None
   if m.gene_encoder == "group_msa":
@@ -42,22 +39,27 @@ def build_gene_encoder(config: ml_collections.ConfigDict, num_genes: int, rngs: 
   raise ValueError(f"Unknown model.gene_encoder {m.gene_encoder!r}.")
 
 
-def build_gene_classifier(config, num_genes: int, num_classes: int, seed: int) -> GeneClassifier:
+def build_gene_classifier(model_cfg: ml_collections.ConfigDict, num_genes: int, num_classes: int,
+                          seed: int) -> GeneClassifier:
+  """The gene encoder of the `model` config block with a linear head of `num_classes` outputs."""
   rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-  return GeneClassifier(build_gene_encoder(config, num_genes, rngs), config.model.dim,
+  return GeneClassifier(build_gene_encoder(model_cfg, num_genes, rngs), model_cfg.dim,
                         num_classes, rngs=rngs)
 
 
-def build_gimp(config, num_genes: int, num_classes: int, seed: int,
+def build_gimp(model_cfg: ml_collections.ConfigDict, feature_dim: int, num_genes: int,
+               num_classes: int, seed: int, *, dtype: str = "float32",
                objective: nnx.Module | None = None) -> GiMP:
-  """GiMP of `config.model` on `num_genes` genes (with a compared objective's heads)."""
-  m = config.model
+  """GiMP of the `model` config block on patch features [B, N, feature_dim] and `num_genes`
+  genes, the aggregator computing in `dtype` (`config.compute_dtype`), with a compared
+  objective's heads."""
+  m = model_cfg
   rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-  aggregator = PatchAggregator(config.data.feature_dim, m.dim, depth=m.depth, heads=m.heads,
+  aggregator = PatchAggregator(feature_dim, m.dim, depth=m.depth, heads=m.heads,
                                num_landmarks=m.num_landmarks, dropout=m.attn_dropout,
-                               dtype=compute_dtype(config),
+                               dtype=jnp.dtype(dtype),
                                pinv_grad=m.get("pinv_grad", "unrolled"), rngs=rngs)
-  return GiMP(aggregator, build_gene_encoder(config, num_genes, rngs),
-              in_dim=config.data.feature_dim, dim=m.dim, num_classes=num_classes,
+  return GiMP(aggregator, build_gene_encoder(m, num_genes, rngs),
+              in_dim=feature_dim, dim=m.dim, num_classes=num_classes,
               head_hidden=m.head_hidden, head_dropout=m.head_dropout,
               modality_dropout=m.get("modality_dropout", 0.0), objective=objective, rngs=rngs)

@@ -270,41 +270,46 @@ class MCAT(nnx.Module):
     return jnp.mean(self.coattend(patches, genes, patch_mask)[2], axis=1)
 
 
-def build_attention_fusion(config: ml_collections.ConfigDict, genes: Sequence[str],
-                           num_classes: int, seed: int):
-  """PORPOISE and Pathomic Fusion: config.fusion (path_hidden, path_dim, snn_hidden, mode, scale,
-  mmhid, dropout); `genes` the model's gene list."""
-  f = config.fusion
+def build_attention_fusion(model_cfg: ml_collections.ConfigDict,
+                           data_cfg: ml_collections.ConfigDict,
+                           method_cfg: ml_collections.ConfigDict | None, genes: Sequence[str],
+                           num_classes: int, seed: int, dtype: str = "float32"):
+  """PORPOISE and Pathomic Fusion: the `fusion` block (path_hidden, path_dim, snn_hidden, mode,
+  scale, mmhid, dropout); `genes` the model's gene list."""
+  del dtype
+  f = method_cfg
   return AttentionFusion(
-      config.data.feature_dim, len(genes), num_classes, path_hidden=f.path_hidden,
+      data_cfg.feature_dim, len(genes), num_classes, path_hidden=f.path_hidden,
       path_dim=f.path_dim, snn_hidden=tuple(f.snn_hidden), fusion=f.mode, scale=f.scale,
       mmhid=f.mmhid, dropout=f.dropout,
-      modality_dropout=config.model.get("modality_dropout", 0.0),
+      modality_dropout=model_cfg.get("modality_dropout", 0.0),
       rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
-def mcat_gene_groups(config: ml_collections.ConfigDict, genes: Sequence[str]
+def mcat_gene_groups(mcat_cfg: ml_collections.ConfigDict, genes: Sequence[str], where: str
                      ) -> tuple[tuple[int, ...], ...]:
   """The gene-list positions of MCAT's tokens: its six signatures found by symbol in `genes`
-  (config.mcat.gene_groups = "signatures", `data.signatures.gene_groups`), or
-  config.mcat.num_gene_groups consecutive slices ("slices"; a config without the field, from a run
-  older than the signatures, gets slices)."""
-  c = config.mcat
+  (the `mcat` config block's gene_groups = "signatures", `data.signatures.gene_groups`; `where`
+  names the expression input in its messages), or num_gene_groups consecutive slices ("slices"; a
+  config without the field, from a run older than the signatures, gets slices)."""
+  c = mcat_cfg
   if c.get("gene_groups", "slices") == "signatures":
-    return tuple(pos for _, pos in signatures.gene_groups(
-        genes, where=config.data.get("expression", "expression")))
+    return tuple(pos for _, pos in signatures.gene_groups(genes, where=where))
   logging.warning("MCAT: config.mcat.gene_groups='slices': %d consecutive slices of the gene list, "
                   "not MCAT's six signatures", c.num_gene_groups)
   return consecutive_groups(len(genes), c.num_gene_groups)
 
 
-def build_mcat(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int,
-               seed: int):
-  """config.mcat (dim, gene_groups, num_gene_groups, heads, depth, fusion, dropout); `genes` the
-  model's gene list (names, symbols where known)."""
-  c = config.mcat
-  return MCAT(config.data.feature_dim, len(genes), num_classes,
-              gene_groups=mcat_gene_groups(config, genes), dim=c.dim, heads=c.heads,
-              depth=c.depth, fusion=c.fusion, dropout=c.dropout,
-              modality_dropout=config.model.get("modality_dropout", 0.0),
+def build_mcat(model_cfg: ml_collections.ConfigDict, data_cfg: ml_collections.ConfigDict,
+               method_cfg: ml_collections.ConfigDict | None, genes: Sequence[str], num_classes: int,
+               seed: int, dtype: str = "float32"):
+  """MCAT: the `mcat` block (dim, gene_groups, num_gene_groups, heads, depth, fusion, dropout);
+  `genes` the model's gene list (names, symbols where known), found in the `data` block's
+  expression table."""
+  del dtype
+  c = method_cfg
+  return MCAT(data_cfg.feature_dim, len(genes), num_classes,
+              gene_groups=mcat_gene_groups(c, genes, data_cfg.get("expression", "expression")),
+              dim=c.dim, heads=c.heads, depth=c.depth, fusion=c.fusion, dropout=c.dropout,
+              modality_dropout=model_cfg.get("modality_dropout", 0.0),
               rngs=nnx.Rngs(params=seed, dropout=seed + 1))

@@ -1,8 +1,8 @@
 """Training objectives of the compared methods, one module per paper.
 
 Each module holds pure loss functions (float32, shapes in the docstrings) and a builder
-`make_*_loss(config) -> LossFn` with LossFn = (model, batch) -> (loss, metrics with "loss"), the
-form `gimp_jax.methods` registers:
+`make_*_loss(<its config block>, ...) -> LossFn` with LossFn = (model, batch) -> (loss, metrics
+with "loss"), the form `gimp_jax.methods` registers:
 
 - `mil`: CLAM's instance clustering loss (smooth top-1 SVM or cross-entropy) and DSMIL's two-stream
   loss, for fine-tuning the MIL baselines.

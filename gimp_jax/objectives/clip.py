@@ -52,22 +52,25 @@ class ClipHeads(nnx.Module):
     self.gene_proj = Projection(dim, dim, proj_dim, rngs=rngs)
 
 
-def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int,
-          seed: int):
-  """GiMP + ClipHeads (config.clip.proj_dim)."""
+def build(model_cfg: ml_collections.ConfigDict, data_cfg: ml_collections.ConfigDict,
+          method_cfg: ml_collections.ConfigDict | None, genes: Sequence[str], num_classes: int,
+          seed: int, dtype: str = "float32"):
+  """GiMP + ClipHeads (the `clip` block's proj_dim)."""
   return build_with_objective(
-      config, genes, num_classes, seed,
-      lambda c, g, rngs: ClipHeads(c.model.dim, c.clip.proj_dim, rngs=rngs))
+      model_cfg, data_cfg.feature_dim, genes, num_classes, seed,
+      lambda rngs: ClipHeads(model_cfg.dim, method_cfg.proj_dim, rngs=rngs), dtype=dtype,
+      method="clip")
 
 
-def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
-  """Symmetric InfoNCE between the window's CLS_img and CLS_ge (config.clip.temperature)."""
+def make_loss(clip_cfg: ml_collections.ConfigDict) -> losses.LossFn:
+  """Symmetric InfoNCE between the window's CLS_img and CLS_ge (the `clip` block's
+  temperature)."""
   def loss_fn(model, batch):
     cls_img, _ = model.aggregator(batch["patches"], tokens=False)
     cls_ge = model.gene_encoder(batch["genes"])
     v = l2_normalize(model.objective.img_proj(cls_img))
     t = l2_normalize(model.objective.gene_proj(cls_ge))
-    loss = info_nce(v, t, config.clip.temperature, "symmetric")
+    loss = info_nce(v, t, clip_cfg.temperature, "symmetric")
     return loss, {"loss": loss, "match_accuracy": _match_accuracy(v, t)}
   return loss_fn
 

@@ -30,7 +30,7 @@ def triplet_inputs(cls_img: jax.Array, cls_ge: jax.Array | None,
   return losses.l2_normalize(cls_img), None if cls_ge is None else losses.l2_normalize(cls_ge)
 
 
-def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
+def make_loss(pretrain_cfg: ml_collections.ConfigDict) -> losses.LossFn:
   """L_pre over pre-training windows, either term switchable for the ablations.
 
   Batch: patches [B, L, D], mpm_mask [B, L] bool, optional patch_mask [B, L] bool (True = real
@@ -52,7 +52,7 @@ def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   and L - K visible real patches per row). A batch outside that bound gets a NaN L_rec, which stops
   training (`loop.fit`), rather than a loss over part of its masked patches.
   """
-  cfg = config.pretrain
+  cfg = pretrain_cfg
 
   def loss_fn(model, batch):
     labels = batch["label"]

@@ -33,12 +33,14 @@ class Projection(nnx.Module):
 
 
 def build_with_objective(
-    config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int, seed: int,
-    make_objective: Callable[[ml_collections.ConfigDict, int, nnx.Rngs], nnx.Module]) -> GiMP:
-  """GiMP (config.model) on the gene list `genes` with `model.objective = make_objective(config,
-  G, rngs)`."""
-  if config.model.gene_encoder == "none":
-    raise ValueError(f"config.method={config.method!r} aligns images with genes: set "
+    model_cfg: ml_collections.ConfigDict, feature_dim: int, genes: Sequence[str],
+    num_classes: int, seed: int, make_objective: Callable[[nnx.Rngs], nnx.Module], *,
+    dtype: str, method: str) -> GiMP:
+  """GiMP of the `model` config block on the gene list `genes` (`models.build.build_gimp`) with
+  `model.objective = make_objective(rngs)`: the `build` of compared method `method`."""
+  if model_cfg.gene_encoder == "none":
+    raise ValueError(f"config.method={method!r} aligns images with genes: set "
                      "model.gene_encoder to 'group_msa' or 'snn', not 'none'.")
-  objective = make_objective(config, len(genes), nnx.Rngs(params=seed + 2, dropout=seed + 3))
-  return build.build_gimp(config, len(genes), num_classes, seed, objective=objective)
+  objective = make_objective(nnx.Rngs(params=seed + 2, dropout=seed + 3))
+  return build.build_gimp(model_cfg, feature_dim, len(genes), num_classes, seed, dtype=dtype,
+                          objective=objective)

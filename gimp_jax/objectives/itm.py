@@ -45,22 +45,25 @@ class ITMHeads(nnx.Module):
     return self.match2(jax.nn.relu(self.match1(jnp.abs(e_img - e_gene))))[:, 0]
 
 
-def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int,
-          seed: int):
-  """GiMP + ITMHeads (config.itm.proj_dim)."""
+def build(model_cfg: ml_collections.ConfigDict, data_cfg: ml_collections.ConfigDict,
+          method_cfg: ml_collections.ConfigDict | None, genes: Sequence[str], num_classes: int,
+          seed: int, dtype: str = "float32"):
+  """GiMP + ITMHeads (the `itm` block's proj_dim)."""
   return build_with_objective(
-      config, genes, num_classes, seed,
-      lambda c, g, rngs: ITMHeads(c.model.dim, c.itm.proj_dim, rngs=rngs))
+      model_cfg, data_cfg.feature_dim, genes, num_classes, seed,
+      lambda rngs: ITMHeads(model_cfg.dim, method_cfg.proj_dim, rngs=rngs), dtype=dtype,
+      method="itm")
 
 
-def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
-  """BCE of the matching head on B true and B shifted image-gene pairs (config.itm.shift)."""
+def make_loss(itm_cfg: ml_collections.ConfigDict) -> losses.LossFn:
+  """BCE of the matching head on B true and B shifted image-gene pairs (the `itm` block's
+  shift)."""
   def loss_fn(model, batch):
     head = model.objective
     cls_img, _ = model.aggregator(batch["patches"], tokens=False)
     e_img = head.img_proj(cls_img)
     e_gene = head.gene_proj(model.gene_encoder(batch["genes"]))
-    partner, neg_targets = matching_pairs(e_img.shape[0], config.itm.shift)
+    partner, neg_targets = matching_pairs(e_img.shape[0], itm_cfg.shift)
     logits = jnp.concatenate([head.match(e_img, e_gene), head.match(e_img, e_gene[partner])])
     targets = jnp.concatenate([jnp.ones(e_img.shape[0]), neg_targets])
     loss = itm_bce(logits, targets)

@@ -164,16 +164,18 @@ class MGCAHeads(nnx.Module):
         jax.random.normal(rngs.params(), (num_prototypes, proj_dim))))
 
 
-def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int,
-          seed: int):
-  """GiMP + MGCAHeads (config.mgca.proj_dim, num_prototypes); needs the GroupMSA gene encoder."""
-  if config.model.gene_encoder != "group_msa":
+def build(model_cfg: ml_collections.ConfigDict, data_cfg: ml_collections.ConfigDict,
+          method_cfg: ml_collections.ConfigDict | None, genes: Sequence[str], num_classes: int,
+          seed: int, dtype: str = "float32"):
+  """GiMP + MGCAHeads (the `mgca` block's proj_dim, num_prototypes); needs the GroupMSA gene
+  encoder."""
+  if model_cfg.gene_encoder != "group_msa":
     raise ValueError("config.method='mgca' aligns patch tokens with GroupMSA's fragment tokens: "
-                     f"set model.gene_encoder='group_msa' (got {config.model.gene_encoder!r}).")
+                     f"set model.gene_encoder='group_msa' (got {model_cfg.gene_encoder!r}).")
   return build_with_objective(
-      config, genes, num_classes, seed,
-      lambda c, g, rngs: MGCAHeads(c.model.dim, c.mgca.proj_dim, c.mgca.num_prototypes,
-                                   rngs=rngs))
+      model_cfg, data_cfg.feature_dim, genes, num_classes, seed,
+      lambda rngs: MGCAHeads(model_cfg.dim, method_cfg.proj_dim, method_cfg.num_prototypes,
+                             rngs=rngs), dtype=dtype, method="mgca")
 
 
 def token_subset(length: int, count: int) -> jax.Array:
@@ -182,9 +184,10 @@ def token_subset(length: int, count: int) -> jax.Array:
   return (jnp.arange(count) * length) // count
 
 
-def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
-  """lambda_ita ITA + lambda_cta CTA + lambda_cpa CPA over pre-training windows (config.mgca)."""
-  cfg = config.mgca
+def make_loss(mgca_cfg: ml_collections.ConfigDict) -> losses.LossFn:
+  """lambda_ita ITA + lambda_cta CTA + lambda_cpa CPA over pre-training windows (the `mgca`
+  block)."""
+  cfg = mgca_cfg
 
   def loss_fn(model, batch):
     head = model.objective

@@ -96,11 +96,14 @@ def clam_instance_loss(instance_logits: jax.Array, attention: jax.Array, mask: j
   return jnp.mean(total)
 
 
-def make_clam_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
-  """bag_weight * CE(bag) + (1 - bag_weight) * instance loss (config.clam: bag_weight, k_sample,
-  instance_loss, subtyping)."""
-  cfg = config.clam
-  head_loss = survival.bag_loss(config, config.finetune.label_smoothing)
+def make_clam_loss(method_cfg: ml_collections.ConfigDict | None,
+                   finetune_cfg: ml_collections.ConfigDict, task: str,
+                   survival_cfg: ml_collections.ConfigDict | None) -> losses.LossFn:
+  """bag_weight * CE(bag) + (1 - bag_weight) * instance loss (`method_cfg`, the `clam` block:
+  bag_weight, k_sample, instance_loss, subtyping); the bag loss is `task`'s (`survival.bag_loss`,
+  with the `finetune` block's label_smoothing)."""
+  cfg = method_cfg
+  head_loss = survival.bag_loss(task, survival_cfg, finetune_cfg.label_smoothing)
 
   def loss_fn(model, batch):
     mask = batch.get("patch_mask")
@@ -115,10 +118,13 @@ def make_clam_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   return loss_fn
 
 
-def make_dsmil_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
+def make_dsmil_loss(method_cfg: ml_collections.ConfigDict | None,
+                    finetune_cfg: ml_collections.ConfigDict, task: str,
+                    survival_cfg: ml_collections.ConfigDict | None) -> losses.LossFn:
   """DSMIL's 0.5 bag + 0.5 max-instance loss: cross-entropy (`dsmil_loss`), or for survival the
-  task's survival loss on each stream."""
-  head_loss = survival.bag_loss(config)
+  task's survival loss on each stream (`survival.bag_loss`; no label smoothing)."""
+  del method_cfg, finetune_cfg
+  head_loss = survival.bag_loss(task, survival_cfg)
 
   def loss_fn(model, batch):
     bag_logits, max_logits, _ = model.streams(batch["patches"], batch.get("patch_mask"))

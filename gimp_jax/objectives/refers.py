@@ -69,13 +69,14 @@ class REFERSHeads(nnx.Module):
     return self.decoder2(jax.nn.relu(self.decoder1(fused)))
 
 
-def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int,
-          seed: int):
-  """GiMP + REFERSHeads (config.refers.views, proj_dim)."""
+def build(model_cfg: ml_collections.ConfigDict, data_cfg: ml_collections.ConfigDict,
+          method_cfg: ml_collections.ConfigDict | None, genes: Sequence[str], num_classes: int,
+          seed: int, dtype: str = "float32"):
+  """GiMP + REFERSHeads (the `refers` block's views, proj_dim)."""
   return build_with_objective(
-      config, genes, num_classes, seed,
-      lambda c, g, rngs: REFERSHeads(c.model.dim, c.refers.views, c.refers.proj_dim, g,
-                                     rngs=rngs))
+      model_cfg, data_cfg.feature_dim, genes, num_classes, seed,
+      lambda rngs: REFERSHeads(model_cfg.dim, method_cfg.views, method_cfg.proj_dim, len(genes),
+                               rngs=rngs), dtype=dtype, method="refers")
 
 
 def split_views(patches: jax.Array, views: int) -> jax.Array:
@@ -87,9 +88,9 @@ def split_views(patches: jax.Array, views: int) -> jax.Array:
   return patches[:, :views * per_view].reshape(b * views, per_view, d)
 
 
-def make_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
+def make_loss(refers_cfg: ml_collections.ConfigDict) -> losses.LossFn:
   """L = InfoNCE(fused views, genes) + generation_weight * MSE(decoded expression, genes)."""
-  cfg = config.refers
+  cfg = refers_cfg
 
   def loss_fn(model, batch):
     head = model.objective

@@ -8,10 +8,14 @@ from gimp_jax import losses
 from gimp_jax.objectives import survival
 
 
-def finetune_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
-  """The task's loss on the logits of `model(patches, genes, patch_mask) -> (logits, embedding)`
-  over whole (padded) bags."""
-  head_loss = survival.bag_loss(config, config.finetune.label_smoothing)
+def finetune_loss(method_cfg: ml_collections.ConfigDict | None,
+                  finetune_cfg: ml_collections.ConfigDict, task: str,
+                  survival_cfg: ml_collections.ConfigDict | None) -> losses.LossFn:
+  """The loss of `task` (`survival.bag_loss`, with the `finetune` block's label_smoothing) on the
+  logits of `model(patches, genes, patch_mask) -> (logits, embedding)` over whole (padded) bags;
+  the method's own block is not read."""
+  del method_cfg
+  head_loss = survival.bag_loss(task, survival_cfg, finetune_cfg.label_smoothing)
 
   def loss_fn(model, batch):
     logits, _ = model(batch["patches"], batch.get("genes"), batch.get("patch_mask"))
@@ -20,10 +24,10 @@ def finetune_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   return loss_fn
 
 
-def gene_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
-  """The task's loss of GroupMSA + linear head on genes [B, G] (label [B], and for survival
-  censorship / time [B])."""
-  head_loss = survival.bag_loss(config)
+def gene_loss(task: str, survival_cfg: ml_collections.ConfigDict | None) -> losses.LossFn:
+  """The loss of `task` (`survival.bag_loss`) of GroupMSA + linear head on genes [B, G] (label
+  [B], and for survival censorship / time [B])."""
+  head_loss = survival.bag_loss(task, survival_cfg)
 
   def loss_fn(model, batch):
     loss, metrics = head_loss(model(batch["genes"]), batch)

@@ -90,27 +90,31 @@ def risk(logits, kind: str = "nll"):
   return -hazards_and_survival(logits)[1].sum(axis=-1)
 
 
-def num_outputs(config: ml_collections.ConfigDict, num_classes: int) -> int:
-  """Logits of a model's head: the classes, k hazards (nll) or one log risk (cox)."""
-  if config.get("task", "classification") != "survival":
+def num_outputs(task: str, survival_cfg: ml_collections.ConfigDict | None, num_classes: int
+                ) -> int:
+  """Logits of a model's head for `task` (`config.task`): the classes, or with the `survival`
+  config block k hazards (nll) or one log risk (cox)."""
+  if task != "survival":
     return num_classes
-  return 1 if config.survival.loss == "cox" else config.survival.num_bins
+  return 1 if survival_cfg.loss == "cox" else survival_cfg.num_bins
 
 
-def bag_loss(config: ml_collections.ConfigDict, label_smoothing: float = 0.0):
-  """The supervised loss of one bag-level (or gene-level) head for `config.task`.
+def bag_loss(task: str, survival_cfg: ml_collections.ConfigDict | None,
+             label_smoothing: float = 0.0):
+  """The supervised loss of one bag-level (or gene-level) head for `task` (`config.task`; for
+  survival, the `survival` config block's loss and alpha).
 
   Returns:
     (logits [B, C], batch) -> (loss, metrics): cross-entropy on `label` (with `label_smoothing`)
     and its accuracy; or, for survival, NLL-surv on `label` (the time bin) and `censorship`, or
     the Cox loss on `time` and `censorship`.
   """
-  if config.get("task", "classification") != "survival":
+  if task != "survival":
     def ce(logits, batch):
       loss = losses.cross_entropy(logits, batch["label"], label_smoothing)
       return loss, {"accuracy": losses.accuracy(logits, batch["label"])}
     return ce
-  cfg = config.survival
+  cfg = survival_cfg
   if cfg.loss not in LOSSES:
     raise ValueError(f"Unknown survival.loss {cfg.loss!r}; expected one of {LOSSES}.")
   if cfg.loss == "cox":

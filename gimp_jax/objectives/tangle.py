@@ -26,13 +26,16 @@ from gimp_jax.models.tangle import Tangle
 from gimp_jax.objectives.clip import info_nce
 
 
-def build(config: ml_collections.ConfigDict, genes: Sequence[str], num_classes: int, seed: int,
+def build(model_cfg: ml_collections.ConfigDict, data_cfg: ml_collections.ConfigDict,
+          method_cfg: ml_collections.ConfigDict | None, genes: Sequence[str], num_classes: int,
+          seed: int, dtype: str = "float32",
           variant: str = "tangle") -> Tangle:
   """The TANGLE model of `variant` ("tangle", "tangle_rec" or "intra") on the gene list `genes`;
-  config.model.dim and config.tangle.gene_hidden."""
+  the `model` block's dim and the `tangle` block's gene_hidden."""
+  del dtype
   num_genes = len(genes)
-  return Tangle(config.data.feature_dim, num_genes, num_classes, dim=config.model.dim,
-                gene_hidden=config.tangle.gene_hidden or num_genes, encode_genes=variant == "tangle",
+  return Tangle(data_cfg.feature_dim, num_genes, num_classes, dim=model_cfg.dim,
+                gene_hidden=method_cfg.gene_hidden or num_genes, encode_genes=variant == "tangle",
                 decode_genes=variant == "tangle_rec",
                 rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
@@ -42,19 +45,19 @@ def _match_accuracy(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.mean((jnp.argmax(a @ b.T, axis=1) == jnp.arange(a.shape[0])).astype(jnp.float32))
 
 
-def tangle_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
-  """Symmetric InfoNCE slide <-> expression (config.tangle.temperature)."""
+def tangle_loss(tangle_cfg: ml_collections.ConfigDict) -> losses.LossFn:
+  """Symmetric InfoNCE slide <-> expression (the `tangle` block's temperature)."""
   def loss_fn(model, batch):
     s = losses.l2_normalize(model.slide_encoder(batch["patches"]))
     e = losses.l2_normalize(model.expression_encoder(batch["genes"]))
-    loss = info_nce(s, e, config.tangle.temperature, "symmetric")
+    loss = info_nce(s, e, tangle_cfg.temperature, "symmetric")
     return loss, {"loss": loss, "match_accuracy": _match_accuracy(s, e)}
   return loss_fn
 
 
-def rec_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
+def rec_loss(tangle_cfg: ml_collections.ConfigDict) -> losses.LossFn:
   """TANGLE-Rec: mean squared error of the expression predicted from the slide."""
-  del config
+  del tangle_cfg
 
   def loss_fn(model, batch):
     pred = model.expression_decoder(model.slide_encoder(batch["patches"]))
@@ -63,13 +66,13 @@ def rec_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
   return loss_fn
 
 
-def intra_loss(config: ml_collections.ConfigDict) -> losses.LossFn:
+def intra_loss(tangle_cfg: ml_collections.ConfigDict) -> losses.LossFn:
   """Intra: symmetric InfoNCE between the two halves of each window (two patch-subsampled views)."""
   def loss_fn(model, batch):
     patches = batch["patches"]
     half = patches.shape[1] // 2
     a = losses.l2_normalize(model.slide_encoder(patches[:, :half]))
     b = losses.l2_normalize(model.slide_encoder(patches[:, half:2 * half]))
-    loss = info_nce(a, b, config.tangle.temperature, "symmetric")
+    loss = info_nce(a, b, tangle_cfg.temperature, "symmetric")
     return loss, {"loss": loss, "match_accuracy": _match_accuracy(a, b)}
   return loss_fn

@@ -9,6 +9,7 @@ attributes that CLAM, TRIDENT and `gimp_jax.preprocess` write (`patch_size_level
 `patch_size` x 2^`patch_level`), else from `config.report.patch_size_level0`.
 """
 
+from collections.abc import Mapping, Sequence
 import csv
 import dataclasses
 import os
@@ -185,7 +186,8 @@ def caption(predictions: dict, patient_id: str, class_names, time_unit: str = ''
           f'(p = {probs[predicted]:.2f}, {verdict})')
 
 
-def write_attention(out_dir: str, model, cohort, config, slides_dir: str) -> list[SlideFiles]:
+def write_attention(out_dir: str, model, cohort, slides_dir: str, *, method: str,
+                    bucket_sizes: Sequence[int], report_cfg: Mapping) -> list[SlideFiles]:
   """Every patient's slides (`patient_scores`, `write_slide`) into `out_dir`, one stem per slide
   ID; the model answers `attention.supports` (DataError naming the method otherwise). In a job of
   several processes every process computes the scores and process 0 writes (and lists) the files.
@@ -194,17 +196,19 @@ def write_attention(out_dir: str, model, cohort, config, slides_dir: str) -> lis
     out_dir: the folder (created if missing).
     model: the model in evaluation mode.
     cohort: the loaded cohort.
-    config: the run's config (data.bucket_sizes, config.report's patch side, top_k, thumbnail
-      and Deep Zoom sizes).
     slides_dir: the folder of the whole-slide images ('' when not at hand).
+    method: the run's method (config.method), named when its model has no attention.
+    bucket_sizes: the patch-count buckets of the bags (data.bucket_sizes).
+    report_cfg: the `report` config block (its patch side, top_k, thumbnail and Deep Zoom
+      sizes; {}: the defaults).
   """
   if not attention.supports(model):
-    raise DataError(f"config.method {config.method!r}: its model has no attention over patches")
-  report = config.get('report', {})
+    raise DataError(f"config.method {method!r}: its model has no attention over patches")
+  report = report_cfg
   options = {k: report[k] for k in ('top_k', 'thumbnail_size', 'deepzoom_size') if k in report}
   written = []
   for index in range(len(cohort.patients)):
-    for item in patient_scores(model, cohort, index, bucket_sizes=config.data.bucket_sizes,
+    for item in patient_scores(model, cohort, index, bucket_sizes=bucket_sizes,
                                slides_dir=slides_dir,
                                default_patch_size=report.get('patch_size_level0', 256)):
       if jax.process_index() != 0:  # every process computes (a job's model is global); 0 writes

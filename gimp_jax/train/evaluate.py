@@ -109,5 +109,6 @@ def test(run) -> Evaluation:
     genes = restored(run.gene_classifier(), run.workdir, "gene_pretrain_best").model(train=False)
     for split in ("val", "test"):
       results[f"gene_only_{split}_{keys[0]}"] = float(gene_stage.gene_only_scores(
-          run, genes, run.patients(split, "gene_pretrain"))[keys[0]])
+          run.cohort, genes, run.patients(split, "gene_pretrain"),
+          run.config.survival.loss)[keys[0]])
   return Evaluation(results, predictions, train_risk)

@@ -2,6 +2,7 @@
 over whole bags, bucketed padding with a key-padding mask; validation after every epoch, the best
 epoch kept (`finetune.select_metric`, optional `finetune.patience`)."""
 
+from gimp_jax import methods
 from gimp_jax.data import pipeline
 from gimp_jax.train import evaluate, loop, selection, transfer
 from gimp_jax.train.state import frozen_regex, train_state
@@ -24,7 +25,7 @@ def finetune(run) -> dict:
           run.cohort.task, evaluate.predict(run, state, run.patients("val", "finetune"))),
       selection.task_metric(run.cohort.task, cfg.finetune.select_metric), cfg.finetune.patience)
   spec = loop.StageSpec(
-      name="finetune", loss_fn=run.method.finetune_loss(cfg),
+      name="finetune", loss_fn=methods.finetune_loss(cfg),
       batches=lambda e, s: pipeline.bag_batches(
           run.cohort, train, batch_size=cfg.finetune.batch_size, seed=cfg.seed, epoch=e,
           shuffle=True, bucket_sizes=cfg.data.bucket_sizes, start_batch=s,

@@ -28,13 +28,13 @@ from gimp_jax.train import run as run_lib
 SUMMARY_KEY = re.compile(r'^(gene_only_|reference_|vs_reference_)?(val|test)_[a-z_0-9]+$')
 
 
-def num_folds(config: ml_collections.ConfigDict) -> int:
-  """k when the config asks for every fold in one command, else 0."""
-  if config.data.get('fold', -1) >= 0:
+def num_folds(data_cfg: ml_collections.ConfigDict) -> int:
+  """k when the `data` config block asks for every fold in one command, else 0."""
+  if data_cfg.get('fold', -1) >= 0:
     return 0
-  if config.data.get('splits_dir', ''):
-    return splits_lib.count_split_files(config.data.splits_dir)
-  return int(config.data.get('num_folds', 0))
+  if data_cfg.get('splits_dir', ''):
+    return splits_lib.count_split_files(data_cfg.splits_dir)
+  return int(data_cfg.get('num_folds', 0))
 
 
 def summarize(per_fold: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
@@ -77,7 +77,7 @@ def write_summary(workdir: str, names: list[str], values: np.ndarray) -> dict[st
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        stop=lambda: False, allow_config_change: bool = False) -> dict[str, Any]:
   """Every fold (module docstring), or the single run; returns the mean results over folds."""
-  k = num_folds(config)
+  k = num_folds(config.data)
   if not k:
     return run_lib.train_and_evaluate(config, workdir, stop, allow_config_change)
   problems = split_checks.problems(config)  # every fold, before any trains

@@ -9,6 +9,7 @@ import numpy as np
 from gimp_jax.objectives import supervised
 from gimp_jax.objectives import survival
 from gimp_jax.data import pipeline
+from gimp_jax.data.cohort import Cohort
 from gimp_jax.train import loop, selection
 from gimp_jax.train.state import train_state
 
@@ -23,11 +24,12 @@ def gene_pretrain(run) -> dict:
                       epochs=cfg.gene_pretrain.epochs)
   best, on_epoch_end = selection.keep_best(
       run, "gene_pretrain",
-      lambda s: gene_only_scores(run, s.model(train=False), run.patients("val", "gene_pretrain")),
+      lambda s: gene_only_scores(run.cohort, s.model(train=False),
+                                 run.patients("val", "gene_pretrain"), cfg.survival.loss),
       selection.task_metric(run.cohort.task, cfg.gene_pretrain.select_metric),
       cfg.gene_pretrain.patience)
   spec = loop.StageSpec(
-      name="gene_pretrain", loss_fn=supervised.gene_loss(cfg),
+      name="gene_pretrain", loss_fn=supervised.gene_loss(run.cohort.task, cfg.get("survival")),
       batches=lambda e, s: pipeline.gene_batches(
           run.cohort, train, batch_size=cfg.gene_pretrain.batch_size, seed=cfg.seed, epoch=e,
           start_batch=s, prefetch=cfg.data.prefetch),
@@ -45,12 +47,13 @@ def _gene_logits(model, genes: jax.Array) -> jax.Array:
   return model(genes)
 
 
-def gene_only_scores(run, model, split: str | np.ndarray) -> dict:
-  """The task's metrics of the supervised GroupMSA `model` (genes only) on a split."""
-  idx = run.cohort.split(split)
-  logits = _gene_logits(model, jnp.asarray(run.cohort.genes[idx]))
-  pred = {"label": run.cohort.labels[idx], "probs": np.asarray(jax.nn.softmax(logits, -1))}
-  if run.cohort.task == "survival":
-    pred.update(time=run.cohort.times[idx], censorship=run.cohort.censorship[idx],
-                risk=survival.risk(np.asarray(logits), run.config.survival.loss))
-  return selection.split_scores(run.cohort.task, pred)
+def gene_only_scores(cohort: Cohort, model, split: str | np.ndarray, survival_loss: str) -> dict:
+  """The task's metrics of the supervised GroupMSA `model` (genes only) on a split of `cohort`
+  (a survival head's risk by `survival_loss`: `survival.loss`)."""
+  idx = cohort.split(split)
+  logits = _gene_logits(model, jnp.asarray(cohort.genes[idx]))
+  pred = {"label": cohort.labels[idx], "probs": np.asarray(jax.nn.softmax(logits, -1))}
+  if cohort.task == "survival":
+    pred.update(time=cohort.times[idx], censorship=cohort.censorship[idx],
+                risk=survival.risk(np.asarray(logits), survival_loss))
+  return selection.split_scores(cohort.task, pred)

@@ -285,8 +285,8 @@ def fit_stage(run, spec: StageSpec, state: TrainState,
   """
   state, meta = fit(spec, state, workdir=run.workdir, key=run.stage_key(spec.name),
                     writer=run.writer, stop=run.stop,
-                    mesh=parallel.stage_mesh(run.config, batch_size),
-                    parallel_cfg=run.config.parallel)
+                    mesh=parallel.stage_mesh(run.config.get("parallel"), batch_size),
+                    parallel_cfg=run.config.get("parallel"))
   return state, {
       "steps": int(state.step), "wall_s": round(meta.get("wall_s", 0.0), 2),
       "final_metrics": meta.get("last_metrics", {}), "history": meta.get("history", []),

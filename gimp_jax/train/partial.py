@@ -14,12 +14,11 @@ Without `allow_missing` every patient has both and a label, so every stage uses 
 """
 
 import dataclasses
+from types import ModuleType
 
 from flax import nnx
-import ml_collections
 import numpy as np
 
-from gimp_jax import methods
 from gimp_jax.configs.checks import STAGES
 from gimp_jax.data.cohort import Cohort
 
@@ -72,19 +71,12 @@ def usage_table(cohort: Cohort, stages, *, pretrain_uses: str, model_needs_genes
   return "\n".join(lines)
 
 
-def method_uses(config: ml_collections.ConfigDict, cohort: Cohort) -> dict:
-  """The keyword arguments of `stage_patients` / `usage_table` for the run's method: its
-  `pretrain_uses` and whether its model needs genes (from the model's structure only)."""
-  method = methods.get(config.method)
-  model = nnx.eval_shape(lambda: method.build(config, cohort.gene_names, cohort.num_classes,
-                                              config.seed))
+def method_uses(method: ModuleType, model: nnx.Module) -> dict:
+  """The keyword arguments of `stage_patients` / `usage_table` for `method` (a
+  `gimp_jax.methods` module): its `pretrain_uses` and whether `model`, its model (from shapes
+  only will do: `preflight.abstract_model`), needs genes."""
   return {"pretrain_uses": getattr(method, "pretrain_uses", "pairs"),
           "model_needs_genes": needs_genes(model)}
-
-
-def usage(config: ml_collections.ConfigDict, cohort: Cohort) -> str:
-  """With data.allow_missing: the table of the patients each stage of the run will use."""
-  return usage_table(cohort, config.stages, **method_uses(config, cohort))
 
 
 def slide_only(cohort: Cohort) -> Cohort:

@@ -5,6 +5,7 @@ collapsed)."""
 from absl import logging
 import ml_collections
 
+from gimp_jax import methods
 from gimp_jax.data import pipeline
 from gimp_jax.models import build
 from gimp_jax.train import loop, transfer, triplet_advice
@@ -17,9 +18,8 @@ def pretrain_stage(run) -> tuple[loop.StageSpec, TrainState, int]:
   """The pre-training stage as the CLI runs it (`run`: a `train.run.Run`): (spec, initial state,
   batch size)."""
   cfg = run.config
-  if run.method.pretrain_loss is None:
-    raise ValueError(f"Method {cfg.method!r} has no pre-training stage; remove it from stages.")
-  model = run.build(build.pretrain_config(cfg))
+  loss_fn = methods.pretrain_loss(cfg)  # ValueError: the method has no pre-training stage
+  model = run.build(build.pretrain_model_cfg(cfg.model, cfg.pretrain))
   params = transfer.initial_params(run, model, "pretrain")
   train = run.patients("train", "pretrain")
   n_train = run.cohort.split(train).size
@@ -29,7 +29,7 @@ def pretrain_stage(run) -> tuple[loop.StageSpec, TrainState, int]:
   state = train_state(model, cfg.optim, steps_per_epoch=per_epoch, epochs=cfg.pretrain.epochs,
                       frozen=frozen, params=params)
   spec = loop.StageSpec(
-      name="pretrain", loss_fn=run.method.pretrain_loss(cfg),
+      name="pretrain", loss_fn=loss_fn,
       batches=lambda e, s: pipeline.pretrain_batches(
           run.cohort, train, batch_size=bsz, window=cfg.pretrain.window,
           ratio=cfg.pretrain.mask_ratio, seed=cfg.seed, epoch=e, start_batch=s,

@@ -14,6 +14,7 @@ The encoder's weights: the run's `pretrain` checkpoint, else its best fine-tuned
 `init_from`'s pre-training, else the freshly initialised encoder ("no pre-training").
 """
 
+from collections.abc import Sequence
 import json
 import os
 
@@ -24,11 +25,9 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
-from gimp_jax import methods
 from gimp_jax import metrics as metrics_lib
 from gimp_jax.checkpoint import StageCheckpoints
 from gimp_jax.data import pipeline
-from gimp_jax.objectives import survival
 from gimp_jax.train.state import create_state
 
 PROBE_STREAM = 0x70726F  # separates the probe's draws from the other streams of the seed
@@ -120,26 +119,26 @@ def few_shot(x: np.ndarray, y: np.ndarray, evals: dict[str, tuple[np.ndarray, np
   return result
 
 
-def _encoder_params(run, model):
-  """The weights the probe freezes (see the module docstring) and where they came from."""
-  cfg = run.config
+def _encoder_params(model, workdir: str, stages: Sequence[str], init_from: str):
+  """The weights the probe freezes (see the module docstring) of a run in `workdir` with `stages`
+  and `init_from` (config.init_from), and where they came from."""
   sources = []
-  if "pretrain" in cfg.stages:
-    sources.append((run.workdir, "pretrain"))
-  elif "finetune" in cfg.stages:
-    sources.append((run.workdir, "finetune_best"))
-  elif cfg.init_from:
-    sources.append((cfg.init_from, "pretrain"))
+  if "pretrain" in stages:
+    sources.append((workdir, "pretrain"))
+  elif "finetune" in stages:
+    sources.append((workdir, "finetune_best"))
+  elif init_from:
+    sources.append((init_from, "pretrain"))
   params = create_state(model).params
-  for workdir, stage in sources:
-    ckpt = StageCheckpoints(workdir, stage, read_only=True)
+  for source, stage in sources:
+    ckpt = StageCheckpoints(source, stage, read_only=True)
     try:
       restored = ckpt.restore_params(params)
     finally:
       ckpt.close()
     if restored is None:
-      raise FileNotFoundError(f"probe: no {stage} checkpoint in {workdir}")
-    return restored, stage if workdir == run.workdir else f"{workdir}:{stage}"
+      raise FileNotFoundError(f"probe: no {stage} checkpoint in {source}")
+    return restored, stage if source == workdir else f"{source}:{stage}"
   return params, "initialisation (no pre-training)"
 
 
@@ -148,17 +147,13 @@ def _has_slide_encoder(model) -> bool:
   return callable(getattr(type(model), "embed_slide", None))
 
 
-def encoder_problems(config, cohort) -> list[str]:
+def encoder_problems(model: nnx.Module, method: str, stages: Sequence[str]) -> list[str]:
   """The probe stage on a model without a slide encoder (ABMIL, MCAT, ...), one line; [] when
-  the stage is not run or the model has one. The model is built from shapes only."""
-  if "probe" not in config.stages:
-    return []
-  model = nnx.eval_shape(lambda: methods.get(config.method).build(
-      config, cohort.gene_names, survival.num_outputs(config, cohort.num_classes), config.seed))
-  if _has_slide_encoder(model):
+  `stages` do not include it or `model` (method `method`'s; shapes only will do) has one."""
+  if "probe" not in stages or _has_slide_encoder(model):
     return []
   return [f"config: stages: 'probe' needs a slide encoder to freeze (a model with embed_slide: "
-          f"gimp, tangle, ...), and method {config.method!r} ({type(model).__name__}) has none; "
+          f"gimp, tangle, ...), and method {method!r} ({type(model).__name__}) has none; "
           "remove 'probe' from stages"]
 
 
@@ -168,8 +163,8 @@ def probe(run) -> dict:
   cfg = run.config
   model = run.build()
   if not _has_slide_encoder(model):
-    raise ValueError(encoder_problems(cfg, run.cohort)[0])
-  params, source = _encoder_params(run, model)
+    raise ValueError(encoder_problems(model, cfg.method, cfg.stages)[0])
+  params, source = _encoder_params(model, run.workdir, cfg.stages, cfg.init_from)
   frozen = create_state(model).replace(params=params).model(train=False)
   emb = embed_slides(frozen, run.cohort, cfg.data.bucket_sizes, cfg.data.prefetch)
   labels = run.cohort.labels

@@ -1,13 +1,13 @@
-"""A run is data plus stages: `Run` holds what every stage reads (config, workdir, cohort, method,
-metrics writer); `train_and_evaluate` runs `config.stages` in the paper's order, gene_pretrain ->
-pretrain -> finetune -> test (-> probe, TANGLE's few-shot protocol), each stage a function
-`stage(run) -> results` in its own module, reading the previous stage's checkpoint from the
-workdir. Finished stages are skipped and an interrupted stage resumes from its last checkpoint.
+"""A run is data plus stages: `Run` holds what every stage reads (config, workdir, cohort, the
+patients each stage uses, metrics writer); `train_and_evaluate` runs `config.stages` in the
+paper's order, gene_pretrain -> pretrain -> finetune -> test (-> probe, TANGLE's few-shot
+protocol), each stage a function `stage(run) -> results` in its own module, reading the previous
+stage's checkpoint from the workdir. Finished stages are skipped and an interrupted stage resumes
+from its last checkpoint.
 """
 
 import dataclasses
 import os
-from types import ModuleType
 from typing import Any, Callable
 
 from absl import logging
@@ -36,43 +36,46 @@ class Run:
     config: the run's config.
     workdir: where its checkpoints and metrics are.
     cohort: the patients, splits and gene list.
-    method: the method module (`gimp_jax.methods.<name>`: build, pretrain_loss, finetune_loss).
     writer: metrics.jsonl and TensorBoard (None when the run only reads: `predict`).
+    uses: with data.allow_missing, the patients each stage takes (`partial.method_uses`, the
+      keyword arguments of `partial.stage_patients`); None: every stage takes its whole split.
     stop: returns True once SIGTERM/SIGINT asked the run to stop.
     eval_step: the jitted evaluation step (one compilation per bag shape).
   """
   config: ml_collections.ConfigDict
   workdir: str
   cohort: cohort_lib.Cohort
-  method: ModuleType
   writer: loop.MetricsWriter | None = None
+  uses: dict[str, Any] | None = None
   stop: Callable[[], bool] = lambda: False
   eval_step: Callable = dataclasses.field(default_factory=steps.make_eval_step)
 
   @property
   def num_classes(self) -> int:
-    """Outputs of the head: classes, or the survival head's (`survival.num_outputs`)."""
-    return survival.num_outputs(self.config, self.cohort.num_classes)
+    """Outputs of the head: classes, or the survival head's (`survival.num_outputs`; the config's
+    task: `predict` loads a survival run's new patients as a classification cohort)."""
+    return survival.num_outputs(self.config.get("task", "classification"),
+                                self.config.get("survival"), self.cohort.num_classes)
 
   def patients(self, split: str, stage: str) -> np.ndarray | str:
     """The patients of `split` that `stage` uses (`train.partial`): the split itself unless
-    data.allow_missing."""
-    if not self.config.data.get("allow_missing", False):
+    data.allow_missing (`uses`)."""
+    if self.uses is None:
       return split
-    return partial.stage_patients(self.cohort, split, stage,
-                                  **partial.method_uses(self.config, self.cohort))
+    return partial.stage_patients(self.cohort, split, stage, **self.uses)
 
   def stage_key(self, name: str) -> jax.Array:
     return jax.random.fold_in(jax.random.key(self.config.seed), STAGES.index(name))
 
-  def build(self, config: ml_collections.ConfigDict | None = None):
-    """The method's model on the cohort's gene list (`config` defaults to the run's)."""
-    config = self.config if config is None else config
-    return self.method.build(config, self.cohort.gene_names, self.num_classes, config.seed)
+  def build(self, model_cfg: ml_collections.ConfigDict | None = None):
+    """The method's model on the cohort's gene list (`methods.build`; `model_cfg`: the `model`
+    block it is built from, default the run's)."""
+    return methods.build(self.config, self.cohort.gene_names, self.num_classes, self.config.seed,
+                         model_cfg)
 
   def gene_classifier(self):
     """The supervised GroupMSA of the run (gene encoder + head: `gene_pretrain`)."""
-    return build.build_gene_classifier(self.config, self.cohort.num_genes, self.num_classes,
+    return build.build_gene_classifier(self.config.model, self.cohort.num_genes, self.num_classes,
                                        self.config.seed)
 
 
@@ -85,8 +88,11 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
     cohort = preflight.preflight(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   workdir_lib.save_normalizer(cohort.normalizer, workdir)
-  return Run(config, workdir, cohort, methods.get(config.method), loop.MetricsWriter(workdir),
-             stop)
+  uses = None
+  if config.data.get("allow_missing", False):
+    uses = partial.method_uses(methods.get(config.method),
+                               preflight.abstract_model(config, cohort))
+  return Run(config, workdir, cohort, loop.MetricsWriter(workdir), uses, stop)
 
 
 TRAINING = {"gene_pretrain": gene_stage.gene_pretrain, "pretrain": pretrain_stage.pretrain,
@@ -127,9 +133,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with workdir_lib.lock(workdir):
     changes = workdir_lib.check_config(workdir, config, allow_config_change)
     run = open_run(config, workdir, cohort, stop)
-    if config.data.get("allow_missing", False):
+    if run.uses is not None:
       logging.info("Patients each stage uses (data.allow_missing):\n%s",
-                   partial.usage(config, run.cohort))
+                   partial.usage_table(run.cohort, config.stages, **run.uses))
     writer = jax.process_index() == 0  # of a job of several processes, process 0 writes
     if writer:
       provenance.record(workdir, config, run.cohort)
