@@ -51,10 +51,11 @@ def test_attention_files_are_written_by_process_zero_only(trained, tmp_path, mon
   workdir, paths = trained
   c = _config(paths)
   cohort = preflight.preflight(c, workdir)
-  model = methods.get(c.method).build(c, cohort.gene_names, cohort.num_classes, c.seed)
+  model = methods.build(c, cohort.gene_names, cohort.num_classes, c.seed)
   monkeypatch.setattr(jax, "process_index", lambda: 1)
   assert slides.write_attention(str(tmp_path / "attention"), create_state(model).model(
-      train=False), cohort, c, "") == []
+      train=False), cohort, "", method=c.method, bucket_sizes=c.data.bucket_sizes,
+      report_cfg=c.report) == []
   assert not (tmp_path / "attention").exists()
 
 

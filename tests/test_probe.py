@@ -105,7 +105,7 @@ def test_probe_without_pretraining_uses_the_initial_gimp_aggregator(cohort, tmp_
   # In a job of several processes the others compute the same probe and write nothing.
   (tmp_path / "process1").mkdir()
   other = run.Run(config, str(tmp_path / "process1"),
-                  preflight.preflight(config, str(tmp_path / "run")), methods.get(config.method))
+                  preflight.preflight(config, str(tmp_path / "run")))
   monkeypatch.setattr(jax, "process_index", lambda: 1)
   assert probe.probe(other) == results["probe"]
   assert not os.listdir(tmp_path / "process1")
