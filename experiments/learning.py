@@ -125,6 +125,45 @@ def read_result(workdir: str) -> dict | None:
   return got
 
 
+def learning_curves(workdir: str, metric: str) -> dict[str, dict]:
+  """Per training stage of a finished run: the training loss and training `metric` per epoch
+  (results.json's `history`, means over the epoch's steps; survival has no training C-index),
+  the validation `metric` per epoch (metrics.jsonl's `<stage>_val` records, one per epoch) and
+  the kept (best validation) epoch. {stage: {"train_loss": [E], "val": [E], "best": int}}."""
+  from gimp_jax.train import loop  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    stages = json.load(f).get("stages", {})
+  out = {}
+  for name, stage in stages.items():
+    history = stage.get("history")
+    if not history:
+      continue
+    val = [scores.get(metric, float("nan")) for _, scores in
+           loop.stage_records(workdir, f"{name}_val")]
+    # The kept epoch: the first best (selection keeps the earlier epoch on a tie).
+    best = int(np.nanargmax(val)) if val and not np.all(np.isnan(val)) else None
+    out[name] = {"train_loss": [h["loss"] for h in history], "val": val, "best": best}
+  return out
+
+
+def curve_lines(recipes, seeds, outcomes, metric: str, epochs: int = 10) -> list[str]:
+  """Per recipe and stage: mean over seeds of the training loss and the validation `metric` at
+  each of the first `epochs` epochs, and the kept epochs."""
+  lines = ["", f"Learning curves, mean over seeds (training loss / validation {metric}, epochs 0 "
+           f"to {epochs - 1}; kept epoch per seed):", ""]
+  for name in recipes:
+    curves = [o["curves"] for s in seeds for o in [outcomes.get((name, s), {})]
+              if o.get("ok") and o.get("curves")]
+    for stage in dict.fromkeys(k for c in curves for k in c):
+      got = [c[stage] for c in curves if stage in c]
+      n = min(epochs, max(len(g["train_loss"]) for g in got))
+      mean = lambda key, e: np.nanmean([g[key][e] for g in got if e < len(g[key])])
+      points = ", ".join(f"{mean('train_loss', e):.3f}/{mean('val', e):.3f}" for e in range(n))
+      lines.append(f"- {name}, {stage}: {points}; kept {[g['best'] for g in got]}, epochs run "
+                   f"{[len(g['train_loss']) for g in got]}")
+  return lines
+
+
 def cell(values) -> str:
   vals = [v for v in values if v is not None and np.isfinite(v)]
   if not vals:
@@ -201,6 +240,7 @@ def markdown(recipes, seeds, outcomes, header, metric: str = "accuracy") -> str:
     per = [f"{s}: {o[val]:.3f}/{o[test]:.3f}/{o.get(f'reference_{test}', float('nan')):.3f}"
            for s in seeds for o in [outcomes.get((name, s), {})] if o.get("ok")]
     lines.append(f"- {name}: " + ", ".join(per))
+  lines += curve_lines(recipes, seeds, outcomes, metric)
   failures = [f"- `{n}` seed {s}: {o.get('error')}" for (n, s), o in sorted(outcomes.items())
               if not o.get("ok")]
   if failures:
@@ -241,14 +281,19 @@ def main(argv=None) -> None:
                                            known[name][1] + args.config)
           for seed in seeds for name in recipes}
   outcomes = tables.run_all(runs, args.out, 1, args.report_only, where=run_dir, read=read_result)
+  bayes = {}
   for key, config in runs.items():
     workdir = run_dir(args.out, *key)
     if outcomes[key].get("ok") and not os.path.exists(os.path.join(workdir, "fused_scale.json")):
       with open(os.path.join(workdir, "fused_scale.json"), "w", encoding="utf-8") as f:
         json.dump(fused_scale(config, workdir), f, indent=1)
       outcomes[key] = read_result(workdir)
+    if outcomes[key].get("ok"):
+      outcomes[key]["curves"] = learning_curves(workdir, metric)
     if outcomes[key].get("ok") and survival and os.path.exists(truth):
-      outcomes[key]["bayes"] = survival_tables.bayes_optimal(config, truth)
+      if key[1] not in bayes:  # one split per seed
+        bayes[key[1]] = survival_tables.bayes_optimal(config, truth)
+      outcomes[key]["bayes"] = bayes[key[1]]
   cmd = " ".join(["python -m experiments.learning", *(argv if argv is not None else sys.argv[1:])])
   header = (f"# Recipes against the linear reference ({args.task})\n\nCommand: `{cmd}`  \n"
             f"Size {args.size}; mean ± sample std over seeds {seeds} (each seed draws its own "

@@ -15,6 +15,7 @@ from experiments import learning
 from experiments import tables
 
 SEEDS = (0, 1, 2, 3)
+RECIPE = "joint+modality_dropout+wd+snn+cox"  # no gene stage: the cheapest survival run
 
 
 def _outcomes() -> dict:
@@ -87,6 +88,24 @@ def test_read_result_takes_every_scalar_score(tmp_path):
   assert got["reference"] == results["reference"] and "seed" not in got
 
 
+def test_learning_curves_pair_training_loss_with_validation(tmp_path):
+  history = [{"epoch": e, "loss": 1.0 / (e + 1)} for e in range(4)]
+  (tmp_path / "results.json").write_text(json.dumps(
+      {"stages": {"gene_pretrain": {"history": history[:3]}, "finetune": {"history": history},
+                  "test": {"wall_s": 1.0}}}))
+  val = {"gene_pretrain": [0.6, 0.55, 0.5], "finetune": [0.5, 0.7, 0.7, 0.6]}
+  rows = [{"stage": f"{k}_val", "step": 10 * (e + 1), "c_index": v} for k, vs in val.items()
+          for e, v in enumerate(vs)]
+  rows.insert(1, {"stage": "finetune_val", "step": 10, "c_index": 0.1})  # replaced on resume
+  rows.insert(0, {"stage": "finetune", "step": 10, "loss": 3.0})
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  got = learning.learning_curves(str(tmp_path), "c_index")
+  assert sorted(got) == ["finetune", "gene_pretrain"]
+  assert got["gene_pretrain"] == {"train_loss": [1.0, 0.5, 1 / 3], "val": [0.6, 0.55, 0.5],
+                                  "best": 0}
+  assert got["finetune"]["val"] == [0.5, 0.7, 0.7, 0.6] and got["finetune"]["best"] == 1
+
+
 def _harrell(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
   """Harrell's C by the pair loop: i < j comparable when i has an event before j's time."""
   num = den = 0.0
@@ -102,19 +121,20 @@ def _harrell(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
 def test_survival_call_end_to_end(tmp_path, monkeypatch):
   monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # for the spawned worker process
   out = tmp_path / "learning"
-  args = ["--task", "survival", "--out", str(out), "--size", "tiny", "--recipes", "cox",
+  args = ["--task", "survival", "--out", str(out), "--size", "tiny", "--recipes", RECIPE,
           "--seeds", "0", "--synthetic.patients=30", "--synthetic.genes=96",
           "--synthetic.feature_dim=32", "--synthetic.min_patches=8",
           "--synthetic.max_patches=30", "--config.report.tsne=False"]
   learning.main(args)
   run = json.loads((out / "summary.json").read_text())["runs"]
-  assert [(r["recipe"], r["seed"], r["ok"]) for r in run] == [("cox", 0, True)]
+  assert [(r["recipe"], r["seed"], r["ok"]) for r in run] == [(RECIPE, 0, True)]
   got = run[0]
   assert 0.0 <= got["test_c_index"] <= 1.0 and 0.0 <= got["fused"]["train_c_index_model"] <= 1.0
   assert got["reference_test_c_index"] == got["reference"]["both"]["test_c_index"]
+  assert list(got["curves"]) == ["finetune"] and len(got["curves"]["finetune"]["val"]) == 2
   # The Bayes-optimal C-index: the generator's eta on the run's own test cases.
   from gimp_jax.data import cohort as cohort_lib  # pylint: disable=g-import-not-at-top
-  workdir = out / "runs" / "cox" / "seed_0"
+  workdir = out / "runs" / RECIPE / "seed_0"
   config = tables.make_config("gimp_no_pretrain", "tiny", 0, {
       k: str(out / "cohort" / v) for k, v in (("features_dir", "features"),
                                                ("expression", "expression.tsv"),
@@ -127,4 +147,4 @@ def test_survival_call_end_to_end(tmp_path, monkeypatch):
   want = _harrell(cohort.times[test], cohort.censorship[test] == 0,
                   np.array([eta[cohort.patients[i].patient_id] for i in test]))
   np.testing.assert_allclose(got["bayes"]["test_c_index"], want, rtol=1e-12)
-  assert "| cox | 1 |" in (out / "learning.md").read_text()
+  assert f"| {RECIPE} | 1 |" in (out / "learning.md").read_text()
