@@ -211,6 +211,7 @@ def markdown(recipes, seeds, outcomes, header, metric: str = "accuracy") -> str:
                  f"{cell([f.get('val_norm_img') for f in fused])} | "
                  f"{cell([f.get('val_norm_ge') for f in fused])} | "
                  f"{cell([o.get('train_wall_s') for o in ok])} |")
+  bayes = bayes_rows(outcomes, seeds)
   refs = {}  # the reference's three inputs, per seed: the same split gives the same fit
   for (_, s), o in outcomes.items():
     if s in seeds and o.get("ok") and o.get("reference"):
@@ -222,7 +223,6 @@ def markdown(recipes, seeds, outcomes, header, metric: str = "accuracy") -> str:
       got = [r[key] for r in refs.values() if key in r]
       lines.append(f"| {key} | {cell([g.get(val) for g in got])} | "
                    f"{cell([g.get(test) for g in got])} |")
-    bayes = bayes_rows(outcomes, seeds)
     if bayes:
       lines.append(f"| Bayes-optimal (true log hazard) | "
                    f"{cell([b[val] for b in bayes.values()])} | "
@@ -233,13 +233,18 @@ def markdown(recipes, seeds, outcomes, header, metric: str = "accuracy") -> str:
   for name in recipes:
     for key in (val, test):
       mine = per_seed(outcomes, name, seeds, key)
-      lines.append(f"| {name} | {key} | {_paired(mine, per_seed(outcomes, 'paper', seeds, key))} | "
+      base = "—" if name == "paper" else _paired(mine, per_seed(outcomes, "paper", seeds, key))
+      lines.append(f"| {name} | {key} | {base} | "
                    f"{_paired(mine, per_seed(outcomes, name, seeds, f'reference_{key}'))} |")
-  lines += ["", f"Per seed (val / test / reference test {metric}):", ""]
+  lines += ["", f"Per seed (val / test / reference val / reference test {metric}):", ""]
   for name in recipes:
-    per = [f"{s}: {o[val]:.3f}/{o[test]:.3f}/{o.get(f'reference_{test}', float('nan')):.3f}"
+    per = [f"{s}: {o[val]:.3f}/{o[test]:.3f}/{o.get(f'reference_{val}', float('nan')):.3f}/"
+           f"{o.get(f'reference_{test}', float('nan')):.3f}"
            for s in seeds for o in [outcomes.get((name, s), {})] if o.get("ok")]
     lines.append(f"- {name}: " + ", ".join(per))
+  if bayes:
+    lines.append("- Bayes-optimal (val / test): " + ", ".join(
+        f"{s}: {b[val]:.3f}/{b[test]:.3f}" for s, b in sorted(bayes.items())))
   lines += curve_lines(recipes, seeds, outcomes, metric)
   failures = [f"- `{n}` seed {s}: {o.get('error')}" for (n, s), o in sorted(outcomes.items())
               if not o.get("ok")]
