@@ -117,6 +117,27 @@ def _harrell(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
   return num / den
 
 
+def test_oracle_spread_is_harrells_c_over_random_subsets(tmp_path):
+  rng = np.random.default_rng(1)
+  n = 9
+  time, cens, eta = rng.exponential(10, n), rng.integers(0, 2, n), rng.normal(size=n)
+  cens[:2] = 0  # events in every subset of 8
+  ids = [f"C{i}" for i in range(n)]
+  (tmp_path / "truth.csv").write_text("case_id,eta\n" + "".join(
+      f"{i},{e}\n" for i, e in zip(ids, eta)))
+  (tmp_path / "labels.csv").write_text("case_id,slide_id,survival_months,censorship,label\n" +
+                                       "".join(f"{i},{i}-{k},{t},{c},a\n" for i, t, c in
+                                               zip(ids, time, cens) for k in range(2)))
+  got = learning.oracle_spread(str(tmp_path / "truth.csv"), str(tmp_path / "labels.csv"), 8,
+                               draws=20, seed=3)
+  draw = np.random.default_rng(3)
+  want = [_harrell(time[idx], cens[idx] == 0, eta[idx])
+          for idx in (draw.choice(n, 8, replace=False) for _ in range(20))]
+  np.testing.assert_allclose([got["mean"], got["std"]], [np.mean(want), np.std(want, ddof=1)],
+                             rtol=1e-12)
+  assert got["size"] == 8 and got["draws"] == 20
+
+
 @pytest.mark.usefixtures("fast_compilation")
 def test_survival_call_end_to_end(tmp_path, monkeypatch):
   monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # for the spawned worker process
