@@ -10,7 +10,9 @@ diagnostics of the fused vector CLS_pat = [CLS_img; CLS_ge] of the kept fine-tun
 
 `--task survival` runs the SURVIVAL_RECIPES with `task = "survival"` on a synthetic survival
 cohort (`--synthetic.survival=True`) and compares the C-index instead of the accuracy, with the
-Bayes-optimal C-index of each seed's split (the generator's true log hazard) beside it.
+Bayes-optimal C-index of each seed's split (the generator's true log hazard) beside it, and the
+spread the validation split's size alone gives a C-index (`oracle_spread`). Both tasks: each
+stage's training loss against its validation score per epoch (`learning_curves`).
 
 Writes OUT/runs/<recipe>/seed_<s>/ (one run each, resumable: a finished run is read back),
 OUT/learning.md (a table per recipe: val and test, the reference, the differences, mean ± std over
