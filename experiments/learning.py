@@ -321,8 +321,10 @@ def main(argv=None) -> None:
   for key, config in runs.items():
     workdir = run_dir(args.out, *key)
     if outcomes[key].get("ok") and not os.path.exists(os.path.join(workdir, "fused_scale.json")):
-      with open(os.path.join(workdir, "fused_scale.json"), "w", encoding="utf-8") as f:
+      path = os.path.join(workdir, "fused_scale.json")
+      with open(path + ".tmp", "w", encoding="utf-8") as f:  # whole or absent for a reader
         json.dump(fused_scale(config, workdir), f, indent=1)
+      os.replace(path + ".tmp", path)
       outcomes[key] = read_result(workdir)
     if outcomes[key].get("ok"):
       outcomes[key]["curves"] = learning_curves(workdir, metric)
