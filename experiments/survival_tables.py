@@ -34,16 +34,6 @@ def run_dir(out: str, name: str, fold: int) -> str:
   return os.path.join(out, "runs", name, f"fold_{fold}")
 
 
-def read_result(workdir: str) -> dict | None:
-  path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    r = json.load(f)
-  return {"ok": True, "val_c_index": r.get("val_c_index"), "test_c_index": r.get("test_c_index"),
-          "test_cases": r.get("splits", {}).get("test")}
-
-
 def bayes_optimal(config, truth_csv: str) -> dict:
   """Harrell's C of the generator's true log hazard on the fold's val and test cases."""
   from gimp_jax import metrics  # pylint: disable=g-import-not-at-top
@@ -139,7 +129,7 @@ def main(args, argv) -> None:
       runs[(name, fold)] = tables.make_config(name, args.size, 0, paths,
                                               overrides + [f"--config.data.fold={fold}"])
   outcomes = tables.run_all(runs, args.out, args.workers, args.report_only, where=run_dir,
-                            read=read_result, unit="fold")
+                            read=tables.read_result, unit="fold")
   refs = {} if args.no_reference else references(runs, folds, args.out, truth)
   cmd = " ".join(["python -m experiments.tables", *(argv if argv is not None else sys.argv[1:])])
   header = (f"# Survival: C-index of every method over {args.folds} folds\n\nCommand: `{cmd}`  \n"

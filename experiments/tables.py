@@ -260,15 +260,21 @@ def execute(config, workdir: str) -> dict:
 
 
 def read_result(workdir: str) -> dict | None:
+  """A finished run's numbers (None when its results.json is not written yet): every scalar
+  `val_*`, `test_*`, `gene_only_*`, `reference_*` and `vs_reference_*` result (classification
+  or survival, slide-only scores included), the reference's three fits, the probe, the number
+  of validation and test cases and the stages' summed wall time (`train_wall_s`). The one reader of every table."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
     return None
   with open(path, encoding="utf-8") as f:
     r = json.load(f)
   wall = sum(s.get("wall_s", 0.0) for s in r.get("stages", {}).values())
-  return {"ok": True, "test_accuracy": r.get("test_accuracy"), "test_auc": r.get("test_auc"),
-          "val_accuracy": r.get("val_accuracy"), "train_wall_s": wall, "probe": r.get("probe"),
-          **{k: r[k] for k in SLIDE_ONLY_KEYS if k in r}}
+  scalars = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+             and k.startswith(("val_", "test_", "gene_only_", "reference_", "vs_reference_"))}
+  return {"ok": True, **scalars, "reference": r.get("reference"), "probe": r.get("probe"),
+          "val_cases": r.get("splits", {}).get("val"), "test_cases": r.get("splits", {}).get("test"),
+          "train_wall_s": wall}
 
 
 def run_all(runs: dict, out: str, workers: int, report_only: bool = False, *,
