@@ -148,6 +148,22 @@ def test_gradient_accumulation_applies_the_mean_every_k_steps():
     np.testing.assert_allclose(value, _flat(want)[name], rtol=1e-5, atol=1e-9, err_msg=name)
 
 
+def test_with_gradient_accumulation_the_schedule_runs_over_the_updates():
+  """k = 3, 12 training steps: 4 optimizer updates, and the cosine reaches its end value at the
+  last of them (sized in training steps, it would decay over only a third of the cosine)."""
+  cfg = _config(weight_decay=0.0, end_lr_fraction=0.1, grad_accum_steps=3)
+  params = {"w": jnp.zeros((), jnp.float32)}
+  tx = optim.make_optimizer(cfg, params, total_steps=12, steps_per_epoch=12)
+  state, got = tx.init(params), []
+  for _ in range(12):
+    updates, state = tx.update({"w": jnp.ones(())}, state, params)
+    got.append(-float(updates["w"]))
+  applied = got[2::3]
+  assert got[0] == got[1] == 0.0 and len(applied) == 4
+  want = [_numpy_lr(u, peak=1e-2, warmup=0, total=4, end_fraction=0.1) for u in range(4)]
+  np.testing.assert_allclose(applied, want, rtol=1e-4, atol=1e-10)
+
+
 def test_a_freezing_regex_that_matches_nothing_raises():
   params = _params()
   with pytest.raises(ValueError, match=r"'\^encoder/' matched no parameter"):

@@ -55,11 +55,14 @@ def make_optimizer(cfg: ml_collections.ConfigDict, params, *, total_steps: int,
   Args:
     cfg: the `optim` config block.
     params: parameter pytree (used for the freezing labels).
-    total_steps: optimizer updates in the stage (for the schedule).
+    total_steps: training steps in the stage; with `grad_accum_steps` k the schedule runs over
+      its ceil(total_steps / k) optimizer updates (optax.MultiSteps advances it once per k).
     steps_per_epoch: used to convert `warmup_epochs` to steps.
     frozen_regex: parameters whose path matches are frozen.
   """
-  warmup = int(cfg.warmup_epochs * steps_per_epoch)
+  k = max(cfg.grad_accum_steps, 1)
+  total_steps = -(-total_steps // k)
+  warmup = int(cfg.warmup_epochs * steps_per_epoch) // k
   if warmup:
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=warmup,
@@ -73,6 +76,6 @@ def make_optimizer(cfg: ml_collections.ConfigDict, params, *, total_steps: int,
   tx = optax.chain(*chain)
   labels = freeze_labels(params, frozen_regex)
   tx = optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, labels)
-  if cfg.grad_accum_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum_steps)
+  if k > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=k)
   return tx
