@@ -29,9 +29,7 @@ RECIPE = {"model.modality_dropout": 0.5, "optim.weight_decay": 0.1}
 def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
   """GiMP as gimp_jax trains it by default: the paper's settings with `RECIPE`."""
   c = published(arg)
-  for field, value in RECIPE.items():
-    block, name = field.split(".")
-    c[block][name] = value
+  c.update_from_flattened_dict(RECIPE)
   return c
 
 
