@@ -227,7 +227,7 @@ def markdown(recipes, seeds, outcomes, header, metric: str = "accuracy") -> str:
   training score, the paired differences against `paper` and the reference, and each seed."""
   val, test = f"val_{metric}", f"test_{metric}"
   cols = (val, test, f"reference_{val}", f"reference_{test}", f"vs_reference_{val}",
-          f"vs_reference_{test}", f"gene_only_{val}")
+          f"vs_reference_{test}", f"gene_only_{val}", "stack_weight", f"stack_{test}")
   lines = [header, "", "| recipe | runs | " + " | ".join(cols) + " | train " + metric +
            " | |CLS_img| | |CLS_ge| | wall s |", "|---" * (len(cols) + 6) + "|"]
   for name in recipes:
@@ -260,11 +260,14 @@ def markdown(recipes, seeds, outcomes, header, metric: str = "accuracy") -> str:
             "95% t interval:", "",
             "| recipe | metric | minus `paper` | minus linear reference (both) |", "|---|---|---|---|"]
   for name in recipes:
-    for key in (val, test):
+    for key in (val, test, f"stack_{test}"):
       mine = per_seed(outcomes, name, seeds, key)
+      if key.startswith("stack_") and not mine:  # runs from before stacking
+        continue
       base = "—" if name == "paper" else _paired(mine, per_seed(outcomes, "paper", seeds, key))
+      reference_key = f"reference_{key.removeprefix('stack_')}"  # the same split's linear fit
       lines.append(f"| {name} | {key} | {base} | "
-                   f"{_paired(mine, per_seed(outcomes, name, seeds, f'reference_{key}'))} |")
+                   f"{_paired(mine, per_seed(outcomes, name, seeds, reference_key))} |")
   lines += ["", f"Per seed (val / test / reference val / reference test {metric}):", ""]
   for name in recipes:
     per = [f"{s}: {o[val]:.3f}/{o[test]:.3f}/{o.get(f'reference_{val}', float('nan')):.3f}/"
@@ -291,6 +294,8 @@ def main(argv=None) -> None:
   p.add_argument("--size", default="cpu")
   p.add_argument("--report_only", action="store_true",
                  help="write the table from the finished runs, run nothing")
+  p.add_argument("--retest", action="store_true",
+                 help="redo the test stage and report of finished runs (no retraining)")
   args, rest = p.parse_known_args(argv)
   known, metric = TASKS[args.task]
   survival = args.task == "survival"
@@ -315,7 +320,8 @@ def main(argv=None) -> None:
   runs = {(name, seed): tables.make_config(known[name][0], args.size, seed, paths,
                                            known[name][1] + args.config)
           for seed in seeds for name in recipes}
-  outcomes = tables.run_all(runs, args.out, 1, args.report_only, where=run_dir, read=read_result)
+  outcomes = tables.run_all(runs, args.out, 1, args.report_only, where=run_dir, read=read_result,
+                            retest=args.retest)
   bayes = {}
   for key, config in runs.items():
     workdir = run_dir(args.out, *key)

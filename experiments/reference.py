@@ -23,7 +23,7 @@ def linear_rows(config, cache_dir: str) -> dict[str, dict]:
   cohort = cohort_lib.load_cohort(cohort_lib.CohortSpec.from_config(config))
   pooled = reference.mean_pooled(cohort, cache=os.path.join(cache_dir, "mean_pooled.npy"))
   splits = {k: cohort.split(k) for k in ("train", "val", "test")}
-  out = reference.linear_reference(cohort, splits, pooled)
+  out, _ = reference.linear_reference(cohort, splits, pooled)
   return {name: out[name] for name in reference.INPUTS}
 
 

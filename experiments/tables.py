@@ -266,8 +266,8 @@ def execute(config, workdir: str) -> dict:
 
 def read_result(workdir: str) -> dict | None:
   """A finished run's numbers (None when its results.json is not written yet): every scalar
-  `val_*`, `test_*`, `gene_only_*`, `reference_*` and `vs_reference_*` result (classification
-  or survival, slide-only scores included), the reference's three fits, the probe, the number
+  `val_*`, `test_*`, `gene_only_*`, `reference_*`, `vs_reference_*` and `stack_*` result
+  (classification or survival, slide-only scores included), the reference's three fits, the probe, the number
   of validation and test cases and the stages' summed wall time (`train_wall_s`). The one reader of every table."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
@@ -276,22 +276,25 @@ def read_result(workdir: str) -> dict | None:
     r = json.load(f)
   wall = sum(s.get("wall_s", 0.0) for s in r.get("stages", {}).values())
   scalars = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-             and k.startswith(("val_", "test_", "gene_only_", "reference_", "vs_reference_"))}
+             and k.startswith(("val_", "test_", "gene_only_", "reference_", "vs_reference_",
+                               "stack_"))}
   return {"ok": True, **scalars, "reference": r.get("reference"), "probe": r.get("probe"),
           "val_cases": r.get("splits", {}).get("val"), "test_cases": r.get("splits", {}).get("test"),
           "train_wall_s": wall}
 
 
 def run_all(runs: dict, out: str, workers: int, report_only: bool = False, *,
-            where=None, read=None, unit: str = "seed") -> dict:
+            where=None, read=None, unit: str = "seed", retest: bool = False) -> dict:
   """Runs the missing runs in `workers` spawned processes (none with `report_only`); returns
   {(name, seed): outcome}. `where(out, name, seed)` and `read(workdir)` replace `run_dir` and
-  `read_result` (the survival table's folds); `unit` names the second key in the progress lines."""
+  `read_result` (the survival table's folds); `unit` names the second key in the progress lines.
+  With `retest`, finished runs run again: their finished training stages are skipped, the test
+  stage and the report are redone (a changed evaluation, no retraining)."""
   where, read = where or run_dir, read or read_result
   outcomes, todo = {}, []
   for (name, seed), config in runs.items():
     done = read(where(out, name, seed))
-    if done is not None:
+    if done is not None and not retest:
       outcomes[(name, seed)] = dict(done, skipped=True)
     else:
       todo.append((name, seed, config))

@@ -64,7 +64,8 @@ def main(argv):
       raise
     cli.fail("gimp_jax", cli.message(e, _WORKDIR.value), cli.exit_code(e))
   keys = ("test_accuracy", "test_auc", "test_f1", "val_accuracy", "test_c_index", "val_c_index")
-  keys += tuple(f"{p}{k}" for p in ("reference_", "vs_reference_") for k in keys)
+  keys += tuple(f"{p}{k}" for p in ("reference_", "vs_reference_", "stack_") for k in keys)
+  keys += ("stack_weight",)
   print(" ".join(f"{k}={results[k]:.4f}" for k in keys if k in results))
 
 

@@ -11,7 +11,8 @@ training mean).
   chosen on the validation C-index along the fitted path (ties: the larger penalty).
 Test is scored once, with the chosen penalty. `run.test` puts the three fits in
 `results["reference"]`, the "both" row as `reference_<split>_<metric>` scalars beside the model's
-`<split>_<metric>`, and the model's difference as `vs_reference_<split>_<metric>`.
+`<split>_<metric>`, and the model's difference as `vs_reference_<split>_<metric>`; the "both" row's
+val/test predictions go on to `gimp_jax.stacking`.
 """
 
 import os
@@ -81,7 +82,7 @@ def _full_probs(model, x: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def fit_logistic(x: np.ndarray, labels: np.ndarray, splits: dict[str, np.ndarray],
-                 num_classes: int) -> dict[str, Any]:
+                 num_classes: int) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
   """Logistic regression on x [P, F] (standardised on train), C chosen on val.
 
   Args:
@@ -91,15 +92,16 @@ def fit_logistic(x: np.ndarray, labels: np.ndarray, splits: dict[str, np.ndarray
     num_classes: C.
 
   Returns:
-    {"C", "val_accuracy", "val_auc", "val_f1", "test_accuracy", "test_auc", "test_f1"} (NaN
-    scores when the training split holds a single class).
+    ({"C", "val_accuracy", "val_auc", "val_f1", "test_accuracy", "test_auc", "test_f1"},
+     {"val": [n_val, C], "test": [n_test, C] probabilities of the chosen fit, rows in the splits'
+     order}); NaN scores and no predictions (None) when the training split holds a single class.
   """
   train = splits["train"]
   out = {"C": float("nan"), **{f"{s}_{k}": float("nan") for s in ("val", "test")
                                for k in CLASSIFICATION_KEYS}}
   if np.unique(labels[train]).size < 2:
     logging.warning("Linear reference: the training split holds one class; no fit.")
-    return out
+    return out, None
   z = _standardised(x, train)
   best = None
   for c in C_GRID:
@@ -110,16 +112,16 @@ def fit_logistic(x: np.ndarray, labels: np.ndarray, splits: dict[str, np.ndarray
     if best is None or key > best[0]:
       best = (key, c, model, val)
   _, c, model, val = best
-  test = metrics_lib.classification_metrics(labels[splits["test"]],
-                                            _full_probs(model, z[splits["test"]], num_classes))
+  probs = {split: _full_probs(model, z[splits[split]], num_classes) for split in ("val", "test")}
+  test = metrics_lib.classification_metrics(labels[splits["test"]], probs["test"])
   out["C"] = c
   for split, scores in (("val", val), ("test", test)):
     out.update({f"{split}_{k}": float(scores[k]) for k in CLASSIFICATION_KEYS})
-  return out
+  return out, probs
 
 
 def fit_cox(x: np.ndarray, times: np.ndarray, censorship: np.ndarray,
-            splits: dict[str, np.ndarray]) -> dict[str, Any]:
+            splits: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
   """Elastic-net Cox model on x [P, F] (standardised on train), the penalty chosen on the
   validation C-index along scikit-survival's fitted path.
 
@@ -130,7 +132,9 @@ def fit_cox(x: np.ndarray, times: np.ndarray, censorship: np.ndarray,
     splits: 'train', 'val', 'test' -> patient indices.
 
   Returns:
-    {"alpha", "val_c_index", "test_c_index"} (NaN when the fit fails, e.g. no training event).
+    ({"alpha", "val_c_index", "test_c_index"}, {"val": [n_val], "test": [n_test] risks of the
+     chosen penalty, rows in the splits' order}); NaN scores and no predictions (None) when the
+    fit fails, e.g. no training event.
   """
   from sksurv.linear_model import CoxnetSurvivalAnalysis  # pylint: disable=g-import-not-at-top
   from sksurv.util import Surv  # pylint: disable=g-import-not-at-top
@@ -143,14 +147,16 @@ def fit_cox(x: np.ndarray, times: np.ndarray, censorship: np.ndarray,
     model.fit(z[train], Surv.from_arrays(censorship[train] == 0, times[train]))
   except (ValueError, ArithmeticError) as e:  # no event in train; a diverging path
     logging.warning("Linear reference: the Cox fit failed (%s).", e)
-    return {"alpha": float("nan"), "val_c_index": float("nan"), "test_c_index": float("nan")}
+    return {"alpha": float("nan"), "val_c_index": float("nan"),
+            "test_c_index": float("nan")}, None
 
   def score(idx, alpha):
     return metrics_lib.survival_metrics(times[idx], censorship[idx],
                                         model.predict(z[idx], alpha=alpha))["c_index"]
   best = max(model.alphas_, key=lambda a: (np.nan_to_num(score(val, a)), a))
+  risk = {"val": model.predict(z[val], alpha=best), "test": model.predict(z[test], alpha=best)}
   return {"alpha": float(best), "val_c_index": score(val, best),
-          "test_c_index": score(test, best)}
+          "test_c_index": score(test, best)}, risk
 
 
 def inputs(cohort: cohort_lib.Cohort, pooled: np.ndarray) -> dict[str, np.ndarray]:
@@ -160,7 +166,8 @@ def inputs(cohort: cohort_lib.Cohort, pooled: np.ndarray) -> dict[str, np.ndarra
 
 
 def linear_reference(cohort: cohort_lib.Cohort, splits: dict[str, np.ndarray],
-                     pooled: np.ndarray | None = None) -> dict[str, Any]:
+                     pooled: np.ndarray | None = None
+                     ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
   """The reference fits on `splits` of `cohort` (module docstring).
 
   Args:
@@ -169,21 +176,25 @@ def linear_reference(cohort: cohort_lib.Cohort, splits: dict[str, np.ndarray],
     pooled: [P, D] `mean_pooled(cohort)`, if already computed.
 
   Returns:
-    {"model": "logistic regression" | "elastic-net Cox", "slide" | "genes" | "both": the fit's
-     numbers (`fit_logistic` / `fit_cox`), "wall_s"}.
+    ({"model": "logistic regression" | "elastic-net Cox", "slide" | "genes" | "both": the fit's
+      numbers (`fit_logistic` / `fit_cox`), "wall_s"}, the MAIN fit's val/test predictions
+     (probabilities [n, C] or risks [n], rows in `splits`' order; None without a fit)).
   """
   start = time.time()
   if pooled is None:
     pooled = mean_pooled(cohort)
   out: dict[str, Any] = {}
+  main = None
   for name, x in inputs(cohort, pooled).items():
     if cohort.task == "survival":
-      out[name] = fit_cox(x, cohort.times, cohort.censorship, splits)
+      out[name], predictions = fit_cox(x, cohort.times, cohort.censorship, splits)
     else:
-      out[name] = fit_logistic(x, cohort.labels, splits, cohort.num_classes)
+      out[name], predictions = fit_logistic(x, cohort.labels, splits, cohort.num_classes)
+    if name == MAIN:
+      main = predictions
   out["model"] = "elastic-net Cox" if cohort.task == "survival" else "logistic regression"
   out["wall_s"] = round(time.time() - start, 3)
-  return out
+  return out, main
 
 
 def scalars(reference: dict[str, Any], results: dict[str, Any]) -> dict[str, float]:

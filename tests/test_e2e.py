@@ -68,6 +68,25 @@ def check_linear_reference(results, paths, workdir):
   np.testing.assert_allclose(results["vs_reference_test_accuracy"],
                              results["test_accuracy"] - chosen["test"][0], atol=1e-6)
   assert set(results["reference"]) >= {"slide", "genes", "both"}
+  # Stacking: p_model^(1 - w) p_linear^w with the model's probabilities from predictions_*.csv;
+  # w minimises the validation cross-entropy over 0, 0.1, ..., 1.
+  linear = LogisticRegression(C=ref["C"], max_iter=5000).fit(z[split["train"]], y[split["train"]])
+  blend = {}
+  for name in ("val", "test"):
+    with open(workdir / "report" / f"predictions_{name}.csv", encoding="utf-8") as f:
+      rows = {r["patient_id"]: r for r in csv.DictReader(f)}
+    pm = np.array([[float(rows[p][f"prob_class_{c}"]) for c in range(2)]
+                   for p in ids[split[name]]])
+    pl = linear.predict_proba(z[split[name]])
+    blend[name] = lambda w, pm=pm, pl=pl: (lambda q: q / q.sum(1, keepdims=True))(
+        np.maximum(pm, 1e-12) ** (1 - w) * pl ** w)
+  grid = np.linspace(0, 1, 11)
+  yv, yt = y[split["val"]], y[split["test"]]
+  loss = [-np.mean(np.log(blend["val"](w)[np.arange(yv.size), yv])) for w in grid]
+  w = results["stack_weight"]
+  assert np.isclose(grid, w).any() and loss[int(np.argmin(np.abs(grid - w)))] <= min(loss) + 1e-5
+  np.testing.assert_allclose(results["stack_test_accuracy"],
+                             np.mean(blend["test"](w).argmax(1) == yt), atol=1e-9)
 
 
 def test_cli_runs_all_stages_and_writes_every_output(cohort, tmp_path, run_numbers):
@@ -96,7 +115,9 @@ def test_cli_runs_all_stages_and_writes_every_output(cohort, tmp_path, run_numbe
   run_numbers(str(workdir), cohort["labels"])  # results.json == NumPy on predictions_*.csv
   check_linear_reference(results, cohort, workdir)
   assert "reference_test_accuracy=" in proc.stdout and "vs_reference_test_accuracy=" in proc.stdout
-  assert "Penalised linear reference" in (workdir / "report" / "report.md").read_text()
+  assert "stack_test_accuracy=" in proc.stdout and "stack_weight=" in proc.stdout
+  report_md = (workdir / "report" / "report.md").read_text()
+  assert "Penalised linear reference" in report_md and "stacked, w = " in report_md
   assert (workdir / "metrics.jsonl").stat().st_size > 0
   assert any(f.startswith("events") for f in os.listdir(workdir / "tb"))
   report = workdir / "report"

@@ -73,3 +73,17 @@ def test_paired_difference_matches_scipy_ttest_rel():
   np.testing.assert_allclose(got["mean"], np.mean(x - y), rtol=1e-12)
   np.testing.assert_allclose(got["ci95"], (ci.low, ci.high), rtol=1e-10)
   assert reference.paired_difference({0: 1.0}, {0: 0.5})["ci95"] is None
+
+
+def test_retest_queues_finished_runs_again(tmp_path):
+  """A finished run (results.json written) is skipped, unless `retest` asks for its test stage
+  again (`report_only` shows what would run: nothing, then the finished run)."""
+  workdir = tables.run_dir(str(tmp_path), "abmil", 0)
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump({"test_accuracy": 0.75, "stack_weight": 0.3, "stack_test_accuracy": 0.8}, f)
+  runs = {("abmil", 0): None}
+  done = tables.run_all(runs, str(tmp_path), 1, report_only=True)[("abmil", 0)]
+  assert done["ok"] and done["skipped"] and done["stack_test_accuracy"] == 0.8
+  again = tables.run_all(runs, str(tmp_path), 1, report_only=True, retest=True)[("abmil", 0)]
+  assert not again["ok"] and again["error"] == tables.NOT_RUN

@@ -99,6 +99,26 @@ def check_cox_reference(results, paths, fold_dir):
     np.testing.assert_allclose(ref[f"{name}_c_index"], score(name, ref["alpha"]), atol=1e-12)
   np.testing.assert_allclose(results["vs_reference_test_c_index"],
                              results["test_c_index"] - ref["test_c_index"], atol=1e-12)
+  # Stacking: (1 - w) z_model + w z_linear, each risk standardised on validation, the model's
+  # from risk_*.csv; w maximises the validation C-index over 0, 0.1, ..., 1 (ties: the smaller).
+  zs = {}
+  for src in ("model", "linear"):
+    risk = {}
+    for name in ("val", "test"):
+      if src == "linear":
+        risk[name] = model.predict(z[split[name]], alpha=ref["alpha"])
+      else:
+        with open(fold_dir / "report" / f"risk_{name}.csv", encoding="utf-8") as f:
+          rows = {r["patient_id"]: float(r["risk"]) for r in csv.DictReader(f)}
+        risk[name] = np.array([rows[p] for p in ids[split[name]]])
+    zs[src] = {k: (v - risk["val"].mean()) / risk["val"].std() for k, v in risk.items()}
+  stacked = lambda name, w: np_harrell(t[split[name]], c[split[name]],
+                                       (1 - w) * zs["model"][name] + w * zs["linear"][name])
+  grid = np.linspace(0, 1, 11)
+  val = [stacked("val", w) for w in grid]
+  np.testing.assert_allclose(results["stack_weight"], grid[int(np.argmax(val))], atol=1e-12)
+  np.testing.assert_allclose(results["stack_test_c_index"],
+                             stacked("test", results["stack_weight"]), atol=1e-12)
 
 
 def test_five_fold_survival_cli_from_mcat_files(mcat_cohort, tmp_path):
@@ -127,7 +147,8 @@ def test_five_fold_survival_cli_from_mcat_files(mcat_cohort, tmp_path):
     c = np.array([int(r["censorship"]) for r in risk])
     r = np.array([float(r["risk"]) for r in risk])
     np.testing.assert_allclose(results["test_c_index"], np_harrell(t, c, r), atol=1e-12)
-    per_fold.append([results[n] for n in ("val_c_index", "test_c_index", "reference_test_c_index")])
+    per_fold.append([results[n] for n in ("val_c_index", "test_c_index", "reference_test_c_index",
+                                          "stack_test_c_index", "stack_weight")])
     assert (fold_dir / "report" / "km_test.png").exists()
     if k == 0:
       check_cox_reference(results, mcat_cohort, fold_dir)
@@ -135,7 +156,8 @@ def test_five_fold_survival_cli_from_mcat_files(mcat_cohort, tmp_path):
     table = list(csv.reader(f))
   header = table[0]
   assert [row[0] for row in table[1:]] == ["0", "1", "2", "3", "4", "mean", "std"]
-  cols = [header.index(n) for n in ("val_c_index", "test_c_index", "reference_test_c_index")]
+  cols = [header.index(n) for n in ("val_c_index", "test_c_index", "reference_test_c_index",
+                                    "stack_test_c_index", "stack_weight")]
   assert "vs_reference_test_c_index" in header and "reference_test_c_index=" in proc.stdout
   got = np.array([[float(row[i]) for i in cols] for row in table[1:]])
   want = np.array(per_fold)

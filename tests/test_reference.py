@@ -48,8 +48,8 @@ def test_logistic_regression_picks_c_on_validation_not_test():
   splits = {"train": np.arange(0, 50), "val": np.arange(50, 70), "test": np.arange(70, 90)}
   flipped = labels.copy()
   flipped[splits["test"]] = 1 - flipped[splits["test"]]  # test labels that no C can fit
-  a = reference.fit_logistic(x, labels, splits, 2)
-  b = reference.fit_logistic(x, flipped, splits, 2)
+  a, probs = reference.fit_logistic(x, labels, splits, 2)
+  b, _ = reference.fit_logistic(x, flipped, splits, 2)
   assert a["C"] == b["C"] and a["val_accuracy"] == b["val_accuracy"]
   np.testing.assert_allclose(a["test_accuracy"] + b["test_accuracy"], 1.0)
   assert a["test_accuracy"] > 0.8
@@ -58,6 +58,7 @@ def test_logistic_regression_picks_c_on_validation_not_test():
   model = LogisticRegression(C=a["C"], max_iter=5000).fit((x[:50] - mu) / sd, labels[:50])
   np.testing.assert_allclose(a["test_accuracy"],
                              np.mean(model.predict((x[70:] - mu) / sd) == labels[70:]))
+  np.testing.assert_allclose(probs["test"], model.predict_proba((x[70:] - mu) / sd), atol=1e-12)
 
 
 def test_cox_row_matches_scikit_survival_and_missing_genes_are_the_training_mean():
@@ -67,7 +68,7 @@ def test_cox_row_matches_scikit_survival_and_missing_genes_are_the_training_mean
   times = rng.exponential(np.exp(-eta))
   censorship = (rng.uniform(size=300) < 0.3).astype(int)
   splits = {"train": np.arange(0, 150), "val": np.arange(150, 225), "test": np.arange(225, 300)}
-  got = reference.fit_cox(x, times, censorship, splits)
+  got, risk = reference.fit_cox(x, times, censorship, splits)
   mu, sd = x[:150].mean(0), x[:150].std(0)
   z = (x - mu) / sd
   model = CoxnetSurvivalAnalysis(l1_ratio=reference.L1_RATIO, alpha_min_ratio=0.05,
@@ -80,6 +81,7 @@ def test_cox_row_matches_scikit_survival_and_missing_genes_are_the_training_mean
   assert got["alpha"] == best
   np.testing.assert_allclose(got["val_c_index"], max(val), atol=1e-12)
   np.testing.assert_allclose(got["test_c_index"], c(splits["test"], best), atol=1e-12)
+  np.testing.assert_allclose(risk["test"], model.predict(z[225:], alpha=best), atol=1e-12)
   bayes = concordance_index_censored(censorship[225:] == 0, times[225:], eta[225:])[0]
   assert got["test_c_index"] > bayes - 0.05 and got["test_c_index"] > 0.6
   # A patient without expression (NaN) counts as the training mean: the same as a mean row.
@@ -87,5 +89,5 @@ def test_cox_row_matches_scikit_survival_and_missing_genes_are_the_training_mean
   missing[260, 2:] = np.nan  # a test patient
   filled = x.copy()
   filled[260, 2:] = mu[2:]
-  assert reference.fit_cox(missing, times, censorship, splits) == reference.fit_cox(
-      filled, times, censorship, splits)
+  assert reference.fit_cox(missing, times, censorship, splits)[0] == reference.fit_cox(
+      filled, times, censorship, splits)[0]

@@ -7,7 +7,9 @@ from typing import Any
 TEXT = ('What a statistician fits first, on the same train/val/test patients: the mean-pooled patch '
         'features (slide), the expression (genes) and both, standardised on train, the penalty '
         'chosen on validation, test scored once. A model below the "both" row learns less than a '
-        'linear model.')
+        'linear model. The stacked row blends this model with the "both" fit, the linear share w '
+        'chosen on validation (`gimp_jax.stacking`): w near 1 means the model adds little to the '
+        'linear model on validation.')
 
 
 def rows(results: Mapping[str, Any], fmt: Callable[[Any], str]
@@ -24,4 +26,7 @@ def rows(results: Mapping[str, Any], fmt: Callable[[Any], str]
   table.append(['this model'] + [fmt(results.get(k, '')) for k in cols])
   table.append(['this model - linear, both'] + [fmt(results.get(f'vs_reference_{k}', ''))
                                                 for k in cols])
+  if 'stack_weight' in results:
+    table.append([f'stacked, w = {results["stack_weight"]:.1f}']
+                 + [fmt(results.get(f'stack_{k}', '')) for k in cols])
   return ['fit'] + cols, table

@@ -1,6 +1,6 @@
 """Whole-bag predictions of a trained model, and the `test` stage: the best fine-tuned model on
-val and test (and from the slides alone, the genes-only baseline, and the penalised linear
-reference on the same patients, `gimp_jax.reference`)."""
+val and test (and from the slides alone, the genes-only baseline, the penalised linear
+reference on the same patients, `gimp_jax.reference`, and the two stacked, `gimp_jax.stacking`)."""
 
 import dataclasses
 from typing import Any
@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from gimp_jax import reference
+from gimp_jax import stacking
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import pipeline
 from gimp_jax.objectives import survival
@@ -64,6 +65,13 @@ def predict(run, state: TrainState, split: str | np.ndarray, *, stoppable: bool 
   return out
 
 
+def in_order(rows: np.ndarray, cohort: cohort_lib.Cohort, indices: np.ndarray,
+             patient_ids: np.ndarray) -> np.ndarray:
+  """`rows` [n, ...] of the patients `indices` [n] of `cohort`, reordered to `patient_ids` [n]."""
+  at = {cohort.patients[int(i)].patient_id: k for k, i in enumerate(indices)}
+  return np.asarray(rows)[[at[str(p)] for p in patient_ids]]
+
+
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
   """What the `test` stage found, for results.json and the report.
@@ -92,10 +100,15 @@ def test(run) -> Evaluation:
     scores = selection.split_scores(task, predictions[split])
     results.update({f"{split}_{k}": float(scores[k]) for k in keys})
     results[f"{split}_metrics"] = scores
-  results["reference"] = reference.linear_reference(run.cohort, {
-      split: run.cohort.split(run.patients(split, "finetune" if split == "train" else "test"))
-      for split in ("train", "val", "test")})  # the statistician's row, same patients
+  ref_splits = {split: run.cohort.split(run.patients(split, "finetune" if split == "train"
+                                                      else "test"))
+                for split in ("train", "val", "test")}  # the statistician's row, same patients
+  results["reference"], linear = reference.linear_reference(run.cohort, ref_splits)
   results.update(reference.scalars(results["reference"], results))
+  if linear is not None:
+    results.update(stacking.stack(task, predictions, {
+        split: in_order(linear[split], run.cohort, ref_splits[split],
+                        predictions[split]["patient_id"]) for split in ("val", "test")}))
   train_risk = None
   if task == "survival":  # the report splits the test cases at the median training risk
     train_risk = predict(run, state, "train", stoppable=True)["risk"]

@@ -25,7 +25,8 @@ from gimp_jax.data import splits as splits_lib
 from gimp_jax.errors import DataError
 from gimp_jax.train import run as run_lib
 
-SUMMARY_KEY = re.compile(r'^(gene_only_|reference_|vs_reference_)?(val|test)_[a-z_0-9]+$')
+SUMMARY_KEY = re.compile(
+    r'^((gene_only_|reference_|vs_reference_|stack_)?(val|test)_[a-z_0-9]+|stack_weight)$')
 
 
 def num_folds(data_cfg: ml_collections.ConfigDict) -> int:
