@@ -58,6 +58,8 @@ RECIPES = {
     "joint+modality_dropout+wd+slow": (NO_PRETRAIN, CLASSIFICATION_WINNER + [
         "--config.optim.learning_rate=0.0002", "--config.finetune.epochs=20"]),
     "snn": (NO_PRETRAIN, ["--config.model.gene_encoder=snn"]),
+    "joint+modality_dropout+wd+late": (NO_PRETRAIN, CLASSIFICATION_WINNER + [
+        "--config.model.head_fusion=late"]),
     # With pre-training (the supervised gene stage kept: the triplet needs a trained CLS_ge).
     "gimp": (PRETRAIN, []),
     "gimp+modality_dropout+wd": (PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY),

@@ -45,6 +45,9 @@ NORMALIZER = "normalizer.npz"
 # of a job meet and which of them this is (a resumed job gets a new port; each process its rank).
 NEUTRAL_FIELDS = ("stages", "data.prefetch", "report.",
                   *(f"parallel.{name}" for name in provenance.JOB_FIELDS))
+# Fields added since earlier workdirs were made -> the value that reproduces what those runs did:
+# absent from a recorded config, they count as holding it.
+ADDED_FIELDS = {"model.head_fusion": "concat"}
 
 
 class WorkdirBusy(DataError):
@@ -184,8 +187,10 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-  """'field: old -> new' for every field that differs (NEUTRAL_FIELDS left out)."""
+  """'field: old -> new' for every field that differs (NEUTRAL_FIELDS left out; an ADDED_FIELDS
+  field absent from `old` holds its earlier behaviour's value)."""
   a, b = _flat(old), _flat(new)
+  a.update({k: v for k, v in ADDED_FIELDS.items() if k not in a and k in b})
   out = []
   for key in sorted(set(a) | set(b)):
     if key in NEUTRAL_FIELDS or key.startswith(tuple(f for f in NEUTRAL_FIELDS if f[-1] == ".")):

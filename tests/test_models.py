@@ -32,6 +32,30 @@ def test_gimp_paper_dims_shapes():
   assert model.head.fc1.kernel.shape == (1024, 512)
 
 
+def test_late_fusion_head_sums_one_mlp_per_half():
+  """`model.head_fusion="late"`: logits = MLP(CLS_img) + MLP(CLS_ge), each ReLU MLP recomputed
+  here in NumPy from the head's own weights (eval mode: no dropout)."""
+  cfg = nsclc.get_config("tiny")
+  cfg.model.head_fusion = "late"
+  model = build.build_gimp(cfg.model, 32, 24, 3, seed=0)
+  model.eval()
+  rng = np.random.default_rng(0)
+  patches, genes = rng.standard_normal((2, 10, 32)), rng.standard_normal((2, 24))
+  logits, emb = model(jnp.asarray(patches, jnp.float32), jnp.asarray(genes, jnp.float32))
+  d = cfg.model.dim
+  assert emb.shape == (2, 2 * d) and logits.shape == (2, 3)
+
+  def mlp(head, x):
+    h = np.maximum(x @ np.asarray(head.fc1.kernel[...]) + np.asarray(head.fc1.bias[...]), 0)
+    return h @ np.asarray(head.fc2.kernel[...]) + np.asarray(head.fc2.bias[...])
+  e = np.asarray(emb, np.float64)
+  np.testing.assert_allclose(logits, mlp(model.head.img, e[:, :d]) + mlp(model.head.ge, e[:, d:]),
+                             rtol=1e-4, atol=1e-5)
+  cfg.model.head_fusion = "sum"
+  with pytest.raises(ValueError, match="Unknown GiMP fusion 'sum'"):
+    build.build_gimp(cfg.model, 32, 24, 3, seed=0)
+
+
 def test_aggregator_padded_bag_gives_same_cls():
   agg = PatchAggregator(16, 32, heads=4, num_landmarks=8, dropout=0.0, rngs=nnx.Rngs(1))
   agg.eval()

@@ -218,6 +218,14 @@ def test_config_changes_lists_fields_and_ignores_the_neutral_ones():
       'pretrain.extra: "<unset>" -> 1', "pretrain.window: 64 -> 32"]
 
 
+def test_a_field_added_later_counts_as_its_earlier_behaviour():
+  """A workdir recorded before `model.head_fusion` existed ran the concatenation head."""
+  old = {"model": {"dim": 8}}
+  assert workdir_lib.config_changes(old, {"model": {"dim": 8, "head_fusion": "concat"}}) == []
+  assert workdir_lib.config_changes(old, {"model": {"dim": 8, "head_fusion": "late"}}) == [
+      'model.head_fusion: "concat" -> "late"']
+
+
 def test_an_unreadable_config_record_is_a_data_error(tmp_path):
   (tmp_path / "config.json").write_text("{")
   with pytest.raises(DataError, match="config.json: unreadable config record"):

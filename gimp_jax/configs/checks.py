@@ -82,6 +82,7 @@ _CHOICES = {
     "pretrain.triplet_on": ("pat", "img", "pat+img"),
     "pretrain.sampling": ("window", "uniform"),
     "model.pinv_grad": ("unrolled", "implicit"),
+    "model.head_fusion": ("concat", "late"),
     "pretrain.pinv_grad": ("unrolled", "implicit"),
     "mcat.gene_groups": ("signatures", "slices"),
 }

@@ -96,6 +96,8 @@ def published(arg: str = "paper") -> ml_collections.ConfigDict:
   c.model.snn_dropout = 0.25                  # alpha-dropout of the "snn" encoder (PORPOISE)
   c.model.head_hidden = 512                   # MLP head 2d -> 512 -> classes (choice)
   c.model.head_dropout = 0.25                 # CLAM's default dropout (choice)
+  c.model.head_fusion = "concat"              # "concat": one MLP head on [CLS_img; CLS_ge]
+                                              # (paper) | "late": a head per half, logits summed
   c.model.modality_dropout = 0.0              # P(gene embedding -> learned "missing" token) per
                                               # patient in fine-tuning; > 0 allows slide-only
                                               # prediction (0 = GiMP as published; RECIPE: 0.5)

@@ -62,4 +62,5 @@ def build_gimp(model_cfg: ml_collections.ConfigDict, feature_dim: int, num_genes
   return GiMP(aggregator, build_gene_encoder(m, num_genes, rngs),
               in_dim=feature_dim, dim=m.dim, num_classes=num_classes,
               head_hidden=m.head_hidden, head_dropout=m.head_dropout,
-              modality_dropout=m.get("modality_dropout", 0.0), objective=objective, rngs=rngs)
+              modality_dropout=m.get("modality_dropout", 0.0),
+              fusion=m.get("head_fusion", "concat"), objective=objective, rngs=rngs)

@@ -23,6 +23,22 @@ class MLPHead(nnx.Module):
     return self.fc2(self.drop(jax.nn.relu(self.fc1(x.astype(jnp.float32)))))
 
 
+class LateFusionHead(nnx.Module):
+  """Late fusion: logits = MLP_img(CLS_img) + MLP_ge(CLS_ge), each an `MLPHead` on its half of
+  CLS_pat, so each modality adds its own log-odds (the additive form a linear model on both
+  inputs has) instead of one MLP on the concatenation."""
+
+  def __init__(self, dim: int, hidden: int, num_classes: int, *, dropout: float,
+               rngs: nnx.Rngs):
+    self.img = MLPHead(dim, hidden, num_classes, dropout=dropout, rngs=rngs)
+    self.ge = MLPHead(dim, hidden, num_classes, dropout=dropout, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [B, 2d] = [CLS_img; CLS_ge] -> logits [B, num_classes] (float32)."""
+    d = x.shape[-1] // 2
+    return self.img(x[..., :d]) + self.ge(x[..., d:])
+
+
 class GeneClassifier(nnx.Module):
   """GroupMSA + a linear head, for the supervised gene pre-training stage."""
 
@@ -36,7 +52,9 @@ class GeneClassifier(nnx.Module):
 
 
 class GiMP(nnx.Module):
-  """CLS_pat = [CLS_img; CLS_ge]; MPM decoder on the patch tokens; MLP head on CLS_pat.
+  """CLS_pat = [CLS_img; CLS_ge]; MPM decoder on the patch tokens; MLP head on CLS_pat
+  (`fusion="concat"`, the paper's) or one MLP head per half, their logits summed
+  (`fusion="late"`, `LateFusionHead`).
 
   `gene_encoder=None` gives the image-only model (GiMP w/o GroupMSA, Table 1), whose CLS_pat is
   CLS_img alone. `modality_dropout` > 0 adds the learned missing-genes token
@@ -47,16 +65,21 @@ class GiMP(nnx.Module):
 
   def __init__(self, aggregator: PatchAggregator, gene_encoder: nnx.Module | None, *,
                in_dim: int, dim: int, num_classes: int, head_hidden: int, head_dropout: float,
-               modality_dropout: float = 0.0, objective: nnx.Module | None = None,
-               rngs: nnx.Rngs):
+               modality_dropout: float = 0.0, fusion: str = "concat",
+               objective: nnx.Module | None = None, rngs: nnx.Rngs):
     self.aggregator = aggregator
     self.gene_encoder = gene_encoder
     self.objective = objective
     self.missing_genes = (ModalityDropout((dim,), modality_dropout, rngs=rngs)
                           if modality_dropout > 0 and gene_encoder is not None else None)
     self.decoder = nnx.Linear(dim, in_dim, dtype=aggregator.dtype, rngs=rngs)  # compute dtype
-    pat_dim = dim * (2 if gene_encoder is not None else 1)
-    self.head = MLPHead(pat_dim, head_hidden, num_classes, dropout=head_dropout, rngs=rngs)
+    if fusion == "late" and gene_encoder is not None:
+      self.head = LateFusionHead(dim, head_hidden, num_classes, dropout=head_dropout, rngs=rngs)
+    elif fusion in ("concat", "late"):  # "late" without genes: the one half's head
+      pat_dim = dim * (2 if gene_encoder is not None else 1)
+      self.head = MLPHead(pat_dim, head_hidden, num_classes, dropout=head_dropout, rngs=rngs)
+    else:
+      raise ValueError(f"Unknown GiMP fusion {fusion!r}; expected 'concat' or 'late'.")
 
   def encode(self, patches: jax.Array, genes: jax.Array | None, *,
              mpm_mask: jax.Array | None = None, patch_mask: jax.Array | None = None,
