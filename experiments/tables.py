@@ -31,6 +31,7 @@ import importlib
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import traceback
@@ -243,9 +244,17 @@ def run_dir(out: str, name: str, seed: int) -> str:
   return os.path.join(out, "runs", name, f"seed_{seed}")
 
 
+_STOP = []  # in a worker: the signal that asked its run to stop (`_worker_init`)
+STOPPED = "stopped on request (its checkpoints kept: the same command resumes it)"
+
+
 def _worker_init() -> None:
+  """Quiet logging; SIGTERM / SIGINT ask the worker's run to stop at its next step, saving its
+  checkpoint (as `gimp_jax.main` does), instead of killing it mid-write."""
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, lambda n, _: _STOP.append(n))
 
 
 def execute(config, workdir: str) -> dict:
@@ -256,9 +265,11 @@ def execute(config, workdir: str) -> dict:
       contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
     try:
       from gimp_jax.train import run  # pylint: disable=g-import-not-at-top
-      results = run.train_and_evaluate(config, workdir)
+      results = run.train_and_evaluate(config, workdir, stop=lambda: bool(_STOP))
       return {"ok": True, "wall_s": time.time() - start,
               "test_accuracy": results.get("test_accuracy"), "test_auc": results.get("test_auc")}
+    except KeyboardInterrupt:
+      return {"ok": False, "wall_s": time.time() - start, "error": STOPPED}
     except Exception as e:  # pylint: disable=broad-except
       traceback.print_exc(file=log)
       return {"ok": False, "wall_s": time.time() - start, "error": f"{type(e).__name__}: {e}"}
@@ -281,6 +292,32 @@ def read_result(workdir: str) -> dict | None:
   return {"ok": True, **scalars, "reference": r.get("reference"), "probe": r.get("probe"),
           "val_cases": r.get("splits", {}).get("val"), "test_cases": r.get("splits", {}).get("test"),
           "train_wall_s": wall}
+
+
+@contextlib.contextmanager
+def _stopping_workers(pool: cf.ProcessPoolExecutor):
+  """SIGTERM (as SIGINT) to this process stops the workers too: the runs not started are
+  cancelled, each running one is asked to stop (SIGTERM: it saves its checkpoint and releases
+  its workdir, `_worker_init`) and waited for, then SystemExit(128 + signal)."""
+  def interrupt(signum, _):
+    raise KeyboardInterrupt(signum)
+  previous = signal.signal(signal.SIGTERM, interrupt)
+  try:
+    yield
+  except KeyboardInterrupt as e:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal does not cut the wait short
+    pool.shutdown(wait=False, cancel_futures=True)
+    children = multiprocessing.active_children()
+    for child in children:
+      os.kill(child.pid, signal.SIGTERM)
+    print(f"Stopping: asked {len(children)} running run(s) to save and stop; run the same "
+          "command again to resume.", flush=True)
+    for child in children:
+      child.join()
+    signum = e.args[0] if e.args and isinstance(e.args[0], int) else int(signal.SIGINT)
+    raise SystemExit(128 + signum) from None
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def run_all(runs: dict, out: str, workers: int, report_only: bool = False, *,
@@ -307,7 +344,7 @@ def run_all(runs: dict, out: str, workers: int, report_only: bool = False, *,
     return outcomes
   ctx = multiprocessing.get_context("spawn")
   with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                              initializer=_worker_init) as pool:
+                              initializer=_worker_init) as pool, _stopping_workers(pool):
     futures = {pool.submit(execute, config, where(out, name, seed)): (name, seed)
                for name, seed, config in todo}
     for i, future in enumerate(cf.as_completed(futures), 1):

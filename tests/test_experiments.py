@@ -4,11 +4,16 @@ own tests never import experiments/)."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import ROOT
 from experiments import reference
 from experiments import tables
 from gimp_jax.data import synthetic
@@ -87,3 +92,57 @@ def test_retest_queues_finished_runs_again(tmp_path):
   assert done["ok"] and done["skipped"] and done["stack_test_accuracy"] == 0.8
   again = tables.run_all(runs, str(tmp_path), 1, report_only=True, retest=True)[("abmil", 0)]
   assert not again["ok"] and again["error"] == tables.NOT_RUN
+
+
+def _workers(pid: int) -> list[int]:
+  """The multiprocessing worker processes whose parent is `pid` (from /proc; not its resource
+  tracker)."""
+  out = []
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+          parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{entry}/cmdline", "rb") as f:
+          if parent == pid and b"spawn_main" in f.read():
+            out.append(int(entry))
+      except (OSError, IndexError, ValueError):
+        pass
+  return out
+
+
+def _alive(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+def test_sigterm_to_the_tables_script_stops_its_workers_and_keeps_their_checkpoints(
+    cohort, tmp_path):
+  """Killing the script (SIGTERM) stops the run in its worker process too: the worker saves a
+  checkpoint, releases the workdir lock and exits; nothing keeps running."""
+  out = tmp_path / "tables"
+  args = [sys.executable, "-m", "experiments.tables", "--out", str(out), "--methods", "abmil",
+          "--seeds", "0", "--size", "tiny", "--features_dir", cohort["features_dir"],
+          "--expression", cohort["expression"], "--labels", cohort["labels"],
+          "--config.finetune.epochs=100000", "--config.finetune.checkpoint_every=1000000",
+          "--config.report.heatmaps=0"]
+  proc = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  metrics = out / "runs" / "abmil" / "seed_0" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+    assert proc.poll() is None, proc.stdout.read()
+    time.sleep(0.5)
+  workers = _workers(proc.pid)
+  assert workers and metrics.stat().st_size > 0  # training, in a worker process
+  proc.send_signal(signal.SIGTERM)
+  text = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 128 + signal.SIGTERM, text
+  assert "run the same command again to resume" in text
+  assert not [p for p in workers if _alive(p)]
+  workdir = out / "runs" / "abmil" / "seed_0"
+  assert os.listdir(workdir / "checkpoints" / "finetune")  # saved on the stop, not on a schedule
+  assert not (workdir / "run.lock").exists() and not (workdir / "results.json").exists()
