@@ -65,6 +65,8 @@ RECIPES = {
     "gimp+modality_dropout+wd": (PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY),
     "gimp+modality_dropout+wd+unfrozen": (PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY + [
         "--config.finetune.frozen="]),
+    "gimp+modality_dropout+wd+late": (PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY + [
+        "--config.model.head_fusion=late"]),
     "mcat": ("mcat", []),
     "abmil": ("abmil", []),
 }
