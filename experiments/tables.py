@@ -258,7 +258,10 @@ def _worker_init() -> None:
 
 
 def execute(config, workdir: str) -> dict:
-  """One run in a worker process; its output goes to workdir/log.txt. Never raises."""
+  """One run in a worker process; its output goes to workdir/log.txt. Never raises. After a stop
+  request it starts nothing (the pool may still hand it a run queued before the stop)."""
+  if _STOP:
+    return {"ok": False, "wall_s": 0.0, "error": STOPPED}
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
   with open(os.path.join(workdir, "log.txt"), "a", encoding="utf-8") as log, \

@@ -122,10 +122,11 @@ def _alive(pid: int) -> bool:
 def test_sigterm_to_the_tables_script_stops_its_workers_and_keeps_their_checkpoints(
     cohort, tmp_path):
   """Killing the script (SIGTERM) stops the run in its worker process too: the worker saves a
-  checkpoint, releases the workdir lock and exits; nothing keeps running."""
+  checkpoint, releases the workdir lock and exits, starting none of the queued runs; nothing keeps
+  running."""
   out = tmp_path / "tables"
   args = [sys.executable, "-m", "experiments.tables", "--out", str(out), "--methods", "abmil",
-          "--seeds", "0", "--size", "tiny", "--features_dir", cohort["features_dir"],
+          "--seeds", "0,1,2", "--size", "tiny", "--features_dir", cohort["features_dir"],
           "--expression", cohort["expression"], "--labels", cohort["labels"],
           "--config.finetune.epochs=100000", "--config.finetune.checkpoint_every=1000000",
           "--config.report.heatmaps=0"]
@@ -146,3 +147,6 @@ def test_sigterm_to_the_tables_script_stops_its_workers_and_keeps_their_checkpoi
   workdir = out / "runs" / "abmil" / "seed_0"
   assert os.listdir(workdir / "checkpoints" / "finetune")  # saved on the stop, not on a schedule
   assert not (workdir / "run.lock").exists() and not (workdir / "results.json").exists()
+  # The runs queued behind it (the pool hands its worker one beyond the running one) never start.
+  assert not (out / "runs" / "abmil" / "seed_1").exists()
+  assert not (out / "runs" / "abmil" / "seed_2").exists()
