@@ -32,6 +32,7 @@ import numpy as np
 from experiments import reference
 from experiments import survival_tables
 from experiments import tables
+from gimp_jax import provenance
 
 # name -> (method config, overrides): the candidates of issue 23, on validation, each from the
 # paper's recipe (`*_published`: the defaults now carry the chosen one, configs/nsclc.py RECIPE).
@@ -330,10 +331,8 @@ def main(argv=None) -> None:
   for key, config in runs.items():
     workdir = run_dir(args.out, *key)
     if outcomes[key].get("ok") and not os.path.exists(os.path.join(workdir, "fused_scale.json")):
-      path = os.path.join(workdir, "fused_scale.json")
-      with open(path + ".tmp", "w", encoding="utf-8") as f:  # whole or absent for a reader
-        json.dump(fused_scale(config, workdir), f, indent=1)
-      os.replace(path + ".tmp", path)
+      provenance.write_json_atomic(os.path.join(workdir, "fused_scale.json"),
+                                   fused_scale(config, workdir))
       outcomes[key] = read_result(workdir)
     if outcomes[key].get("ok"):
       outcomes[key]["curves"] = learning_curves(workdir, metric)

@@ -281,8 +281,9 @@ def execute(config, workdir: str) -> dict:
 def read_result(workdir: str) -> dict | None:
   """A finished run's numbers (None when its results.json is not written yet): every scalar
   `val_*`, `test_*`, `gene_only_*`, `reference_*`, `vs_reference_*` and `stack_*` result
-  (classification or survival, slide-only scores included), the reference's three fits, the probe, the number
-  of validation and test cases and the stages' summed wall time (`train_wall_s`). The one reader of every table."""
+  (classification or survival, slide-only scores included), the reference's three fits, the
+  probe, the number of validation and test cases and the stages' summed wall time
+  (`train_wall_s`). The one reader of every table."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
     return None

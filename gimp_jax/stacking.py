@@ -14,6 +14,7 @@ stacked validation numbers are optimistic; the test numbers are not.
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import log_loss
 
 from gimp_jax import metrics as metrics_lib
 
@@ -38,11 +39,6 @@ def blend_risks(model: np.ndarray, linear: np.ndarray, w: float, model_val: np.n
   return (1.0 - w) * z(model, model_val) + w * z(linear, linear_val)
 
 
-def _cross_entropy(labels: np.ndarray, probs: np.ndarray) -> float:
-  """Mean -log p[label] over [N] labels and [N, C] probabilities."""
-  return float(-np.mean(np.log(np.maximum(probs[np.arange(labels.size), labels], _EPS))))
-
-
 def stack(task: str, model: dict[str, dict], linear: dict[str, np.ndarray]) -> dict[str, Any]:
   """The stacked model's scalars for results.json.
 
@@ -56,21 +52,19 @@ def stack(task: str, model: dict[str, dict], linear: dict[str, np.ndarray]) -> d
   Returns:
     {"stack_weight": w, "stack_<split>_<metric>" for val and test (accuracy, auc, f1 or c_index)}.
   """
+  val = model["val"]
   if task == "survival":
-    def blended(split, w):
-      return blend_risks(model[split]["risk"], linear[split], w, model["val"]["risk"],
-                         linear["val"])
-
     def scores(split, w):
-      return {"c_index": metrics_lib.survival_metrics(
-          model[split]["time"], model[split]["censorship"], blended(split, w))["c_index"]}
+      risk = blend_risks(model[split]["risk"], linear[split], w, val["risk"], linear["val"])
+      return metrics_lib.survival_metrics(model[split]["time"], model[split]["censorship"], risk)
     w = min(WEIGHTS, key=lambda v: (-np.nan_to_num(scores("val", v)["c_index"]), v))
   else:
     def scores(split, w):
       return metrics_lib.classification_metrics(
           model[split]["label"], blend_probs(model[split]["probs"], linear[split], w))
-    w = min(WEIGHTS, key=lambda v: (_cross_entropy(
-        model["val"]["label"], blend_probs(model["val"]["probs"], linear["val"], v)), v))
+    classes = np.arange(val["probs"].shape[1])
+    w = min(WEIGHTS, key=lambda v: (log_loss(
+        val["label"], blend_probs(val["probs"], linear["val"], v), labels=classes), v))
   keys = ("c_index",) if task == "survival" else ("accuracy", "auc", "f1")
   out = {"stack_weight": float(w)}
   for split in ("val", "test"):

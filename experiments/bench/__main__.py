@@ -84,22 +84,13 @@ def _uptime() -> str:
     return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                  platform.machine())
-  except OSError:
-    return platform.machine()
-
-
 def environment(peaks: measure.Peaks) -> dict:
   dev = jax.devices()[0]
   versions = {name: importlib.metadata.version(name) for name in
               ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "nystrom-attention", "grain")}
   return {"device": peaks.name, "platform": dev.platform, "jax": jax.__version__,
           "torch": torch.__version__, "versions": versions, "cpu_count": os.cpu_count(),
-          "cpu_model": _cpu_model(),
+          "cpu_model": measure.cpu_model(),
           "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
           "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "peak_tflops": peaks.tflops, "peak_gbps": peaks.gbytes_per_s,

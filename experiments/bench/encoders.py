@@ -16,8 +16,6 @@ ours), the largest difference from timm's float32 features, and ours / timm as a
 
 import json
 import os
-import platform
-import subprocess
 import time
 
 from absl import app
@@ -175,9 +173,7 @@ def markdown(results: dict) -> str:
 def main(argv):
   del argv
   load_before = os.getloadavg()
-  cpu = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
-  model = next((l.split(':', 1)[1].strip() for l in cpu.splitlines()
-                if l.startswith('Model name')), platform.processor())
+  model = measure.cpu_model()
   rows = []
   for name in _ENCODERS.value:
     rows += bench_one(name)

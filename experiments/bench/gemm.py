@@ -15,8 +15,6 @@ accumulation (`preferred_element_type`; PyTorch: bfloat16 tensors, its own accum
 
 import json
 import os
-import platform
-import subprocess
 
 from absl import app
 from absl import flags
@@ -67,17 +65,6 @@ def runners(m: int, k: int, n: int, dtype: str) -> list[measure.Runner]:
           measure.Runner("torch", torch_run, framework="torch")]
 
 
-def cpu_model() -> str:
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    for line in out.splitlines():
-      if line.startswith("Model name:"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
-
-
 def main(argv):
   del argv
   jax.config.update("jax_default_matmul_precision", "highest")
@@ -94,7 +81,7 @@ def main(argv):
                    "torch_gflops": gflop / med["torch"],
                    "ratio": med["gimp_jax (XLA)"] / med["torch"]})
       print(rows[-1], flush=True)
-  env = {"cpu": cpu_model(), "cores": os.cpu_count(), "jax": jax.__version__,
+  env = {"cpu": measure.cpu_model(), "cores": os.cpu_count(), "jax": jax.__version__,
          "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
          "xla_flags": os.environ.get("XLA_FLAGS", ""), "load_before": load_before,
          "load_after": os.getloadavg()}

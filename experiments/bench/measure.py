@@ -17,6 +17,7 @@ import ctypes
 import dataclasses
 import math
 import os
+import platform
 import time
 from typing import Callable
 
@@ -42,6 +43,16 @@ class Runner:
   run: Callable[[], object]
   info: dict = dataclasses.field(default_factory=dict)
   framework: str = "jax"
+
+
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo, as `lscpu` prints it), or the machine type."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                  platform.machine())
+  except OSError:
+    return platform.machine()
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, float]:

@@ -208,8 +208,7 @@ def _parent() -> None:
   start = time.perf_counter()
   results = {"command": " ".join(["python -m experiments.bench.whole_slide", *sys.argv[1:]]),
              "environment": {
-                 "cpu_model": subprocess.run(["lscpu"], capture_output=True, text=True)
-                 .stdout.split("Model name:")[1].splitlines()[0].strip(),
+                 "cpu_model": measure.cpu_model(),
                  "cpu_count": os.cpu_count(), "jax": jax.__version__,
                  "torch": torch.__version__, "python": platform.python_version(),
                  "memory_gib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2 ** 30,

@@ -65,13 +65,6 @@ def predict(run, state: TrainState, split: str | np.ndarray, *, stoppable: bool 
   return out
 
 
-def in_order(rows: np.ndarray, cohort: cohort_lib.Cohort, indices: np.ndarray,
-             patient_ids: np.ndarray) -> np.ndarray:
-  """`rows` [n, ...] of the patients `indices` [n] of `cohort`, reordered to `patient_ids` [n]."""
-  at = {cohort.patients[int(i)].patient_id: k for k, i in enumerate(indices)}
-  return np.asarray(rows)[[at[str(p)] for p in patient_ids]]
-
-
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
   """What the `test` stage found, for results.json and the report.
@@ -100,15 +93,15 @@ def test(run) -> Evaluation:
     scores = selection.split_scores(task, predictions[split])
     results.update({f"{split}_{k}": float(scores[k]) for k in keys})
     results[f"{split}_metrics"] = scores
-  ref_splits = {split: run.cohort.split(run.patients(split, "finetune" if split == "train"
-                                                      else "test"))
-                for split in ("train", "val", "test")}  # the statistician's row, same patients
+  # The statistician's row on the same patients, val and test in the predictions' row order.
+  index = {p.patient_id: i for i, p in enumerate(run.cohort.patients)}
+  ref_splits = {split: np.array([index[str(p)] for p in predictions[split]["patient_id"]], np.int64)
+                for split in ("val", "test")}
+  ref_splits["train"] = run.cohort.split(run.patients("train", "finetune"))
   results["reference"], linear = reference.linear_reference(run.cohort, ref_splits)
   results.update(reference.scalars(results["reference"], results))
   if linear is not None:
-    results.update(stacking.stack(task, predictions, {
-        split: in_order(linear[split], run.cohort, ref_splits[split],
-                        predictions[split]["patient_id"]) for split in ("val", "test")}))
+    results.update(stacking.stack(task, predictions, linear))
   train_risk = None
   if task == "survival":  # the report splits the test cases at the median training risk
     train_risk = predict(run, state, "train", stoppable=True)["risk"]
