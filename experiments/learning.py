@@ -69,7 +69,9 @@ RECIPES = {
     "gimp+modality_dropout+wd+late": (PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY + [
         "--config.model.head_fusion=late"]),
     "mcat": ("mcat", []),
+    "pathomic": ("pathomic", []),
     "abmil": ("abmil", []),
+    "transmil": ("transmil", []),
 }
 # The same questions for survival (`--task survival`; every run gets `--config.task=survival`).
 SURVIVAL_RECIPES = {
@@ -84,8 +86,12 @@ SURVIVAL_RECIPES = {
     "joint+modality_dropout+snn+mcat_schedule": (NO_PRETRAIN, JOINT + [
         "--config.model.modality_dropout=0.5", "--config.model.gene_encoder=snn"]
                                                  + MCAT_SCHEDULE),
+    "gimp+modality_dropout+wd": (PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY),
     "mcat": ("mcat", []),
     "mcat+mcat_schedule": ("mcat", MCAT_SCHEDULE),
+    "pathomic": ("pathomic", []),
+    "abmil": ("abmil", []),
+    "transmil": ("transmil", []),
 }
 TASKS = {"classification": (RECIPES, "accuracy"), "survival": (SURVIVAL_RECIPES, "c_index")}
 
