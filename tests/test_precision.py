@@ -8,10 +8,12 @@ import numpy as np
 
 from gimp_jax.configs import nsclc
 from gimp_jax.models import build
+from gimp_jax.models import mixed_precision
 from gimp_jax.models.nystrom import NystromAttention
 from gimp_jax.train import optim, steps
 from gimp_jax.train.state import create_state, train_state
 from gimp_jax.objectives import gimp as gimp_objective
+from gimp_jax.preprocess import encoders
 from flax import nnx
 
 
@@ -109,3 +111,49 @@ def test_bfloat16_attention_keeps_softmax_and_pinv_in_float32():
     pinv_dots = [e for e in dots if all(v.aval.shape[-2:] == (8, 8) for v in e.invars)]
     assert len(pinv_dots) >= 6 * 4  # 4 products per iteration
     assert all(_in_dtypes(e) == {"float32"} for e in pinv_dots)
+
+
+def test_mixed_precision_dot_accumulates_in_float32_and_keeps_the_operands_dtype():
+  """Against NumPy: the float64 product of the bfloat16-rounded operands, rounded to bfloat16 once
+  (a bfloat16 accumulator would round at every one of the 512 additions)."""
+  rng = np.random.default_rng(0)
+  a, b = rng.standard_normal((3, 5, 512)), rng.standard_normal((512, 7))
+  a16, b16 = jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16)
+  out = mixed_precision.matmul(a16, b16)
+  assert out.dtype == jnp.bfloat16 and out.shape == (3, 5, 7)
+  want = np.asarray(a16, np.float64) @ np.asarray(b16, np.float64)
+  np.testing.assert_array_equal(np.asarray(out, np.float32),
+                                np.asarray(jnp.asarray(want, jnp.bfloat16), np.float32))
+  out32 = mixed_precision.matmul(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+  assert out32.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out32), a @ b, rtol=1e-5, atol=1e-4)
+
+
+def _bfloat16_dots(fn, *args):
+  dots = [e for e in _eqns(jax.make_jaxpr(fn)(*args)) if e.primitive.name == "dot_general"]
+  return [e for e in dots if "bfloat16" in _in_dtypes(e)]
+
+
+def test_every_bfloat16_product_asks_for_a_float32_result():
+  """XLA on CPU runs bfloat16 x bfloat16 -> bfloat16 as a float32 product (`mixed_precision`):
+  every bfloat16 product of the GiMP pre-training loss and of a ViT patch encoder asks for float32
+  (`preferred_element_type`), so that the bfloat16 kernel runs."""
+  cfg = _config("bfloat16")
+  model = build.build_gimp(cfg.model, cfg.data.feature_dim, cfg.data.num_genes, 2, seed=0,
+                           dtype=cfg.compute_dtype)
+  model.eval()
+  loss_fn = gimp_objective.make_loss(cfg.pretrain)
+  graphdef, state = nnx.split(model)
+  checks = [("GiMP pre-training loss", lambda s, b: loss_fn(nnx.merge(graphdef, s), b)[0],
+             (state, _batch(cfg)), 5)]  # embedding, each layer's qkv and output, GroupMSA, decoder
+  for name in ("uni2_h", "conch_v1_5"):  # SwiGLU MLP, registers; CONCH's attentional pooler
+    preset = encoders.PRESETS[name].with_depth(1)
+    vgraph, vstate = nnx.split(encoders.build(preset, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+    size = preset.input_size
+    checks.append((name, lambda s, x, g=vgraph: nnx.merge(g, s)(x),
+                   (vstate, jnp.zeros((1, size, size, 3), jnp.float32)), 5))
+  for name, fn, args, least in checks:
+    dots = _bfloat16_dots(fn, *args)
+    assert len(dots) >= least, name
+    for e in dots:
+      assert e.params["preferred_element_type"] == jnp.float32, (name, e)

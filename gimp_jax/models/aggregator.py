@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from gimp_jax.masking import Slots
+from gimp_jax.models import mixed_precision
 from gimp_jax.models.nystrom import NystromAttention
 
 
@@ -46,7 +47,7 @@ class PatchAggregator(nnx.Module):
                num_landmarks: int = 256, dropout: float = 0.1, dtype: jnp.dtype = jnp.float32,
                pinv_grad: str = "unrolled", rngs: nnx.Rngs):
     self.dtype = dtype
-    self.embed = nnx.Linear(in_dim, dim, dtype=dtype, rngs=rngs)
+    self.embed = mixed_precision.linear(in_dim, dim, dtype=dtype, rngs=rngs)
     # CLS ~ N(0, 1) as TransMIL's randn; the mask token starts at zero (project default).
     self.cls_token = nnx.Param(jax.random.normal(rngs.params(), (1, 1, dim)))
     self.mask_token = nnx.Param(jnp.zeros((1, 1, dim)))

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from gimp_jax.models.aggregator import PatchAggregator
+from gimp_jax.models import mixed_precision
 from gimp_jax.models.group_msa import GroupMSA
 from gimp_jax.models.modality_dropout import ModalityDropout, encode_genes
 
@@ -72,7 +73,8 @@ class GiMP(nnx.Module):
     self.objective = objective
     self.missing_genes = (ModalityDropout((dim,), modality_dropout, rngs=rngs)
                           if modality_dropout > 0 and gene_encoder is not None else None)
-    self.decoder = nnx.Linear(dim, in_dim, dtype=aggregator.dtype, rngs=rngs)  # compute dtype
+    self.decoder = mixed_precision.linear(dim, in_dim, dtype=aggregator.dtype,  # compute dtype
+                                          rngs=rngs)
     if fusion == "late" and gene_encoder is not None:
       self.head = LateFusionHead(dim, head_hidden, num_classes, dropout=head_dropout, rngs=rngs)
     elif fusion in ("concat", "late"):  # "late" without genes: the one half's head

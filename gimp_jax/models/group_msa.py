@@ -16,14 +16,16 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from gimp_jax.models import mixed_precision
+
 
 class SelfAttention(nnx.Module):
   """Multi-head softmax self-attention: fused qkv projection, output projection with bias."""
 
   def __init__(self, dim: int, *, heads: int, dtype: jnp.dtype, rngs: nnx.Rngs):
     self.heads = heads
-    self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
-    self.out = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+    self.qkv = mixed_precision.linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
+    self.out = mixed_precision.linear(dim, dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, T, dim] -> [B, T, dim]; softmax in float32."""
@@ -31,7 +33,8 @@ class SelfAttention(nnx.Module):
     q, k, v = jnp.split(self.qkv(x).reshape(b, t, 3 * self.heads, d // self.heads), 3, axis=2)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     attn = jax.nn.softmax(logits * (d // self.heads) ** -0.5, axis=-1).astype(v.dtype)
-    return self.out(jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, t, d))
+    out = jnp.einsum("bhqk,bkhd->bqhd", attn, v, preferred_element_type=jnp.float32)
+    return self.out(out.astype(v.dtype).reshape(b, t, d))
 
 
 class TransformerBlock(nnx.Module):
@@ -42,8 +45,8 @@ class TransformerBlock(nnx.Module):
     self.norm1 = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.attn = SelfAttention(dim, heads=heads, dtype=dtype, rngs=rngs)
     self.norm2 = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
-    self.fc1 = nnx.Linear(dim, mlp_ratio * dim, dtype=dtype, rngs=rngs)
-    self.fc2 = nnx.Linear(mlp_ratio * dim, dim, dtype=dtype, rngs=rngs)
+    self.fc1 = mixed_precision.linear(dim, mlp_ratio * dim, dtype=dtype, rngs=rngs)
+    self.fc2 = mixed_precision.linear(mlp_ratio * dim, dim, dtype=dtype, rngs=rngs)
     self.drop = nnx.Dropout(dropout, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -71,7 +74,7 @@ class GroupMSA(nnx.Module):
                    num_genes, self.pad, num_fragments, self.fragment_size)
     self.dtype = dtype
     if projection == "shared":
-      self.project = nnx.Linear(self.fragment_size, dim, dtype=dtype, rngs=rngs)
+      self.project = mixed_precision.linear(self.fragment_size, dim, dtype=dtype, rngs=rngs)
     elif projection == "per_fragment":
       self.project = nnx.Einsum("bfg,fgd->bfd", (num_fragments, self.fragment_size, dim),
                                 (num_fragments, dim), dtype=dtype,

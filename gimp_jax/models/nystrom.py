@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gimp_jax.models import mixed_precision
+
 
 def iterative_pinv(x: jax.Array, iterations: int = 6, per_example: bool = False) -> jax.Array:
   """Moore-Penrose pseudo-inverse by the iterative method of the Nyströmformer.
@@ -206,8 +208,8 @@ class NystromAttention(nnx.Module):
     self.num_landmarks = num_landmarks
     self.pinv_iterations = pinv_iterations
     self.dtype = dtype
-    self.to_qkv = nnx.Linear(dim, 3 * inner, use_bias=False, dtype=dtype, rngs=rngs)
-    self.to_out = nnx.Linear(inner, dim, dtype=dtype, rngs=rngs)
+    self.to_qkv = mixed_precision.linear(dim, 3 * inner, use_bias=False, dtype=dtype, rngs=rngs)
+    self.to_out = mixed_precision.linear(inner, dim, dtype=dtype, rngs=rngs)
     bound = 1.0 / math.sqrt(residual_kernel)  # PyTorch's default Conv2d init bound for fan_in = K.
     self.res_conv = nnx.Param(jax.random.uniform(
         rngs.params(), (heads, residual_kernel), jnp.float32, -bound, bound))
@@ -255,8 +257,8 @@ class NystromAttention(nnx.Module):
       inner = self.heads * self.dim_head
       kernel = self.to_qkv.kernel[...].astype(self.dtype)
       x = x.astype(self.dtype)
-      q = x[:, start:start + rows] @ kernel[:, :inner]
-      k, v = jnp.split(x @ kernel[:, inner:], 2, axis=-1)
+      q = mixed_precision.matmul(x[:, start:start + rows], kernel[:, :inner])
+      k, v = jnp.split(mixed_precision.matmul(x, kernel[:, inner:]), 2, axis=-1)
     q, k, v = self._heads(q), self._heads(k), self._heads(v)
     return q * self.dim_head ** -0.5, k, v
 

@@ -26,6 +26,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from gimp_jax.models import mixed_precision
 from gimp_jax.preprocess import pos_embed
 
 
@@ -99,8 +100,8 @@ class Attention(nnx.Module):
 
   def __init__(self, dim: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
     self.num_heads = num_heads
-    self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
-    self.proj = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+    self.qkv = mixed_precision.linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
+    self.proj = mixed_precision.linear(dim, dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, T, D] -> [B, T, D]."""
@@ -141,9 +142,9 @@ class Mlp(nnx.Module):
     if kind not in ('gelu', 'swiglu_packed'):
       raise ValueError(f'unknown mlp {kind!r}')
     self.kind = kind
-    self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs)
+    self.fc1 = mixed_precision.linear(dim, hidden, dtype=dtype, rngs=rngs)
     inner = hidden // 2 if kind == 'swiglu_packed' else hidden
-    self.fc2 = nnx.Linear(inner, dim, dtype=dtype, rngs=rngs)
+    self.fc2 = mixed_precision.linear(inner, dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, T, D] -> [B, T, D]."""
@@ -183,7 +184,7 @@ class PatchEmbed(nnx.Module):
 
   def __init__(self, patch_size: int, dim: int, *, dtype, rngs: nnx.Rngs):
     self.patch_size = patch_size
-    self.proj = nnx.Linear(patch_size * patch_size * 3, dim, dtype=dtype, rngs=rngs)
+    self.proj = mixed_precision.linear(patch_size * patch_size * 3, dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, H, W, 3] (H, W multiples of p) -> [B, H / p, W / p, D]."""
@@ -278,9 +279,10 @@ class AttentionalPooler(nnx.Module):
     self.query = nnx.Param(jax.random.normal(rngs.params(), (num_queries, d_model)))
     self.ln_k = layer_norm(context_dim, 1e-5, rngs)
     self.ln_q = layer_norm(d_model, 1e-5, rngs)
-    self.to_q = nnx.Linear(d_model, d_model, use_bias=False, dtype=dtype, rngs=rngs)
-    self.to_kv = nnx.Linear(context_dim, 2 * d_model, use_bias=False, dtype=dtype, rngs=rngs)
-    self.to_out = nnx.Linear(d_model, d_model, use_bias=False, dtype=dtype, rngs=rngs)
+    self.to_q = mixed_precision.linear(d_model, d_model, use_bias=False, dtype=dtype, rngs=rngs)
+    self.to_kv = mixed_precision.linear(context_dim, 2 * d_model, use_bias=False, dtype=dtype,
+                                        rngs=rngs)
+    self.to_out = mixed_precision.linear(d_model, d_model, use_bias=False, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, T, context_dim] -> [B, num_queries, d_model] float32."""
