@@ -93,6 +93,7 @@ SURVIVAL_RECIPES = {
     "abmil": ("abmil", []),
     "transmil": ("transmil", []),
 }
+PAIRED_AGAINST = ("paper", "mcat")  # recipes every other one is compared with, seed by seed
 TASKS = {"classification": (RECIPES, "accuracy"), "survival": (SURVIVAL_RECIPES, "c_index")}
 
 
@@ -235,7 +236,8 @@ def oracle_spread(truth_csv: str, labels_csv: str, size: int, draws: int = 1000,
 def markdown(recipes, seeds, outcomes, header, metric: str = "accuracy") -> str:
   """The recipes' table: val/test `metric` (accuracy, or c_index for survival) beside the
   linear reference of the same runs (both inputs, and genes / slide alone), the model's own
-  training score, the paired differences against `paper` and the reference, and each seed."""
+  training score, the paired differences against `PAIRED_AGAINST` and the reference, and each
+  seed."""
   val, test = f"val_{metric}", f"test_{metric}"
   cols = (val, test, f"reference_{val}", f"reference_{test}", f"vs_reference_{val}",
           f"vs_reference_{test}", f"gene_only_{val}", "stack_weight", f"stack_{test}")
@@ -269,15 +271,17 @@ def markdown(recipes, seeds, outcomes, header, metric: str = "accuracy") -> str:
                    f"{cell([b[test] for b in bayes.values()])} |")
   lines += ["", "Paired differences over the seeds both have (same seed = same split), mean and "
             "95% t interval:", "",
-            "| recipe | metric | minus `paper` | minus linear reference (both) |", "|---|---|---|---|"]
+            "| recipe | metric | " + " | ".join(f"minus `{b}`" for b in PAIRED_AGAINST)
+            + " | minus linear reference (both) |", "|---" * (len(PAIRED_AGAINST) + 3) + "|"]
   for name in recipes:
     for key in (val, test, f"stack_{test}"):
       mine = per_seed(outcomes, name, seeds, key)
       if key.startswith("stack_") and not mine:  # runs from before stacking
         continue
-      base = "—" if name == "paper" else _paired(mine, per_seed(outcomes, "paper", seeds, key))
+      base = ["—" if name == b else _paired(mine, per_seed(outcomes, b, seeds, key))
+              for b in PAIRED_AGAINST]
       reference_key = f"reference_{key.removeprefix('stack_')}"  # the same split's linear fit
-      lines.append(f"| {name} | {key} | {base} | "
+      lines.append(f"| {name} | {key} | " + " | ".join(base) + " | "
                    f"{_paired(mine, per_seed(outcomes, name, seeds, reference_key))} |")
   lines += ["", f"Per seed (val / test / reference val / reference test {metric}):", ""]
   for name in recipes:
