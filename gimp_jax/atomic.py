@@ -35,13 +35,16 @@ def problem(path: str) -> str | None:
   return None if stat.S_ISREG(mode) else f"{path}: not a regular file; refusing to replace it"
 
 
-def write(path: str, fill: Callable[[IO[str]], None], newline: str | None = None) -> None:
-  """Writes a text file (UTF-8) through a temporary file and a rename, after `problem`.
+def write(path: str, fill: Callable[[IO], None], newline: str | None = None,
+          binary: bool = False) -> None:
+  """Writes a text file (UTF-8), or a binary one, through a temporary file and a rename, after
+  `problem`.
 
   Args:
     path: the file to write.
     fill: writes the content into the open temporary file.
-    newline: as `open` (csv wants '').
+    newline: as `open` (csv wants ''); text only.
+    binary: open the temporary file in binary mode (e.g. for `np.savez`).
 
   Raises:
     DataError: `path` is not a file we may replace.
@@ -52,7 +55,8 @@ def write(path: str, fill: Callable[[IO[str]], None], newline: str | None = None
   tmp = f"{path}.tmp-{os.getpid()}"
   fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
-    with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+    with (os.fdopen(fd, "wb") if binary else
+          os.fdopen(fd, "w", encoding="utf-8", newline=newline)) as f:
       fill(f)
       f.flush()
       os.fsync(f.fileno())

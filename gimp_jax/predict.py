@@ -24,7 +24,10 @@ a slide-only model, or a multimodal one fine-tuned with modality dropout (`model
 refuses them, naming each patient.
 
 Output CSV: patient_id, label_name (empty when unknown), predicted, predicted_name, modality (what
-the prediction used: "slide+genes" or "slide"), prob_<class>.
+the prediction used: "slide+genes" or "slide"), prob_<class>; then, when the run's test stage kept
+its linear reference (`linear_reference.npz`, `gimp_jax.stacking`), stacked_predicted_name and
+stacked_prob_<class>: the model blended with the penalised linear model on mean-pooled features +
+expression, with the weight the run chose on validation (empty for slide-only patients).
 
 A survival run (`task = "survival"`) predicts outcomes, not classes: the labels CSV needs
 `case_id`/`patient_id` and `slide_id` (outcome columns, when present, are copied to the output;
@@ -32,7 +35,9 @@ any `label` column is ignored), and the CSV holds patient_id, time and censorshi
 outcome, empty when unknown), modality, risk (the ranking score the run's C-index uses: -sum_j S_j
 for the NLL-surv head, the log relative risk for Cox) and, for the NLL-surv head, per time bin of
 the run (named by its range in the labels' time unit, e.g. `12.3-25`): hazard_<bin> = P(event in
-the bin | no event before it) and survival_<bin> = S_j = P(no event up to the end of the bin).
+the bin | no event before it) and survival_<bin> = S_j = P(no event up to the end of the bin);
+then stacked_risk (the blend of the model's and the linear Cox model's risks, each standardised on
+the run's validation cases) where the run kept its linear fit.
 """
 
 import csv
@@ -54,6 +59,8 @@ from gimp_jax import cli
 from gimp_jax import parallel
 from gimp_jax import preflight
 from gimp_jax import provenance
+from gimp_jax import reference
+from gimp_jax import stacking
 from gimp_jax import workdir as workdir_lib
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.data import labels as labels_lib
@@ -226,37 +233,76 @@ def predict(workdir: str, given: ml_collections.ConfigDict, attention_dir: str =
   modality = np.where(genes & uses_genes, "slide+genes", "slide")
   result = {"patient_id": out["patient_id"], "modality": modality,
             "class_names": cohort.class_names}
-  if config.get("task", "classification") != "survival":
+  is_survival = config.get("task", "classification") == "survival"
+  risk = survival.risk(out["logits"], config.survival.loss) if is_survival else None
+  result["stacked"] = _stacked(workdir, cohort, out["patient_id"],
+                               risk if is_survival else out["probs"], genes)
+  if not is_survival:
     return dict(result, label=labels, probs=out["probs"])
   hazards = surv = None
   if config.survival.loss == "nll":
     hazards, surv = survival.hazards_and_survival(out["logits"])
-  return dict(result, risk=survival.risk(out["logits"], config.survival.loss), hazards=hazards,
-              survival=surv,
+  return dict(result, risk=risk, hazards=hazards, survival=surv,
               time=np.asarray([known.get(p, (np.nan, -1))[0] for p in out["patient_id"]]),
               censorship=np.asarray([known.get(p, (np.nan, -1))[1] for p in out["patient_id"]]))
 
 
+def _stacked(workdir: str, cohort: cohort_lib.Cohort, patient_ids: np.ndarray,
+             model: np.ndarray, genes: np.ndarray) -> np.ndarray | None:
+  """The model blended with the run's linear reference (`gimp_jax.stacking`, w chosen on the
+  run's validation split) for the patients with expression; NaN rows for slide-only patients
+  (the linear model needs both inputs). None when the workdir keeps no linear fit (a run made
+  before it did, or without a test stage).
+
+  Args:
+    model: the model's probabilities [N, C] or risks [N], rows in `patient_ids`' order.
+    genes: [P] whether each patient of `cohort` has expression.
+
+  Returns:
+    stacked probabilities [N, C] or standardised risks [N].
+  """
+  path = os.path.join(workdir, stacking.FILE)
+  if not os.path.exists(path):
+    logging.info("predict: no %s in %s; no stacked predictions", stacking.FILE, workdir)
+    return None
+  index = {p.patient_id: i for i, p in enumerate(cohort.patients)}
+  rows = np.array([index[str(p)] for p in patient_ids], np.int64)
+  x = reference.inputs(cohort, reference.mean_pooled(cohort))[reference.MAIN][rows]
+  stacked, w = stacking.apply(path, model, x)
+  logging.info("predict: stacked with the linear reference, w = %.2f (its share)", w)
+  return np.where(genes[rows].reshape((-1,) + (1,) * (stacked.ndim - 1)), stacked, np.nan)
+
+
 def _rows(result: dict[str, Any]) -> list[list]:
-  """The CSV's header and rows (module docstring): classes, or a survival run's risks."""
+  """The CSV's header and rows (module docstring): classes, or a survival run's risks; then the
+  stacked columns when the run kept its linear fit (empty for slide-only patients)."""
   names = result["class_names"]
+  stacked = result.get("stacked")
   if "risk" not in result:
     rows = [["patient_id", "label_name", "predicted", "predicted_name", "modality"] +
-            [f"prob_{n}" for n in names]]
-    for pid, y, m, p in zip(result["patient_id"], result["label"], result["modality"],
-                            result["probs"]):
+            [f"prob_{n}" for n in names] +
+            (["stacked_predicted_name"] + [f"stacked_prob_{n}" for n in names]
+             if stacked is not None else [])]
+    for i, (pid, y, m, p) in enumerate(zip(result["patient_id"], result["label"],
+                                           result["modality"], result["probs"])):
       k = int(np.argmax(p))
-      rows.append([pid, names[y] if y >= 0 else "", k, names[k], m] + [f"{v:.9g}" for v in p])
+      rows.append([pid, names[y] if y >= 0 else "", k, names[k], m] + [f"{v:.9g}" for v in p] +
+                  ([] if stacked is None else
+                   [""] * (len(names) + 1) if np.isnan(stacked[i]).any() else
+                   [names[int(np.argmax(stacked[i]))]] + [f"{v:.9g}" for v in stacked[i]]))
     return rows
   per_bin = result["hazards"] is not None
   rows = [["patient_id", "time", "censorship", "modality", "risk"] +
-          ([f"hazard_{n}" for n in names] + [f"survival_{n}" for n in names] if per_bin else [])]
+          ([f"hazard_{n}" for n in names] + [f"survival_{n}" for n in names] if per_bin else []) +
+          (["stacked_risk"] if stacked is not None else [])]
   for i, pid in enumerate(result["patient_id"]):
     t, c = result["time"][i], result["censorship"][i]
     rows.append([pid, f"{t:.9g}" if np.isfinite(t) else "", int(c) if c >= 0 else "",
                  result["modality"][i], f"{result['risk'][i]:.9g}"] +
                 ([f"{v:.9g}" for v in (*result["hazards"][i], *result["survival"][i])]
-                 if per_bin else []))
+                 if per_bin else []) +
+                ([] if stacked is None else
+                 [f"{stacked[i]:.9g}" if np.isfinite(stacked[i]) else ""]))
   return rows
 
 

@@ -9,6 +9,10 @@ the two, or their mix, gives on test.
 Ties go to the smaller w (the model). w is read from `WEIGHTS`; test is scored once with it.
 The validation scores of the model come from the epoch chosen on the same patients, so the
 stacked validation numbers are optimistic; the test numbers are not.
+
+The test stage keeps the linear fit, w and (survival) the validation risks that standardise the
+two scores in the workdir (`FILE`, `save`); `gimp_jax.predict` blends new patients' predictions
+with them (`apply`).
 """
 
 from typing import Any
@@ -17,6 +21,9 @@ import numpy as np
 from sklearn.metrics import log_loss
 
 from gimp_jax import metrics as metrics_lib
+from gimp_jax import reference
+
+FILE = "linear_reference.npz"  # in the workdir: the linear fit and w, for `gimp_jax.predict`
 
 WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))  # the linear model's share, 0 to 1
 _EPS = 1e-12  # probabilities floored before the log (a float32 softmax can reach 0)
@@ -71,3 +78,33 @@ def stack(task: str, model: dict[str, dict], linear: dict[str, np.ndarray]) -> d
     got = scores(split, w)
     out.update({f"stack_{split}_{k}": float(got[k]) for k in keys})
   return out
+
+
+def save(path: str, fit: reference.LinearFit, w: float, model_val: dict,
+         linear_val: np.ndarray) -> None:
+  """Keeps `fit`, w and, for survival, the validation risks of the model (`model_val`,
+  `evaluate.predict`'s output) and of the linear model ([n_val]) in `path`."""
+  extra = {"stack_weight": np.float64(w)}
+  if fit.task == "survival":
+    extra.update(model_val_risk=np.asarray(model_val["risk"], np.float64),
+                 linear_val_risk=np.asarray(linear_val, np.float64))
+  fit.save(path, **extra)
+
+
+def apply(path: str, model: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, float]:
+  """The stacked predictions of new patients.
+
+  Args:
+    path: the file `save` wrote.
+    model: the model's probabilities [N, C] or risks [N].
+    x: [N, F] the linear model's inputs (`reference.inputs(...)[reference.MAIN]`).
+
+  Returns:
+    (stacked probabilities [N, C] or standardised risks [N], w).
+  """
+  fit, extra = reference.LinearFit.load(path)
+  w = float(extra["stack_weight"])
+  linear = fit.predict(x)
+  if fit.task == "survival":
+    return blend_risks(model, linear, w, extra["model_val_risk"], extra["linear_val_risk"]), w
+  return blend_probs(model, linear, w), w

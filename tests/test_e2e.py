@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import (assert_checkpoints_match, run_module, run_split, saved_device_counts,
                       tiny_flags)
+from gimp_jax import predict
 from gimp_jax.configs import nsclc
 from gimp_jax.data import cohort as cohort_lib
 
@@ -87,6 +88,19 @@ def check_linear_reference(results, paths, workdir):
   assert np.isclose(grid, w).any() and loss[int(np.argmin(np.abs(grid - w)))] <= min(loss) + 1e-5
   np.testing.assert_allclose(results["stack_test_accuracy"],
                              np.mean(blend["test"](w).argmax(1) == yt), atol=1e-9)
+  # `gimp_jax.predict` on the same patients blends its probabilities with the same linear fit
+  # and w, kept in the workdir by the test stage.
+  got = predict.predict(str(workdir), config)
+  rows = np.array([list(ids).index(p) for p in got["patient_id"]])
+  q = np.maximum(got["probs"], 1e-12) ** (1 - w) * linear.predict_proba(z[rows]) ** w
+  np.testing.assert_allclose(got["stacked"], q / q.sum(1, keepdims=True), rtol=1e-6, atol=1e-9)
+  predict.write_csv(str(workdir.parent / "p.csv"), got)
+  with open(workdir.parent / "p.csv", encoding="utf-8") as f:
+    written = list(csv.DictReader(f))
+  np.testing.assert_allclose([[float(r[f"stacked_prob_class_{c}"]) for c in range(2)]
+                              for r in written], got["stacked"], rtol=1e-7)
+  assert [r["stacked_predicted_name"] for r in written] == [
+      f"class_{k}" for k in got["stacked"].argmax(1)]
 
 
 def test_cli_runs_all_stages_and_writes_every_output(cohort, tmp_path, run_numbers):

@@ -4,8 +4,11 @@ the test numbers are those of the blend at that weight."""
 
 import numpy as np
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
+from sksurv.linear_model import CoxnetSurvivalAnalysis
 from sksurv.metrics import concordance_index_censored
+from sksurv.util import Surv
 
+from gimp_jax import reference
 from gimp_jax import stacking
 
 GRID = np.linspace(0.0, 1.0, 11)
@@ -98,3 +101,30 @@ def test_survival_weight_maximises_validation_c_index_on_standardised_risks():
   np.testing.assert_allclose(
       got["stack_test_c_index"],
       _np_harrell(times[half:], censorship[half:], ((1 - w) * zm + w * zl)[half:]), atol=1e-12)
+
+
+def test_kept_survival_stack_applies_to_new_cases_as_computed_here(tmp_path):
+  """`save` then `apply` (what `gimp_jax.predict` does): (1 - w) z_model + w z_linear on new
+  cases, each risk standardised by the run's validation risks, the linear risk from a Coxnet
+  refitted here (scikit-survival) at the kept penalty."""
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((200, 5))
+  times = rng.exponential(np.exp(-(x[:, 0] - x[:, 1])))
+  censorship = (rng.uniform(size=200) < 0.3).astype(int)
+  splits = {"train": np.arange(120), "val": np.arange(120, 160), "test": np.arange(160, 200)}
+  numbers, fit = reference.fit_cox(x, times, censorship, splits)
+  model_val, model_new = rng.standard_normal(40) * 3 + 1, rng.standard_normal(40) * 3 + 1
+  stacking.save(str(tmp_path / stacking.FILE), fit, 0.3, {"risk": model_val},
+                fit.predict(x[splits["val"]]))
+  got, w = stacking.apply(str(tmp_path / stacking.FILE), model_new, x[splits["test"]])
+  mu, sd = x[:120].mean(0), x[:120].std(0)
+  cox = CoxnetSurvivalAnalysis(l1_ratio=reference.L1_RATIO, alpha_min_ratio=0.05, n_alphas=30,
+                               max_iter=5000).fit((x[:120] - mu) / sd,
+                                                  Surv.from_arrays(censorship[:120] == 0,
+                                                                   times[:120]))
+  lin_val = cox.predict((x[120:160] - mu) / sd, alpha=numbers["alpha"])
+  lin_new = cox.predict((x[160:] - mu) / sd, alpha=numbers["alpha"])
+  want = (0.7 * (model_new - model_val.mean()) / model_val.std()
+          + 0.3 * (lin_new - lin_val.mean()) / lin_val.std())
+  assert w == 0.3
+  np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)

@@ -3,6 +3,7 @@ val and test (and from the slides alone, the genes-only baseline, the penalised 
 reference on the same patients, `gimp_jax.reference`, and the two stacked, `gimp_jax.stacking`)."""
 
 import dataclasses
+import os
 from typing import Any
 
 from absl import logging
@@ -98,10 +99,16 @@ def test(run) -> Evaluation:
   ref_splits = {split: np.array([index[str(p)] for p in predictions[split]["patient_id"]], np.int64)
                 for split in ("val", "test")}
   ref_splits["train"] = run.cohort.split(run.patients("train", "finetune"))
-  results["reference"], linear = reference.linear_reference(run.cohort, ref_splits)
+  pooled = reference.mean_pooled(run.cohort)
+  results["reference"], fit = reference.linear_reference(run.cohort, ref_splits, pooled)
   results.update(reference.scalars(results["reference"], results))
-  if linear is not None:
+  if fit is not None:
+    x = reference.inputs(run.cohort, pooled)[reference.MAIN]
+    linear = {split: fit.predict(x[ref_splits[split]]) for split in ("val", "test")}
     results.update(stacking.stack(task, predictions, linear))
+    if jax.process_index() == 0:  # kept for `gimp_jax.predict`
+      stacking.save(os.path.join(run.workdir, stacking.FILE), fit, results["stack_weight"],
+                    predictions["val"], linear["val"])
   train_risk = None
   if task == "survival":  # the report splits the test cases at the median training risk
     train_risk = predict(run, state, "train", stoppable=True)["risk"]
