@@ -10,10 +10,12 @@ the time bin); every other method fine-tunes with `supervised.finetune_loss`, as
 pre-trains without labels (the probe and `predict` tests run TANGLE and MCAT)."""
 
 import csv
+import json
 import os
 
 import numpy as np
 import pytest
+from sksurv.metrics import concordance_index_censored
 
 from conftest import assert_every_config_traces
 from gimp_jax import predict, preflight
@@ -106,7 +108,8 @@ def test_predict_on_a_survival_run_writes_risk_and_per_bin_survival(cohort, tmp_
     rows = list(csv.DictReader(f))
     header = rows and list(rows[0])
   assert header == (["patient_id", "time", "censorship", "modality", "risk"] +
-                    [f"hazard_{b}" for b in bins] + [f"survival_{b}" for b in bins])
+                    [f"hazard_{b}" for b in bins] + [f"survival_{b}" for b in bins] +
+                    ["stacked_risk"])
   with open(cohort["labels"], encoding="utf-8") as f:
     outcome = {r["case_id"]: (float(r["survival_months"]), int(r["censorship"]))
                for r in csv.DictReader(f)}
@@ -123,6 +126,15 @@ def test_predict_on_a_survival_run_writes_risk_and_per_bin_survival(cohort, tmp_
   assert reported
   for pid, want in reported.items():
     np.testing.assert_allclose(risk[pid], want, rtol=1e-4, atol=1e-5)
+  # The stacked risks of the test cases give the C-index the run reported for its stack
+  # (scikit-survival's, computed here).
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    results = json.load(f)
+  stacked = [(outcome[p][1] == 0, outcome[p][0], float(r["stacked_risk"]))
+             for p in reported for r in rows if r["patient_id"] == p]
+  events, times, scores = (np.array(v) for v in zip(*stacked))
+  np.testing.assert_allclose(concordance_index_censored(events, times, scores)[0],
+                             results["stack_test_c_index"], atol=1e-9)
   bare = tmp_path / "new.csv"  # new patients: no outcome columns
   with open(cohort["labels"], encoding="utf-8") as f:
     bare.write_text("case_id,slide_id\n" + "".join(f"{r['case_id']},{r['slide_id']}\n"
