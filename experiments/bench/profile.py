@@ -9,6 +9,8 @@ On the bench's batches (`workloads`: the CLI's pipeline, the paper model), inter
   both ways; per layer, all heads and windows); the frozen gene encoder forward;
 - fine-tuning: the whole step on the bag padded to the config's bucket (`data.bucket_sizes`) and
   to the power-of-two bucket the config used first; the evaluation forward;
+- pretrain_split (`--part pretrain_split`): the pre-training step cut the same way in XLA and
+  PyTorch eager (gene encoder, loss forward, backward, optimizer; `pretrain_split`);
 - components (`--part components`): each part of the fine-tuning step alone, forward and forward +
   backward, XLA against PyTorch eager (`experiments.bench.components`), at the lengths `--n`;
 - buckets (`--part buckets`): compilations against padding for bucket grids over the paper's
@@ -30,9 +32,11 @@ import numpy as np
 
 from experiments.bench import components
 from experiments.bench import measure
+from experiments.bench import torch_reference as tr
 from experiments.bench import workloads as wl
 from gimp_jax import methods
 from gimp_jax.data import pipeline
+from gimp_jax.models import build
 from gimp_jax.models import nystrom
 from gimp_jax.train import loop, optim
 from gimp_jax.train.state import create_state
@@ -41,7 +45,8 @@ _SIZE = flags.DEFINE_enum("size", "cpu", list(wl.SIZES), "Workload sizes.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Interleaved repeats.")
 _MARKDOWN = flags.DEFINE_string("markdown", "", "Also write the table here.")
 _PARTS = flags.DEFINE_multi_enum("part", ["pretrain", "finetune"],
-                                 ["pretrain", "finetune", "components", "buckets"],
+                                 ["pretrain", "finetune", "pretrain_split", "components",
+                                  "buckets"],
                                  "Sections to run.")
 _N = flags.DEFINE_multi_integer("n", [23296, 20000], "Bag lengths of the components section.")
 
@@ -88,6 +93,67 @@ def pretrain_parts(cohort, sizes) -> list[measure.Runner]:
         lambda a, g, fn=fn: [jax.grad(lambda a: jnp.sum(fn(a) * g))(a + i) for i in range(depth)],
         a, g))
   return runners
+
+
+def pretrain_split(cohort, sizes, repeats: int) -> str:
+  """The pre-training step cut where both frameworks can be cut the same way, XLA against PyTorch
+  eager on the same weights and batch (`workloads.pretrain`'s): the frozen gene encoder's forward;
+  the loss forward (train mode, encoder frozen); forward + backward (the step's `objective` and
+  its `jax.grad`, as `steps.make_train_step`; PyTorch `.backward()`); the whole step (+ clipping
+  and AdamW). Differences give the backward and the optimizer. The Nystrom layers' own operations
+  at a window's length are the components section at `--n 1000`."""
+  cfg = wl.model_config("float32")
+  cfg.model = build.pretrain_model_cfg(cfg.model, cfg.pretrain)
+  cfg.pretrain.window = sizes.window
+  batch = wl.pretrain_batch(cohort, cfg)
+  model, flat = wl.model_and_params(cfg, sizes.genes)
+  loss_fn, frozen = methods.pretrain_loss(cfg), cfg.pretrain.frozen
+  state, dev, key = create_state(model), loop.to_device(batch), jax.random.key(0)
+
+  def objective(params, batch):
+    mask = optim.frozen_mask(params, frozen)
+    params = jax.tree_util.tree_map(lambda f, x: jax.lax.stop_gradient(x) if f else x, mask,
+                                    params)
+    return loss_fn(state.replace(params=params).model(key, train=True, frozen=frozen), batch)[0]
+  jax_runners = [
+      _jitted_runner("gene encoder forward (frozen)",
+                     lambda s, g: s.model(train=False).gene_encoder(g), state, dev["genes"]),
+      _jitted_runner("loss forward (train mode)", objective, state.params, dev),
+      _jitted_runner("loss forward + backward", jax.grad(objective), state.params, dev),
+      wl.jax_step_runner("whole step (+ clip, AdamW)", cfg,  # its own copy: the step donates it
+                         wl.model_and_params(cfg, sizes.genes)[0], loss_fn, frozen, batch)]
+  tmodel, tb = wl.torch_model(cfg, sizes.genes, flat), tr.to_torch(batch)
+  step = tr.make_train_step(wl.torch_model(cfg, sizes.genes, flat),
+                            lambda m, b: tr.pretrain_loss(m, b, cfg.pretrain), dtype="float32",
+                            compile_mode=None, lr=cfg.optim.learning_rate,
+                            weight_decay=cfg.optim.weight_decay, grad_clip=cfg.optim.grad_clip)
+  tmodel.gene_encoder.requires_grad_(False)
+  tmodel.train()
+
+  def backward():
+    tmodel.zero_grad(set_to_none=True)
+    tr.pretrain_loss(tmodel, tb, cfg.pretrain).backward()
+  calls = [lambda: tmodel.encode_genes(tb["genes"]),
+           lambda: tr.pretrain_loss(tmodel, tb, cfg.pretrain), backward, lambda: step(tb)]
+  torch_runners = []
+  for r, call in zip(jax_runners, calls):
+    call()
+    torch_runners.append(measure.Runner(r.name + " | PyTorch",
+                                        lambda c=call: (c(), tr.synchronize()), {}, "torch"))
+  times = measure.interleaved(jax_runners + torch_runners, repeats)
+  cpu = {n: float(np.median(t["cpu_s"])) for n, t in times.items()}
+  lines = ["| part | XLA CPU s | PyTorch CPU s | XLA / PyTorch |", "|---|---|---|---|"]
+  for r in jax_runners:
+    ours, theirs = cpu[r.name], cpu[r.name + " | PyTorch"]
+    lines.append(f"| {r.name} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |")
+  names = [r.name for r in jax_runners]
+  for label, (a, b) in (("backward (fwd+bwd - fwd)", (2, 1)),
+                        ("clip + AdamW (step - fwd+bwd)", (3, 2)),
+                        ("aggregator, decoder, losses (fwd - gene encoder)", (1, 0))):
+    ours = cpu[names[a]] - cpu[names[b]]
+    theirs = cpu[names[a] + " | PyTorch"] - cpu[names[b] + " | PyTorch"]
+    lines.append(f"| {label} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |")
+  return "\n".join(lines)
 
 
 def implicit_gradient_error(cohort, sizes) -> float:
@@ -236,8 +302,8 @@ def main(argv):
   with tempfile.TemporaryDirectory(prefix="gimp_profile_") as tmp:
     cohort = wl.workload_cohort(tmp, sizes)
     for part in [p for p in sections if p in _PARTS.value]:
-      title, build = sections[part]
-      runners = build(cohort, sizes)
+      title, make = sections[part]
+      runners = make(cohort, sizes)
       times = measure.interleaved(runners, _REPEATS.value)
       out += [f"## {title}", "", table(runners, times), ""]
       print("\n".join(out[-4:]), flush=True)
@@ -248,6 +314,10 @@ def main(argv):
               f"Measured on the bench bag (N = {sizes.finetune_patches}): {costs}.", "",
               buckets_table(costs), ""]
       print("\n".join(out[-4:]), flush=True)
+    if "pretrain_split" in _PARTS.value:
+      out += ["## Pre-training step, cut the same way in both frameworks (CPU s, medians)", "",
+              pretrain_split(cohort, sizes, _REPEATS.value), ""]
+      print("\n".join(out[-3:]), flush=True)
     if "pretrain" in _PARTS.value:
       err = implicit_gradient_error(cohort, sizes)
       out += [f"Implicit pinv gradient against the unrolled one (pre-training loss, initial "
