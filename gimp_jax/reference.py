@@ -94,7 +94,7 @@ class LinearFit:
 
   def predict(self, x: np.ndarray) -> np.ndarray:
     """x [N, F] (NaN for missing values) -> probabilities [N, C], or Cox risks [N]."""
-    z = (np.where(np.isnan(x), self.fill, x) - self.mean) / self.scale
+    z = standardise(x, {"fill": self.fill, "mean": self.mean, "scale": self.scale})
     decision = z @ self.coef.T + self.intercept
     if self.task == "survival":
       return decision[:, 0]
@@ -128,6 +128,11 @@ def _standardiser(x: np.ndarray, train: np.ndarray) -> dict[str, np.ndarray]:
   fill = np.where(known, x[train], 0.0).sum(0) / np.maximum(known.sum(0), 1)
   scaler = StandardScaler().fit(np.where(np.isnan(x[train]), fill, x[train]))
   return {"fill": fill, "mean": scaler.mean_, "scale": scaler.scale_}
+
+
+def standardise(x: np.ndarray, std: dict[str, np.ndarray]) -> np.ndarray:
+  """x [N, F] with NaN as `std["fill"]`, standardised by `_standardiser`'s mean and scale."""
+  return (np.where(np.isnan(x), std["fill"], x) - std["mean"]) / std["scale"]
 
 
 def fit_logistic(x: np.ndarray, labels: np.ndarray, splits: dict[str, np.ndarray],
@@ -170,8 +175,7 @@ def fit_logistic(x: np.ndarray, labels: np.ndarray, splits: dict[str, np.ndarray
 def _logistic_fit(model: LogisticRegression, x: np.ndarray, train: np.ndarray,
                   labels: np.ndarray, std: dict[str, np.ndarray], num_classes: int) -> LinearFit:
   """`model` fitted on the standardised training rows of x [P, F], as a LinearFit."""
-  z = (np.where(np.isnan(x[train]), std["fill"], x[train]) - std["mean"]) / std["scale"]
-  model.fit(z, labels[train])
+  model.fit(standardise(x[train], std), labels[train])
   return LinearFit("classification", **std, coef=model.coef_, intercept=model.intercept_,
                    classes=model.classes_, num_classes=num_classes)
 
@@ -198,9 +202,8 @@ def fit_cox(x: np.ndarray, times: np.ndarray, censorship: np.ndarray,
   std = _standardiser(x, train)
   model = CoxnetSurvivalAnalysis(l1_ratio=L1_RATIO, alpha_min_ratio=0.05, n_alphas=30,
                                  max_iter=5000)
-  z = (np.where(np.isnan(x[train]), std["fill"], x[train]) - std["mean"]) / std["scale"]
   try:
-    model.fit(z, Surv.from_arrays(censorship[train] == 0, times[train]))
+    model.fit(standardise(x[train], std), Surv.from_arrays(censorship[train] == 0, times[train]))
   except (ValueError, ArithmeticError) as e:  # no event in train; a diverging path
     logging.warning("Linear reference: the Cox fit failed (%s).", e)
     return {"alpha": float("nan"), "val_c_index": float("nan"),
