@@ -169,6 +169,31 @@ def test_eval_mode_turns_dropout_off_train_mode_samples_it():
   assert np.abs(a - first).max() > 1e-3 and np.abs(a - b).max() > 1e-3
 
 
+def test_input_dropout_zeroes_genes_and_rescales_the_rest_in_training_only():
+  p = 0.5
+  enc = _randomised(GroupMSA(30, num_fragments=4, num_groups=2, dim=8, heads=2, dropout=0.0,
+                             input_dropout=p, rngs=nnx.Rngs(0)))
+  genes = jnp.asarray(_genes(2, 30))
+  want, _ = numpy_group_msa(_np(enc), np.asarray(genes, np.float64), num_fragments=4,
+                            num_groups=2, heads=2, projection="per_fragment")
+  np.testing.assert_allclose(np.asarray(_apply(enc, genes)), want, rtol=RTOL, atol=ATOL)
+  enc.train()
+  weights = jnp.asarray(_genes(2, 8, seed=3))
+
+  def loss(m, x):
+    out = m(x)
+    return jnp.sum(out * weights), out
+
+  # One forward pass: its output and which genes it saw (a dropped gene gets no gradient).
+  (_, out), grad = nnx.value_and_grad(loss, argnums=1, has_aux=True)(enc, genes)
+  kept = np.asarray(grad) != 0
+  assert 0.25 < 1 - kept.mean() < 0.75
+  masked, _ = numpy_group_msa(_np(enc), np.asarray(genes, np.float64) * kept / (1 - p),
+                              num_fragments=4, num_groups=2, heads=2, projection="per_fragment")
+  np.testing.assert_allclose(np.asarray(out), masked, rtol=RTOL, atol=ATOL)
+  assert np.abs(np.asarray(out) - want).max() > 1e-3
+
+
 def test_bfloat16_compute_returns_float32_close_to_float32():
   kwargs = dict(num_fragments=4, num_groups=2, dim=16, heads=2, rngs=nnx.Rngs(0))
   full = _randomised(GroupMSA(30, **kwargs))

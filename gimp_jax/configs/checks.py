@@ -35,6 +35,7 @@ _RANGES = {
     "model.num_fragments": ("int", 1, None, True, True),
     "model.num_groups": ("int", 1, None, True, True),
     "model.gene_dropout": ("float", 0, 1, True, False),
+    "model.gene_input_dropout": ("float", 0, 1, True, False),
     "model.snn_depth": ("int", 1, None, True, True),
     "model.snn_dropout": ("float", 0, 1, True, False),
     "model.head_hidden": ("int", 1, None, True, True),

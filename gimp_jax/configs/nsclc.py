@@ -92,6 +92,8 @@ def published(arg: str = "paper") -> ml_collections.ConfigDict:
   c.model.num_groups = 8                      # N_gr (choice)
   c.model.gene_projection = "per_fragment"    # choice: own 252 x d matrix per fragment, or "shared"
   c.model.gene_dropout = 0.1                  # dropout in the GroupMSA transformer blocks (choice)
+  c.model.gene_input_dropout = 0.0            # P(a standardised gene -> 0) in training, before the
+                                              # GroupMSA projection (paper: none; issue 23)
   c.model.snn_depth = 2                       # "snn" encoder: SELU blocks of width d (PORPOISE: 2)
   c.model.snn_dropout = 0.25                  # alpha-dropout of the "snn" encoder (PORPOISE)
   c.model.head_hidden = 512                   # MLP head 2d -> 512 -> classes (choice)

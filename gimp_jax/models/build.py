@@ -33,7 +33,7 @@ def build_gene_encoder(model_cfg: ml_collections.ConfigDict, num_genes: int, rng
     # squared distances by ~5% at the paper's sizes (with a float32 encoder: 0.01%).
     return GroupMSA(num_genes, num_fragments=m.num_fragments, num_groups=m.num_groups,
                     dim=m.dim, heads=m.heads, dropout=m.gene_dropout, projection=m.gene_projection,
-                    dtype=jnp.float32, rngs=rngs)
+                    input_dropout=m.gene_input_dropout, dtype=jnp.float32, rngs=rngs)
   if m.gene_encoder == "snn":  # blocks of width d: output [B, d] as GroupMSA's CLS_ge
     return SNN(num_genes, (m.dim,) * m.snn_depth, dropout=m.snn_dropout, rngs=rngs)
   raise ValueError(f"Unknown model.gene_encoder {m.gene_encoder!r}.")
