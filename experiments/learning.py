@@ -46,6 +46,9 @@ MCAT_SCHEDULE = ["--config.finetune.batch_size=1", "--config.gene_pretrain.batch
                  "--config.optim.grad_accum_steps=32", "--config.optim.learning_rate=0.0002",
                  "--config.optim.weight_decay=0.00001", "--config.finetune.epochs=20"]
 MODALITY_DROPOUT = ["--config.model.modality_dropout=0.5"]
+# Dropout of the standardised genes before GroupMSA's projection, p chosen on the supervised gene
+# stage's validation score alone (notes section 9): 0.9.
+GENE_INPUT_DROPOUT = ["--config.model.gene_input_dropout=0.9"]
 WEIGHT_DECAY = ["--config.optim.weight_decay=0.1"]
 RECIPES = {
     "paper": (NO_PRETRAIN, []),
@@ -61,6 +64,8 @@ RECIPES = {
     "snn": (NO_PRETRAIN, ["--config.model.gene_encoder=snn"]),
     "joint+modality_dropout+wd+late": (NO_PRETRAIN, CLASSIFICATION_WINNER + [
         "--config.model.head_fusion=late"]),
+    "joint+modality_dropout+wd+gene_input_dropout": (NO_PRETRAIN, CLASSIFICATION_WINNER
+                                                     + GENE_INPUT_DROPOUT),
     # With pre-training (the supervised gene stage kept: the triplet needs a trained CLS_ge).
     "gimp": (PRETRAIN, []),
     "gimp+modality_dropout+wd": (PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY),
@@ -68,6 +73,8 @@ RECIPES = {
         "--config.finetune.frozen="]),
     "gimp+modality_dropout+wd+late": (PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY + [
         "--config.model.head_fusion=late"]),
+    "gimp+modality_dropout+wd+gene_input_dropout": (PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY
+                                                    + GENE_INPUT_DROPOUT),
     "mcat": ("mcat", []),
     "pathomic": ("pathomic", []),
     "abmil": ("abmil", []),
@@ -87,6 +94,10 @@ SURVIVAL_RECIPES = {
         "--config.model.modality_dropout=0.5", "--config.model.gene_encoder=snn"]
                                                  + MCAT_SCHEDULE),
     "gimp+modality_dropout+wd": (PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY),
+    "joint+modality_dropout+wd+gene_input_dropout": (NO_PRETRAIN, CLASSIFICATION_WINNER
+                                                     + GENE_INPUT_DROPOUT),
+    "gimp+modality_dropout+wd+gene_input_dropout": (PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY
+                                                    + GENE_INPUT_DROPOUT),
     "mcat": ("mcat", []),
     "mcat+mcat_schedule": ("mcat", MCAT_SCHEDULE),
     "pathomic": ("pathomic", []),
