@@ -236,7 +236,7 @@ def predict(workdir: str, given: ml_collections.ConfigDict, attention_dir: str =
   is_survival = config.get("task", "classification") == "survival"
   risk = survival.risk(out["logits"], config.survival.loss) if is_survival else None
   result["stacked"] = _stacked(workdir, cohort, out["patient_id"],
-                               risk if is_survival else out["probs"], genes)
+                               risk if is_survival else out["probs"], genes, params)
   if not is_survival:
     return dict(result, label=labels, probs=out["probs"])
   hazards = surv = None
@@ -248,11 +248,12 @@ def predict(workdir: str, given: ml_collections.ConfigDict, attention_dir: str =
 
 
 def _stacked(workdir: str, cohort: cohort_lib.Cohort, patient_ids: np.ndarray,
-             model: np.ndarray, genes: np.ndarray) -> np.ndarray | None:
+             model: np.ndarray, genes: np.ndarray, params) -> np.ndarray | None:
   """The model blended with the run's linear reference (`gimp_jax.stacking`, w chosen on the
   run's validation split) for the patients with expression; NaN rows for slide-only patients
-  (the linear model needs both inputs). None when the workdir keeps no linear fit (a run made
-  before it did, or without a test stage).
+  (the linear model needs both inputs). None, with a warning, when the workdir keeps no linear
+  fit (a run made before it did, or without a test stage) or keeps one chosen for other
+  parameters than `params` (the fine-tuned model's: finetune rerun without the test stage).
 
   Args:
     model: the model's probabilities [N, C] or risks [N], rows in `patient_ids`' order.
@@ -264,6 +265,11 @@ def _stacked(workdir: str, cohort: cohort_lib.Cohort, patient_ids: np.ndarray,
   path = os.path.join(workdir, stacking.FILE)
   if not os.path.exists(path):
     logging.info("predict: no %s in %s; no stacked predictions", stacking.FILE, workdir)
+    return None
+  if stacking.kept_for(path) != stacking.fingerprint(params):
+    logging.warning("predict: %s was kept for other fine-tuned parameters than %s's (finetune "
+                    "rerun after the test stage?); no stacked predictions: rerun the test stage",
+                    path, evaluate.BEST)
     return None
   index = {p.patient_id: i for i, p in enumerate(cohort.patients)}
   rows = np.array([index[str(p)] for p in patient_ids], np.int64)

@@ -11,12 +11,15 @@ The validation scores of the model come from the epoch chosen on the same patien
 stacked validation numbers are optimistic; the test numbers are not.
 
 The test stage keeps the linear fit, w and (survival) the validation risks that standardise the
-two scores in the workdir (`FILE`, `save`); `gimp_jax.predict` blends new patients' predictions
-with them (`apply`).
+two scores in the workdir (`FILE`, `save`), with the fingerprint of the fine-tuned parameters
+they were chosen for; `gimp_jax.predict` blends new patients' predictions with them (`apply`),
+and refuses a file kept for other parameters (the finetune stage rerun without the test stage).
 """
 
+import hashlib
 from typing import Any
 
+import jax
 import numpy as np
 from sklearn.metrics import log_loss
 
@@ -80,15 +83,32 @@ def stack(task: str, model: dict[str, dict], linear: dict[str, np.ndarray]) -> d
   return out
 
 
+def fingerprint(params) -> str:
+  """SHA-256 of a parameter tree's paths, shapes, dtypes and bytes (host arrays)."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    x = np.asarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}:{x.shape}:{x.dtype};".encode())
+    digest.update(np.ascontiguousarray(x).tobytes())
+  return digest.hexdigest()
+
+
 def save(path: str, fit: reference.LinearFit, w: float, model_val: dict,
-         linear_val: np.ndarray) -> None:
-  """Keeps `fit`, w and, for survival, the validation risks of the model (`model_val`,
-  `evaluate.predict`'s output) and of the linear model ([n_val]) in `path`."""
-  extra = {"stack_weight": np.float64(w)}
+         linear_val: np.ndarray, model_fingerprint: str) -> None:
+  """Keeps `fit`, w, the `fingerprint` of the model's parameters and, for survival, the
+  validation risks of the model (`model_val`, `evaluate.predict`'s output) and of the linear
+  model ([n_val]) in `path`."""
+  extra = {"stack_weight": np.float64(w), "model_fingerprint": np.str_(model_fingerprint)}
   if fit.task == "survival":
     extra.update(model_val_risk=np.asarray(model_val["risk"], np.float64),
                  linear_val_risk=np.asarray(linear_val, np.float64))
   fit.save(path, **extra)
+
+
+def kept_for(path: str) -> str:
+  """The fingerprint of the parameters the file `save` wrote was chosen for."""
+  with np.load(path) as f:
+    return str(f["model_fingerprint"]) if "model_fingerprint" in f.files else ""
 
 
 def apply(path: str, model: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, float]:

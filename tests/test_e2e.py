@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import (assert_checkpoints_match, run_module, run_split, saved_device_counts,
                       tiny_flags)
-from gimp_jax import predict
+from gimp_jax import predict, stacking
 from gimp_jax.configs import nsclc
 from gimp_jax.data import cohort as cohort_lib
 
@@ -101,6 +101,14 @@ def check_linear_reference(results, paths, workdir):
                               for r in written], got["stacked"], rtol=1e-7)
   assert [r["stacked_predicted_name"] for r in written] == [
       f"class_{k}" for k in got["stacked"].argmax(1)]
+  # The kept fit belongs to these parameters: a finetune stage rerun without the test stage (here:
+  # the kept fingerprint no longer matches) gives no stacked columns rather than a stale blend.
+  kept = workdir / stacking.FILE
+  with np.load(kept) as f:
+    arrays = {k: f[k] for k in f.files}
+  arrays["model_fingerprint"] = np.str_("0" * 64)
+  np.savez(kept, **arrays)
+  assert predict.predict(str(workdir), config)["stacked"] is None
 
 
 def test_cli_runs_all_stages_and_writes_every_output(cohort, tmp_path, run_numbers):

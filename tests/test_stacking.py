@@ -115,7 +115,8 @@ def test_kept_survival_stack_applies_to_new_cases_as_computed_here(tmp_path):
   numbers, fit = reference.fit_cox(x, times, censorship, splits)
   model_val, model_new = rng.standard_normal(40) * 3 + 1, rng.standard_normal(40) * 3 + 1
   stacking.save(str(tmp_path / stacking.FILE), fit, 0.3, {"risk": model_val},
-                fit.predict(x[splits["val"]]))
+                fit.predict(x[splits["val"]]), "f" * 64)
+  assert stacking.kept_for(str(tmp_path / stacking.FILE)) == "f" * 64
   got, w = stacking.apply(str(tmp_path / stacking.FILE), model_new, x[splits["test"]])
   mu, sd = x[:120].mean(0), x[:120].std(0)
   cox = CoxnetSurvivalAnalysis(l1_ratio=reference.L1_RATIO, alpha_min_ratio=0.05, n_alphas=30,
@@ -128,3 +129,18 @@ def test_kept_survival_stack_applies_to_new_cases_as_computed_here(tmp_path):
           + 0.3 * (lin_new - lin_val.mean()) / lin_val.std())
   assert w == 0.3
   np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_fingerprint_tells_parameter_trees_apart():
+  """Equal trees (copies) share a fingerprint; one changed value, dtype or shape changes it."""
+  rng = np.random.default_rng(0)
+  tree = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": {"c": np.arange(5.0)}}
+  copy = {"a": tree["a"].copy(), "b": {"c": tree["b"]["c"].copy()}}
+  assert stacking.fingerprint(tree) == stacking.fingerprint(copy)
+  changed = {"a": tree["a"].copy(), "b": tree["b"]}
+  changed["a"][2, 3] = np.nextafter(changed["a"][2, 3], np.float32(np.inf))
+  assert stacking.fingerprint(changed) != stacking.fingerprint(tree)
+  assert stacking.fingerprint({"a": tree["a"].astype(np.float64), "b": tree["b"]}) != \
+      stacking.fingerprint(tree)
+  assert stacking.fingerprint({"a": tree["a"].reshape(4, 3), "b": tree["b"]}) != \
+      stacking.fingerprint(tree)

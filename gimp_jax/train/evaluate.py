@@ -108,7 +108,7 @@ def test(run) -> Evaluation:
     results.update(stacking.stack(task, predictions, linear))
     if jax.process_index() == 0:  # kept for `gimp_jax.predict`
       stacking.save(os.path.join(run.workdir, stacking.FILE), fit, results["stack_weight"],
-                    predictions["val"], linear["val"])
+                    predictions["val"], linear["val"], stacking.fingerprint(state.params))
   train_risk = None
   if task == "survival":  # the report splits the test cases at the median training risk
     train_risk = predict(run, state, "train", stoppable=True)["risk"]
