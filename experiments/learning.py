@@ -66,6 +66,10 @@ RECIPES = {
         "--config.model.head_fusion=late"]),
     "joint+modality_dropout+wd+gene_input_dropout": (NO_PRETRAIN, CLASSIFICATION_WINNER
                                                      + GENE_INPUT_DROPOUT),
+    # The supervised gene stage kept (frozen after it): with the input dropout it no longer
+    # memorises the training labels (section 9).
+    "modality_dropout+wd+gene_input_dropout": (NO_PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY
+                                               + GENE_INPUT_DROPOUT),
     # With pre-training (the supervised gene stage kept: the triplet needs a trained CLS_ge).
     "gimp": (PRETRAIN, []),
     "gimp+modality_dropout+wd": (PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY),
@@ -96,6 +100,8 @@ SURVIVAL_RECIPES = {
     "gimp+modality_dropout+wd": (PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY),
     "joint+modality_dropout+wd+gene_input_dropout": (NO_PRETRAIN, CLASSIFICATION_WINNER
                                                      + GENE_INPUT_DROPOUT),
+    "modality_dropout+wd+gene_input_dropout": (NO_PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY
+                                               + GENE_INPUT_DROPOUT),
     "gimp+modality_dropout+wd+gene_input_dropout": (PRETRAIN, MODALITY_DROPOUT + WEIGHT_DECAY
                                                     + GENE_INPUT_DROPOUT),
     "mcat": ("mcat", []),
