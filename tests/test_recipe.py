@@ -25,6 +25,7 @@ def test_default_is_the_paper_plus_exactly_the_recipe(size):
   assert changed == set(nsclc.RECIPE)
   assert all(default[k] == v for k, v in nsclc.RECIPE.items())
   assert paper["model.modality_dropout"] == 0.0 and paper["optim.weight_decay"] == 1e-4
+  assert paper["model.gene_input_dropout"] == 0.0
 
 
 def test_the_report_lists_the_recipe_as_the_difference_from_the_paper():
@@ -34,14 +35,14 @@ def test_the_report_lists_the_recipe_as_the_difference_from_the_paper():
   assert run_facts.config_diff(methods.get_config("gimp_published", "paper")) == []
 
 
-def test_baselines_keep_the_paper_settings_and_gimp_without_pretraining_trains_groupmsa():
+def test_baselines_keep_the_paper_settings_and_gimp_without_pretraining_is_the_recipe():
   paper = _flat(nsclc.published("tiny"))
   for name in BASELINES:
     c = _flat(methods.get_config(name, "tiny"))
     assert {k: c[k] for k in nsclc.RECIPE} == {k: paper[k] for k in nsclc.RECIPE}, name
-  joint = methods.get_config("gimp_no_pretrain", "tiny")
-  assert joint.stages == ("finetune", "test") and joint.finetune.frozen == ""
-  assert joint.model.modality_dropout == nsclc.RECIPE["model.modality_dropout"]
+  default = methods.get_config("gimp_no_pretrain", "tiny")
   published = methods.get_config("gimp_no_pretrain_published", "tiny")
-  assert published.stages == ("gene_pretrain", "finetune", "test")
-  assert published.finetune.frozen == paper["finetune.frozen"] == r"^gene_encoder/"
+  assert default.stages == published.stages == ("gene_pretrain", "finetune", "test")
+  assert default.finetune.frozen == published.finetune.frozen == r"^gene_encoder/"
+  assert _flat(default) == _flat(published) | nsclc.RECIPE
+  assert published.model.gene_input_dropout == 0.0
