@@ -119,9 +119,7 @@ def main(argv=None) -> None:
                       help="extra overrides, KEY=VALUE (Python literal)")
   args = parser.parse_args([a.replace("--config.", "--config=", 1) if a.startswith("--config.")
                             else a for a in (sys.argv[1:] if argv is None else argv)])
-  from absl import logging  # pylint: disable=g-import-not-at-top
   from gimp_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.WARNING)
   dropouts = [float(p) for p in args.dropouts.split(",")]
   seeds = [int(s) for s in args.seeds.split(",")]
   metric = "c_index" if args.task == "survival" else "accuracy"
@@ -143,4 +141,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)  # the runs' own progress lines; not when imported
   main()

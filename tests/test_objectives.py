@@ -293,7 +293,8 @@ def test_objective_steps_lower_the_loss_and_keep_the_gene_encoder_frozen(module)
   model = methods.build(cfg, [f"G{i}" for i in range(cfg.data.num_genes)], 2, 0)
   state = train_state(model, cfg.optim, steps_per_epoch=12, epochs=1, frozen=cfg.pretrain.frozen)
   before = {k: np.array(v) for k, v in optim.flat_paths(state.params).items()}  # state is donated
-  step = steps.make_train_step(methods.pretrain_loss(cfg))
+  # As the CLI's pre-training stage: the frozen encoder in eval mode (no gene input dropout).
+  step = steps.make_train_step(methods.pretrain_loss(cfg), cfg.pretrain.frozen)
   batch = _window_batch(cfg)
   history = []
   for i in range(12):
