@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _config(use_triplet: bool = True, dropout: float = 0.1):
   cfg = nsclc.get_config("tiny")
   cfg.pretrain.use_triplet = use_triplet
-  cfg.model.attn_dropout = cfg.model.gene_dropout = dropout
+  cfg.model.attn_dropout = cfg.model.gene_dropout = cfg.model.gene_input_dropout = dropout
   return cfg
 
 
