@@ -145,8 +145,10 @@ def test_big_batch_differs_only_through_batch_coupling():
     return np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g)])
   small = _batch(cfg, 2)
   same = {n: np.concatenate([v] * 4) for n, v in small.items()}
+  # float32 means over 4x the rows: one entry in 41,146 differs by 2.4e-5 relative in the full
+  # suite's worker (deterministically); batch coupling moves the gradient by > 1e-4 in norm (below)
   np.testing.assert_allclose(flat(grad(state.params, same)), flat(grad(state.params, small)),
-                             rtol=1e-5, atol=1e-6)
+                             rtol=5e-5, atol=1e-6)
   big = _batch(cfg, 8)
   parts = [flat(grad(state.params, {n: v[i * 2:(i + 1) * 2] for n, v in big.items()}))
            for i in range(4)]
