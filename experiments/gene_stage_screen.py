@@ -19,14 +19,14 @@ against the linear model on the genes, and the per-seed rows.
 """
 
 import argparse
-import ast
 import json
 import os
-import sys
 
 import numpy as np
 
+from experiments import learning
 from experiments import reference as reference_stats
+from experiments import tables
 
 
 def kept_val(workdir: str, config) -> tuple[float, int]:
@@ -46,7 +46,7 @@ def kept_val(workdir: str, config) -> tuple[float, int]:
   return float(best[1][name]), len(val)
 
 
-def linear_genes_val(config, workdir: str) -> float:
+def linear_genes_val(config, workdir: str) -> dict[str, float]:
   """The linear model's validation score on the genes alone, on the run's split (cached in
   workdir/linear_genes.json)."""
   path = os.path.join(workdir, "linear_genes.json")
@@ -67,20 +67,14 @@ def linear_genes_val(config, workdir: str) -> float:
 
 
 def config_for(args, p: float, seed: int):
-  """The gene stage's config of one (p, seed)."""
-  from gimp_jax.configs import nsclc  # pylint: disable=g-import-not-at-top
-  c = nsclc.published(args.size)
-  c.seed = seed
-  c.task = args.task
-  c.stages = ("gene_pretrain",)
-  c.model.gene_input_dropout = p
-  c.data.features_dir = os.path.join(args.cohort, "features")
-  c.data.expression = os.path.join(args.cohort, "expression.tsv")
-  c.data.labels = os.path.join(args.cohort, "labels.csv")
-  for item in args.config:
-    key, value = item.split("=", 1)
-    c.update_from_flattened_dict({key: ast.literal_eval(value)})
-  return c
+  """The gene stage's config of one (p, seed): `gimp_published` through `tables.make_config`,
+  with `args.config` (`--config.a.b=value` overrides) applied last."""
+  paths = {"features_dir": os.path.join(args.cohort, "features"),
+           "expression": os.path.join(args.cohort, "expression.tsv"),
+           "labels": os.path.join(args.cohort, "labels.csv")}
+  return tables.make_config("gimp_published", args.size, seed, paths, [
+      f"--config.task={args.task}", "--config.stages=('gene_pretrain',)",
+      f"--config.model.gene_input_dropout={p}", *args.config])
 
 
 def markdown(rows: dict, dropouts, seeds, metric: str) -> str:
@@ -91,14 +85,12 @@ def markdown(rows: dict, dropouts, seeds, metric: str) -> str:
     got = {s: rows[(p, s)]["val"] for s in seeds if (p, s) in rows}
     zero = {s: rows[(dropouts[0], s)]["val"] for s in got if (dropouts[0], s) in rows}
     lin = {s: rows[(p, s)]["linear"] for s in got}
-    vals = np.array(list(got.values()))
     cells = []
     for other in (zero, lin):
       d = reference_stats.paired_difference(got, other)
       cells.append(f"{d['mean']:+.3f}" + (" [{:+.3f}, {:+.3f}]".format(*d["ci95"]) if d["ci95"]
                                           else ""))
-    lines.append(f"| {p} | {len(vals)} | {vals.mean():.3f} ± {vals.std(ddof=1) if len(vals) > 1 else 0:.3f}"
-                 f" | {cells[0]} | {cells[1]} |")
+    lines.append(f"| {p} | {len(got)} | {learning.cell(got.values())} | {cells[0]} | {cells[1]} |")
   lines += ["", "Per seed (val " + metric + "; linear on the genes):", ""]
   for (p, s), r in sorted(rows.items()):
     lines.append(f"- p {p}, seed {s}: {r['val']:.3f} ({r['epochs']} epochs); linear "
@@ -115,10 +107,10 @@ def main(argv=None) -> None:
   parser.add_argument("--dropouts", default="0,0.5,0.8,0.9")
   parser.add_argument("--seeds", default="0,1,2,3,4")
   parser.add_argument("--size", default="cpu")
-  parser.add_argument("--config", action="append", default=[],
-                      help="extra overrides, KEY=VALUE (Python literal)")
-  args = parser.parse_args([a.replace("--config.", "--config=", 1) if a.startswith("--config.")
-                            else a for a in (sys.argv[1:] if argv is None else argv)])
+  args, rest = parser.parse_known_args(argv)
+  args.config = [a for a in rest if a.startswith("--config.")]  # as experiments.tables
+  if len(args.config) != len(rest):
+    parser.error(f"unrecognised arguments: {' '.join(a for a in rest if a not in args.config)}")
   from gimp_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
   dropouts = [float(p) for p in args.dropouts.split(",")]
   seeds = [int(s) for s in args.seeds.split(",")]

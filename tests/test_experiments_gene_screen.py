@@ -29,9 +29,10 @@ def test_screen_reports_the_kept_epoch_and_the_linear_model_on_the_same_split(tm
   for p in (0.0, 0.9):
     workdir = str(out / f"p_{p}" / "seed_0")
     config = gene_stage_screen.config_for(argparse.Namespace(
-        size="tiny", task="classification", cohort=os.path.dirname(paths["labels"]), config=[]),
-        p, 0)
+        size="tiny", task="classification", cohort=os.path.dirname(paths["labels"]),
+        config=["--config.data.prefetch=0"]), p, 0)
     assert config.model.gene_input_dropout == p and config.stages == ("gene_pretrain",)
+    assert config.data.prefetch == 0  # the override applied last
     cohort = preflight.preflight(config, workdir)
     model = restored(build.build_gene_classifier(config.model, cohort.num_genes,
                                                  cohort.num_classes, config.seed),
