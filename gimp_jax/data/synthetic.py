@@ -32,6 +32,26 @@ C > 2 classes, e_1 - e_0 still), its event time is exponential with rate lambda_
 is the earlier one. eta is what the generator knows and a model can at best recover from the
 inputs (the slides and genes are generated from v_i and m_i), so Harrell's C-index of eta on a
 split is the Bayes-optimal value to compare against; `survival_truth.csv` holds eta per case.
+
+Rare-instance mode (`--signal rare`, `PRESETS['rare']`): the class sits in a few patches, where
+attention MIL beats any mean of the patches. Neither the tumour blobs nor the genes carry the class
+(v_i = m_i = 0). A patient of class 1 has, in each of its slides, a rare pattern in a fraction
+f ~ U(`rare_min_fraction`, `rare_max_fraction`) of the patches (at least one): half of the slides
+have it scattered, half in one to three small clusters; those patches add `rare_amp` along a unit
+direction u orthogonal to the tissue field, the tumour direction and the class directions. Class 0
+has no such patch. With `label_noise` = eps the pattern's presence is flipped against the class with
+probability eps. Per slide, an offset of SD `slide_offset` per dimension (stain, site) and one of SD
+`rare_offset` along u move the mean of a slide's patches along u by more than the rare patches move
+it (0.005-0.03 `rare_amp`: 0.2-1.2 at the default 40 against an offset SD of 2), so a model of the
+mean patch is near chance, while one rare patch stands `rare_amp` above its slide's others along u
+(patch noise `_PATCH_NOISE` = 0.5 per dimension; in a random projection of the D = 1024 features
+the pattern moves a patch by ~`rare_amp` / sqrt(D) = 1.25 against that noise's 0.5: it stands out,
+without being a different tissue altogether).
+The oracle that knows u scores a slide by how far its highest patch along u stands above the
+slide's median (`oracle_statistic`); it detects the pattern whenever it is there, so the
+Bayes-optimal AUC and accuracy are 1 - eps (`rare_bayes_auc`; checked against a Monte Carlo of the
+generator in tests/test_synthetic.py). `rare_truth.csv` holds per slide the label, whether the
+pattern is there, the oracle statistic and the indices of the rare patches.
 """
 
 import argparse
@@ -54,7 +74,6 @@ _CLASS_AMP = 25.0  # amplitude of the class directions in tumour patches. At 10 
 # accuracy per modality (set by w and _EVIDENCE_NOISE) is unchanged.
 _TISSUE_AMP = 1.0  # amplitude of the smooth tissue field
 _PATCH_NOISE = 0.5  # per-patch, per-dimension noise
-_SLIDE_OFFSET = 0.1  # per-slide, per-dimension offset ("stain")
 _TISSUE_MAPS = 8
 _PROGRAMMES = 10
 _MODULE_SHIFT = 1.5  # log2 units of a class module per unit of gene evidence
@@ -77,6 +96,20 @@ class SyntheticConfig:
   survival: bool = False
   hazard_scale: float = 1.5  # beta of the survival mode's log hazard
   censor_rate: float = 0.5  # censoring rate over lambda_0 (about 30% of cases censored)
+  slide_offset: float = 0.1  # per-slide, per-dimension offset ("stain", "site"), x difficulty
+  signal: str = 'mean'  # 'mean': class evidence in tumour blobs and genes; 'rare': a rare pattern
+  rare_min_fraction: float = 0.005  # 'rare': fraction of a positive slide's patches with the pattern
+  rare_max_fraction: float = 0.03
+  rare_amp: float = 40.0  # 'rare': the pattern's amplitude along its unit direction
+  rare_offset: float = 2.0  # 'rare': SD of the per-slide offset along that direction ("stain")
+  label_noise: float = 0.0  # 'rare': P(the pattern's presence disagrees with the class)
+
+
+# Named cohorts (`--preset`): the fields they set; other fields keep their defaults or the caller's.
+# rare: the class in 0.5-3% of 200-1,200 patches under a per-slide offset 5x the default, genes
+# without signal (module docstring).
+PRESETS = {'rare': {'signal': 'rare', 'min_patches': 200, 'max_patches': 1200,
+                    'slide_offset': 0.5}}
 
 
 def _smooth_maps(rng: np.random.Generator, size: int, scale: float, count: int) -> np.ndarray:
@@ -116,11 +149,40 @@ def _slide(rng: np.random.Generator, n: int, evidence: np.ndarray, basis: dict, 
   noise = cfg.difficulty
   signal = _TUMOUR_AMP * basis['tumour'] + _CLASS_AMP * evidence @ basis['classes']  # [D]
   feats = (tissue @ basis['tissue'] + tumour[:, None] * signal[None]
-           + noise * _SLIDE_OFFSET * rng.standard_normal(cfg.feature_dim)[None]
+           + noise * cfg.slide_offset * rng.standard_normal(cfg.feature_dim)[None]
            + noise * _PATCH_NOISE * rng.standard_normal((n, cfg.feature_dim)))
   origin = rng.integers(0, 40, size=2) * PATCH_PX
   coords = cells * PATCH_PX + origin
   return feats.astype(np.float32), coords.astype(np.int32)
+
+
+def _rare_patches(rng: np.random.Generator, coords: np.ndarray, cfg: SyntheticConfig
+                  ) -> np.ndarray:
+  """Sorted indices of a slide's rare patches (module docstring): a fraction
+  U(rare_min_fraction, rare_max_fraction) of the n = len(coords) patches, at least one, scattered
+  or (half of the slides) grown around one to three random centres."""
+  n = coords.shape[0]
+  k = max(1, int(round(rng.uniform(cfg.rare_min_fraction, cfg.rare_max_fraction) * n)))
+  if rng.uniform() < 0.5:
+    return np.sort(rng.choice(n, size=k, replace=False))
+  centres = coords[rng.choice(n, size=min(int(rng.integers(1, 4)), k), replace=False)]
+  dist = np.min(np.linalg.norm(coords[:, None, :] - centres[None], axis=-1), axis=1)  # [n]
+  return np.sort(np.argsort(dist, kind='stable')[:k])
+
+
+def oracle_statistic(feats: np.ndarray, direction: np.ndarray) -> float:
+  """How far a slide's highest patch stands above its median along the rare direction u:
+  max_j z_j - median_j z_j with z = feats [n, D] @ u [D] (the per-slide offset cancels)."""
+  z = feats.astype(np.float64) @ direction
+  return float(z.max() - np.median(z))
+
+
+def rare_bayes_auc(label_noise: float) -> float:
+  """Bayes-optimal AUC (and accuracy) of the rare-instance cohort: the pattern is detected whenever
+  it is there (its amplitude stands >= 8 patch-noise SDs above the slide, module docstring), so the
+  best score is its presence, which agrees with the class with probability 1 - eps; for a binary
+  score, AUC = P(s+ > s-) + P(s+ = s-) / 2 = (1 - eps)^2 + eps (1 - eps) = 1 - eps."""
+  return 1.0 - label_noise
 
 
 def _basis(rng: np.random.Generator, cfg: SyntheticConfig) -> dict:
@@ -133,7 +195,13 @@ def _basis(rng: np.random.Generator, cfg: SyntheticConfig) -> dict:
     q = np.concatenate([q, extra / np.linalg.norm(extra, axis=1, keepdims=True)])
   tissue = rng.standard_normal((_TISSUE_MAPS, d)) * _TISSUE_AMP / np.sqrt(_TISSUE_MAPS)
   tissue -= np.outer(tissue @ q[0], q[0])  # tumour stands out from normal tissue
-  return {'tumour': q[0], 'classes': q[1:c + 1], 'tissue': tissue}
+  basis = {'tumour': q[0], 'classes': q[1:c + 1], 'tissue': tissue}
+  if cfg.signal == 'rare':  # u: orthogonal to the tissue field, the tumour and class directions
+    others = np.concatenate([q[:c + 1], tissue])
+    u = rng.standard_normal(d)
+    u -= others.T @ np.linalg.lstsq(others.T, u, rcond=None)[0]
+    basis['rare'] = u / np.linalg.norm(u)
+  return basis
 
 
 def _genes(rng: np.random.Generator, evidence: np.ndarray, cfg: SyntheticConfig) -> np.ndarray:
@@ -172,15 +240,23 @@ def gene_symbols(num_genes: int) -> list[str]:
   return out
 
 
-def make_cohort(out_dir: str, **kwargs) -> dict[str, str]:
-  """Writes a synthetic cohort; keyword arguments are `SyntheticConfig` fields.
+def make_cohort(out_dir: str, preset: str = '', **kwargs) -> dict[str, str]:
+  """Writes a synthetic cohort; `preset` names a `PRESETS` entry, keyword arguments are
+  `SyntheticConfig` fields (over the preset's).
 
   Returns:
-    {'features_dir', 'expression', 'labels'}: the paths of the three inputs.
+    {'features_dir', 'expression', 'labels'}: the paths of the three inputs (and 'truth' in
+    survival and rare-instance modes).
   """
-  cfg = SyntheticConfig(**kwargs)
+  if preset and preset not in PRESETS:
+    raise ValueError(f'unknown synthetic preset {preset!r}; expected one of {sorted(PRESETS)}')
+  cfg = SyntheticConfig(**{**PRESETS.get(preset, {}), **kwargs})
+  rare = cfg.signal == 'rare'
   if not (cfg.patients >= cfg.classes >= 2 and cfg.genes >= cfg.classes and 1 <= cfg.min_patches
-          <= cfg.max_patches and cfg.feature_dim >= 1 and cfg.difficulty >= 0):
+          <= cfg.max_patches and cfg.feature_dim >= 1 and cfg.difficulty >= 0
+          and cfg.signal in ('mean', 'rare') and 0 <= cfg.label_noise <= 1
+          and 0 <= cfg.rare_min_fraction <= cfg.rare_max_fraction <= 1
+          and not (rare and (cfg.survival or cfg.classes != 2 or cfg.feature_dim < 12))):
     raise ValueError(f'invalid synthetic cohort settings: {cfg}')
   rng = np.random.default_rng(cfg.seed)
   features_dir = os.path.join(out_dir, 'features')
@@ -192,6 +268,10 @@ def make_cohort(out_dir: str, **kwargs) -> dict[str, str]:
   s = _EVIDENCE_NOISE * cfg.difficulty
   slide_ev = w * onehot + s * rng.standard_normal(onehot.shape)
   gene_ev = (1 - w) * onehot + s * rng.standard_normal(onehot.shape)
+  if rare:  # the class is carried by the rare pattern alone
+    slide_ev, gene_ev = np.zeros_like(slide_ev), np.zeros_like(gene_ev)
+    pattern = (labels == 1) != (rng.uniform(size=cfg.patients) < cfg.label_noise)
+    truth_rows = ['slide_id,label,pattern,oracle,rare_patches']
   ids = [f'TCGA-SY-{i:04d}' for i in range(cfg.patients)]
   names = [f'class_{k}' for k in range(cfg.classes)]
   num_slides = np.ones(cfg.patients, np.int64)
@@ -206,6 +286,14 @@ def make_cohort(out_dir: str, **kwargs) -> dict[str, str]:
       n = int(np.exp(rng.uniform(np.log(cfg.min_patches), np.log(cfg.max_patches + 1))))
       n = min(max(n, cfg.min_patches), cfg.max_patches)
       feats, coords = _slide(rng, n, slide_ev[i], basis, cfg)
+      if rare:
+        idx = _rare_patches(rng, coords, cfg) if pattern[i] else np.zeros(0, np.int64)
+        u = basis['rare'].astype(np.float32)
+        feats += np.float32(cfg.difficulty * cfg.rare_offset * rng.standard_normal()) * u
+        feats[idx] += np.float32(cfg.rare_amp) * u
+        truth_rows.append(f'{slide_id},{names[labels[i]]},{int(pattern[i])},'
+                          f'{oracle_statistic(feats, basis["rare"]):.6f},'
+                          + ' '.join(map(str, idx)))
       with h5py.File(os.path.join(features_dir, f'{slide_id}.h5'), 'w') as f:
         f.create_dataset('features', data=feats, chunks=(32, cfg.feature_dim),
                          maxshape=(None, cfg.feature_dim))
@@ -229,6 +317,10 @@ def make_cohort(out_dir: str, **kwargs) -> dict[str, str]:
   with open(labels_path, 'w', encoding='utf-8') as f:
     f.write('\n'.join(rows) + '\n')
   out = {'features_dir': features_dir, 'expression': expression, 'labels': labels_path}
+  if rare:
+    out['truth'] = os.path.join(out_dir, 'rare_truth.csv')
+    with open(out['truth'], 'w', encoding='utf-8') as f:
+      f.write('\n'.join(truth_rows) + '\n')
   if cfg.survival:
     out['truth'] = os.path.join(out_dir, 'survival_truth.csv')
     with open(out['truth'], 'w', encoding='utf-8') as f:
@@ -248,18 +340,22 @@ def _survival_times(rng: np.random.Generator, slide_ev: np.ndarray, gene_ev: np.
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  """Command line: writes a cohort and prints the three paths."""
-  defaults = SyntheticConfig()
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  """Command line: writes a cohort and prints the paths; only the flags given override the preset."""
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                              argument_default=argparse.SUPPRESS)
   p.add_argument('--out', required=True, help='output folder')
+  p.add_argument('--preset', default='', choices=['', *sorted(PRESETS)],
+                 help='named cohort (PRESETS); the other flags override its fields')
+  defaults = SyntheticConfig()
   for field in dataclasses.fields(SyntheticConfig):
     default = getattr(defaults, field.name)
     if isinstance(default, bool):  # --survival / --no-survival
-      p.add_argument(f'--{field.name}', action=argparse.BooleanOptionalAction, default=default)
+      p.add_argument(f'--{field.name}', action=argparse.BooleanOptionalAction,
+                     help=f'default {default}')
     else:
-      p.add_argument(f'--{field.name}', type=type(default), default=default)
+      p.add_argument(f'--{field.name}', type=type(default), help=f'default {default}')
   args = vars(p.parse_args(argv))
-  paths = make_cohort(args.pop('out'), **args)
+  paths = make_cohort(args.pop('out'), args.pop('preset'), **args)
   for k, v in paths.items():
     print(f'{k}: {v}')
 

@@ -8,8 +8,11 @@ from gimp_jax.train import evaluate, loop, selection, transfer
 from gimp_jax.train.state import frozen_regex, train_state
 
 
-def finetune(run) -> dict:
-  """The stage (`run`: a `train.run.Run`); returns its entry of results.json["stages"]."""
+def finetune(run, observe=None) -> dict:
+  """The stage (`run`: a `train.run.Run`); returns its entry of results.json["stages"].
+
+  `observe`: optional (state, epoch) -> {name: float}, measured after each epoch's validation and
+  written to metrics.jsonl as stage "finetune_observed" (experiments' learning curves)."""
   cfg = run.config
   model = run.build()
   params = transfer.initial_params(run, model, "finetune")
@@ -24,6 +27,13 @@ def finetune(run) -> dict:
       lambda state: selection.split_scores(
           run.cohort.task, evaluate.predict(run, state, run.patients("val", "finetune"))),
       selection.task_metric(run.cohort.task, cfg.finetune.select_metric), cfg.finetune.patience)
+  if observe is not None:
+    keep = on_epoch_end
+
+    def on_epoch_end(state, epoch, meta):
+      out = keep(state, epoch, meta)
+      run.writer.write("finetune_observed", int(state.step), observe(state, epoch))
+      return out
   spec = loop.StageSpec(
       name="finetune", loss_fn=methods.finetune_loss(cfg),
       batches=lambda e, s: pipeline.bag_batches(

@@ -1,0 +1,202 @@
+"""Find the needle: learning curves of a method on the rare-instance cohort, with the attention mass
+the model puts on the rare patches after every fine-tuning epoch.
+
+The run is the CLI's (`experiments.tables.make_config` config, `train.run.open_run`, the method's
+stages in order, the `finetune` stage with its `observe` hook, the `test` stage); after every
+fine-tuning epoch the validation patients whose slides carry the pattern are scored with the
+attention protocol (`report.slides.patient_scores`, what the heatmaps draw), and metrics.jsonl gets
+(stage "finetune_observed"):
+
+- `rare_mass`: the share of a slide's attention on its rare patches (mean over those slides);
+- `rare_enrichment`: that share over the rare patches' share of the slide (1 = no preference);
+- `rare_top_hit`: the share of each slide's top-k patches (k = its rare patches) that are rare.
+
+Each run also gets the two linear references on its split (logistic regression on mean-pooled and
+on max-pooled features, C on validation) and the oracle AUC (`synthetic.oracle_statistic` from
+`rare_truth.csv`) on its test patients, in `needle.json` beside `results.json`.
+
+  python -m gimp_jax.data.synthetic --out data/rare300 --preset rare --patients 300 --seed 100
+  python -m experiments.needle --cohort data/rare300 --out runs/needle --methods gimp_image_only \
+      --seeds 0 --config.data.bucket_sizes='(1024,2048,3072)'
+
+Runs whose needle.json exists are skipped (a call resumes); `OUT/needle.md` tabulates every run.
+"""
+
+import argparse
+import csv
+import json
+import os
+
+from absl import logging
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+from experiments import tables
+from gimp_jax import reference
+from gimp_jax.data import cohort as cohort_lib
+from gimp_jax.data import synthetic
+from gimp_jax.models import attention
+from gimp_jax.report import slides as slides_lib
+from gimp_jax.train import evaluate, finetune_stage, run as run_lib
+
+
+def read_truth(path: str) -> dict[str, dict]:
+  """rare_truth.csv -> {slide_id: {"pattern": bool, "oracle": float, "rare": int array}}."""
+  out = {}
+  with open(path, encoding="utf-8") as f:
+    for row in csv.DictReader(f):
+      out[row["slide_id"]] = {"pattern": row["pattern"] == "1", "oracle": float(row["oracle"]),
+                              "rare": np.array(row["rare_patches"].split(), np.int64)}
+  return out
+
+
+def attention_on_rare(scores: np.ndarray, rare: np.ndarray) -> dict[str, float]:
+  """One slide's attention scores [n] against its rare patch indices [k] -> (mass, enrichment,
+  top-k hit rate) (module docstring)."""
+  total = float(scores.sum())
+  mass = float(scores[rare].sum()) / total if total > 0 else 0.0
+  top = np.argsort(-scores, kind="stable")[:rare.size]
+  return {"rare_mass": mass, "rare_enrichment": mass * scores.size / rare.size,
+          "rare_top_hit": float(np.isin(top, rare).mean())}
+
+
+def rare_attention(run, state, patients: np.ndarray, truth: dict) -> dict[str, float]:
+  """Mean `attention_on_rare` over the slides with the pattern of the patient indices
+  `patients`; {} when the model has no attention."""
+  model = state.model(train=False)
+  if not attention.supports(model):
+    return {}
+  rows = []
+  for index in patients:
+    for item in slides_lib.patient_scores(model, run.cohort, int(index),
+                                          bucket_sizes=run.config.data.bucket_sizes,
+                                          slides_dir="", default_patch_size=256):
+      t = truth[item.slide_id]
+      if t["pattern"] and t["rare"].size:
+        rows.append(attention_on_rare(np.asarray(item.attention, np.float64), t["rare"]))
+  return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+
+def max_pooled(cohort: cohort_lib.Cohort) -> np.ndarray:
+  """[P, D] each patient's per-feature maximum over its patches (all slides)."""
+  return np.stack([cohort.bag(i).features().max(axis=0) for i in range(len(cohort.patients))])
+
+
+def references(run, truth: dict) -> dict:
+  """Mean- and max-pooled logistic regressions and the oracle AUC on the run's split."""
+  cohort = run.cohort
+  splits = {k: cohort.split(k) for k in ("train", "val", "test")}
+  labels = np.asarray(cohort.labels)
+  out = {}
+  for name, x in (("mean_pooled", reference.mean_pooled(cohort)), ("max_pooled", max_pooled(cohort))):
+    fit, _ = reference.fit_logistic(x, labels, splits, cohort.num_classes)
+    out[name] = {k: fit[k] for k in ("val_auc", "test_auc", "test_accuracy")}
+  oracle = np.array([max(truth[s]["oracle"] for s in cohort.patients[i].slide_ids)
+                     for i in splits["test"]])
+  out["oracle_test_auc"] = float(sk_metrics.roc_auc_score(labels[splits["test"]] == 1, oracle))
+  return out
+
+
+def run_one(config, workdir: str, truth: dict) -> dict:
+  """The method's stages with the rare-patch attention observed after each fine-tuning epoch;
+  the test results, the references and the final attention on the test patients' rare slides."""
+  run = run_lib.open_run(config, workdir)
+  val = run.cohort.split("val")
+  observe = lambda state, epoch: rare_attention(run, state, val, truth)
+  results = {}
+  try:
+    for name in config.stages:
+      if name == "finetune":
+        finetune_stage.finetune(run, observe)
+      elif name == "test":
+        results = dict(evaluate.test(run).results)
+      else:
+        run_lib.TRAINING[name](run)
+  finally:
+    run.writer.close()
+  best = evaluate.restored(run.build(), workdir, evaluate.BEST)
+  return {"test_auc": results.get("test_auc"), "val_auc": results.get("val_auc"),
+          "test_accuracy": results.get("test_accuracy"),
+          "test_rare_attention": rare_attention(run, best, run.cohort.split("test"), truth),
+          "references": references(run, truth), "curves": curves(workdir)}
+
+
+def curves(workdir: str) -> dict[str, list]:
+  """Per fine-tuning epoch: mean training loss, validation AUC and the observed attention."""
+  out = {"train_loss": [], "val_auc": [], "rare_mass": [], "rare_enrichment": [],
+         "rare_top_hit": []}
+  losses = []
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      r = json.loads(line)
+      if r["stage"] == "finetune" and "loss" in r:
+        losses.append(r["loss"])
+      elif r["stage"] == "finetune_val":
+        out["train_loss"].append(float(np.mean(losses)) if losses else None)
+        out["val_auc"].append(r["auc"])
+        losses = []
+      elif r["stage"] == "finetune_observed":
+        for k in ("rare_mass", "rare_enrichment", "rare_top_hit"):
+          if k in r:
+            out[k].append(r[k])
+  return out
+
+
+def table(out: str) -> str:
+  """needle.md: one row per run (method, seed) from the needle.json files under OUT/runs."""
+  rows = ["| run | seed | test AUC | val AUC | rare mass (test) | enrichment | top-k hit | "
+          "mean-pooled LR | max-pooled LR | oracle |", "|" + "---|" * 10]
+  root = os.path.join(out, "runs")
+  for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    for seed_dir in sorted(os.listdir(os.path.join(root, name))):
+      path = os.path.join(root, name, seed_dir, "needle.json")
+      if not os.path.exists(path):
+        continue
+      with open(path, encoding="utf-8") as f:
+        r = json.load(f)
+      a, ref = r["test_rare_attention"], r["references"]
+      fmt = lambda v: "" if v is None else f"{v:.3f}"
+      rows.append(f"| {name} | {seed_dir.removeprefix('seed_')} | {fmt(r['test_auc'])} | "
+                  f"{fmt(r['val_auc'])} | {fmt(a.get('rare_mass'))} | "
+                  f"{fmt(a.get('rare_enrichment'))} | {fmt(a.get('rare_top_hit'))} | "
+                  f"{fmt(ref['mean_pooled']['test_auc'])} | {fmt(ref['max_pooled']['test_auc'])} "
+                  f"| {fmt(ref['oracle_test_auc'])} |")
+  return "\n".join(rows) + "\n"
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--cohort", required=True, help="a rare-instance cohort (synthetic --preset rare)")
+  p.add_argument("--out", required=True)
+  p.add_argument("--methods", default="gimp_image_only", help="comma-separated method configs")
+  p.add_argument("--seeds", default="0")
+  p.add_argument("--size", default="cpu")
+  p.add_argument("--label", default="", help="run folder name (default: the method)")
+  args, rest = p.parse_known_args(argv)
+  overrides = [a for a in rest if a.startswith("--config.")]
+  if len(overrides) != len(rest):
+    p.error(f"unrecognized arguments: {rest}")
+  logging.set_verbosity(logging.WARNING)
+  paths = {"features_dir": os.path.join(args.cohort, "features"),
+           "expression": os.path.join(args.cohort, "expression.tsv"),
+           "labels": os.path.join(args.cohort, "labels.csv")}
+  truth = read_truth(os.path.join(args.cohort, "rare_truth.csv"))
+  for seed in [int(s) for s in args.seeds.split(",")]:
+    for name in args.methods.split(","):
+      workdir = os.path.join(args.out, "runs", args.label or name, f"seed_{seed}")
+      done = os.path.join(workdir, "needle.json")
+      if os.path.exists(done):
+        continue
+      config = tables.make_config(name, args.size, seed, paths, overrides)
+      result = run_one(config, workdir, truth)
+      with open(done, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+      print(f"{args.label or name} seed {seed}: test AUC {result['test_auc']:.3f}, "
+            f"rare mass {result['test_rare_attention'].get('rare_mass', float('nan')):.3f}",
+            flush=True)
+  with open(os.path.join(args.out, "needle.md"), "w", encoding="utf-8") as f:
+    f.write(table(args.out))
+
+
+if __name__ == "__main__":
+  main()
