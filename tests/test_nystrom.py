@@ -207,3 +207,48 @@ def test_first_rows_alone_match_package_rows_and_gradient(n, landmarks, masked):
                              ref.to_out[0].weight.grad.numpy().T, atol=1e-4, rtol=0)
   np.testing.assert_allclose(np.asarray(dp["res_conv"][...]),
                              ref.res_conv.weight.grad.numpy()[:, 0, :, 0], atol=1e-4, rtol=0)
+
+
+def _exact_first_row_torch(ref, bag: np.ndarray) -> np.ndarray:
+  """Row 0 of `ref`'s layer with exact softmax attention: to_out(softmax(q_0 k^T) v + conv(v)_0)
+  with the package's own weights, in PyTorch [dim]."""
+  heads = ref.heads
+  with torch.no_grad():
+    x = torch.from_numpy(bag)
+    q, k, v = ref.to_qkv(x).chunk(3, dim=-1)                      # [n, heads * d]
+    split = lambda t: t.reshape(len(bag), heads, -1).transpose(0, 1)  # noqa: E731
+    q, k, v = split(q) * ref.scale, split(k), split(v)            # [heads, n, d]
+    row = torch.softmax(q[:, :1] @ k.transpose(1, 2), dim=-1) @ v   # [heads, 1, d]
+    conv = ref.res_conv(v[None])[0][:, :1]                         # [heads, 1, d]
+    return ref.to_out((row + conv).transpose(0, 1).reshape(1, -1)).numpy()[0]
+
+
+@pytest.mark.parametrize("rows", [None, 1])
+def test_exact_first_row_is_softmax_attention_and_leaves_the_other_rows(rows):
+  """exact_cls: each padded bag's row 0 is exact softmax attention over its own real keys (PyTorch,
+  the package's weights), rows 1.. the package's Nyström rows for that bag alone; the attention
+  factors give that exact row."""
+  ref, ours = _pair(landmarks=16)
+  ours.exact_cls = True
+  rng = np.random.default_rng(9)
+  lengths = (120, 37)
+  x = np.zeros((2, 128, 64), np.float32)
+  for i, n in enumerate(lengths):
+    x[i, :n] = rng.standard_normal((n, 64))
+  mask = np.arange(128)[None] < np.asarray(lengths)[:, None]
+  out, (left, attn3) = jax.jit(lambda m, x, k: m(x, k, return_landmark_attention=True, rows=rows))(
+      ours, jnp.asarray(x), jnp.asarray(mask))
+  for i, n in enumerate(lengths):
+    np.testing.assert_allclose(np.asarray(out[i, 0]), _exact_first_row_torch(ref, x[i, :n]),
+                               atol=1e-4, rtol=0)
+    if rows is None:
+      with torch.no_grad():
+        expected = ref(torch.from_numpy(x[i:i + 1, :n])).numpy()[0]
+      np.testing.assert_allclose(np.asarray(out[i, 1:n]), expected[1:], atol=1e-4, rtol=0)
+    with torch.no_grad():
+      qk = ref.to_qkv(torch.from_numpy(x[i, :n])).chunk(3, dim=-1)
+      q = qk[0].reshape(n, ref.heads, -1).transpose(0, 1)[:, :1] * ref.scale
+      k = qk[1].reshape(n, ref.heads, -1).transpose(0, 1)
+      expected_attn = torch.softmax(q @ k.transpose(1, 2), dim=-1)[:, 0].numpy()  # [heads, n]
+    got_attn = np.asarray((left[i, :, :1] @ attn3[i])[:, 0, :n])
+    np.testing.assert_allclose(got_attn, expected_attn, atol=1e-6, rtol=0)

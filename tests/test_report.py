@@ -7,11 +7,13 @@ import re
 
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+import h5py
 import matplotlib.image
 import numpy as np
 import pytest
 
 from gimp_jax import report
+from gimp_jax.data import synthetic
 from gimp_jax.report import heatmap
 from gimp_jax.report import figures as figures_lib
 from gimp_jax.report import page
@@ -84,9 +86,45 @@ def test_normalise():
   # ranks with ties averaged: 1.0, 1.0 -> 1.5; then 2.0 -> 3, 3.0 -> 4, 10.0 -> 5
   np.testing.assert_allclose(report.normalise(values, 'rank'), [0.75, 0.125, 0.125, 1.0, 0.5])
   np.testing.assert_allclose(report.normalise(values, 'minmax'), (values - 1) / 9, rtol=1e-6)
-  np.testing.assert_array_equal(report.normalise(np.full(4, 7.0)), np.full(4, 0.5))
+  np.testing.assert_array_equal(report.normalise(np.full(4, 7.0), 'rank'), np.full(4, 0.5))
+  # mass: log10(v N / sum v) from -1 (a tenth of a uniform share) to log10 N (all on one patch)
+  share = values * 5 / values.sum()
+  np.testing.assert_allclose(report.normalise(values), np.clip(
+      (np.log10(share) + 1) / (np.log10(5) + 1), 0, 1), rtol=1e-6)
+  np.testing.assert_allclose(report.normalise(np.full(4, 7.0)), 1 / (np.log10(4) + 1), rtol=1e-6)
+  np.testing.assert_allclose(report.normalise(np.array([0.0, 0.0, 2.0])), [0, 0, 1])
   with pytest.raises(ValueError, match='rank'):
     report.normalise(values, 'log')
+
+
+def test_default_heatmap_shows_the_rare_patches_that_hold_the_attention(tmp_path):
+  """A rare-instance slide of the generator (its truth: which patches carry the pattern) with the
+  attention ABMIL gives such a slide (8 rare patches holding about half of it, the rest spread
+  with noise): on the default scale the 8 brightest cells are the rare patches, and each outshines
+  every other cell by a clear margin."""
+  paths = synthetic.make_cohort(str(tmp_path), preset='rare', patients=4, genes=10,
+                                min_patches=400, max_patches=500, feature_dim=16,
+                                rare_min_fraction=0.02, rare_max_fraction=0.02, seed=2)
+  with open(paths['truth'], encoding='utf-8') as f:
+    row = next(r for r in csv.DictReader(f) if r['pattern'] == '1')
+  with h5py.File(os.path.join(paths['features_dir'], row['slide_id'] + '.h5')) as f:
+    coords = f['coords'][:]
+  rare = np.array(row['rare_patches'].split(), int)
+  rng = np.random.default_rng(0)
+  attention = rng.lognormal(0, 0.5, len(coords))
+  attention *= 0.5 / attention.sum()
+  attention[rare] = 0.5 / rare.size
+  fig, ax = heatmap.heatmap_figure(coords, attention, 256)
+  rgb, to_pixel = _image_pixels(fig, ax)
+  centre = lambda i: np.round(to_pixel(*(coords[i] + 128))).astype(int)  # noqa: E731
+  cmap = colormaps[heatmap.CMAP]
+  levels = np.linspace(0, 1, 256)
+  palette = np.array([cmap(v)[:3] for v in levels]) * 255
+  shown = np.array([levels[np.abs(palette - rgb[tuple(centre(i))]).sum(1).argmin()]
+                    for i in range(len(coords))])
+  brightest = np.argsort(-shown, kind='stable')[:rare.size]
+  assert set(brightest) == set(rare)
+  assert shown[rare].min() > np.delete(shown, rare).max() + 0.15
 
 
 def _image_pixels(fig, ax):
@@ -100,7 +138,7 @@ def _image_pixels(fig, ax):
   return rgb, to_pixel
 
 
-@pytest.mark.parametrize('method', ['rank', 'minmax'])
+@pytest.mark.parametrize('method', ['mass', 'rank', 'minmax'])
 def test_heatmap_hot_patch_at_its_pixel(method):
   rng = np.random.default_rng(1)
   ps = 256
@@ -115,13 +153,14 @@ def test_heatmap_hot_patch_at_its_pixel(method):
   rows, cols = slice(int(rgb.shape[0] - box.y1) + 1, int(rgb.shape[0] - box.y0)), slice(
       int(box.x0) + 1, int(box.x1))
   inside = rgb[rows, cols].astype(int)
-  top = (np.asarray(colormaps[heatmap.CMAP](1.0)[:3]) * 255).round().astype(int)
+  shades = report.normalise(attention, method)
+  assert shades[hot] == shades.max()
+  top = (np.asarray(colormaps[heatmap.CMAP](shades[hot])[:3]) * 255).round().astype(int)
   match = np.abs(inside - top).max(axis=-1) <= 1
   assert match.sum() > 20  # the hot cell covers a block of pixels
   got_row, got_col = np.argwhere(match).mean(axis=0) + [rows.start, cols.start]
   want_row, want_col = to_pixel(*(coords[hot] + ps / 2))
   assert abs(got_row - want_row) < 1.0 and abs(got_col - want_col) < 1.0
-  shades = report.normalise(attention, method)
   for i in rng.choice(len(cells), 40, replace=False):  # every patch shows its own colour
     r, c = np.round(to_pixel(*(coords[i] + ps / 2))).astype(int)
     want = (np.asarray(colormaps[heatmap.CMAP](shades[i])[:3]) * 255).round()
@@ -144,7 +183,7 @@ def test_heatmap_150k_patches_is_one_image(tmp_path):
   drawn = ax.images[0].get_array()
   assert drawn.shape == (375, 400) and not np.ma.getmaskarray(drawn).any()
   # patch i = (x, y) = (i % 400, i // 400) sits in row y, column x (rows run down the slide)
-  np.testing.assert_array_equal(drawn.ravel(), report.normalise(attention, 'rank'))
+  np.testing.assert_array_equal(drawn.ravel(), report.normalise(attention))
   assert f'({150_000:,} patches)' in ax.get_title()
   path = report.heatmap_png(tmp_path / 'big.png', coords, attention, 256, title='big')
   _assert_png(path, min_bytes=50_000)

@@ -126,6 +126,8 @@ def test_geojson_parses_and_polygons_are_the_footprints(tmp_path, slide):
   ranks = np.argsort(np.argsort(scores))
   np.testing.assert_allclose([f['properties']['measurements']['attention percentile']
                               for f in doc['features']], ranks / 39, atol=1e-6)
+  np.testing.assert_allclose([f['properties']['measurements']['attention x N']
+                              for f in doc['features']], scores * 40 / scores.sum(), rtol=1e-5)
   rows = list(csv.DictReader(open(export.write_scores_csv(tmp_path / 's.csv', coords, scores,
                                                            PATCH))))
   assert [(int(r['x']), int(r['y'])) for r in rows] == [tuple(c) for c in coords.tolist()]

@@ -83,6 +83,8 @@ _CHOICES = {
     "pretrain.triplet_on": ("pat", "img", "pat+img"),
     "pretrain.sampling": ("window", "uniform"),
     "model.pinv_grad": ("unrolled", "implicit"),
+    "model.cls_attention": ("nystrom", "exact"),
+    "report.heatmap_scale": ("mass", "rank", "minmax"),
     "model.head_fusion": ("concat", "late"),
     "pretrain.pinv_grad": ("unrolled", "implicit"),
     "mcat.gene_groups": ("signatures", "slices"),

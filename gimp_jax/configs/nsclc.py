@@ -90,6 +90,9 @@ def published(arg: str = "paper") -> ml_collections.ConfigDict:
   c.model.pinv_grad = "unrolled"              # "unrolled": backprop through the 6 pinv iterations (the
                                               # package); "implicit": gradient of the exact inverse.
                                               # Every stage but pre-training (pretrain.pinv_grad)
+  c.model.cls_attention = "nystrom"           # CLS's attention row: "nystrom" through the landmarks
+                                              # (the paper's Nyström layers) | "exact": softmax over
+                                              # every patch (a rare patch is not diluted in a landmark)
   c.model.gene_encoder = "group_msa"          # "group_msa" | "snn" | "none"
   c.model.num_fragments = 240                 # N_f: 240 x 252 = 60,480 genes (choice)
   c.model.num_groups = 8                      # N_gr (choice)
@@ -172,6 +175,9 @@ def published(arg: str = "paper") -> ml_collections.ConfigDict:
   c.report = ml_collections.ConfigDict()
   c.report.heatmaps = 3                       # test slides drawn with CLS -> patch attention
   c.report.top_k = 8                          # top-scoring patches cropped per heatmap slide
+  c.report.heatmap_scale = "mass"             # "mass": attention x N, log scale (a few patches that
+                                              # hold the attention stand out) | "rank": percentile
+                                              # (CLAM) | "minmax" (report.heatmap.normalise)
   c.report.patch_size_level0 = 256            # level-0 patch side when the .h5 coords attrs do not say
   c.report.thumbnail_size = 2048              # heatmap thumbnail's longer side (pixels)
   c.report.deepzoom_size = 8192               # report.html viewer: finest Deep Zoom level's longer side

@@ -19,11 +19,12 @@ class NystromLayer(nnx.Module):
   """x + NystromAttention(LayerNorm(x)), as TransMIL's TransLayer (no feed-forward block)."""
 
   def __init__(self, dim: int, *, heads: int, num_landmarks: int, dropout: float,
-               dtype: jnp.dtype, pinv_grad: str = "unrolled", rngs: nnx.Rngs):
+               dtype: jnp.dtype, pinv_grad: str = "unrolled", exact_cls: bool = False,
+               rngs: nnx.Rngs):
     self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.attn = NystromAttention(dim, heads=heads, dim_head=dim // heads,
                                  num_landmarks=num_landmarks, dropout=dropout,
-                                 pinv_grad=pinv_grad, dtype=dtype, rngs=rngs)
+                                 pinv_grad=pinv_grad, exact_cls=exact_cls, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, return_attention=False,
                rows: int | None = None):
@@ -40,12 +41,13 @@ class NystromLayer(nnx.Module):
 class PatchAggregator(nnx.Module):
   """Linear(in -> dim) + ReLU, CLS token first, mask token, Nyström layers, final LayerNorm.
 
-  `pinv_grad`: how the layers differentiate the pseudo-inverse (`nystrom.NystromAttention`).
+  `pinv_grad`: how the layers differentiate the pseudo-inverse; `exact_cls`: CLS's attention row
+  by exact softmax over the patches instead of through the landmarks (`nystrom.NystromAttention`).
   """
 
   def __init__(self, in_dim: int = 1024, dim: int = 512, *, depth: int = 2, heads: int = 8,
                num_landmarks: int = 256, dropout: float = 0.1, dtype: jnp.dtype = jnp.float32,
-               pinv_grad: str = "unrolled", rngs: nnx.Rngs):
+               pinv_grad: str = "unrolled", exact_cls: bool = False, rngs: nnx.Rngs):
     self.dtype = dtype
     self.embed = mixed_precision.linear(in_dim, dim, dtype=dtype, rngs=rngs)
     # CLS ~ N(0, 1) as TransMIL's randn; the mask token starts at zero (project default).
@@ -53,7 +55,7 @@ class PatchAggregator(nnx.Module):
     self.mask_token = nnx.Param(jnp.zeros((1, 1, dim)))
     self.layers = nnx.List([
         NystromLayer(dim, heads=heads, num_landmarks=num_landmarks, dropout=dropout, dtype=dtype,
-                     pinv_grad=pinv_grad, rngs=rngs) for _ in range(depth)])
+                     pinv_grad=pinv_grad, exact_cls=exact_cls, rngs=rngs) for _ in range(depth)])
     self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
   def __call__(self, patches: jax.Array, mpm_mask: jax.Array | Slots | None = None,

@@ -58,7 +58,8 @@ def build_gimp(model_cfg: ml_collections.ConfigDict, feature_dim: int, num_genes
   aggregator = PatchAggregator(feature_dim, m.dim, depth=m.depth, heads=m.heads,
                                num_landmarks=m.num_landmarks, dropout=m.attn_dropout,
                                dtype=jnp.dtype(dtype),
-                               pinv_grad=m.get("pinv_grad", "unrolled"), rngs=rngs)
+                               pinv_grad=m.get("pinv_grad", "unrolled"),
+                               exact_cls=m.get("cls_attention", "nystrom") == "exact", rngs=rngs)
   return GiMP(aggregator, build_gene_encoder(m, num_genes, rngs),
               in_dim=feature_dim, dim=m.dim, num_classes=num_classes,
               head_hidden=m.head_hidden, head_dropout=m.head_dropout,

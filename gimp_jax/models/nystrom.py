@@ -27,6 +27,14 @@ d(A^-1) = -Z dA Z, i.e. dL/dA = -Z^T (dL/dZ) Z^T: 2 products. The forward pass i
 gradient differs from the unrolled one by the iteration's distance from convergence (measured in
 `tests/test_nystrom.py::test_implicit_pinv_gradient`).
 
+Exact first row (`exact_cls`, not in the package): the first token's (CLS) row is computed with
+exact softmax attention over every real key, softmax(q_0 k^T) v plus the value convolution, instead
+of through the landmarks; the other rows are unchanged. The landmark path reads one query through
+landmark means of the keys, each the mean of ceil(N / m) consecutive tokens, so a key that only a few
+patches carry reaches that row diluted l-fold; the exact row costs O(N d) per head. When only the
+first row is asked for (`rows=1`, a model that reads CLS alone), the landmarks are not computed at
+all. The attention factors then give that exact row as row 0 of left @ attn3.
+
 Memory: O(N m) per head; nothing of size N x N is formed.
 """
 
@@ -192,17 +200,19 @@ class NystromAttention(nnx.Module):
 
   Attributes mirror the PyTorch package: `to_qkv` [dim, 3 * heads * dim_head] without bias,
   `to_out` [heads * dim_head, dim] with bias, `res_conv` [heads, kernel] (depthwise, no bias).
-  `pinv_grad`: "unrolled" or "implicit" (module docstring).
+  `pinv_grad`: "unrolled" or "implicit"; `exact_cls`: the first row by exact softmax attention
+  (module docstring).
   """
 
   def __init__(self, dim: int = 512, *, heads: int = 8, dim_head: int = 64,
                num_landmarks: int = 256, pinv_iterations: int = 6, residual_kernel: int = 33,
-               dropout: float = 0.0, pinv_grad: str = "unrolled",
+               dropout: float = 0.0, pinv_grad: str = "unrolled", exact_cls: bool = False,
                dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     if pinv_grad not in ("unrolled", "implicit"):
       raise ValueError(f"pinv_grad: {pinv_grad!r}, expected 'unrolled' or 'implicit'")
     inner = heads * dim_head
     self.pinv_grad = pinv_grad
+    self.exact_cls = exact_cls
     self.heads = heads
     self.dim_head = dim_head
     self.num_landmarks = num_landmarks
@@ -237,6 +247,8 @@ class NystromAttention(nnx.Module):
       [B, R, dim]; with `return_landmark_attention`, also (attn1 @ pinv(attn2) [B, H, R, m],
       attn3 [B, H, m, N]) for the real tokens of each example.
     """
+    if mask is None and self.exact_cls:  # every key real; the pinv scale per example
+      mask = jnp.ones(x.shape[:2], bool)
     if mask is None:
       out, (attn1, inv, attn3) = self._unmasked(x, rows)
     else:
@@ -320,6 +332,8 @@ class NystromAttention(nnx.Module):
     m = self.num_landmarks
     x = x * mask[:, :, None].astype(x.dtype)
     q, k, v = self._qkv(x, 0, rows)
+    if self.exact_cls and rows == 1:  # the first row alone: no landmarks
+      return self._exact_first(q, k, v, mask)
     f32 = lambda t: t.astype(jnp.float32)
     n = jnp.sum(mask, axis=1).astype(jnp.int32)           # [B] real lengths
     front = (-n) % m                                      # [B] virtual front padding
@@ -340,7 +354,40 @@ class NystromAttention(nnx.Module):
     attn2 = softmax_rows(jnp.einsum("bhid,bhjd->bhij", q_land, k_land))
     # Keys: real tokens, plus `front` virtual zero keys with logit 0 and value 0.
     attn3 = softmax_rows(jnp.einsum("bhid,bhjd->bhij", q_land, f32(k)), mask, front)
-    return self._mix(attn1, attn2, attn3, v, True, 0, rows)
+    out, factors = self._mix(attn1, attn2, attn3, v, True, 0, rows)
+    if not self.exact_cls:
+      return out, factors
+    first, (one, _, row) = self._exact_first(q, k, v, mask)
+    return out.at[:, :1].set(first), exact_factors(factors, row)
+
+  def _exact_first(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array):
+    """Row 0 by exact softmax attention over the real keys (module docstring).
+
+    Args:
+      q: [B, H, R, d] queries (row 0 is used); k, v: [B, H, N, d]; mask: [B, N] real keys.
+
+    Returns:
+      ([B, 1, H * d] merged heads, factors (ones [B, H, 1, 1], ones, attention [B, H, 1, N])).
+    """
+    f32 = lambda t: t.astype(jnp.float32)
+    logits = jnp.einsum("bhid,bhjd->bhij", f32(q[:, :, :1]), f32(k))        # [B, H, 1, N]
+    attn = softmax_rows(logits, mask, jnp.zeros(mask.shape[0], jnp.int32))
+    out = (attn @ f32(v)).astype(self.dtype) + self._conv(v, 0, 1)
+    b, h, _, d = out.shape
+    one = jnp.ones((b, h, 1, 1), jnp.float32)
+    return out.transpose(0, 2, 1, 3).reshape(b, 1, h * d), (one, one, attn)
+
+
+def exact_factors(factors: tuple[jax.Array, jax.Array, jax.Array], row: jax.Array):
+  """Landmark factors (attn1 [B, H, R, m], pinv [B, H, m, m], attn3 [B, H, m, N]) whose product's
+  row 0 is `row` [B, H, 1, N] instead: one more landmark column/row, with row 0 of attn1 the unit
+  vector on it and the other rows unchanged (`attention_rows` then reads the exact first row)."""
+  attn1, inv, attn3 = factors
+  b, h, r, m = attn1.shape
+  unit = jnp.zeros((b, h, 1, m + 1), attn1.dtype).at[..., m].set(1.0)
+  attn1 = jnp.concatenate([unit, jnp.pad(attn1[:, :, 1:], ((0, 0), (0, 0), (0, 0), (0, 1)))], 2)
+  inv = jnp.pad(inv, ((0, 0), (0, 0), (0, 1), (0, 1))).at[..., m, m].set(1.0)
+  return attn1, inv, jnp.concatenate([attn3, row], axis=2)
 
 
 def attention_rows(factors: tuple[jax.Array, jax.Array], rows: jax.Array) -> jax.Array:

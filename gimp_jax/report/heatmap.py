@@ -11,9 +11,15 @@ Without the slide (`heatmap_png`):
 The patches are rasterised onto a grid with one cell per patch_size x patch_size tile of level 0
 (cell = coords // patch_size), and the grid is drawn with one `imshow`: a 150,000-patch slide
 becomes a few-hundred-pixel image instead of 150,000 rectangles. Rows run down the slide (y down),
-as in a slide viewer. Attention is rank-normalised by default (each patch's percentile among the
-slide's patches, as CLAM's heatmaps), because MIL attention is heavy-tailed and a min-max scale
-would show a handful of bright patches on a uniformly dark slide; 'minmax' is the other choice.
+as in a slide viewer.
+
+Scales (`normalise`, config `report.heatmap_scale`): 'mass' (default) colours a patch by its share
+of the slide's attention against the uniform share, attention x N, on a log scale: a patch that
+holds 50 times its share stands out however few such patches there are, and a slide whose attention
+is spread evenly stays uniformly dim. 'rank' is each patch's percentile among the slide's patches
+(CLAM's heatmaps): every slide gets the same spread of colours, so the 8 patches that hold half of
+the attention look like any other of the top 20%. 'minmax' maps the smallest to 0 and the largest
+to 1.
 """
 
 import os
@@ -35,20 +41,38 @@ BACKGROUND = '#eeeeee'  # cells without a patch
 MAX_CELLS = 50_000_000  # guards against a wrong patch_size (e.g. 1) making a huge grid
 
 
-def normalise(values: np.ndarray, method: str = 'rank') -> np.ndarray:
-  """Maps attention to [0, 1].
+SCALES = ('mass', 'rank', 'minmax')
+LABELS = {'mass': 'attention x N (log scale: 0 = 1/10 of a uniform share, 1 = all on one patch)',
+          'rank': 'attention percentile', 'minmax': 'attention (min-max)'}
+
+
+def share(attention: np.ndarray) -> np.ndarray:
+  """[N] attention -> [N] attention x N / sum (1 = a uniform share; 0 everywhere when the sum is 0)."""
+  a = np.asarray(attention, np.float64)
+  total = a.sum()
+  return a * a.size / total if total > 0 else np.zeros_like(a)
+
+
+def normalise(values: np.ndarray, method: str = 'mass') -> np.ndarray:
+  """Maps attention to [0, 1] (module docstring).
 
   Args:
-    values: [N] attention weights.
-    method: 'rank': (rank - 1) / (N - 1) with tied values sharing their mean rank; 'minmax':
-      (v - min) / (max - min). A constant input (or N = 1) maps to 0.5 under both.
+    values: [N] non-negative attention weights.
+    method: 'mass': clip((log10(N v / sum(v)) + 1) / (log10(N) + 1), 0, 1), so a uniform share
+      (v = sum / N) maps to 1 / (log10 N + 1) and a patch holding all the attention to 1;
+      'rank': (rank - 1) / (N - 1) with tied values sharing their mean rank; 'minmax':
+      (v - min) / (max - min). A constant input (or N = 1) maps to 0.5 under the last two.
 
   Returns:
     [N] float32 in [0, 1].
   """
   values = np.asarray(values, np.float64)
-  if method not in ('rank', 'minmax'):
-    raise ValueError(f"normalise method must be 'rank' or 'minmax', got {method!r}")
+  if method not in SCALES:
+    raise ValueError(f"normalise method must be one of {SCALES}, got {method!r}")
+  if method == 'mass' and values.size and values.sum() > 0:
+    with np.errstate(divide='ignore'):
+      level = (np.log10(share(np.maximum(values, 0))) + 1) / (np.log10(max(values.size, 2)) + 1)
+    return np.clip(level, 0, 1).astype(np.float32)
   if values.size == 0 or values.min() == values.max():
     return np.full(values.shape, 0.5, np.float32)
   if method == 'rank':
@@ -94,7 +118,7 @@ def rasterise(coords: np.ndarray, values: np.ndarray,
 
 
 def heatmap_figure(coords: np.ndarray, attention: np.ndarray, patch_size: int = 256,
-                   title: str = '', method: str = 'rank') -> tuple[Figure, Axes]:
+                   title: str = '', method: str = 'mass') -> tuple[Figure, Axes]:
   """The heatmap as a Figure and its image axes (see `heatmap_png`)."""
   grid, origin = rasterise(coords, normalise(attention, method), patch_size)
   height, width = grid.shape
@@ -107,15 +131,14 @@ def heatmap_figure(coords: np.ndarray, attention: np.ndarray, patch_size: int = 
   extent = (x0, x0 + width * patch_size, y0 + height * patch_size, y0)
   image = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, extent=extent, origin='upper',
                     interpolation='nearest', aspect='equal')
-  label = 'attention percentile' if method == 'rank' else 'attention (min-max)'
-  fig.colorbar(image, ax=ax, shrink=0.85, label=label)
+  fig.colorbar(image, ax=ax, shrink=0.85, label=LABELS[method])
   ax.set(xlabel='x (level-0 px)', ylabel='y (level-0 px)',
          title=f'{title} ({np.shape(coords)[0]:,} patches)'.strip())
   return fig, ax
 
 
 def heatmap_png(path: str | os.PathLike[str], coords: np.ndarray, attention: np.ndarray,
-                patch_size: int = 256, title: str = '', method: str = 'rank') -> str:
+                patch_size: int = 256, title: str = '', method: str = 'mass') -> str:
   """CLS -> patch attention drawn as squares at the patches' coordinates.
 
   Args:
@@ -124,7 +147,7 @@ def heatmap_png(path: str | os.PathLike[str], coords: np.ndarray, attention: np.
     attention: [N] attention of CLS to each patch.
     patch_size: level-0 patch size.
     title: the axes title (e.g. the patient or slide ID).
-    method: 'rank' (default) or 'minmax'; see `normalise`.
+    method: 'mass' (default), 'rank' or 'minmax'; see `normalise`.
 
   Returns:
     `path`.
@@ -204,7 +227,7 @@ def paint(shape: tuple[int, int], boxes: np.ndarray, values: np.ndarray) -> np.n
 
 
 def overlay(thumbnail: np.ndarray, coords: np.ndarray, attention: np.ndarray,
-            patch_size_level0: int, scale: tuple[float, float], *, method: str = 'rank',
+            patch_size_level0: int, scale: tuple[float, float], *, method: str = 'mass',
             alpha: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
   """The coloured scores over the patches' footprints, kept on tissue.
 
@@ -214,7 +237,7 @@ def overlay(thumbnail: np.ndarray, coords: np.ndarray, attention: np.ndarray,
     attention: [N] scores.
     patch_size_level0: the patches' side at level 0.
     scale: (sx, sy) from `slide_thumbnail`.
-    method: 'rank' or 'minmax' (`normalise`).
+    method: 'mass', 'rank' or 'minmax' (`normalise`).
     alpha: the overlay's opacity where it is drawn.
 
   Returns:
@@ -235,7 +258,7 @@ def overlay(thumbnail: np.ndarray, coords: np.ndarray, attention: np.ndarray,
 
 def slide_heatmap_png(path: str | os.PathLike[str], blended: np.ndarray,
                       level0_size: tuple[int, int], title: str = '',
-                      method: str = 'rank') -> str:
+                      method: str = 'mass') -> str:
   """The blended thumbnail (`overlay`) with level-0 pixel axes and the colour bar.
 
   Args:
@@ -255,8 +278,7 @@ def slide_heatmap_png(path: str | os.PathLike[str], blended: np.ndarray,
   ax = fig.subplots()
   ax.imshow(blended, extent=(0, level0_size[0], level0_size[1], 0), interpolation='antialiased')
   mappable = cm.ScalarMappable(colors.Normalize(0, 1), colormaps[SLIDE_CMAP])
-  label = 'attention percentile' if method == 'rank' else 'attention (min-max)'
-  fig.colorbar(mappable, ax=ax, shrink=0.85, label=label)
+  fig.colorbar(mappable, ax=ax, shrink=0.85, label=LABELS[method])
   ax.set(xlabel='x (level-0 px)', ylabel='y (level-0 px)')
   ax.set_title(title, fontsize=9)
   return save_png(fig, path)

@@ -259,18 +259,23 @@ def _survival_blocks(report_dir: str, predictions: Mapping[str, Mapping[str, Any
   return blocks + [Heading('Files', 2)] + files
 
 
+LABELS_SHORT = {'mass': 'attention mass', 'rank': 'percentile', 'minmax': 'min-max'}
+
+
 def _heatmap_blocks(report_dir: str, heatmaps: Sequence[slides.SlideScores],
-                    options: Mapping[str, int]) -> list[Block]:
+                    options: Mapping[str, int | str]) -> list[Block]:
   """Per slide (named after the patient; a second slide of a patient gets _2): the heatmap, the
   top patches and the zoomable viewer when the slide is at hand, the scores' CSV and GeoJSON."""
   blocks: list[Block] = [
       Heading('Attention heatmaps', 2),
       Paragraph("Patch attention (the model's attention protocol, `gimp_jax.models.attention`), "
-                "rank-normalised per slide: colour = percentile among the slide's patches. On "
+                f"coloured on the {LABELS_SHORT[options.get('heatmap_scale', 'mass')]} scale "
+                '(config report.heatmap_scale: "mass" shows how much of the attention a patch '
+                'holds, attention x N on a log scale; "rank" its percentile). On '
                 'the slide where its image is at hand (config.data.slides_dir or the feature '
                 "file's slide_path), kept on tissue; else at the patches' level-0 coordinates "
                 '(grey = no patch). The GeoJSON opens in QuPath: drag it onto the slide, then '
-                'Measure > Show measurement maps > attention percentile.')]
+                'Measure > Show measurement maps > attention x N (or attention percentile).')]
   taken: set[str] = set()
   for item in heatmaps:
     stem = base = safe_name(item.patient_id)
@@ -319,7 +324,7 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
                  diagnostics: tuple[Sequence[tuple[int, Mapping[str, Any]]], float, float]
                  | None = None,
                  seed: int = 0, survival_cutoff: float | None = None,
-                 slide_options: Mapping[str, int] | None = None,
+                 slide_options: Mapping[str, int | str] | None = None,
                  facts: Mapping[str, Any] | None = None) -> str:
   """Writes report.md, report.html, their PNGs and predictions_<split>.csv into `report_dir`.
 
@@ -345,7 +350,7 @@ def write_report(report_dir: str | os.PathLike[str], *, results: Mapping[str, An
     survival_cutoff: for a survival run, the median training risk: the predictions then hold
       'patient_id', 'time', 'censorship' and 'risk' [N], and the page shows Kaplan-Meier curves,
       the risk distribution and the per-case risks instead of ROC curves and confusion matrices.
-    slide_options: `slides.write_slide`'s top_k, thumbnail_size and deepzoom_size.
+    slide_options: `slides.write_slide`'s top_k, thumbnail_size, deepzoom_size and heatmap_scale.
     facts: the run's facts (`run_facts`): 'splits' (split -> {column: count}), 'command',
       'config_diff' (['field: default -> value']), 'chosen_epochs' (stage -> epoch, marked on the
       curves), 'time_unit' (survival times' unit, on the Kaplan-Meier axes).

@@ -121,10 +121,12 @@ def patient_scores(model, cohort, index: int, *, bucket_sizes, slides_dir: str,
 
 
 def write_slide(report_dir: str, stem: str, item: SlideScores, *, top_k: int = 8,
-                thumbnail_size: int = 2048, deepzoom_size: int = 8192) -> SlideFiles:
-  """Writes one slide's heatmap PNG (`heatmap_<stem>.png`) and, under `slides/<stem>/`, its scores
-  (scores.csv, scores.geojson) and, with the slide at hand, the top-k patches (top_<rank>.png,
-  top_patches.csv, top_patches.png), the overlay (overlay.png) and the Deep Zoom tiles."""
+                thumbnail_size: int = 2048, deepzoom_size: int = 8192,
+                heatmap_scale: str = 'mass') -> SlideFiles:
+  """Writes one slide's heatmap PNG (`heatmap_<stem>.png`, coloured on `heatmap_scale`:
+  `heatmap.normalise`) and, under `slides/<stem>/`, its scores (scores.csv, scores.geojson) and,
+  with the slide at hand, the top-k patches (top_<rank>.png, top_patches.csv, top_patches.png), the
+  overlay (overlay.png) and the Deep Zoom tiles."""
   folder = os.path.join(SLIDES_DIR, stem)
   os.makedirs(os.path.join(report_dir, folder), exist_ok=True)
   rel = lambda name: os.path.join(folder, name)
@@ -136,18 +138,19 @@ def write_slide(report_dir: str, stem: str, item: SlideScores, *, top_k: int = 8
   title = item.caption or f'{item.patient_id} / {item.slide_id}'
   if not item.slide_path or item.coords.shape[0] == 0:
     heatmap.heatmap_png(os.path.join(report_dir, png), item.coords, item.attention,
-                        item.patch_size_level0, title=title)
+                        item.patch_size_level0, title=title, method=heatmap_scale)
     return SlideFiles(png, '', rel('scores.csv'), rel('scores.geojson'), '', None)
   slide = openslide.OpenSlide(item.slide_path)
   try:
     thumbnail, scale = heatmap.slide_thumbnail(slide, thumbnail_size)
     rgba, blended = heatmap.overlay(thumbnail, item.coords, item.attention,
-                                    item.patch_size_level0, scale, alpha=1.0)
+                                    item.patch_size_level0, scale, method=heatmap_scale, alpha=1.0)
     PILImage.fromarray(rgba).save(full('overlay.png'))
     a = 0.5  # the figure's blend; the viewer's opacity starts at the same
     shown = np.rint(thumbnail * (1 - a * (rgba[..., 3:] > 0))
                     + blended * (a * (rgba[..., 3:] > 0))).astype(np.uint8)
-    heatmap.slide_heatmap_png(os.path.join(report_dir, png), shown, slide.dimensions, title)
+    heatmap.slide_heatmap_png(os.path.join(report_dir, png), shown, slide.dimensions, title,
+                              method=heatmap_scale)
     crops = heatmap.top_patches(slide, item.coords, item.attention, item.patch_size_level0, top_k)
     with open(full('top_patches.csv'), 'w', newline='') as f:
       writer = csv.writer(f)
@@ -205,7 +208,8 @@ def write_attention(out_dir: str, model, cohort, slides_dir: str, *, method: str
   if not attention.supports(model):
     raise DataError(f"config.method {method!r}: its model has no attention over patches")
   report = report_cfg
-  options = {k: report[k] for k in ('top_k', 'thumbnail_size', 'deepzoom_size') if k in report}
+  options = {k: report[k] for k in ('top_k', 'thumbnail_size', 'deepzoom_size', 'heatmap_scale')
+             if k in report}
   written = []
   for index in range(len(cohort.patients)):
     for item in patient_scores(model, cohort, index, bucket_sizes=bucket_sizes,

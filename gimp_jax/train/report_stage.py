@@ -58,7 +58,7 @@ def write_report(run, evaluation: evaluate.Evaluation, results: dict) -> str:
       class_names=list(run.cohort.class_names), predictions=evaluation.predictions, tsne=tsne,
       heatmaps=heatmaps, history=history, val_history=val_history, diagnostics=diagnostics,
       seed=cfg.seed, survival_cutoff=survival_cutoff,
-      slide_options={k: cfg.report[k] for k in ("top_k", "thumbnail_size", "deepzoom_size")
+      slide_options={k: cfg.report[k] for k in ("top_k", "thumbnail_size", "deepzoom_size", "heatmap_scale")
                      if k in cfg.report},
       facts=dict(splits=run_facts.split_balance(run.cohort), command=run_facts.command(),
                  config_diff=run_facts.config_diff(cfg), time_unit=cfg.report.get("time_unit", ""),
