@@ -41,6 +41,8 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from gimp_jax.data import synthetic
+
 # (modality, pre-training, method as printed, config, paper accuracy) [GiMP Table 1]; "GiMP" is
 # GiMP with the fine-tuning recipe chosen on validation (configs/nsclc.py RECIPE), "as published"
 # the paper's.
@@ -89,6 +91,11 @@ PRESETS = {
     # baseline hazard so that about a third of the cases have an event, TCGA-like (seed 0: 34% of
     # the 946; over 200,000 simulated cases 31%, and 36% at 2.0, 28% at 3.0); Bayes-optimal
     # C-index (the generator's eta) 0.735 over the 946, per fold in the table.
+    # The rare-instance cohort (`synthetic.PRESETS["rare"]`: the class in 0.5-3% of 200-1,200
+    # patches per slide), 300 patients, buckets for bags of up to 2 x 1,200 patches.
+    "rare": ([f"--synthetic.{k}={v}" for k, v in synthetic.PRESETS["rare"].items()]
+             + ["--synthetic.patients=300"],
+             ["--config.data.bucket_sizes=(1024,2048,3072)"]),
     "paper_scale_survival": (["--synthetic.survival=True", "--synthetic.patients=946",
                               "--synthetic.min_patches=100", "--synthetic.max_patches=1000",
                               "--synthetic.censor_rate=2.5"],
@@ -188,7 +195,6 @@ def cohort_paths(args) -> dict[str, str]:
       raise SystemExit("tables.py: give all of --features_dir, --expression and --labels.")
     return {"features_dir": args.features_dir, "expression": args.expression,
             "labels": args.labels}
-  from gimp_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   # Relative to the working directory when it is under it: committed results carry no machine's
   # absolute paths.
   out = os.path.relpath(os.path.join(os.path.abspath(args.out), "cohort"))

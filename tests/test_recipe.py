@@ -2,6 +2,8 @@
 default differs from `published` in exactly the recipe's fields, the baselines keep the paper's
 settings, and the published presets stay reachable by name."""
 
+import json
+
 import pytest
 
 from gimp_jax.configs import methods
@@ -9,8 +11,8 @@ from gimp_jax.configs import nsclc
 from gimp_jax.report import run_facts
 
 # The methods that are not GiMP's pipeline: they start from the paper's settings, unchanged.
-BASELINES = ("abmil", "clam_sb", "clam_mb", "dsmil", "transmil", "gimp_image_only", "mcat",
-             "pathomic", "porpoise", "tangle", "tangle_rec", "intra")
+BASELINES = ("abmil", "clam_sb", "clam_mb", "dsmil", "transmil", "mcat", "pathomic", "porpoise",
+             "tangle", "tangle_rec", "intra")
 
 
 def _flat(config) -> dict:
@@ -30,7 +32,7 @@ def test_default_is_the_paper_plus_exactly_the_recipe(size):
 
 def test_the_report_lists_the_recipe_as_the_difference_from_the_paper():
   assert run_facts.config_diff(nsclc.get_config("paper")) == [
-      f"{k}: {paper} -> {new}" for k, paper, new in
+      f"{k}: {json.dumps(paper)} -> {json.dumps(new)}" for k, paper, new in
       sorted((k, _flat(nsclc.published())[k], v) for k, v in nsclc.RECIPE.items())]
   assert run_facts.config_diff(methods.get_config("gimp_published", "paper")) == []
 
@@ -46,3 +48,7 @@ def test_baselines_keep_the_paper_settings_and_gimp_without_pretraining_is_the_r
   assert default.finetune.frozen == published.finetune.frozen == r"^gene_encoder/"
   assert _flat(default) == _flat(published) | nsclc.RECIPE
   assert published.model.gene_input_dropout == 0.0
+  # GiMP's slide branch alone: the paper's training with GiMP's aggregator (exact CLS attention)
+  image_only = _flat(methods.get_config("gimp_image_only", "tiny"))
+  assert {k: image_only[k] for k in nsclc.RECIPE} == {k: paper[k] for k in nsclc.RECIPE} | {
+      "model.cls_attention": "exact"}
