@@ -34,7 +34,7 @@ from experiments import survival_tables
 from experiments import tables
 from gimp_jax import provenance
 
-# name -> (method config, overrides): the candidates of issue 23, on validation, each from the
+# name -> (method config, overrides): the recipe candidates compared on validation, each from the
 # paper's recipe (`*_published`: the defaults now carry the chosen one, configs/nsclc.py RECIPE).
 NO_PRETRAIN, PRETRAIN = "gimp_no_pretrain_published", "gimp_published"
 JOINT = ["--config.stages=('finetune','test')", "--config.finetune.frozen="]

@@ -148,7 +148,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--folds", type=int, default=5, help="survival: folds (data.num_folds)")
   p.add_argument("--report_only", action="store_true",
                  help="write the tables from the finished runs, run nothing (partial results of "
-                      "a call that outlasts a session)")
+                      "a call cut short)")
   args, rest = p.parse_known_args(argv)
   synthetic, config = PRESETS[args.preset]
   args.config = config + [a for a in rest if a.startswith("--config.")]

@@ -1,7 +1,8 @@
 """Losses of GiMP pre-training and fine-tuning (pure functions, float32), the diagnostics of the
 triplet term, and `LossFn`, the type of every stage objective.
 
-L_pre = L_tri + L_rec (GiMP Eq. 3 and 4); fine-tuning uses cross-entropy.
+L_pre = L_tri + L_rec (GiMP Eq. 3 and 4); fine-tuning uses the bag loss of the task
+(`objectives.supervised`: cross-entropy, or a survival loss from `objectives.survival`).
 """
 
 from typing import Any, Callable

@@ -1,4 +1,4 @@
-"""The command lines' first answers (issue 15): config mistakes are one line and exit 2 before
+"""The command lines' first answers: config mistakes are one line and exit 2 before
 anything runs, `--help` exits 0, a full disk is one line and exit 4 with nothing half-written."""
 
 import errno

@@ -200,7 +200,7 @@ def test_command_line(trained, tmp_path):
   unlabelled = tmp_path / "unlabelled.csv"
   unlabelled.write_text("\n".join(",".join(r.split(",")[:2]) for r in
                                   open(paths["labels"]).read().split()) + "\n")
-  out = tmp_path / "not" / "yet" / "p.csv"  # a missing folder is created (issue 15)
+  out = tmp_path / "not" / "yet" / "p.csv"  # a missing folder is created
   args = [a.replace(new["expression"], paths["expression"]).replace(new["labels"], str(unlabelled))
           .replace(str(tmp_path / "p.csv"), str(out)) for a in args]
   ok = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -341,7 +341,7 @@ def test_pretrain_diagnostics_figure_in_report(tmp_path):
 
 
 def test_curves_plot_losses_per_step_and_validation_per_epoch():
-  """metrics.jsonl records: per-step training metrics and per-epoch validation (issue 15)."""
+  """metrics.jsonl records: per-step training metrics and per-epoch validation."""
   history = {'finetune': [(s, {'loss': 1 / s, 'grad_norm': 2.0, 'epoch': s // 3})
                           for s in range(1, 7)]}
   val = {'finetune': [(0, {'accuracy': 0.5, 'auc': 0.6}), (1, {'accuracy': 0.7, 'auc': 0.8})]}

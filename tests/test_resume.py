@@ -155,7 +155,7 @@ def test_sigkill_mid_stage_then_rerun_is_bit_identical(runs):
   saved = runs["pretrain_after_kill"]
   assert saved and saved[-1] < 6
   assert f"pretrain: resuming at step {saved[-1]} " in runs["term"][2]
-  # The steps replayed after the checkpoint are recorded once (issue 15).
+  # The steps replayed after the checkpoint are recorded once.
   assert runs["pretrain_logged_after_restart"] == list(range(1, 7))
   rc, out, err = runs["final"]
   assert rc == 0, err[-3000:]

@@ -361,7 +361,7 @@ def test_training_refuses_bad_inputs_before_any_stage(cohort, tmp_path):
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-# ----------------------------------------------------------------------------- issue 15
+# ----------------------------------------------------------------------------- first answers
 
 
 def with_splits(c, split_of):

@@ -1,4 +1,4 @@
-"""One run per workdir (issue 15): a second real `python -m gimp_jax.main` on a workdir in use exits
+"""One run per workdir: a second real `python -m gimp_jax.main` on a workdir in use exits
 2 naming the holder, and the first one's results equal a run alone; stale locks are taken over;
 a changed config on a finished workdir is refused unless --allow_config_change, and results.json
 records the config that produced it; SIGTERM in the test/report stage is honoured.
