@@ -1,7 +1,7 @@
 """GiMP on TCGA-NSCLC: the paper's settings (MICCAI 2023, sections 2 and 3.1), fine-tuned with the
-recipe chosen on validation (`RECIPE`, README "Where the deep models lose to a linear model").
+recipe chosen on validation (`RECIPE`, docs/findings.md).
 
-Values the paper leaves open are marked "choice" and discussed in the README.
+Values the paper leaves open are marked "choice" and discussed in docs/choices.md.
 Run: python -m gimp_jax.main --config=configs/nsclc.py --workdir=runs/nsclc
 The argument picks the size (sizes.py): `configs/nsclc.py:cpu` is the demo on the synthetic cohort,
 `:tiny` the tests' model; the default is the paper's.
@@ -48,7 +48,7 @@ def published(arg: str = "paper") -> ml_collections.ConfigDict:
   c.stages = ("gene_pretrain", "pretrain", "finetune", "test")  # the paper's order
   c.compute_dtype = "float32"                 # "bfloat16" on accelerators; params stay float32
   c.init_from = ""                            # another run's workdir to start from (weights only)
-  c.task = "classification"                   # "classification" | "survival" (README, "Survival")
+  c.task = "classification"                   # "classification" | "survival" (docs/usage.md, "Survival")
 
   c.survival = ml_collections.ConfigDict()    # task == "survival"; validation selects on the C-index
   c.survival.loss = "nll"                     # "nll": discrete-time NLL-surv (MCAT/PORPOISE); "cox"
@@ -72,7 +72,7 @@ def published(arg: str = "paper") -> ml_collections.ConfigDict:
   c.data.splits_dir = ""                      # folder of splits_<i>.csv (train,val[,test] case IDs; MCAT)
   c.data.drop_incomplete = False              # drop (with a warning) patients missing a modality
   c.data.allow_missing = False                # keep slide-only and unlabelled patients; each stage
-                                              # uses those it can (README "Partial data")
+                                              # uses those it can (docs/usage.md "Partial data")
   # Padded bag lengths, one compilation per bucket used and step function: 1024 * 2^(k/16) rounded
   # up to a multiple of 128, k = 0..128 (pipeline.default_buckets(262144, 1024)), choice: <= 4.4%
   # padding per bag. Trade-off (experiments/results/profile_finetune_cpu.md: 946 bags of 485 to
@@ -148,7 +148,7 @@ def published(arg: str = "paper") -> ml_collections.ConfigDict:
                                               # the margin 0.8 is on the scale of the distances
   c.pretrain.img_variance_weight = 1.0        # choice: VICReg variance hinge on CLS_img (0 = off), stops
                                               # CLS_img collapsing under MPM
-  # These three were chosen on validation accuracy on the paper-scale synthetic cohort (README,
+  # These three were chosen on validation accuracy on the paper-scale synthetic cohort (docs/choices.md,
   # "Choices"): paper-faithful 0.889, + normalise + CLS_img term 0.905, + window 512 0.905,
   # + variance 0.910 (no pre-training: 0.889; seed 0, 189 validation patients).
   c.pretrain.checkpoint_every = 200           # steps between checkpoints (and at each epoch end)

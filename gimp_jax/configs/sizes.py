@@ -34,7 +34,7 @@ def apply(c: ml_collections.ConfigDict, size: str) -> ml_collections.ConfigDict:
     c.model.head_hidden = 64
     c.optim.learning_rate = 5e-4              # ~100x fewer steps than the paper's 1e-4 schedule
     c.pretrain.epochs = 8
-    c.pretrain.window = 512                   # chosen on validation over 128 (README "Choices")
+    c.pretrain.window = 512                   # chosen on validation over 128 (docs/choices.md)
     c.pretrain.checkpoint_every = 1000
     c.finetune.epochs = 10
     c.finetune.batch_size = 8
