@@ -115,8 +115,8 @@ def run_one(config, workdir: str, truth: dict) -> dict:
   finally:
     run.writer.close()
   best = evaluate.restored(run.build(), workdir, evaluate.BEST)
-  return {"test_auc": results.get("test_auc"), "val_auc": results.get("val_auc"),
-          "test_accuracy": results.get("test_accuracy"),
+  scalars = {k: v for k, v in results.items() if isinstance(v, (int, float))}
+  return {**scalars, "test_auc": results.get("test_auc"), "val_auc": results.get("val_auc"),
           "test_rare_attention": rare_attention(run, best, run.cohort.split("test"), truth),
           "references": references(run, truth), "curves": curves(workdir)}
 

@@ -96,3 +96,47 @@ def test_aggregator_mask_token_and_attention_map():
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
   _, _, attn = agg(x, return_attention=True)
   assert attn.shape == (1, 4, 20)
+
+
+def _rare_attention_after_finetuning(tmp_path, cls_attention: str) -> float:
+  """GiMP's slide branch (`gimp_image_only` at the tiny size) fine-tuned by the CLI's stage on a
+  small rare-instance cohort; the mean attention enrichment on the rare patches (their share of
+  the attention over their share of the patches) of the training slides with the pattern."""
+  import csv  # pylint: disable=g-import-not-at-top
+  from gimp_jax.configs import methods  # pylint: disable=g-import-not-at-top
+  from gimp_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from gimp_jax.report import slides  # pylint: disable=g-import-not-at-top
+  from gimp_jax.train import finetune_stage, run as run_lib  # pylint: disable=g-import-not-at-top
+  from gimp_jax.train.state import restored  # pylint: disable=g-import-not-at-top
+  paths = synthetic.make_cohort(str(tmp_path / 'cohort'), preset='rare', patients=40, genes=100,
+                                feature_dim=32, min_patches=60, max_patches=120, seed=3,
+                                two_slide_fraction=0.0)
+  config = methods.get_config('gimp_image_only', 'tiny')
+  config.model.cls_attention = cls_attention
+  config.data.update(features_dir=paths['features_dir'], expression=paths['expression'],
+                     labels=paths['labels'], bucket_sizes=(128,))
+  config.finetune.update(epochs=10, batch_size=4)
+  config.optim.learning_rate = 3e-3
+  run = run_lib.open_run(config, str(tmp_path / f'run_{cls_attention}'))
+  finetune_stage.finetune(run)
+  run.writer.close()
+  model = restored(run.build(), run.workdir, 'finetune').model(train=False)
+  with open(paths['truth'], encoding='utf-8') as f:
+    truth = {r['slide_id']: np.array(r['rare_patches'].split(), int) for r in csv.DictReader(f)}
+  enrichment = []
+  for index in run.cohort.split('train'):
+    (item,) = slides.patient_scores(model, run.cohort, int(index), bucket_sizes=(128,),
+                                    slides_dir='', default_patch_size=256)
+    rare = truth[item.slide_id]
+    if rare.size:
+      a = np.asarray(item.attention, np.float64)
+      enrichment.append(a[rare].sum() / a.sum() * a.size / rare.size)
+  return float(np.mean(enrichment))
+
+
+def test_trained_slide_branch_attends_to_the_rare_patches(tmp_path):
+  """Measured, not read from the code: after fine-tuning on slides whose class sits in 0.5-3% of
+  the patches (40 patients, 60-120 patches), the attention the heatmaps draw gives a rare patch
+  more than 3 times an average patch's share (1 = no preference; 7.8 when written, against 1.4
+  for the paper's Nyström CLS row trained the same way)."""
+  assert _rare_attention_after_finetuning(tmp_path, 'exact') > 3

@@ -148,8 +148,8 @@ def published(arg: str = "paper") -> ml_collections.ConfigDict:
                                               # the margin 0.8 is on the scale of the distances
   c.pretrain.img_variance_weight = 1.0        # choice: VICReg variance hinge on CLS_img (0 = off), stops
                                               # CLS_img collapsing under MPM
-  # These three were chosen on validation accuracy on the paper-scale synthetic cohort (docs/choices.md,
-  # "Choices"): paper-faithful 0.889, + normalise + CLS_img term 0.905, + window 512 0.905,
+  # These three were chosen on validation accuracy on the paper-scale synthetic cohort
+  # (docs/choices.md): paper-faithful 0.889, + normalise + CLS_img term 0.905, + window 512 0.905,
   # + variance 0.910 (no pre-training: 0.889; seed 0, 189 validation patients).
   c.pretrain.checkpoint_every = 200           # steps between checkpoints (and at each epoch end)
   # The pseudo-inverse's gradient in pre-training (choice): "implicit", the exact inverse's gradient

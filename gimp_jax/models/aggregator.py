@@ -60,7 +60,7 @@ class PatchAggregator(nnx.Module):
 
   def __call__(self, patches: jax.Array, mpm_mask: jax.Array | Slots | None = None,
                patch_mask: jax.Array | None = None, return_attention: bool = False,
-               tokens: bool = True):
+               tokens: bool = True, every_layer: bool = False):
     """Aggregates a bag.
 
     Args:
@@ -70,6 +70,9 @@ class PatchAggregator(nnx.Module):
         rows instead of N) for the same result.
       patch_mask: optional [B, N] bool key-padding mask, True for real patches (padding trailing).
       return_attention: also return the last layer's CLS -> patch attention [B, H, N].
+      every_layer: with `return_attention`, the mean of every layer's CLS -> patch attention
+        instead of the last one's (CLS reads the bag in each layer, and the residual stream
+        carries each read to the output).
       tokens: False when only CLS is read: the last layer then computes the CLS row alone (its
         keys, values and landmarks still from every token), the same CLS for less work (at
         N = 23,296: 533 -> 422 GFLOP per fine-tuning step), and tokens is None.
@@ -85,20 +88,19 @@ class PatchAggregator(nnx.Module):
     mask = None
     if patch_mask is not None:
       mask = jnp.concatenate([jnp.ones((b, 1), bool), patch_mask], axis=1)
-    factors = None
+    reads = []  # CLS -> patch attention [B, H, N] of the layers asked for
     for i, layer in enumerate(self.layers):
       last = i == len(self.layers) - 1
       rows = None if tokens or not last else 1
-      if return_attention and last:
-        h, factors = layer(h, mask, return_attention=True, rows=rows)
+      if return_attention and (last or every_layer):
+        h, (left, attn3) = layer(h, mask, return_attention=True, rows=rows)
+        reads.append((left[:, :, :1] @ attn3)[:, :, 0, 1:])
       else:
         h = layer(h, mask, rows=rows)
     h = norm_rows(self.norm, h)
     cls_out, tokens = h[:, 0].astype(jnp.float32), (h[:, 1:] if tokens else None)
     if return_attention:
-      left, attn3 = factors
-      cls_attn = (left[:, :, :1] @ attn3)[:, :, 0, 1:]
-      return cls_out, tokens, cls_attn
+      return cls_out, tokens, sum(reads) / len(reads)
     return cls_out, tokens
 
   def _embed(self, patches: jax.Array, mpm_mask: jax.Array | Slots | None) -> jax.Array:

@@ -12,8 +12,8 @@ float32 scores, one per patch, zero at padded patches, larger = more attended:
 - mil.DSMIL (dsmil): the bag stream's attention to the predicted class's critical instance;
 - mil.TransMIL (transmil): the CLS row of the last Nyström layer, mean over heads, a patch's
   copies in the square layout summed;
-- gimp.GiMP (gimp, clip, mgca, refers, itm): the CLS row of the aggregator's last Nyström layer,
-  mean over heads;
+- gimp.GiMP (gimp, clip, mgca, refers, itm): the CLS rows of the aggregator's Nyström layers,
+  mean over layers and heads;
 - fusion.AttentionFusion (porpoise, pathomic): the pathology branch's gated attention softmax;
 - fusion.MCAT (mcat): each gene signature's co-attention over the patches, mean over signatures;
 - tangle.Tangle (tangle, tangle_rec, intra): the slide encoder's gated attention softmax.

@@ -101,11 +101,13 @@ class GiMP(nnx.Module):
 
   def attention(self, patches: jax.Array, genes: jax.Array | None = None,
                 patch_mask: jax.Array | None = None) -> jax.Array:
-    """CLS -> patch attention of the aggregator's last Nyström layer, mean over heads: [B, N]
-    (`models.attention`)."""
+    """CLS -> patch attention of the aggregator's Nyström layers, mean over layers and heads: [B, N]
+    (`models.attention`). Every layer's read counts: on a cohort whose class sits in a few
+    patches, the first layer's CLS row puts most of its attention on them and the last one's does
+    not need to (docs/needle.md)."""
     del genes
     _, _, attn = self.aggregator(patches, patch_mask=patch_mask, return_attention=True,
-                                 tokens=False)
+                                 tokens=False, every_layer=True)
     return jnp.mean(attn.astype(jnp.float32), axis=1)
 
   def reconstruct(self, tokens: jax.Array) -> jax.Array:
