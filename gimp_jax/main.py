@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 from gimp_jax import cli
 from gimp_jax import parallel
-from gimp_jax.train import folds
+from gimp_jax.train import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                           lock_config=True)
@@ -54,8 +54,8 @@ def main(argv):
   signal.signal(signal.SIGINT, stop)
   parallel.initialize_distributed(_CONFIG.value.get("parallel"))  # no-op for one process
   try:
-    results = folds.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop=lambda: stop.requested,
-                                       allow_config_change=_ALLOW_CHANGE.value)
+    results = run.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop=lambda: stop.requested,
+                                     allow_config_change=_ALLOW_CHANGE.value)
   except KeyboardInterrupt:
     print("gimp_jax: stopped; run the same command again to resume.", file=sys.stderr)
     sys.exit(128 + int(stop.signum))

@@ -259,9 +259,6 @@ def _survival_blocks(report_dir: str, predictions: Mapping[str, Mapping[str, Any
   return blocks + [Heading('Files', 2)] + files
 
 
-LABELS_SHORT = {'mass': 'attention mass', 'rank': 'percentile', 'minmax': 'min-max'}
-
-
 def _heatmap_blocks(report_dir: str, heatmaps: Sequence[slides.SlideScores],
                     options: Mapping[str, int | str]) -> list[Block]:
   """Per slide (named after the patient; a second slide of a patient gets _2): the heatmap, the
@@ -269,11 +266,10 @@ def _heatmap_blocks(report_dir: str, heatmaps: Sequence[slides.SlideScores],
   blocks: list[Block] = [
       Heading('Attention heatmaps', 2),
       Paragraph("Patch attention (the model's attention protocol, `gimp_jax.models.attention`), "
-                f"coloured on the {LABELS_SHORT[options.get('heatmap_scale', 'mass')]} scale "
-                '(config report.heatmap_scale: "mass" shows how much of the attention a patch '
-                'holds, attention x N on a log scale; "rank" its percentile). On '
-                'the slide where its image is at hand (config.data.slides_dir or the feature '
-                "file's slide_path), kept on tissue; else at the patches' level-0 coordinates "
+                f"on the {options.get('heatmap_scale', 'mass')!r} scale (report.heatmap_scale: "
+                '"mass" = attention x N, log scale; "rank" = percentile). On the slide where its '
+                "image is at hand (config.data.slides_dir or the feature file's slide_path), "
+                "kept on tissue; else at the patches' level-0 coordinates "
                 '(grey = no patch). The GeoJSON opens in QuPath: drag it onto the slide, then '
                 'Measure > Show measurement maps > attention x N (or attention percentile).')]
   taken: set[str] = set()

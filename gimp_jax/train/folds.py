@@ -3,16 +3,17 @@
 
 With `data.fold = -1` (the default) and either `data.num_folds = k` or `data.splits_dir` (k =
 the number of `splits_<i>.csv` files there), fold i runs in `<workdir>/fold_<i>` exactly as a
-single run (`run.train_and_evaluate` with `data.fold = i`, resumable), then `<workdir>/summary.csv`
+single run (`run.train_split` with `data.fold = i`, resumable), then `<workdir>/summary.csv`
 (one row per fold, then the mean and the standard deviation over folds, ddof = 1), `summary.json`
-and `summary.md` are written. Otherwise this is `run.train_and_evaluate` itself.
+and `summary.md` are written (`every_fold`, which `run.train_and_evaluate` calls when
+`num_folds` says so).
 """
 
 import csv
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -23,7 +24,6 @@ from gimp_jax import provenance
 from gimp_jax.data import split_checks
 from gimp_jax.data import splits as splits_lib
 from gimp_jax.errors import DataError
-from gimp_jax.train import run as run_lib
 
 SUMMARY_KEY = re.compile(
     r'^((gene_only_|reference_|vs_reference_|stack_)?(val|test)_[a-z_0-9]+|stack_weight)$')
@@ -75,12 +75,12 @@ def write_summary(workdir: str, names: list[str], values: np.ndarray) -> dict[st
   return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop=lambda: False, allow_config_change: bool = False) -> dict[str, Any]:
-  """Every fold (module docstring), or the single run; returns the mean results over folds."""
+def every_fold(config: ml_collections.ConfigDict, workdir: str,
+               train_split: Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
+               ) -> dict[str, Any]:
+  """Every fold (module docstring), each by `train_split(config with data.fold = i, fold
+  workdir)`; returns the summary over folds."""
   k = num_folds(config.data)
-  if not k:
-    return run_lib.train_and_evaluate(config, workdir, stop, allow_config_change)
   problems = split_checks.problems(config)  # every fold, before any trains
   if problems:
     raise DataError('\n'.join(problems))
@@ -89,8 +89,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     cfg = config.copy_and_resolve_references()
     cfg.data.fold = fold
     logging.info('Fold %d of %d', fold + 1, k)
-    per_fold.append(run_lib.train_and_evaluate(cfg, os.path.join(workdir, f'fold_{fold}'), stop,
-                                               allow_config_change))
+    per_fold.append(train_split(cfg, os.path.join(workdir, f'fold_{fold}')))
   names, values = summarize(per_fold)
   summary = write_summary(workdir, names, values)
   logging.info('Summary over %d folds (%s):\n%s', k, os.path.join(workdir, 'summary.csv'),

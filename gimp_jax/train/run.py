@@ -23,7 +23,8 @@ from gimp_jax.configs.checks import STAGES
 from gimp_jax.data import cohort as cohort_lib
 from gimp_jax.models import build
 from gimp_jax.objectives import survival
-from gimp_jax.train import evaluate, finetune_stage, gene_stage, loop, partial, pretrain_stage
+from gimp_jax.train import evaluate, finetune_stage, folds, gene_stage, loop, partial
+from gimp_jax.train import pretrain_stage
 from gimp_jax.train import probe, report_stage, steps
 
 
@@ -122,7 +123,20 @@ def run_stages(run: Run) -> dict[str, Any]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        stop=lambda: False, allow_config_change: bool = False) -> dict[str, Any]:
-  """Runs `config.stages` in order and writes `results.json` (and the report) to `workdir`.
+  """The run a config asks for: every fold of a cross-validation in `<workdir>/fold_<i>` and
+  the summary over them (`folds.every_fold`, when `folds.num_folds(config.data)` > 0), or the one
+  split (`train_split`)."""
+  def split(cfg, where):
+    return train_split(cfg, where, stop, allow_config_change)
+  if folds.num_folds(config.data):
+    return folds.every_fold(config, workdir, split)
+  return split(config, workdir)
+
+
+def train_split(config: ml_collections.ConfigDict, workdir: str,
+                stop=lambda: False, allow_config_change: bool = False) -> dict[str, Any]:
+  """Runs `config.stages` in order on one split and writes `results.json` (and the report) to
+  `workdir`.
 
   The config and every input are checked first (`preflight.preflight`: DataError listing every
   problem), then the workdir is locked for this run (`workdir.lock`: another run on it is
