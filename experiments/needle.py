@@ -19,7 +19,8 @@ on max-pooled features, C on validation) and the oracle AUC (`synthetic.oracle_s
   python -m experiments.needle --cohort data/rare300 --out runs/needle --methods gimp_image_only \
       --seeds 0 --config.data.bucket_sizes='(1024,2048,3072)'
 
-Runs whose needle.json exists are skipped (a call resumes); `OUT/needle.md` tabulates every run.
+Runs whose needle.json exists are skipped (a call resumes); `OUT/needle.md` and `OUT/summary.json`
+give each run's mean and SD over seeds, its paired difference to ABMIL and the references.
 """
 
 import argparse
@@ -31,6 +32,7 @@ from absl import logging
 import numpy as np
 from sklearn import metrics as sk_metrics
 
+from experiments import reference as reference_rows
 from experiments import tables
 from gimp_jax import reference
 from gimp_jax.data import cohort as cohort_lib
@@ -142,25 +144,73 @@ def curves(workdir: str) -> dict[str, list]:
   return out
 
 
-def table(out: str) -> str:
-  """needle.md: one row per run (method, seed) from the needle.json files under OUT/runs."""
-  rows = ["| run | seed | test AUC | val AUC | rare mass (test) | enrichment | top-k hit | "
-          "mean-pooled LR | max-pooled LR | oracle |", "|" + "---|" * 10]
+def load_runs(out: str) -> dict[str, dict[int, dict]]:
+  """{run name: {seed: needle.json}} of every finished run under OUT/runs."""
+  runs = {}
   root = os.path.join(out, "runs")
   for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
     for seed_dir in sorted(os.listdir(os.path.join(root, name))):
       path = os.path.join(root, name, seed_dir, "needle.json")
-      if not os.path.exists(path):
-        continue
-      with open(path, encoding="utf-8") as f:
-        r = json.load(f)
-      a, ref = r["test_rare_attention"], r["references"]
-      fmt = lambda v: "" if v is None else f"{v:.3f}"
-      rows.append(f"| {name} | {seed_dir.removeprefix('seed_')} | {fmt(r['test_auc'])} | "
-                  f"{fmt(r['val_auc'])} | {fmt(a.get('rare_mass'))} | "
-                  f"{fmt(a.get('rare_enrichment'))} | {fmt(a.get('rare_top_hit'))} | "
-                  f"{fmt(ref['mean_pooled']['test_auc'])} | {fmt(ref['max_pooled']['test_auc'])} "
-                  f"| {fmt(ref['oracle_test_auc'])} |")
+      if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+          runs.setdefault(name, {})[int(seed_dir.removeprefix("seed_"))] = json.load(f)
+  return runs
+
+
+def summary(runs: dict[str, dict[int, dict]], baseline: str = "abmil") -> dict:
+  """Per run name: mean and SD over seeds of the test AUC, the test slides' attention on the rare
+  patches and the references of the same splits; the paired test-AUC difference to `baseline`."""
+  out = {}
+  stat = lambda v: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1  # noqa: E731
+                    else None, "n": len(v)}
+  for name, by_seed in runs.items():
+    auc = {s: r["test_auc"] for s, r in by_seed.items()}
+    row = {"test_auc": stat(list(auc.values())), "per_seed": auc}
+    for key in ("rare_mass", "rare_enrichment", "rare_top_hit"):
+      vals = [r["test_rare_attention"][key] for r in by_seed.values() if r["test_rare_attention"]]
+      if vals:
+        row[key] = stat(vals)
+    for key in ("test_slide_only_auc",):
+      vals = [r[key] for r in by_seed.values() if key in r]
+      if vals:
+        row[key] = stat(vals)
+    if baseline in runs and name != baseline:
+      row[f"minus_{baseline}"] = reference_rows.paired_difference(
+          auc, {s: r["test_auc"] for s, r in runs[baseline].items()})
+    out[name] = row
+  refs = {}
+  for by_seed in runs.values():
+    for s, r in by_seed.items():
+      refs.setdefault(s, r["references"])
+  out["references"] = {
+      "mean_pooled_test_auc": stat([r["mean_pooled"]["test_auc"] for r in refs.values()]),
+      "max_pooled_test_auc": stat([r["max_pooled"]["test_auc"] for r in refs.values()]),
+      "oracle_test_auc": stat([r["oracle_test_auc"] for r in refs.values()])}
+  return out
+
+
+def table(out: str) -> str:
+  """needle.md: mean +- SD over seeds per run, the paired difference to ABMIL, the references."""
+  rows = ["| run | seeds | test AUC | - ABMIL (paired, 95% CI) | rare mass | enrichment | "
+          "top-k hit |", "|" + "---|" * 7]
+  s = summary(load_runs(out))
+  pm = lambda d: "" if d is None else (f"{d['mean']:.3f}" + (  # noqa: E731
+      f" ± {d['std']:.3f}" if d.get("std") is not None else ""))
+  for name, row in s.items():
+    if name == "references":
+      continue
+    diff = row.get("minus_abmil")
+    d = "" if not diff or diff["mean"] is None else f"{diff['mean']:+.3f}" + (
+        f" [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]" if diff["ci95"] else "")
+    rows.append(f"| {name} | {row['test_auc']['n']} | {pm(row['test_auc'])} | {d} | "
+                f"{pm(row.get('rare_mass'))} | {pm(row.get('rare_enrichment'))} | "
+                f"{pm(row.get('rare_top_hit'))} |")
+  ref = s.get("references", {})
+  for key, label in (("mean_pooled_test_auc", "logistic regression, mean-pooled features"),
+                     ("max_pooled_test_auc", "logistic regression, max-pooled features"),
+                     ("oracle_test_auc", "oracle (knows the pattern's direction)")):
+    if key in ref:
+      rows.append(f"| {label} | {ref[key]['n']} | {pm(ref[key])} | | | | |")
   return "\n".join(rows) + "\n"
 
 
@@ -196,6 +246,8 @@ def main(argv=None) -> None:
             flush=True)
   with open(os.path.join(args.out, "needle.md"), "w", encoding="utf-8") as f:
     f.write(table(args.out))
+  with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
+    json.dump(summary(load_runs(args.out)), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -150,3 +150,19 @@ def test_sigterm_to_the_tables_script_stops_its_workers_and_keeps_their_checkpoi
   # The runs queued behind it (the pool hands its worker one beyond the running one) never start.
   assert not (out / "runs" / "abmil" / "seed_1").exists()
   assert not (out / "runs" / "abmil" / "seed_2").exists()
+
+
+def test_needle_attention_on_rare_patches_against_numpy():
+  """experiments.needle: a slide's share of attention on its rare patches, that share over the
+  rare patches' share of the slide, and the rare fraction of its top-k patches."""
+  from experiments import needle  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  scores = rng.uniform(size=200)
+  rare = np.array([3, 50, 51, 199])
+  scores[[3, 50, 51]] += 10.0  # three of the four rare patches on top; patch 199 is not
+  got = needle.attention_on_rare(scores, rare)
+  mass = scores[rare].sum() / scores.sum()
+  assert got["rare_mass"] == pytest.approx(mass)
+  assert got["rare_enrichment"] == pytest.approx(mass / (4 / 200))
+  top4 = np.argsort(scores)[-4:]
+  assert got["rare_top_hit"] == pytest.approx(len(set(top4) & set(rare)) / 4) == 0.75
