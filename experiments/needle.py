@@ -29,6 +29,7 @@ import json
 import os
 
 from absl import logging
+import jax.numpy as jnp
 import numpy as np
 from sklearn import metrics as sk_metrics
 
@@ -214,6 +215,40 @@ def table(out: str) -> str:
   return "\n".join(rows) + "\n"
 
 
+def landmark_dilution(config, workdir: str, truth: dict, landmarks=(8, 32, 128, 512),
+                      max_patients: int = 30) -> dict:
+  """The first Nyström layer's CLS row of a trained GiMP slide branch (`workdir`'s best
+  checkpoint), read exactly and through m landmarks with the same weights: the share of CLS's
+  attention on the rare patches (mean over heads, and its best head), over the test patients with
+  the pattern. {"exact" | m: {"mass", "best_head_mass"}}."""
+  run = run_lib.Run(config, workdir, cohort_lib.load_cohort(cohort_lib.CohortSpec.from_config(
+      config)))
+  model = evaluate.restored(run.build(), workdir, evaluate.BEST).model(train=False)
+  agg, layer = model.aggregator, model.aggregator.layers[0]
+  variants = [("exact", True, layer.attn.num_landmarks)] + [(m, False, m) for m in landmarks]
+  out = {name: {"mass": [], "best_head_mass": []} for name, _, _ in variants}
+  done = 0
+  for index in run.cohort.split("test"):
+    patient = run.cohort.patients[int(index)]
+    bag = run.cohort.bag(int(index))
+    rare = np.concatenate([truth[s]["rare"] + bag.offsets[k]
+                           for k, s in enumerate(patient.slide_ids)])
+    if not rare.size or done >= max_patients:
+      continue
+    done += 1
+    h = agg._embed(jnp.asarray(bag.features()[None]), None)  # pylint: disable=protected-access
+    h = jnp.concatenate([jnp.broadcast_to(agg.cls_token[...], (1, 1, h.shape[-1])), h], 1)
+    mask = jnp.ones(h.shape[:2], bool)
+    for name, exact, m in variants:
+      layer.attn.exact_cls, layer.attn.num_landmarks = exact, m
+      _, (left, attn3) = layer(h, mask, return_attention=True)
+      row = np.asarray((left[:, :, :1] @ attn3)[0, :, 0, 1:], np.float64)  # [H, N]
+      share = row[:, rare].sum(1) / row.sum(1)
+      out[name]["mass"].append(float(share.mean()))
+      out[name]["best_head_mass"].append(float(share.max()))
+  return {str(k): {kk: float(np.mean(vv)) for kk, vv in v.items()} for k, v in out.items()}
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--cohort", required=True, help="a rare-instance cohort (synthetic --preset rare)")
@@ -222,6 +257,9 @@ def main(argv=None) -> None:
   p.add_argument("--seeds", default="0")
   p.add_argument("--size", default="cpu")
   p.add_argument("--label", default="", help="run folder name (default: the method)")
+  p.add_argument("--dilution", action="store_true",
+                 help="after the runs: each GiMP run's first-layer CLS row, exact and through "
+                      "m landmarks (landmark_dilution), to OUT/dilution.json")
   args, rest = p.parse_known_args(argv)
   overrides = [a for a in rest if a.startswith("--config.")]
   if len(overrides) != len(rest):
@@ -244,6 +282,16 @@ def main(argv=None) -> None:
       print(f"{args.label or name} seed {seed}: test AUC {result['test_auc']:.3f}, "
             f"rare mass {result['test_rare_attention'].get('rare_mass', float('nan')):.3f}",
             flush=True)
+  if args.dilution:
+    found = {}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+      for name in args.methods.split(","):
+        config = tables.make_config(name, args.size, seed, paths, overrides)
+        workdir = os.path.join(args.out, "runs", args.label or name, f"seed_{seed}")
+        found[f"{args.label or name}/seed_{seed}"] = landmark_dilution(config, workdir, truth)
+    with open(os.path.join(args.out, "dilution.json"), "w", encoding="utf-8") as f:
+      json.dump(found, f, indent=1)
+    print(json.dumps(found, indent=1))
   with open(os.path.join(args.out, "needle.md"), "w", encoding="utf-8") as f:
     f.write(table(args.out))
   with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
