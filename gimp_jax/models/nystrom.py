@@ -357,7 +357,7 @@ class NystromAttention(nnx.Module):
     out, factors = self._mix(attn1, attn2, attn3, v, True, 0, rows)
     if not self.exact_cls:
       return out, factors
-    first, (one, _, row) = self._exact_first(q, k, v, mask)
+    first, (_, _, row) = self._exact_first(q, k, v, mask)
     return out.at[:, :1].set(first), exact_factors(factors, row)
 
   def _exact_first(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array):
