@@ -41,6 +41,7 @@ from gimp_jax.data import synthetic
 from gimp_jax.models import attention
 from gimp_jax.report import slides as slides_lib
 from gimp_jax.train import evaluate, finetune_stage, run as run_lib
+from gimp_jax.train.state import restored
 
 
 def read_truth(path: str) -> dict[str, dict]:
@@ -92,8 +93,8 @@ def references(run, truth: dict) -> dict:
   labels = np.asarray(cohort.labels)
   out = {}
   for name, x in (("mean_pooled", reference.mean_pooled(cohort)), ("max_pooled", max_pooled(cohort))):
-    fit, _ = reference.fit_logistic(x, labels, splits, cohort.num_classes)
-    out[name] = {k: fit[k] for k in ("val_auc", "test_auc", "test_accuracy")}
+    scores, _ = reference.fit_logistic(x, labels, splits, cohort.num_classes)
+    out[name] = {k: scores[k] for k in ("val_auc", "test_auc", "test_accuracy")}
   oracle = np.array([max(truth[s]["oracle"] for s in cohort.patients[i].slide_ids)
                      for i in splits["test"]])
   out["oracle_test_auc"] = float(sk_metrics.roc_auc_score(labels[splits["test"]] == 1, oracle))
@@ -117,7 +118,7 @@ def run_one(config, workdir: str, truth: dict) -> dict:
         run_lib.TRAINING[name](run)
   finally:
     run.writer.close()
-  best = evaluate.restored(run.build(), workdir, evaluate.BEST)
+  best = restored(run.build(), workdir, evaluate.BEST)
   scalars = {k: v for k, v in results.items() if isinstance(v, (int, float))}
   return {**scalars, "test_auc": results.get("test_auc"), "val_auc": results.get("val_auc"),
           "test_rare_attention": rare_attention(run, best, run.cohort.split("test"), truth),
@@ -223,7 +224,7 @@ def landmark_dilution(config, workdir: str, truth: dict, landmarks=(8, 32, 128, 
   the pattern. {"exact" | m: {"mass", "best_head_mass"}}."""
   run = run_lib.Run(config, workdir, cohort_lib.load_cohort(cohort_lib.CohortSpec.from_config(
       config)))
-  model = evaluate.restored(run.build(), workdir, evaluate.BEST).model(train=False)
+  model = restored(run.build(), workdir, evaluate.BEST).model(train=False)
   agg, layer = model.aggregator, model.aggregator.layers[0]
   variants = [("exact", True, layer.attn.num_landmarks)] + [(m, False, m) for m in landmarks]
   out = {name: {"mass": [], "best_head_mass": []} for name, _, _ in variants}
